@@ -1,0 +1,1 @@
+"""Asset schemas, in-memory layers, the catalog and the stores that persist them."""

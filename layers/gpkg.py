@@ -1,0 +1,564 @@
+"""The embedded store: one GeoPackage file (plus COG rasters) in a store directory.
+
+Writes go through SQLite transactions, so an import lands whole or not at all, whatever
+happens mid-way (a bad record, an exception, a killed process). The file stays a valid
+GeoPackage 1.3 that GDAL and QGIS open directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from layers.errors import StoreError, UnknownCollection
+from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
+from layers.models import (
+    Access,
+    Bounds,
+    FieldType,
+    GeometryFamily,
+    ImportRecord,
+    LayerSchema,
+    WriteResult,
+)
+from layers.schemas import check_name
+from layers.store import LayerInfo, RasterInfo, WriteMode
+
+GPKG_FILE = "twin.gpkg"
+RASTER_DIR = "rasters"
+SRS_ID = 4326
+GEOM = "geom"
+HASH = "_hash"
+
+_SQL_TYPES = {
+    FieldType.STRING: "TEXT",
+    FieldType.INTEGER: "INTEGER",
+    FieldType.FLOAT: "REAL",
+    FieldType.BOOLEAN: "BOOLEAN",
+    FieldType.DATE: "DATE",
+    FieldType.DATETIME: "DATETIME",
+}
+# Envelope sizes by the envelope-indicator bits of a GeoPackage geometry header.
+_ENVELOPE = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
+
+_WGS84_WKT = (
+    'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,'
+    'AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,'
+    'AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],'
+    'AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]]'
+)
+
+_BOOTSTRAP = f"""
+PRAGMA application_id = 1196444487;
+PRAGMA user_version = 10300;
+CREATE TABLE IF NOT EXISTS gpkg_spatial_ref_sys (
+  srs_name TEXT NOT NULL, srs_id INTEGER PRIMARY KEY, organization TEXT NOT NULL,
+  organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL, description TEXT);
+INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES
+  ('Undefined cartesian SRS', -1, 'NONE', -1, 'undefined', 'undefined cartesian coordinate reference system'),
+  ('Undefined geographic SRS', 0, 'NONE', 0, 'undefined', 'undefined geographic coordinate reference system'),
+  ('WGS 84 geodetic', 4326, 'EPSG', 4326, '{_WGS84_WKT}', 'longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid');
+CREATE TABLE IF NOT EXISTS gpkg_contents (
+  table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL, identifier TEXT UNIQUE,
+  description TEXT DEFAULT '', last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER,
+  CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
+CREATE TABLE IF NOT EXISTS gpkg_geometry_columns (
+  table_name TEXT NOT NULL, column_name TEXT NOT NULL, geometry_type_name TEXT NOT NULL,
+  srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL,
+  CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name),
+  CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
+  CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
+CREATE TABLE IF NOT EXISTS twin_layers (
+  name TEXT PRIMARY KEY, kind TEXT NOT NULL, schema TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{{}}');
+CREATE TABLE IF NOT EXISTS twin_imports (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, time DATETIME NOT NULL,
+  user TEXT NOT NULL, source TEXT NOT NULL, mode TEXT NOT NULL,
+  added INTEGER NOT NULL, updated INTEGER NOT NULL, unchanged INTEGER NOT NULL,
+  removed INTEGER NOT NULL, rejected INTEGER NOT NULL, repaired INTEGER NOT NULL,
+  details TEXT NOT NULL DEFAULT '{{}}');
+"""
+
+
+def _now() -> dt.datetime:
+    t = dt.datetime.now(dt.UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _q(name: str) -> str:
+    """A quoted SQL identifier (names are checked identifiers, quoting is belt and braces)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def encode_geometries(geoms: np.ndarray) -> list[bytes | None]:
+    """GeoPackage geometry blobs (header with an xy envelope + little-endian WKB)."""
+    if len(geoms) == 0:
+        return []
+    wkb = shapely.to_wkb(geoms, byte_order=1, flavor="iso", output_dimension=2)
+    bounds = shapely.bounds(geoms)
+    empty = shapely.is_empty(geoms)
+    out: list[bytes | None] = []
+    hdr_full = struct.Struct("<2sBBi4d")
+    hdr_empty = struct.Struct("<2sBBi")
+    for w, b, e in zip(wkb.tolist(), bounds.tolist(), empty.tolist(), strict=True):
+        if w is None:
+            out.append(None)
+        elif e:
+            out.append(hdr_empty.pack(b"GP", 0, 0b10001, SRS_ID) + w)
+        else:
+            out.append(hdr_full.pack(b"GP", 0, 0b00011, SRS_ID, b[0], b[2], b[1], b[3]) + w)
+    return out
+
+
+def decode_geometries(blobs: list[bytes | None]) -> np.ndarray:
+    """Shapely geometries from GeoPackage geometry blobs."""
+    wkb = [
+        None if b is None else b[8 + _ENVELOPE.get((b[3] >> 1) & 7, 0):] for b in blobs
+    ]
+    return shapely.from_wkb(np.array(wkb, dtype=object)) if wkb else np.array([], dtype=object)
+
+
+def feature_hashes(layer: Layer) -> np.ndarray:
+    """A content hash per feature over its geometry and schema attributes (int64)."""
+    if len(layer) == 0:
+        return np.array([], dtype=np.int64)
+    wkb = shapely.to_wkb(layer.geometry, byte_order=1, output_dimension=2)
+    h = pd.util.hash_array(np.asarray(wkb, dtype=object)).astype(np.uint64)
+    names = layer.schema.field_names
+    if names:
+        ha = pd.util.hash_pandas_object(layer.attrs[names], index=False).to_numpy(np.uint64)
+        with np.errstate(over="ignore"):
+            h = h * np.uint64(0x9E3779B97F4A7C15) ^ ha
+    return h.view(np.int64)
+
+
+def _sql_values(series: pd.Series, ftype: FieldType) -> list[Any]:
+    """Column values as SQLite parameters (None for nulls)."""
+    if ftype is FieldType.DATE:
+        return [None if pd.isna(v) else v.strftime("%Y-%m-%d") for v in series]
+    if ftype is FieldType.DATETIME:
+        return [None if pd.isna(v) else _iso(v.to_pydatetime()) for v in series]
+    if ftype is FieldType.BOOLEAN:
+        return [None if v is pd.NA else int(v) for v in series.tolist()]
+    return [None if v is pd.NA or v is None or (isinstance(v, float) and v != v) else v
+            for v in series.astype(object).tolist()]
+
+
+class GeoPackageStore:
+    """The embedded store: `<dir>/twin.gpkg` for vector layers, `<dir>/rasters/*.tif` for rasters."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.root = Path(path)
+        self.location = str(self.root)
+        if self.root.suffix.lower() == ".gpkg":
+            raise StoreError(f"{path} is a file name; a store is a directory holding {GPKG_FILE}")
+        if not self.root.exists():
+            if not create:
+                raise StoreError(f"no store at {self.root}")
+            self.root.mkdir(parents=True)
+        self.file = self.root / GPKG_FILE
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.file, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            with self._lock:
+                # The GeoPackage header is written before WAL is on, so it lands in the file
+                # itself, where GDAL reads it.
+                self._db.executescript(f"BEGIN IMMEDIATE; {_BOOTSTRAP} COMMIT;")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.file}: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"GeoPackageStore({self.location!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _entries(self, kind: str) -> dict[str, tuple[LayerSchema, dict]]:
+        rows = self._rows("SELECT name, schema, meta FROM twin_layers WHERE kind = ?", (kind,))
+        return {n: (LayerSchema.from_json(json.loads(s)), json.loads(m)) for n, s, m in rows}
+
+    def _entry(self, name: str, scope: Access, kind: str = "vector") -> tuple[LayerSchema, dict]:
+        rows = self._rows(
+            "SELECT schema, meta FROM twin_layers WHERE name = ? AND kind = ?", (name, kind)
+        )
+        if not rows:
+            raise UnknownCollection(name)
+        schema = LayerSchema.from_json(json.loads(rows[0][0]))
+        if schema.classification > scope:
+            raise UnknownCollection(name)
+        return schema, json.loads(rows[0][1])
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def layers(self, scope: Access) -> dict[str, LayerInfo]:
+        """Vector layers visible at `scope`, with counts, bounds and last change."""
+        out = {}
+        for name, (schema, meta) in sorted(self._entries("vector").items()):
+            if schema.classification > scope:
+                continue
+            row = self._rows(
+                "SELECT min_x, min_y, max_x, max_y, last_change FROM gpkg_contents "
+                "WHERE table_name = ?",
+                (name,),
+            )
+            (count,) = self._rows(f"SELECT count(*) FROM {_q(name)}")[0]
+            b = row[0][:4] if row else (None,) * 4
+            bounds = Bounds(*b) if None not in b and count else None
+            out[name] = LayerInfo(schema, int(count), bounds, row[0][4] if row else None, meta)
+        return out
+
+    def rasters(self, scope: Access) -> dict[str, RasterInfo]:
+        """Raster collections visible at `scope`."""
+        out = {}
+        for name, (schema, meta) in sorted(self._entries("raster").items()):
+            if schema.classification <= scope:
+                out[name] = RasterInfo(
+                    name, schema.title, self.root / RASTER_DIR / f"{name}.tif",
+                    schema.classification, meta,
+                )
+        return out
+
+    def schema(self, name: str, scope: Access) -> LayerSchema:
+        """The schema of vector layer `name`."""
+        return self._entry(name, scope)[0]
+
+    def meta(self, name: str, scope: Access) -> dict[str, Any]:
+        """Free-form metadata of a layer (attribution, licence, ...)."""
+        return self._entry(name, scope)[1]
+
+    def load(self, name: str, scope: Access) -> Layer:
+        """Read a whole vector layer into memory."""
+        schema, meta = self._entry(name, scope)
+        cols = [*schema.field_names, SOURCE, VERSION, UPDATED]
+        sql = f"SELECT id, {GEOM}, {', '.join(_q(c) for c in cols)} FROM {_q(name)} ORDER BY fid"
+        rows = self._rows(sql)
+        if not rows:
+            return Layer(schema, np.array([], dtype=object), np.array([], dtype=object),
+                         empty_attrs(schema), meta)
+        columns = list(zip(*rows, strict=True))
+        ids = np.array(columns[0], dtype=object)
+        geometry = decode_geometries(list(columns[1]))
+        data: dict[str, pd.Series] = {}
+        for f, values in zip(schema.fields, columns[2:], strict=False):
+            s = pd.Series(values, dtype=object)
+            if f.type is FieldType.BOOLEAN:
+                s = s.map(lambda v: None if v is None else bool(v))
+            data[f.name] = coerce(s, f.type)
+        n_fields = len(schema.fields)
+        data[SOURCE] = pd.Series(columns[2 + n_fields], dtype=object).astype(
+            dtype_of(FieldType.STRING)
+        )
+        data[VERSION] = pd.Series(columns[3 + n_fields], dtype=np.int64)
+        data[UPDATED] = pd.to_datetime(pd.Series(columns[4 + n_fields]), utc=True).astype(
+            "datetime64[ms, UTC]"
+        )
+        return Layer(schema, ids, geometry, pd.DataFrame(data), meta)
+
+    def history(self, collection: str | None = None) -> list[ImportRecord]:
+        """Import history, newest first."""
+        sql = ("SELECT collection, time, user, source, mode, added, updated, unchanged, removed, "
+               "rejected, repaired, details FROM twin_imports")
+        params: tuple = ()
+        if collection is not None:
+            sql += " WHERE collection = ?"
+            params = (collection,)
+        rows = self._rows(sql + " ORDER BY seq DESC", params)
+        return [
+            ImportRecord(
+                collection=r[0], time=dt.datetime.fromisoformat(r[1].replace("Z", "+00:00")),
+                user=r[2], source=r[3], mode=r[4], added=r[5], updated=r[6], unchanged=r[7],
+                removed=r[8], rejected=r[9], repaired=r[10], details=json.loads(r[11]),
+            )
+            for r in rows
+        ]
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def register(self, schema: LayerSchema, meta: dict[str, Any] | None = None) -> None:
+        """Create the layer's table (or add columns for new fields) and record its schema."""
+        with self._transaction() as db:
+            self._register(db, schema, meta)
+
+    def _register(
+        self, db: sqlite3.Connection, schema: LayerSchema, meta: dict[str, Any] | None
+    ) -> None:
+        name = check_name(schema.name)
+        kind = db.execute("SELECT kind, meta FROM twin_layers WHERE name = ?", (name,)).fetchone()
+        if kind is not None and kind[0] != "vector":
+            raise StoreError(f"{name!r} is a {kind[0]} collection")
+        merged = {**(json.loads(kind[1]) if kind else {}), **(meta or {})}
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
+        ).fetchone()
+        if not exists:
+            cols = ", ".join(f"{_q(f.name)} {_SQL_TYPES[f.type]}" for f in schema.fields)
+            db.execute(
+                f"CREATE TABLE {_q(name)} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
+                f"{GEOM} GEOMETRY, id TEXT NOT NULL UNIQUE{', ' + cols if cols else ''}, "
+                f"{SOURCE} TEXT, {VERSION} INTEGER NOT NULL DEFAULT 1, {UPDATED} DATETIME, "
+                f"{HASH} INTEGER)"
+            )
+            db.execute(
+                "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
+                "srs_id) VALUES (?, 'features', ?, ?, ?)",
+                (name, schema.title, schema.description, SRS_ID),
+            )
+            db.execute(
+                "INSERT INTO gpkg_geometry_columns VALUES (?, ?, 'GEOMETRY', ?, 0, 0)",
+                (name, GEOM, SRS_ID),
+            )
+        else:
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({_q(name)})")}
+            for f in schema.fields:
+                if f.name not in have:
+                    db.execute(
+                        f"ALTER TABLE {_q(name)} ADD COLUMN {_q(f.name)} {_SQL_TYPES[f.type]}"
+                    )
+        db.execute(
+            "INSERT INTO twin_layers (name, kind, schema, meta) VALUES (?, 'vector', ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, meta = excluded.meta",
+            (name, json.dumps(schema.to_json(), ensure_ascii=False),
+             json.dumps(merged, ensure_ascii=False)),
+        )
+
+    def write(
+        self,
+        layer: Layer,
+        *,
+        mode: WriteMode = "upsert",
+        source: str,
+        user: str,
+        details: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> WriteResult:
+        """Apply `layer` to the stored layer of the same name in one transaction.
+
+        Features are matched by id: new ids are added, changed ones updated (their version
+        bumped), identical ones left alone; with `mode="replace"` the features of `source`
+        that `layer` lacks are removed.
+        """
+        if mode not in ("upsert", "replace"):
+            raise ValueError(f"unknown write mode {mode!r}")
+        schema = layer.schema
+        name = schema.name
+        details = dict(details or {})
+        if len(set(layer.ids.tolist())) != len(layer):
+            raise StoreError(f"duplicate feature ids offered to {name!r}")
+        hashes = feature_hashes(layer)
+        now = _now()
+        with self._transaction() as db:
+            self._register(db, schema, meta)
+            old = db.execute(f"SELECT id, {HASH}, {SOURCE} FROM {_q(name)}").fetchall()
+            old_hash = {r[0]: r[1] for r in old}
+            ids = layer.ids.tolist()
+            src = layer.attrs[SOURCE].astype(object).where(layer.attrs[SOURCE].notna(), source)
+            srcs = src.tolist()
+            is_new = np.array([i not in old_hash for i in ids], dtype=bool)
+            changed = np.array(
+                [(i in old_hash) and old_hash[i] != h for i, h in zip(ids, hashes.tolist(),
+                                                                      strict=True)],
+                dtype=bool,
+            )
+            keep = set(ids)
+            removed = (
+                [r[0] for r in old if r[0] not in keep and (r[2] == source)]
+                if mode == "replace" else []
+            )
+            fields = schema.fields
+            values = [_sql_values(layer.attrs[f.name], f.type) for f in fields]
+            rows_new = np.flatnonzero(is_new)
+            rows_upd = np.flatnonzero(changed)
+            sel = np.concatenate([rows_new, rows_upd])
+            blobs = encode_geometries(layer.geometry[sel])
+            blob_of = dict(zip(sel.tolist(), blobs, strict=True))
+            stamp = _iso(now)
+            names = [f.name for f in fields]
+            if len(rows_new):
+                cols = ", ".join(["id", GEOM, *map(_q, names), SOURCE, VERSION, UPDATED, HASH])
+                marks = ", ".join("?" * (len(names) + 6))
+                db.executemany(
+                    f"INSERT INTO {_q(name)} ({cols}) VALUES ({marks})",
+                    (
+                        (ids[i], blob_of[i], *(v[i] for v in values), srcs[i], 1, stamp,
+                         int(hashes[i]))
+                        for i in rows_new.tolist()
+                    ),
+                )
+            if len(rows_upd):
+                sets = ", ".join(
+                    [f"{GEOM} = ?", *(f"{_q(n)} = ?" for n in names), f"{SOURCE} = ?",
+                     f"{VERSION} = {VERSION} + 1", f"{UPDATED} = ?", f"{HASH} = ?"]
+                )
+                db.executemany(
+                    f"UPDATE {_q(name)} SET {sets} WHERE id = ?",
+                    (
+                        (blob_of[i], *(v[i] for v in values), srcs[i], stamp, int(hashes[i]),
+                         ids[i])
+                        for i in rows_upd.tolist()
+                    ),
+                )
+            if removed:
+                db.executemany(f"DELETE FROM {_q(name)} WHERE id = ?", ((r,) for r in removed))
+            result = WriteResult(
+                added=len(rows_new),
+                updated=len(rows_upd),
+                unchanged=len(layer) - len(rows_new) - len(rows_upd),
+                removed=len(removed),
+            )
+            if result.updated or result.removed:
+                self._touch(db, name, stamp)
+            else:
+                self._touch(db, name, stamp, grow=layer.geometry[rows_new])
+            db.execute(
+                "INSERT INTO twin_imports (collection, time, user, source, mode, added, updated, "
+                "unchanged, removed, rejected, repaired, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, stamp, user, source, mode, result.added, result.updated,
+                 result.unchanged, result.removed, int(details.pop("rejected", 0)),
+                 int(details.pop("repaired", 0)), json.dumps(details, ensure_ascii=False,
+                                                             default=str)),
+            )
+        return result
+
+    def _touch(
+        self, db: sqlite3.Connection, name: str, stamp: str, grow: np.ndarray | None = None
+    ) -> None:
+        """Refresh the layer's extent and last-change time in gpkg_contents.
+
+        With `grow` (features only added), the stored extent is widened to cover them;
+        otherwise it is recomputed from every stored geometry.
+        """
+        if grow is not None:
+            geoms = grow
+            old = db.execute(
+                "SELECT min_x, min_y, max_x, max_y FROM gpkg_contents WHERE table_name = ?",
+                (name,),
+            ).fetchone()
+            if old and None not in old:
+                geoms = np.append(geoms, shapely.box(*old))
+        else:
+            blobs = db.execute(f"SELECT {GEOM} FROM {_q(name)}").fetchall()
+            geoms = decode_geometries([b[0] for b in blobs])
+        ext: list[float | None] = [None, None, None, None]
+        if len(geoms):
+            b = shapely.bounds(geoms)
+            if np.isfinite(b).any():
+                ext = [float(np.nanmin(b[:, 0])), float(np.nanmin(b[:, 1])),
+                       float(np.nanmax(b[:, 2])), float(np.nanmax(b[:, 3]))]
+        db.execute(
+            "UPDATE gpkg_contents SET min_x=?, min_y=?, max_x=?, max_y=?, last_change=? "
+            "WHERE table_name=?",
+            (*ext, stamp, name),
+        )
+
+    def delete_features(self, name: str, ids: list[str], *, user: str, source: str) -> int:
+        """Remove features by id in one transaction; returns how many were removed."""
+        self._entry(name, Access.RESTRICTED)
+        with self._transaction() as db:
+            n = 0
+            for fid in ids:
+                n += db.execute(f"DELETE FROM {_q(name)} WHERE id = ?", (fid,)).rowcount
+            stamp = _iso(_now())
+            self._touch(db, name, stamp)
+            db.execute(
+                "INSERT INTO twin_imports (collection, time, user, source, mode, added, updated, "
+                "unchanged, removed, rejected, repaired) VALUES (?, ?, ?, ?, 'delete', 0, 0, 0, "
+                "?, 0, 0)",
+                (name, stamp, user, source, n),
+            )
+        return n
+
+    def drop(self, name: str) -> None:
+        """Remove a collection (vector or raster) from the store."""
+        with self._transaction() as db:
+            row = db.execute("SELECT kind FROM twin_layers WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise UnknownCollection(name)
+            if row[0] == "vector":
+                db.execute(f"DROP TABLE IF EXISTS {_q(name)}")
+                db.execute("DELETE FROM gpkg_geometry_columns WHERE table_name = ?", (name,))
+                db.execute("DELETE FROM gpkg_contents WHERE table_name = ?", (name,))
+            db.execute("DELETE FROM twin_layers WHERE name = ?", (name,))
+        raster = self.root / RASTER_DIR / f"{name}.tif"
+        if raster.exists():
+            raster.unlink()
+
+    def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:
+        """Move the finished COG at `info.path` into the store under `info.name`, atomically."""
+        name = check_name(info.name)
+        with self._lock:
+            exists = self._rows("SELECT kind FROM twin_layers WHERE name = ?", (name,))
+            if exists and exists[0][0] != "raster":
+                raise StoreError(f"{name!r} is already a {exists[0][0]} collection")
+            target_dir = self.root / RASTER_DIR
+            target_dir.mkdir(exist_ok=True)
+            target = target_dir / f"{name}.tif"
+            staged = target_dir / f".{name}.tif.staged"
+            src = Path(info.path)
+            if src.parent.resolve() == target_dir.resolve():
+                os.replace(src, staged)
+            else:
+                shutil.copyfile(src, staged)
+            schema = LayerSchema(name=name, title=info.title, geometry=GeometryFamily.POLYGON,
+                                 fields=(), classification=info.classification)
+            stamp = _iso(_now())
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO twin_layers (name, kind, schema, meta) VALUES (?, 'raster', ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, "
+                    "meta = excluded.meta",
+                    (name, json.dumps(schema.to_json()), json.dumps(info.meta, default=str)),
+                )
+                db.execute(
+                    "INSERT INTO twin_imports (collection, time, user, source, mode, added, "
+                    "updated, unchanged, removed, rejected, repaired, details) VALUES "
+                    "(?, ?, ?, ?, 'raster', ?, ?, 0, 0, 0, 0, ?)",
+                    (name, stamp, user, source, 0 if exists else 1, 1 if exists else 0,
+                     json.dumps(info.meta, default=str)),
+                )
+                # The file swap is the last step inside the transaction: if it fails, the
+                # registration rolls back and the previous raster stays in place.
+                os.replace(staged, target)
+        return RasterInfo(name, info.title, target, info.classification, info.meta)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+

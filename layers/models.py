@@ -1,0 +1,198 @@
+"""Domain types shared by every layer: access levels, fields, schemas, import records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any, NamedTuple
+
+
+class Access(IntEnum):
+    """A caller's scope, and a layer's classification: a caller sees layers at or below its scope."""
+
+    PUBLIC = 0
+    INTERNAL = 1
+    RESTRICTED = 2
+
+    @classmethod
+    def parse(cls, value: str | int | Access) -> Access:
+        """`Access` from its name ('public', 'internal', 'restricted') or number."""
+        if isinstance(value, Access):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        try:
+            return cls[value.strip().upper()]
+        except KeyError:
+            raise ValueError(
+                f"unknown access level {value!r}: use public, internal or restricted"
+            ) from None
+
+    @property
+    def label(self) -> str:
+        """Lower-case name, as written in configuration and on the wire."""
+        return self.name.lower()
+
+
+class FieldType(StrEnum):
+    """Attribute types a layer schema can declare."""
+
+    STRING = "string"
+    INTEGER = "integer"
+    FLOAT = "float"
+    BOOLEAN = "boolean"
+    DATE = "date"
+    DATETIME = "datetime"
+
+
+class GeometryFamily(StrEnum):
+    """The geometry a layer holds; multi-part variants of the family are accepted too."""
+
+    POINT = "point"
+    LINE = "line"
+    POLYGON = "polygon"
+    ANY = "any"
+
+    def accepts(self, geom_type: str) -> bool:
+        """Whether a shapely `geom_type` belongs to this family."""
+        allowed = {
+            GeometryFamily.POINT: {"Point", "MultiPoint"},
+            GeometryFamily.LINE: {"LineString", "MultiLineString"},
+            GeometryFamily.POLYGON: {"Polygon", "MultiPolygon"},
+        }
+        if self is GeometryFamily.ANY:
+            return geom_type != "GeometryCollection"
+        return geom_type in allowed[self]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One typed attribute of a layer; units are part of the name (`diameter_mm`)."""
+
+    name: str
+    type: FieldType
+    description: str = ""
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    aliases: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form, as stored in the store's layer table and custom schema files."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type.value}
+        if self.description:
+            out["description"] = self.description
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.aliases:
+            out["aliases"] = list(self.aliases)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Field:
+        """Inverse of `to_json`."""
+        choices = data.get("choices")
+        return cls(
+            name=str(data["name"]),
+            type=FieldType(data.get("type", "string")),
+            description=str(data.get("description", "")),
+            choices=tuple(str(c) for c in choices) if choices is not None else None,
+            minimum=data.get("minimum"),
+            maximum=data.get("maximum"),
+            aliases=tuple(str(a) for a in data.get("aliases", ())),
+        )
+
+
+@dataclass(frozen=True)
+class LayerSchema:
+    """What a layer holds: its geometry family and typed attributes."""
+
+    name: str
+    title: str
+    geometry: GeometryFamily
+    fields: tuple[Field, ...]
+    description: str = ""
+    classification: Access = Access.PUBLIC
+    id_aliases: tuple[str, ...] = ()
+    builtin: bool = False
+
+    def field(self, name: str) -> Field:
+        """The field called `name` (KeyError when there is none)."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def field_names(self) -> list[str]:
+        """Attribute names in schema order."""
+        return [f.name for f in self.fields]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form of the schema."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "geometry": self.geometry.value,
+            "classification": self.classification.label,
+            "id_aliases": list(self.id_aliases),
+            "builtin": self.builtin,
+            "fields": [f.to_json() for f in self.fields],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LayerSchema:
+        """Inverse of `to_json`."""
+        return cls(
+            name=str(data["name"]),
+            title=str(data.get("title") or data["name"]),
+            description=str(data.get("description", "")),
+            geometry=GeometryFamily(data.get("geometry", "any")),
+            classification=Access.parse(data.get("classification", "public")),
+            id_aliases=tuple(data.get("id_aliases", ())),
+            builtin=bool(data.get("builtin", False)),
+            fields=tuple(Field.from_json(f) for f in data.get("fields", ())),
+        )
+
+
+class Bounds(NamedTuple):
+    """A bounding box in lon/lat (CRS84) unless stated otherwise."""
+
+    minx: float
+    miny: float
+    maxx: float
+    maxy: float
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one atomic write changed, by feature id."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+
+
+@dataclass(frozen=True)
+class ImportRecord:
+    """One entry of a store's import history."""
+
+    collection: str
+    time: dt.datetime
+    user: str
+    source: str
+    mode: str
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+    rejected: int = 0
+    repaired: int = 0
+    details: dict[str, Any] = field(default_factory=dict)

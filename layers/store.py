@@ -1,0 +1,86 @@
+"""The store protocol: where layers persist. The GeoPackage store is the embedded default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from layers.layer import Layer
+from layers.models import Access, Bounds, ImportRecord, LayerSchema, WriteResult
+
+WriteMode = Literal["upsert", "replace"]
+"""`upsert` adds and updates by id; `replace` also removes the source's features absent from it."""
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """A raster collection: a Cloud-Optimised GeoTIFF in the store."""
+
+    name: str
+    title: str
+    path: Path
+    classification: Access = Access.PUBLIC
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the store knows of a vector layer without loading it."""
+
+    schema: LayerSchema
+    count: int
+    bounds: Bounds | None
+    last_change: str | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistent layers. Every read takes the caller's scope and hides what it may not see."""
+
+    location: str
+
+    def layers(self, scope: Access) -> dict[str, LayerInfo]:
+        """Vector layers visible at `scope`, by name."""
+        ...
+
+    def rasters(self, scope: Access) -> dict[str, RasterInfo]:
+        """Raster collections visible at `scope`, by name."""
+        ...
+
+    def schema(self, name: str, scope: Access) -> LayerSchema:
+        """The schema of one layer; `UnknownCollection` when absent or not visible."""
+        ...
+
+    def load(self, name: str, scope: Access) -> Layer:
+        """The whole layer, read into memory."""
+        ...
+
+    def register(self, schema: LayerSchema, meta: dict[str, Any] | None = None) -> None:
+        """Create the layer (or extend it with new fields) so it can be written."""
+        ...
+
+    def write(
+        self,
+        layer: Layer,
+        *,
+        mode: WriteMode = "upsert",
+        source: str,
+        user: str,
+        details: dict[str, Any] | None = None,
+    ) -> WriteResult:
+        """Apply `layer`'s features atomically: all land, or nothing changes."""
+        ...
+
+    def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:
+        """Move a finished COG into the store and register it atomically."""
+        ...
+
+    def history(self, collection: str | None = None) -> list[ImportRecord]:
+        """Import history, newest first."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's handles."""
+        ...

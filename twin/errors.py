@@ -1,0 +1,17 @@
+"""Errors raised by the twin package's queries, traces and state; the HTTP layer maps them."""
+
+
+class TwinError(Exception):
+    """Root of every error the twin package raises on purpose."""
+
+
+class InvalidParameter(TwinError):
+    """A request parameter or body that cannot be used, with what was wrong."""
+
+
+class LimitExceeded(TwinError):
+    """A request over a configured limit (radius, result count, vertices, body size)."""
+
+
+class NotAcceptable(TwinError):
+    """A requested representation (CRS, format) the server cannot produce."""
