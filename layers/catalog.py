@@ -79,8 +79,7 @@ class Catalog:
     def layers(self, scope: Access) -> dict[str, Layer]:
         """Vector layers visible at `scope`, by name."""
         return {
-            n: lyr for n, lyr in sorted(self._layers.items())
-            if lyr.schema.classification <= scope
+            n: lyr for n, lyr in sorted(self._layers.items()) if lyr.schema.classification <= scope
         }
 
     def rasters(self, scope: Access) -> dict[str, RasterInfo]:

@@ -129,9 +129,7 @@ def encode_geometries(geoms: np.ndarray) -> list[bytes | None]:
 
 def decode_geometries(blobs: list[bytes | None]) -> np.ndarray:
     """Shapely geometries from GeoPackage geometry blobs."""
-    wkb = [
-        None if b is None else b[8 + _ENVELOPE.get((b[3] >> 1) & 7, 0):] for b in blobs
-    ]
+    wkb = [None if b is None else b[8 + _ENVELOPE.get((b[3] >> 1) & 7, 0) :] for b in blobs]
     return shapely.from_wkb(np.array(wkb, dtype=object)) if wkb else np.array([], dtype=object)
 
 
@@ -157,8 +155,10 @@ def _sql_values(series: pd.Series, ftype: FieldType) -> list[Any]:
         return [None if pd.isna(v) else _iso(v.to_pydatetime()) for v in series]
     if ftype is FieldType.BOOLEAN:
         return [None if v is pd.NA else int(v) for v in series.tolist()]
-    return [None if v is pd.NA or v is None or (isinstance(v, float) and v != v) else v
-            for v in series.astype(object).tolist()]
+    return [
+        None if v is pd.NA or v is None or (isinstance(v, float) and v != v) else v
+        for v in series.astype(object).tolist()
+    ]
 
 
 class GeoPackageStore:
@@ -249,8 +249,11 @@ class GeoPackageStore:
         for name, (schema, meta) in sorted(self._entries("raster").items()):
             if schema.classification <= scope:
                 out[name] = RasterInfo(
-                    name, schema.title, self.root / RASTER_DIR / f"{name}.tif",
-                    schema.classification, meta,
+                    name,
+                    schema.title,
+                    self.root / RASTER_DIR / f"{name}.tif",
+                    schema.classification,
+                    meta,
                 )
         return out
 
@@ -269,8 +272,13 @@ class GeoPackageStore:
         sql = f"SELECT id, {GEOM}, {', '.join(_q(c) for c in cols)} FROM {_q(name)} ORDER BY fid"
         rows = self._rows(sql)
         if not rows:
-            return Layer(schema, np.array([], dtype=object), np.array([], dtype=object),
-                         empty_attrs(schema), meta)
+            return Layer(
+                schema,
+                np.array([], dtype=object),
+                np.array([], dtype=object),
+                empty_attrs(schema),
+                meta,
+            )
         columns = list(zip(*rows, strict=True))
         ids = np.array(columns[0], dtype=object)
         geometry = decode_geometries(list(columns[1]))
@@ -292,8 +300,10 @@ class GeoPackageStore:
 
     def history(self, collection: str | None = None) -> list[ImportRecord]:
         """Import history, newest first."""
-        sql = ("SELECT collection, time, user, source, mode, added, updated, unchanged, removed, "
-               "rejected, repaired, details FROM twin_imports")
+        sql = (
+            "SELECT collection, time, user, source, mode, added, updated, unchanged, removed, "
+            "rejected, repaired, details FROM twin_imports"
+        )
         params: tuple = ()
         if collection is not None:
             sql += " WHERE collection = ?"
@@ -301,9 +311,18 @@ class GeoPackageStore:
         rows = self._rows(sql + " ORDER BY seq DESC", params)
         return [
             ImportRecord(
-                collection=r[0], time=dt.datetime.fromisoformat(r[1].replace("Z", "+00:00")),
-                user=r[2], source=r[3], mode=r[4], added=r[5], updated=r[6], unchanged=r[7],
-                removed=r[8], rejected=r[9], repaired=r[10], details=json.loads(r[11]),
+                collection=r[0],
+                time=dt.datetime.fromisoformat(r[1].replace("Z", "+00:00")),
+                user=r[2],
+                source=r[3],
+                mode=r[4],
+                added=r[5],
+                updated=r[6],
+                unchanged=r[7],
+                removed=r[8],
+                rejected=r[9],
+                repaired=r[10],
+                details=json.loads(r[11]),
             )
             for r in rows
         ]
@@ -353,8 +372,11 @@ class GeoPackageStore:
         db.execute(
             "INSERT INTO twin_layers (name, kind, schema, meta) VALUES (?, 'vector', ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, meta = excluded.meta",
-            (name, json.dumps(schema.to_json(), ensure_ascii=False),
-             json.dumps(merged, ensure_ascii=False)),
+            (
+                name,
+                json.dumps(schema.to_json(), ensure_ascii=False),
+                json.dumps(merged, ensure_ascii=False),
+            ),
         )
 
     def write(
@@ -391,14 +413,17 @@ class GeoPackageStore:
             srcs = src.tolist()
             is_new = np.array([i not in old_hash for i in ids], dtype=bool)
             changed = np.array(
-                [(i in old_hash) and old_hash[i] != h for i, h in zip(ids, hashes.tolist(),
-                                                                      strict=True)],
+                [
+                    (i in old_hash) and old_hash[i] != h
+                    for i, h in zip(ids, hashes.tolist(), strict=True)
+                ],
                 dtype=bool,
             )
             keep = set(ids)
             removed = (
                 [r[0] for r in old if r[0] not in keep and (r[2] == source)]
-                if mode == "replace" else []
+                if mode == "replace"
+                else []
             )
             fields = schema.fields
             values = [_sql_values(layer.attrs[f.name], f.type) for f in fields]
@@ -415,21 +440,40 @@ class GeoPackageStore:
                 db.executemany(
                     f"INSERT INTO {_q(name)} ({cols}) VALUES ({marks})",
                     (
-                        (ids[i], blob_of[i], *(v[i] for v in values), srcs[i], 1, stamp,
-                         int(hashes[i]))
+                        (
+                            ids[i],
+                            blob_of[i],
+                            *(v[i] for v in values),
+                            srcs[i],
+                            1,
+                            stamp,
+                            int(hashes[i]),
+                        )
                         for i in rows_new.tolist()
                     ),
                 )
             if len(rows_upd):
                 sets = ", ".join(
-                    [f"{GEOM} = ?", *(f"{_q(n)} = ?" for n in names), f"{SOURCE} = ?",
-                     f"{VERSION} = {VERSION} + 1", f"{UPDATED} = ?", f"{HASH} = ?"]
+                    [
+                        f"{GEOM} = ?",
+                        *(f"{_q(n)} = ?" for n in names),
+                        f"{SOURCE} = ?",
+                        f"{VERSION} = {VERSION} + 1",
+                        f"{UPDATED} = ?",
+                        f"{HASH} = ?",
+                    ]
                 )
                 db.executemany(
                     f"UPDATE {_q(name)} SET {sets} WHERE id = ?",
                     (
-                        (blob_of[i], *(v[i] for v in values), srcs[i], stamp, int(hashes[i]),
-                         ids[i])
+                        (
+                            blob_of[i],
+                            *(v[i] for v in values),
+                            srcs[i],
+                            stamp,
+                            int(hashes[i]),
+                            ids[i],
+                        )
                         for i in rows_upd.tolist()
                     ),
                 )
@@ -449,10 +493,20 @@ class GeoPackageStore:
                 "INSERT INTO twin_imports (collection, time, user, source, mode, added, updated, "
                 "unchanged, removed, rejected, repaired, details) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, stamp, user, source, mode, result.added, result.updated,
-                 result.unchanged, result.removed, int(details.pop("rejected", 0)),
-                 int(details.pop("repaired", 0)), json.dumps(details, ensure_ascii=False,
-                                                             default=str)),
+                (
+                    name,
+                    stamp,
+                    user,
+                    source,
+                    mode,
+                    result.added,
+                    result.updated,
+                    result.unchanged,
+                    result.removed,
+                    int(details.pop("rejected", 0)),
+                    int(details.pop("repaired", 0)),
+                    json.dumps(details, ensure_ascii=False, default=str),
+                ),
             )
         return result
 
@@ -479,8 +533,12 @@ class GeoPackageStore:
         if len(geoms):
             b = shapely.bounds(geoms)
             if np.isfinite(b).any():
-                ext = [float(np.nanmin(b[:, 0])), float(np.nanmin(b[:, 1])),
-                       float(np.nanmax(b[:, 2])), float(np.nanmax(b[:, 3]))]
+                ext = [
+                    float(np.nanmin(b[:, 0])),
+                    float(np.nanmin(b[:, 1])),
+                    float(np.nanmax(b[:, 2])),
+                    float(np.nanmax(b[:, 3])),
+                ]
         db.execute(
             "UPDATE gpkg_contents SET min_x=?, min_y=?, max_x=?, max_y=?, last_change=? "
             "WHERE table_name=?",
@@ -535,8 +593,13 @@ class GeoPackageStore:
                 os.replace(src, staged)
             else:
                 shutil.copyfile(src, staged)
-            schema = LayerSchema(name=name, title=info.title, geometry=GeometryFamily.POLYGON,
-                                 fields=(), classification=info.classification)
+            schema = LayerSchema(
+                name=name,
+                title=info.title,
+                geometry=GeometryFamily.POLYGON,
+                fields=(),
+                classification=info.classification,
+            )
             stamp = _iso(_now())
             with self._transaction() as db:
                 db.execute(
@@ -549,8 +612,15 @@ class GeoPackageStore:
                     "INSERT INTO twin_imports (collection, time, user, source, mode, added, "
                     "updated, unchanged, removed, rejected, repaired, details) VALUES "
                     "(?, ?, ?, ?, 'raster', ?, ?, 0, 0, 0, 0, ?)",
-                    (name, stamp, user, source, 0 if exists else 1, 1 if exists else 0,
-                     json.dumps(info.meta, default=str)),
+                    (
+                        name,
+                        stamp,
+                        user,
+                        source,
+                        0 if exists else 1,
+                        1 if exists else 0,
+                        json.dumps(info.meta, default=str),
+                    ),
                 )
                 # The file swap is the last step inside the transaction: if it fails, the
                 # registration rolls back and the previous raster stays in place.
@@ -561,4 +631,3 @@ class GeoPackageStore:
         """Close the database connection."""
         with self._lock:
             self._db.close()
-

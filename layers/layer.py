@@ -63,9 +63,9 @@ def empty_attrs(schema: LayerSchema, n: int = 0) -> pd.DataFrame:
     }
     cols[SOURCE] = pd.Series([None] * n, dtype=object).astype(dtype_of(FieldType.STRING))
     cols[VERSION] = pd.Series(np.ones(n, dtype=np.int64))
-    cols[UPDATED] = pd.Series(np.full(n, np.datetime64("NaT"), dtype="datetime64[ms]")).dt.tz_localize(
-        "UTC"
-    )
+    cols[UPDATED] = pd.Series(
+        np.full(n, np.datetime64("NaT"), dtype="datetime64[ms]")
+    ).dt.tz_localize("UTC")
     return pd.DataFrame(cols)
 
 
@@ -115,7 +115,9 @@ class Layer:
     @classmethod
     def empty(cls, schema: LayerSchema) -> Layer:
         """A layer with no features."""
-        return cls(schema, np.array([], dtype=object), np.array([], dtype=object), empty_attrs(schema))
+        return cls(
+            schema, np.array([], dtype=object), np.array([], dtype=object), empty_attrs(schema)
+        )
 
     @property
     def name(self) -> str:
@@ -192,10 +194,14 @@ class Layer:
         names = self.schema.field_names + ([*SYSTEM_COLUMNS] if system else [SOURCE])
         sub = self.attrs.iloc[np.asarray(rows, dtype=np.int64)][names]
         cols = [sub[c].tolist() for c in names]
-        return [
-            {k: json_value(v) for k, v in zip(names, vals, strict=True)}
-            for vals in zip(*cols, strict=True)
-        ] if len(sub) else []
+        return (
+            [
+                {k: json_value(v) for k, v in zip(names, vals, strict=True)}
+                for vals in zip(*cols, strict=True)
+            ]
+            if len(sub)
+            else []
+        )
 
     def features(self, rows: Sequence[int] | np.ndarray, *, system: bool = False) -> list[dict]:
         """GeoJSON Feature dicts (lon/lat) for `rows`."""

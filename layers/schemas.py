@@ -35,9 +35,20 @@ COMMON_ID_ALIASES = (
     "osm_id",
 )
 
-_INSTALL = ("install_year", "installyear", "installdate", "install_date", "installationdate",
-            "constructiondate", "construction_date", "year_installed", "yearinstalled",
-            "install_yr", "year_built", "yearbuilt")
+_INSTALL = (
+    "install_year",
+    "installyear",
+    "installdate",
+    "install_date",
+    "installationdate",
+    "constructiondate",
+    "construction_date",
+    "year_installed",
+    "yearinstalled",
+    "install_yr",
+    "year_built",
+    "yearbuilt",
+)
 _STATUS = ("status", "lifecyclestatus", "life_cycle_status", "lifecycle_status", "condition_status")
 _DEPTH = ("depth_m", "depth", "cover_depth", "burial_depth", "cover_m")
 
@@ -49,20 +60,68 @@ PIPES = LayerSchema(
     id_aliases=("struct_id", "gisid", "pipe_id", "pipeid", "mainid", "segment_id"),
     builtin=True,
     fields=(
-        Field("network", S, "Which network: " + ", ".join(NETWORKS), choices=NETWORKS,
-              aliases=("network", "system", "utility", "watertype", "substance", "pipe_type",
-                       "service", "function", "subtypename")),
-        Field("material", S, "Pipe material code (PE, DI, CI, PVC, CONC, ...)",
-              aliases=("material", "pipe_material", "mat", "pipe_mat", "matl")),
-        Field("diameter_mm", F, "Nominal diameter in millimetres", minimum=0, maximum=10_000,
-              aliases=("diameter_mm", "diameter", "pipe_size", "pipesize", "dia", "size",
-                       "nominal_diameter", "width")),
-        Field("install_year", I, "Year the pipe was laid", minimum=1700, maximum=2100,
-              aliases=_INSTALL),
-        Field("depth_m", F, "Depth of cover below ground, metres", minimum=0, maximum=200,
-              aliases=_DEPTH),
-        Field("pressure_zone", S, "Pressure zone or catchment code",
-              aliases=("pressure_zone", "pressurezone", "pzone", "zone")),
+        Field(
+            "network",
+            S,
+            "Which network: " + ", ".join(NETWORKS),
+            choices=NETWORKS,
+            aliases=(
+                "network",
+                "system",
+                "utility",
+                "watertype",
+                "substance",
+                "pipe_type",
+                "service",
+                "function",
+                "subtypename",
+            ),
+        ),
+        Field(
+            "material",
+            S,
+            "Pipe material code (PE, DI, CI, PVC, CONC, ...)",
+            aliases=("material", "pipe_material", "mat", "pipe_mat", "matl"),
+        ),
+        Field(
+            "diameter_mm",
+            F,
+            "Nominal diameter in millimetres",
+            minimum=0,
+            maximum=10_000,
+            aliases=(
+                "diameter_mm",
+                "diameter",
+                "pipe_size",
+                "pipesize",
+                "dia",
+                "size",
+                "nominal_diameter",
+                "width",
+            ),
+        ),
+        Field(
+            "install_year",
+            I,
+            "Year the pipe was laid",
+            minimum=1700,
+            maximum=2100,
+            aliases=_INSTALL,
+        ),
+        Field(
+            "depth_m",
+            F,
+            "Depth of cover below ground, metres",
+            minimum=0,
+            maximum=200,
+            aliases=_DEPTH,
+        ),
+        Field(
+            "pressure_zone",
+            S,
+            "Pressure zone or catchment code",
+            aliases=("pressure_zone", "pressurezone", "pzone", "zone"),
+        ),
         Field("status", S, "Life-cycle status", choices=ASSET_STATUS, aliases=_STATUS),
     ),
 )
@@ -75,18 +134,47 @@ VALVES = LayerSchema(
     id_aliases=("hydrant_id", "valve_id", "valveid", "hydrantid", "struct_id", "gisid"),
     builtin=True,
     fields=(
-        Field("kind", S, "valve, hydrant, meter or pump",
-              choices=("valve", "hydrant", "meter", "pump"),
-              aliases=("kind", "type", "asset_type", "fitting_type")),
-        Field("network", S, "Which network the fitting belongs to", choices=NETWORKS,
-              aliases=("network", "system", "utility", "substance")),
-        Field("normally_open", B, "Whether the valve is normally open",
-              aliases=("normally_open", "normallyopen", "normal_position", "normalposition",
-                       "normal_state", "normalstate")),
-        Field("operable", B, "Whether the valve can be operated",
-              aliases=("operable", "is_operable", "operational")),
-        Field("diameter_mm", F, "Nominal diameter in millimetres", minimum=0, maximum=10_000,
-              aliases=("diameter_mm", "diameter", "valve_size", "size")),
+        Field(
+            "kind",
+            S,
+            "valve, hydrant, meter or pump",
+            choices=("valve", "hydrant", "meter", "pump"),
+            aliases=("kind", "type", "asset_type", "fitting_type"),
+        ),
+        Field(
+            "network",
+            S,
+            "Which network the fitting belongs to",
+            choices=NETWORKS,
+            aliases=("network", "system", "utility", "substance"),
+        ),
+        Field(
+            "normally_open",
+            B,
+            "Whether the valve is normally open",
+            aliases=(
+                "normally_open",
+                "normallyopen",
+                "normal_position",
+                "normalposition",
+                "normal_state",
+                "normalstate",
+            ),
+        ),
+        Field(
+            "operable",
+            B,
+            "Whether the valve can be operated",
+            aliases=("operable", "is_operable", "operational"),
+        ),
+        Field(
+            "diameter_mm",
+            F,
+            "Nominal diameter in millimetres",
+            minimum=0,
+            maximum=10_000,
+            aliases=("diameter_mm", "diameter", "valve_size", "size"),
+        ),
         Field("install_year", I, "Year installed", minimum=1700, maximum=2100, aliases=_INSTALL),
         Field("depth_m", F, "Depth below ground, metres", minimum=0, maximum=200, aliases=_DEPTH),
         Field("status", S, "Life-cycle status", choices=ASSET_STATUS, aliases=_STATUS),
@@ -101,18 +189,40 @@ ROADS = LayerSchema(
     id_aliases=("street_id", "road_id", "segment_id"),
     builtin=True,
     fields=(
-        Field("name", S, "Street name",
-              aliases=("name", "street", "street_name", "streetname", "fullname", "full_name",
-                       "label", "road_name")),
-        Field("class", S, "Road class (motorway, primary, residential, ...)",
-              aliases=("class", "highway", "road_class", "roadclass", "func_class", "fclass")),
+        Field(
+            "name",
+            S,
+            "Street name",
+            aliases=(
+                "name",
+                "street",
+                "street_name",
+                "streetname",
+                "fullname",
+                "full_name",
+                "label",
+                "road_name",
+            ),
+        ),
+        Field(
+            "class",
+            S,
+            "Road class (motorway, primary, residential, ...)",
+            aliases=("class", "highway", "road_class", "roadclass", "func_class", "fclass"),
+        ),
         Field("lanes", I, "Number of lanes", minimum=0, maximum=20, aliases=("lanes", "num_lanes")),
         Field("surface", S, "Surface (asphalt, concrete, ...)", aliases=("surface",)),
         Field("oneway", B, "One-way street", aliases=("oneway", "one_way")),
         Field("bridge", B, "Carried on a bridge", aliases=("bridge",)),
         Field("tunnel", B, "In a tunnel", aliases=("tunnel",)),
-        Field("maxspeed_kmh", F, "Speed limit, km/h", minimum=0, maximum=200,
-              aliases=("maxspeed_kmh", "maxspeed", "speed_limit")),
+        Field(
+            "maxspeed_kmh",
+            F,
+            "Speed limit, km/h",
+            minimum=0,
+            maximum=200,
+            aliases=("maxspeed_kmh", "maxspeed", "speed_limit"),
+        ),
     ),
 )
 
@@ -125,15 +235,37 @@ BRIDGES = LayerSchema(
     builtin=True,
     fields=(
         Field("name", S, "Bridge name", aliases=("name", "bridge_name", "bridgedetails")),
-        Field("kind", S, "Bridge type (road, rail, foot, culvert, ...)",
-              aliases=("kind", "type", "bridge_type", "bridge")),
-        Field("length_m", F, "Length, metres", minimum=0, maximum=100_000,
-              aliases=("length_m", "length", "bridge_length")),
-        Field("spans", I, "Number of spans", minimum=0, maximum=1000, aliases=("spans", "num_spans")),
-        Field("condition", I, "Inspection condition, 1 (good) to 5 (critical)", minimum=1,
-              maximum=5, aliases=("condition", "condition_rating", "rating")),
-        Field("last_inspection", D, "Date of the last inspection",
-              aliases=("last_inspection", "inspection_date", "inspected", "lastinspection")),
+        Field(
+            "kind",
+            S,
+            "Bridge type (road, rail, foot, culvert, ...)",
+            aliases=("kind", "type", "bridge_type", "bridge"),
+        ),
+        Field(
+            "length_m",
+            F,
+            "Length, metres",
+            minimum=0,
+            maximum=100_000,
+            aliases=("length_m", "length", "bridge_length"),
+        ),
+        Field(
+            "spans", I, "Number of spans", minimum=0, maximum=1000, aliases=("spans", "num_spans")
+        ),
+        Field(
+            "condition",
+            I,
+            "Inspection condition, 1 (good) to 5 (critical)",
+            minimum=1,
+            maximum=5,
+            aliases=("condition", "condition_rating", "rating"),
+        ),
+        Field(
+            "last_inspection",
+            D,
+            "Date of the last inspection",
+            aliases=("last_inspection", "inspection_date", "inspected", "lastinspection"),
+        ),
     ),
 )
 
@@ -145,15 +277,36 @@ LIGHTS = LayerSchema(
     id_aliases=("poleid", "pole_id", "light_id", "lightid", "lamp_id"),
     builtin=True,
     fields=(
-        Field("lamp_type", S, "Lamp type (LED, HPS, MH, ...)",
-              aliases=("lamp_type", "lamptype", "lamp", "lamp1", "light_type", "fixturetype")),
-        Field("wattage_w", F, "Lamp power, watts", minimum=0, maximum=10_000,
-              aliases=("wattage_w", "wattage", "watts", "power_w", "power", "lamp_watts")),
-        Field("height_m", F, "Mounting height, metres", minimum=0, maximum=100,
-              aliases=("height_m", "height", "pole_height", "mounting_height")),
+        Field(
+            "lamp_type",
+            S,
+            "Lamp type (LED, HPS, MH, ...)",
+            aliases=("lamp_type", "lamptype", "lamp", "lamp1", "light_type", "fixturetype"),
+        ),
+        Field(
+            "wattage_w",
+            F,
+            "Lamp power, watts",
+            minimum=0,
+            maximum=10_000,
+            aliases=("wattage_w", "wattage", "watts", "power_w", "power", "lamp_watts"),
+        ),
+        Field(
+            "height_m",
+            F,
+            "Mounting height, metres",
+            minimum=0,
+            maximum=100,
+            aliases=("height_m", "height", "pole_height", "mounting_height"),
+        ),
         Field("circuit", S, "Supply circuit", aliases=("circuit", "circuit_id", "feeder")),
-        Field("status", S, "Live status", choices=("on", "off", "fault"),
-              aliases=("status", "lamp_status")),
+        Field(
+            "status",
+            S,
+            "Live status",
+            choices=("on", "off", "fault"),
+            aliases=("status", "lamp_status"),
+        ),
     ),
 )
 
@@ -166,10 +319,19 @@ PARKS = LayerSchema(
     builtin=True,
     fields=(
         Field("name", S, "Park name", aliases=("name", "park_name", "parkname", "site_name")),
-        Field("area_m2", F, "Area, square metres (computed on the ground when absent)", minimum=0,
-              aliases=("area_m2", "area_sqm")),
-        Field("kind", S, "Kind of green space (park, garden, playground, ...)",
-              aliases=("kind", "leisure", "park_type", "parktype", "type")),
+        Field(
+            "area_m2",
+            F,
+            "Area, square metres (computed on the ground when absent)",
+            minimum=0,
+            aliases=("area_m2", "area_sqm"),
+        ),
+        Field(
+            "kind",
+            S,
+            "Kind of green space (park, garden, playground, ...)",
+            aliases=("kind", "leisure", "park_type", "parktype", "type"),
+        ),
     ),
 )
 
@@ -181,14 +343,27 @@ GRIDS = LayerSchema(
     id_aliases=("grid_id", "cell_id"),
     builtin=True,
     fields=(
-        Field("level", S, "district, street, community or cell", choices=GRID_LEVELS,
-              aliases=("level", "grid_level")),
+        Field(
+            "level",
+            S,
+            "district, street, community or cell",
+            choices=GRID_LEVELS,
+            aliases=("level", "grid_level"),
+        ),
         Field("code", S, "Cell code", aliases=("code", "grid_code", "cell_code", "pcix_no")),
-        Field("parent_code", S, "Code of the enclosing cell",
-              aliases=("parent_code", "parent", "parentcode")),
+        Field(
+            "parent_code",
+            S,
+            "Code of the enclosing cell",
+            aliases=("parent_code", "parent", "parentcode"),
+        ),
         Field("name", S, "Name", aliases=("name", "cell_name", "name_1")),
-        Field("responsible_unit", S, "Who manages the cell",
-              aliases=("responsible_unit", "responsible", "unit", "department", "manager")),
+        Field(
+            "responsible_unit",
+            S,
+            "Who manages the cell",
+            aliases=("responsible_unit", "responsible", "unit", "department", "manager"),
+        ),
     ),
 )
 
@@ -200,13 +375,23 @@ SITES = LayerSchema(
     id_aliases=("site_id", "siteid"),
     builtin=True,
     fields=(
-        Field("permit_id", S, "Permit number",
-              aliases=("permit_id", "permit", "permit_no", "permitnumber", "permit_number")),
+        Field(
+            "permit_id",
+            S,
+            "Permit number",
+            aliases=("permit_id", "permit", "permit_no", "permitnumber", "permit_number"),
+        ),
         Field("contractor", S, "Contractor", aliases=("contractor", "company")),
         Field("start_date", D, "Start of works", aliases=("start_date", "startdate", "start")),
         Field("end_date", D, "End of works", aliases=("end_date", "enddate", "end")),
-        Field("depth_m", F, "Excavation depth, metres", minimum=0, maximum=200,
-              aliases=("depth_m", "depth", "excavation_depth")),
+        Field(
+            "depth_m",
+            F,
+            "Excavation depth, metres",
+            minimum=0,
+            maximum=200,
+            aliases=("depth_m", "depth", "excavation_depth"),
+        ),
         Field("description", S, "What is being built", aliases=("description", "desc", "work")),
     ),
 )
@@ -238,7 +423,8 @@ def custom_schema(data: dict[str, Any], *, name: str | None = None) -> LayerSche
     # Accept both `[fields] diameter_mm = "float"` and `[[fields]] name = ...` shapes.
     if isinstance(raw_fields, dict):
         raw_fields = [
-            {"name": k, **(v if isinstance(v, dict) else {"type": v})} for k, v in raw_fields.items()
+            {"name": k, **(v if isinstance(v, dict) else {"type": v})}
+            for k, v in raw_fields.items()
         ]
     seen = set()
     for raw in raw_fields:
@@ -269,13 +455,13 @@ def custom_schema(data: dict[str, Any], *, name: str | None = None) -> LayerSche
 def load_schema_file(path: str | Path, *, name: str | None = None) -> LayerSchema:
     """A custom layer's schema from a TOML file such as::
 
-        name = "power"
-        title = "Power network"
-        geometry = "any"            # point | line | polygon | any
-        classification = "internal"
-        [fields]
-        voltage_kv = "float"
-        operator = { type = "string", aliases = ["owner"] }
+    name = "power"
+    title = "Power network"
+    geometry = "any"            # point | line | polygon | any
+    classification = "internal"
+    [fields]
+    voltage_kv = "float"
+    operator = { type = "string", aliases = ["owner"] }
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))

@@ -27,7 +27,9 @@ def make_pipes(n: int, *, material: str = "PE", shift: float = 0.0, source: str 
     attrs["install_year"] = coerce(np.arange(n) % 50 + 1970, PIPES.field("install_year").type)
     attrs[SOURCE] = coerce([source] * n, PIPES.field("material").type)
     x = 114.3 + np.arange(n) * 1e-4 + shift
-    geom = shapely.linestrings(np.stack([np.c_[x, np.full(n, 30.3)], np.c_[x, np.full(n, 30.301)]], 1))
+    geom = shapely.linestrings(
+        np.stack([np.c_[x, np.full(n, 30.3)], np.c_[x, np.full(n, 30.301)]], 1)
+    )
     return Layer(PIPES, np.array([f"p{i}" for i in range(n)], dtype=object), geom, attrs)
 
 
@@ -139,8 +141,12 @@ def test_history_records_each_import(store):
 
 def test_scope_hides_classified_layers(store):
     secret = custom_schema({"name": "gasmains", "geometry": "line", "classification": "restricted"})
-    lyr = Layer(secret, np.array(["g1"], dtype=object),
-                np.array([shapely.LineString([(0, 0), (1, 1)])]), empty_attrs(secret, 1))
+    lyr = Layer(
+        secret,
+        np.array(["g1"], dtype=object),
+        np.array([shapely.LineString([(0, 0), (1, 1)])]),
+        empty_attrs(secret, 1),
+    )
     store.write(lyr, source="s", user="t")
     assert "gasmains" not in store.layers(Access.INTERNAL)
     assert "gasmains" in store.layers(Access.RESTRICTED)
@@ -151,8 +157,12 @@ def test_scope_hides_classified_layers(store):
 
 def test_file_is_a_geopackage_gdal_reads(store):
     store.write(make_pipes(7), source="a", user="t")
-    lights = Layer(LIGHTS, np.array(["l1"], dtype=object), np.array([shapely.Point(114.3, 30.3)]),
-                   empty_attrs(LIGHTS, 1))
+    lights = Layer(
+        LIGHTS,
+        np.array(["l1"], dtype=object),
+        np.array([shapely.Point(114.3, 30.3)]),
+        empty_attrs(LIGHTS, 1),
+    )
     store.write(lights, source="b", user="t")
     layers = dict(pyogrio.list_layers(store.file).tolist())
     assert layers["pipes"] is not None and layers["lights"] is not None
