@@ -16,6 +16,16 @@ class ServerSettings(BaseSettings):
     """Scope of a caller without credentials: public, internal or restricted."""
     items_default_limit: int = 100
     items_max_limit: int = 10_000
+    public_url: str = ""
+    """Base URL clients reach the server at (behind a proxy); empty: taken from each request."""
+    cors_origins: list[str] = ["*"]
+    """Origins allowed to read the API from a browser on another site."""
+    tile_max_age_s: int = 60
+    """`Cache-Control: max-age` of vector and raster tiles."""
+    gzip_level: int = 4
+    """gzip level of JSON answers (tiles are compressed once by the tile cache)."""
+    extra_crs: list[int] = []
+    """EPSG codes offered besides CRS84, 4326, 4490, 3857 and the CGCS2000 GK zones."""
 
 
 class QuerySettings(BaseSettings):

@@ -1,0 +1,130 @@
+"""The HTTP app: OGC API Features and Tiles, TileJSON, style, query API, ops.
+
+`create_app` builds nothing at import time: the catalog (every layer in memory), the tile cache
+and the settings are made once in the lifespan and held on `app.state`. Every package's
+errors are answered here, from one table, as JSON `{"code", "description"}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from layers import errors as layer_errors
+from layers.catalog import Catalog
+from layers.models import Access
+from layers.settings import StoreSettings, open_store
+from twin import errors as twin_errors
+from twin.crs import CrsSet
+from twin.metrics import Metrics, MetricsMiddleware
+from twin.routes import collections, items, landing, ops
+from twin.settings import ServerSettings
+
+log = logging.getLogger("twin.app")
+
+ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (layer_errors.UnknownCollection, 404),
+    (layer_errors.UnknownFeature, 404),
+    (layer_errors.InvalidSchema, 400),
+    (layer_errors.StoreError, 503),
+    (layer_errors.LayersError, 400),
+    (twin_errors.InvalidParameter, 400),
+    (twin_errors.LimitExceeded, 400),
+    (twin_errors.NotAcceptable, 406),
+    (twin_errors.TwinError, 400),
+)
+"""Each package's exceptions and the status they are answered with (most specific first)."""
+
+
+def error_response(status: int, code: str, description: str) -> JSONResponse:
+    """The one shape every error takes on the wire."""
+    return JSONResponse({"code": code, "description": description}, status_code=status)
+
+
+def _install_errors(app: FastAPI) -> None:
+    def handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            return error_response(status, type(exc).__name__, str(exc))
+
+        return handle
+
+    for exc_type, status in ERRORS:
+        app.add_exception_handler(exc_type, handler(status))
+
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for err in exc.errors():
+            where = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body")]
+            value = err.get("input")
+            shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+            parts.append(f"{'.'.join(where) or 'request'}: {err.get('msg', 'invalid')}{shown}")
+        return error_response(400, "InvalidParameter", "; ".join(parts))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        codes = {404: "NotFound", 405: "MethodNotAllowed", 406: "NotAcceptable"}
+        return JSONResponse(
+            {"code": codes.get(exc.status_code, "HTTPError"), "description": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "ServerError", "the server failed to answer; see its log")
+
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def create_app(
+    settings: ServerSettings | None = None,
+    store_settings: StoreSettings | None = None,
+    *,
+    catalog: Catalog | None = None,
+) -> FastAPI:
+    """The server over the store the settings name (or over a catalog already built)."""
+    settings = settings or ServerSettings()
+    store_settings = store_settings or StoreSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = catalog is None
+        cat = catalog if catalog is not None else Catalog(open_store(store_settings))
+        app.state.catalog = cat
+        yield
+        if own:
+            cat.store.close()
+
+    app = FastAPI(
+        title="twin",
+        description="Digital twin of a city's municipal assets: OGC API Features and Tiles.",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/api",
+        docs_url="/api.html",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.anonymous_access = Access.parse(settings.anonymous_access)
+    app.state.crs = CrsSet(settings.extra_crs)
+    app.state.metrics = Metrics()
+    _install_errors(app)
+    for module in (landing, collections, items, ops):
+        app.include_router(module.router)
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=settings.gzip_level)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD"]
+    )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

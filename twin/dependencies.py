@@ -1,0 +1,188 @@
+"""Request parsing: small typed dependencies that return domain values.
+
+Each documents its parameters in the OpenAPI description and raises `InvalidParameter`
+(answered 400, naming the parameter) for a value it cannot use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from layers.catalog import Catalog
+from layers.models import Bounds
+from twin.cql2 import Filter, parse
+from twin.crs import CrsRef, CrsSet
+from twin.errors import InvalidParameter
+from twin.select import Interval, parse_datetime
+from twin.settings import ServerSettings
+
+
+def get_catalog(request: Request) -> Catalog:
+    """The catalog built at start-up."""
+    return request.app.state.catalog
+
+
+def get_settings(request: Request) -> ServerSettings:
+    """The server's settings."""
+    return request.app.state.settings
+
+
+def get_crs_set(request: Request) -> CrsSet:
+    """The CRSs the server offers, with their cached transformers."""
+    return request.app.state.crs
+
+
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+CrsSetDep = Annotated[CrsSet, Depends(get_crs_set)]
+
+
+def output_crs(
+    crs_set: CrsSetDep,
+    crs: Annotated[
+        str | None,
+        Query(
+            description="CRS of the answer's coordinates, as a URI "
+            "(http://www.opengis.net/def/crs/EPSG/0/4547) or EPSG:n; axis order is the CRS's own "
+            "(EPSG:4326 latitude first). Default: CRS84 (longitude, latitude).",
+        ),
+    ] = None,
+) -> CrsRef:
+    """The CRS the answer's coordinates are given in."""
+    return crs_set.parse(crs, "crs")
+
+
+def bbox_filter(
+    crs_set: CrsSetDep,
+    bbox: Annotated[
+        str | None,
+        Query(
+            description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order; "
+            "features that intersect it are returned.",
+            examples=["-71.12,42.36,-71.10,42.38"],
+        ),
+    ] = None,
+    bbox_crs: Annotated[
+        str | None,
+        Query(alias="bbox-crs", description="CRS of bbox (default CRS84, longitude first)."),
+    ] = None,
+) -> Bounds | None:
+    """The bbox condition, as lon/lat bounds, or None."""
+    ref = crs_set.parse(bbox_crs, "bbox-crs")
+    if bbox is None:
+        if bbox_crs is not None:
+            raise InvalidParameter("bbox-crs is given without a bbox")
+        return None
+    parts = [p.strip() for p in bbox.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise InvalidParameter(f"bbox {bbox!r} must be 4 or 6 comma-separated numbers") from None
+    if len(values) == 6:
+        values = [values[0], values[1], values[3], values[4]]
+    if len(values) != 4:
+        raise InvalidParameter(f"bbox {bbox!r} must be 4 or 6 comma-separated numbers")
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidParameter(f"bbox {bbox!r} holds a number that is not finite")
+    if values[0] > values[2] or values[1] > values[3]:
+        raise InvalidParameter(
+            f"bbox {bbox!r}: each minimum must not exceed its maximum (minx,miny,maxx,maxy)"
+        )
+    if ref.is_crs84 and (values[0] < -180 or values[2] > 180 or values[1] < -90 or values[3] > 90):
+        raise InvalidParameter(f"bbox {bbox!r} is outside longitude -180..180, latitude -90..90")
+    return crs_set.bbox_to_crs84(values, ref)
+
+
+def page_limit(
+    settings: SettingsDep,
+    limit: Annotated[
+        int | None,
+        Query(description="Features per page (1 or more); values above the maximum are clamped."),
+    ] = None,
+) -> int:
+    """Page size: the default when absent, clamped to the configured maximum."""
+    if limit is None:
+        return settings.items_default_limit
+    if limit < 1:
+        raise InvalidParameter(f"limit={limit}: give 1 or more")
+    return min(limit, settings.items_max_limit)
+
+
+def page_offset(
+    offset: Annotated[int, Query(description="Features to skip (for paging).")] = 0,
+) -> int:
+    """Features to skip."""
+    if offset < 0:
+        raise InvalidParameter(f"offset={offset}: give 0 or more")
+    return offset
+
+
+def datetime_filter(
+    datetime: Annotated[
+        str | None,
+        Query(
+            description="Instant or interval (RFC 3339, `start/end`, `../end`, `start/..`), "
+            "matched against the features' last change, or a site's start and end dates.",
+            examples=["2024-01-01T00:00:00Z/.."],
+        ),
+    ] = None,
+) -> Interval | None:
+    """The time condition, or None."""
+    return None if datetime is None else parse_datetime(datetime)
+
+
+def cql2_filter(
+    crs_set: CrsSetDep,
+    filter: Annotated[
+        str | None,
+        Query(
+            description="CQL2 filter, e.g. `status = 'fault' AND S_DWITHIN(geometry, "
+            "POINT(-71.1 42.37), 50)` (distances in metres).",
+        ),
+    ] = None,
+    filter_lang: Annotated[
+        str | None,
+        Query(alias="filter-lang", description="cql2-text (default) or cql2-json."),
+    ] = None,
+    filter_crs: Annotated[
+        str | None,
+        Query(alias="filter-crs", description="CRS of the filter's geometries (default CRS84)."),
+    ] = None,
+) -> Filter | None:
+    """The CQL2 condition, with geometry literals in lon/lat, or None."""
+    ref = crs_set.parse(filter_crs, "filter-crs")
+    if filter is None:
+        if filter_lang is not None and filter_lang not in ("cql2-text", "cql2-json"):
+            raise InvalidParameter(f"filter-lang {filter_lang!r}: use cql2-text or cql2-json")
+        return None
+    convert = None if ref.is_crs84 else (lambda g: crs_set.from_crs(g, ref))
+    return parse(filter, filter_lang or "cql2-text", geometry_to_lonlat=convert)
+
+
+OutputCrs = Annotated[CrsRef, Depends(output_crs)]
+BBox = Annotated[Bounds | None, Depends(bbox_filter)]
+Limit = Annotated[int, Depends(page_limit)]
+Offset = Annotated[int, Depends(page_offset)]
+Datetime = Annotated[Interval | None, Depends(datetime_filter)]
+CqlFilter = Annotated[Filter | None, Depends(cql2_filter)]
+
+
+def collections_list(
+    collections: Annotated[
+        str | None,
+        Query(description="Comma-separated collection ids (default: all you may see)."),
+    ] = None,
+) -> list[str] | None:
+    """Collection ids named by the request, or None for all."""
+    if collections is None:
+        return None
+    names = [c.strip() for c in collections.split(",") if c.strip()]
+    if not names:
+        raise InvalidParameter("collections is empty: name one or more collection ids")
+    return list(dict.fromkeys(names))
+
+
+Collections = Annotated[list[str] | None, Depends(collections_list)]

@@ -1,0 +1,223 @@
+"""The collections: their list, one collection's metadata, and its queryables."""
+
+from __future__ import annotations
+
+import weakref
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from rasterio.warp import transform_bounds
+
+from layers.errors import UnknownCollection
+from layers.layer import UPDATED, Layer
+from layers.models import FieldType, GeometryFamily
+from layers.store import RasterInfo
+from twin.access import Scope
+from twin.cql2 import GEOMETRY_NAMES
+from twin.crs import CRS84
+from twin.dependencies import CatalogDep, CrsSetDep
+from twin.routes.links import (
+    GEOJSON,
+    JSON,
+    REL_QUERYABLES,
+    REL_TILESETS_MAP,
+    REL_TILESETS_VECTOR,
+    SCHEMA,
+    link,
+    url,
+)
+
+router = APIRouter(tags=["Collections"])
+
+GREGORIAN = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"
+_temporal: weakref.WeakKeyDictionary[Layer, list[str | None]] = weakref.WeakKeyDictionary()
+
+
+def temporal_extent(layer: Layer) -> list[str | None] | None:
+    """[first, last] change time of the layer's features (computed once per layer version)."""
+    if layer not in _temporal:
+        col = layer.attrs[UPDATED].dropna()
+        _temporal[layer] = (
+            [None, None]
+            if col.empty
+            else [t.isoformat().replace("+00:00", "Z") for t in (col.min(), col.max())]
+        )
+    ext = _temporal[layer]
+    return None if ext == [None, None] else ext
+
+
+@lru_cache(maxsize=256)
+def _raster_bounds(path: str, mtime: float) -> tuple[float, float, float, float] | None:
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                return None
+            b = transform_bounds(src.crs, "OGC:CRS84", *src.bounds, densify_pts=21)
+    except (rasterio.errors.RasterioError, OSError):
+        return None
+    return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+
+
+def raster_bounds(info: RasterInfo) -> tuple[float, float, float, float] | None:
+    """Lon/lat bounds of a raster collection (read once per file version)."""
+    p = Path(info.path)
+    try:
+        mtime = p.stat().st_mtime
+    except OSError:
+        return None
+    return _raster_bounds(str(p), mtime)
+
+
+def vector_collection(request: Request, layer: Layer, crs_uris: list[str]) -> dict[str, Any]:
+    """The OGC collection document of a vector layer."""
+    name = layer.name
+    base = f"/collections/{name}"
+    doc: dict[str, Any] = {
+        "id": name,
+        "title": layer.schema.title,
+        "description": layer.schema.description,
+        "itemType": "feature",
+        "geometryType": layer.schema.geometry.value,
+        "classification": layer.schema.classification.label,
+        "numberOfFeatures": len(layer),
+    }
+    extent: dict[str, Any] = {}
+    if layer.bounds is not None:
+        extent["spatial"] = {"bbox": [list(layer.bounds)], "crs": CRS84}
+    temporal = temporal_extent(layer)
+    if temporal is not None:
+        extent["temporal"] = {"interval": [temporal], "trs": GREGORIAN}
+    if extent:
+        doc["extent"] = extent
+    doc["crs"] = crs_uris
+    doc["storageCrs"] = CRS84
+    attribution = layer.meta.get("attribution")
+    if attribution:
+        doc["attribution"] = attribution
+    doc["links"] = [
+        link(url(request, base), "self", JSON, layer.schema.title),
+        link(url(request, f"{base}/items"), "items", GEOJSON, "Features"),
+        link(url(request, f"{base}/queryables"), REL_QUERYABLES, SCHEMA, "Queryables"),
+        link(url(request, f"{base}/tiles"), REL_TILESETS_VECTOR, JSON, "Vector tilesets"),
+        link(
+            url(request, f"{base}/tiles/WebMercatorQuad/tilejson.json"),
+            "describedby",
+            JSON,
+            "TileJSON",
+        ),
+    ]
+    return doc
+
+
+def raster_collection(request: Request, info: RasterInfo) -> dict[str, Any]:
+    """The OGC collection document of a raster (map tiles only)."""
+    base = f"/collections/{info.name}"
+    doc: dict[str, Any] = {
+        "id": info.name,
+        "title": info.title,
+        "description": str(info.meta.get("description", "")),
+        "itemType": "coverage",
+        "dataType": "map",
+        "classification": info.classification.label,
+    }
+    bounds = raster_bounds(info)
+    if bounds is not None:
+        doc["extent"] = {"spatial": {"bbox": [list(bounds)], "crs": CRS84}}
+    if info.meta.get("attribution"):
+        doc["attribution"] = info.meta["attribution"]
+    doc["links"] = [
+        link(url(request, base), "self", JSON, info.title),
+        link(url(request, f"{base}/map/tiles"), REL_TILESETS_MAP, JSON, "Map tilesets"),
+    ]
+    return doc
+
+
+@router.get("/collections", summary="The collections")
+def list_collections(
+    request: Request, catalog: CatalogDep, scope: Scope, crs_set: CrsSetDep
+) -> JSONResponse:
+    """Every layer and raster the caller may see."""
+    docs = [vector_collection(request, lyr, crs_set.uris) for lyr in catalog.layers(scope).values()]
+    docs += [raster_collection(request, r) for r in catalog.rasters(scope).values()]
+    return JSONResponse(
+        {
+            "links": [link(url(request, "/collections"), "self", JSON, "The collections")],
+            "crs": crs_set.uris,
+            "collections": docs,
+        }
+    )
+
+
+@router.get("/collections/{collectionId}", summary="One collection")
+def get_collection(
+    request: Request, collectionId: str, catalog: CatalogDep, scope: Scope, crs_set: CrsSetDep
+) -> JSONResponse:
+    """Metadata of one collection: extent, CRSs, links to items, queryables and tiles."""
+    if collectionId in catalog.rasters(scope):
+        return JSONResponse(raster_collection(request, catalog.raster(collectionId, scope)))
+    return JSONResponse(
+        vector_collection(request, catalog.layer(collectionId, scope), crs_set.uris)
+    )
+
+
+_JSON_TYPES: dict[FieldType, dict[str, str]] = {
+    FieldType.STRING: {"type": "string"},
+    FieldType.INTEGER: {"type": "integer"},
+    FieldType.FLOAT: {"type": "number"},
+    FieldType.BOOLEAN: {"type": "boolean"},
+    FieldType.DATE: {"type": "string", "format": "date"},
+    FieldType.DATETIME: {"type": "string", "format": "date-time"},
+}
+_GEOMETRY_FORMATS = {
+    GeometryFamily.POINT: "geometry-point-or-multipoint",
+    GeometryFamily.LINE: "geometry-linestring-or-multilinestring",
+    GeometryFamily.POLYGON: "geometry-polygon-or-multipolygon",
+    GeometryFamily.ANY: "geometry-any",
+}
+
+
+@router.get(
+    "/collections/{collectionId}/queryables",
+    summary="Queryables",
+    response_class=JSONResponse,
+)
+def queryables(request: Request, collectionId: str, catalog: CatalogDep, scope: Scope) -> Any:
+    """The properties a filter may use, as a JSON Schema."""
+    if collectionId in catalog.rasters(scope):
+        raise UnknownCollection(collectionId)
+    schema = catalog.layer(collectionId, scope).schema
+    props: dict[str, Any] = {
+        GEOMETRY_NAMES[0]: {
+            "title": "Geometry",
+            "format": _GEOMETRY_FORMATS[schema.geometry],
+            "x-ogc-role": "primary-geometry",
+        },
+        "id": {"title": "Feature id", "type": "string", "x-ogc-role": "id"},
+    }
+    for f in schema.fields:
+        p: dict[str, Any] = {"title": f.name, **_JSON_TYPES[f.type]}
+        if f.description:
+            p["description"] = f.description
+        if f.choices is not None:
+            p["enum"] = list(f.choices)
+        if f.minimum is not None:
+            p["minimum"] = f.minimum
+        if f.maximum is not None:
+            p["maximum"] = f.maximum
+        props[f.name] = p
+    props["source"] = {"title": "source", "type": "string", "description": "Dataset of origin"}
+    return JSONResponse(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": url(request, f"/collections/{collectionId}/queryables"),
+            "type": "object",
+            "title": schema.title,
+            "properties": props,
+            "additionalProperties": False,
+        },
+        media_type=SCHEMA,
+    )

@@ -1,0 +1,157 @@
+"""Features of a collection: items with paging, bbox, time, CRS, property equality and CQL2."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
+
+from layers.layer import Layer
+from twin.access import Scope
+from twin.dependencies import (
+    BBox,
+    CatalogDep,
+    CqlFilter,
+    CrsSetDep,
+    Datetime,
+    Limit,
+    Offset,
+    OutputCrs,
+)
+from twin.errors import InvalidParameter
+from twin.geojson import feature, feature_collection, features_json
+from twin.routes.links import GEOJSON, JSON, link, request_url, url
+from twin.select import Selection, select
+
+router = APIRouter(tags=["Features"])
+
+# Query parameters items understands besides the layer's property names.
+KNOWN_PARAMS = frozenset(
+    {
+        "bbox",
+        "bbox-crs",
+        "limit",
+        "offset",
+        "datetime",
+        "crs",
+        "filter",
+        "filter-lang",
+        "filter-crs",
+        "f",
+    }
+)
+CollectionId = Annotated[str, Path(description="Collection id, e.g. `lights`.")]
+
+
+def _check_params(request: Request, layer: Layer) -> dict[str, str]:
+    """Property-equality parameters of the request; `InvalidParameter` for an unknown one."""
+    equals: dict[str, str] = {}
+    fields = set(layer.schema.field_names)
+    for key, value in request.query_params.multi_items():
+        if key in KNOWN_PARAMS:
+            continue
+        if key not in fields:
+            raise InvalidParameter(
+                f"unknown query parameter {key!r}; use bbox, bbox-crs, limit, offset, datetime, "
+                f"crs, filter, filter-lang, filter-crs, or a property of {layer.name!r}: "
+                f"{', '.join(sorted(fields))}"
+            )
+        if key in equals:
+            raise InvalidParameter(f"{key!r} is given twice")
+        equals[key] = value
+    f = request.query_params.get("f")
+    if f is not None and f.lower() not in ("json", "geojson"):
+        raise InvalidParameter(f"f={f!r}: only json (GeoJSON) is offered")
+    return equals
+
+
+@router.get(
+    "/collections/{collectionId}/items",
+    summary="Features",
+    response_class=Response,
+    responses={200: {"content": {GEOJSON: {}}, "description": "A GeoJSON FeatureCollection"}},
+)
+def get_items(
+    request: Request,
+    collectionId: CollectionId,
+    catalog: CatalogDep,
+    scope: Scope,
+    crs_set: CrsSetDep,
+    bbox: BBox,
+    limit: Limit,
+    offset: Offset,
+    interval: Datetime,
+    crs: OutputCrs,
+    cql: CqlFilter,
+) -> Response:
+    """Features of the collection meeting every condition, one page at a time.
+
+    Any property of the layer can also be given as `name=value` for equality.
+    """
+    layer = catalog.layer(collectionId, scope)
+    equals = _check_params(request, layer)
+    rows = select(layer, Selection(bbox=bbox, equals=equals, interval=interval, filter=cql))
+    matched = len(rows)
+    page = rows[offset : offset + limit]
+    geoms = crs_set.to_crs(layer.geometry[page], crs)
+    features = features_json(layer, page, geoms)
+    links = [
+        link(request_url(request), "self", GEOJSON, "This page"),
+        link(url(request, f"/collections/{collectionId}"), "collection", JSON, "The collection"),
+    ]
+    if offset + len(page) < matched:
+        links.append(link(request_url(request, offset=offset + limit), "next", GEOJSON, "Next"))
+    if offset > 0:
+        links.append(
+            link(request_url(request, offset=max(0, offset - limit)), "prev", GEOJSON, "Previous")
+        )
+    body = feature_collection(
+        features,
+        {
+            "timeStamp": dt.datetime.now(dt.UTC)
+            .isoformat(timespec="seconds")
+            .replace("+00:00", "Z"),
+            "numberMatched": matched,
+            "numberReturned": len(features),
+            "links": links,
+        },
+    )
+    return Response(body, media_type=GEOJSON, headers={"Content-Crs": crs.header})
+
+
+@router.get(
+    "/collections/{collectionId}/items/{featureId}",
+    summary="One feature",
+    response_class=Response,
+    responses={200: {"content": {GEOJSON: {}}, "description": "A GeoJSON Feature"}},
+)
+def get_item(
+    request: Request,
+    collectionId: CollectionId,
+    featureId: Annotated[str, Path(description="Feature id")],
+    catalog: CatalogDep,
+    scope: Scope,
+    crs_set: CrsSetDep,
+    crs: OutputCrs,
+    f: Annotated[str | None, Query(description="json (GeoJSON)")] = None,
+) -> Response:
+    """One feature by id."""
+    layer = catalog.layer(collectionId, scope)
+    if f is not None and f.lower() not in ("json", "geojson"):
+        raise InvalidParameter(f"f={f!r}: only json (GeoJSON) is offered")
+    row = layer.row(featureId)
+    rows = [row]
+    geoms = crs_set.to_crs(layer.geometry[rows], crs)
+    (text,) = features_json(layer, rows, geoms)  # type: ignore[arg-type]
+    body = feature(
+        text,
+        {
+            "links": [
+                link(request_url(request), "self", GEOJSON, "This feature"),
+                link(url(request, f"/collections/{collectionId}"), "collection", JSON),
+            ]
+        },
+    )
+    return Response(body, media_type=GEOJSON, headers={"Content-Crs": crs.header})

@@ -1,0 +1,24 @@
+"""Operations: health and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from twin.access import Scope
+from twin.dependencies import CatalogDep
+from twin.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["Operations"])
+
+
+@router.get("/healthz", summary="Health")
+def healthz(catalog: CatalogDep, scope: Scope) -> dict:
+    """`ok` once the catalog is loaded, with the number of collections the caller may see."""
+    return {"status": "ok", "collections": len(catalog.names(scope))}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Request counts, latency and tile cache hits in Prometheus text format."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
