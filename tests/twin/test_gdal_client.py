@@ -1,0 +1,85 @@
+"""Real OGC clients against a real uvicorn server: GDAL's OAPIF driver and OWSLib."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pyogrio
+import pytest
+
+from tests.twin.serve_fixtures import (
+    live_server_fixture,  # noqa: F401  (fixture)
+    served_store_fixture,  # noqa: F401  (fixture)
+    streetlights_frame,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("ogr2ogr") is None, reason="needs GDAL's ogr2ogr")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_ogrinfo_lists_the_layers(live_server):
+    r = run("ogrinfo", "-ro", "-q", f"OAPIF:{live_server.url}/")
+    assert r.returncode == 0, r.stderr
+    for name in ("lights", "pipes", "sites"):
+        assert f": {name}" in r.stdout
+    assert "secret_valves" not in r.stdout  # above the anonymous caller's scope
+
+
+def test_ogr2ogr_copies_every_light(live_server, tmp_path):
+    out = tmp_path / "out.gpkg"
+    r = run("ogr2ogr", "-f", "GPKG", str(out), f"OAPIF:{live_server.url}/", "lights")
+    assert r.returncode == 0, r.stderr
+    got = pyogrio.read_dataframe(out, layer="lights")
+    ref = streetlights_frame()
+    assert len(got) == len(ref) == 6117
+    ref = ref.set_index("PoleID")
+    got = got.set_index("id")
+    assert set(got.index) == set(ref.index)
+    dx = got.geometry.x.to_numpy() - ref.geometry.x.reindex(got.index).to_numpy()
+    dy = got.geometry.y.to_numpy() - ref.geometry.y.reindex(got.index).to_numpy()
+    assert np.abs(dx).max() < 1e-9 and np.abs(dy).max() < 1e-9
+    assert (got["lamp_type"].fillna("") == ref["Description"].reindex(got.index).fillna("")).all()
+
+
+def test_ogr2ogr_with_a_spatial_and_attribute_filter(live_server, tmp_path):
+    out = tmp_path / "faults.gpkg"
+    box = (-71.12, 42.37, -71.10, 42.38)
+    r = run(
+        "ogr2ogr",
+        "-f",
+        "GPKG",
+        str(out),
+        f"OAPIF:{live_server.url}/",
+        "lights",
+        "-spat",
+        *map(str, box),
+        "-where",
+        "status = 'fault'",
+    )
+    assert r.returncode == 0, r.stderr
+    got = pyogrio.read_dataframe(out)
+    assert len(got) > 0 and (got["status"] == "fault").all()
+    x, y = got.geometry.x, got.geometry.y
+    assert ((x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])).all()
+
+
+def test_owslib_features_reads_items(live_server):
+    from owslib.ogcapi.features import Features
+
+    api = Features(live_server.url)
+    ids = [c["id"] for c in api.collections()["collections"]]
+    assert "lights" in ids
+    q = api.collection_queryables("pipes")
+    assert "diameter_mm" in q["properties"]
+    items = api.collection_items("lights", limit=25, status="fault")
+    assert items["numberReturned"] == 25
+    assert all(f["properties"]["status"] == "fault" for f in items["features"])
+    ref = streetlights_frame()
+    assert items["numberMatched"] == len(ref[np.arange(len(ref)) % 13 == 0]) - sum(
+        1 for i in range(0, len(ref), 13) if i % 17 == 5
+    )
