@@ -124,8 +124,12 @@ def parse(
     if not text.strip():
         raise InvalidParameter("filter is empty")
     try:
-        expr = _cql2.parse_text(text) if lang == "cql2-text" else _cql2.parse_json(text)
-        tree = expr.to_json()
+        if lang == "cql2-text":
+            tree = _cql2.parse_text(text).to_json()
+        else:
+            _cql2.parse_json(text).validate()
+            # cql2's own JSON can move a coordinate by one ulp; the client's numbers are kept.
+            tree = json.loads(text)
     except Exception as exc:
         raise InvalidParameter(f"filter is not valid {lang}: {_first_lines(str(exc))}") from None
     props: set[str] = set()
@@ -156,6 +160,11 @@ def _prepare(node: Any, props: set[str], convert: GeometryConverter) -> Any:
                 raise InvalidParameter(f"filter: arguments of {op!r} must be a list")
             if op == "envelope":
                 return _Geom(convert(_bbox(args)))
+            if op == "s_dwithin" and len(args) == 4:
+                # The unit is written as a bare word, which the parser reads as a property.
+                unit = args[3].get("property") if isinstance(args[3], dict) else args[3]
+                head = [_prepare(a, props, convert) for a in args[:3]]
+                return {"op": op, "args": [*head, str(unit)]}
             return {"op": op, "args": [_prepare(a, props, convert) for a in args]}
         if "bbox" in node:
             return _Geom(convert(_bbox(node["bbox"])))
@@ -495,7 +504,7 @@ class _Evaluator:
             raise InvalidParameter("filter: the distance of S_DWITHIN must be a number (metres)")
         factor = 1.0
         if len(args) == 4:
-            unit = args[3].get("property") if isinstance(args[3], dict) else args[3]
+            unit = args[3]
             factor = _UNITS.get(str(unit).lower(), 0.0)
             if not factor:
                 raise InvalidParameter(f"filter: unknown distance unit {unit!r}; use metres")
