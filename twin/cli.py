@@ -33,5 +33,34 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@app.command()
+def serve(
+    store: StoreOption = DEFAULT_STORE,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1, TWIN_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default 8000, TWIN_PORT).")
+    ] = None,
+) -> None:
+    """Serve the store: OGC API Features and Tiles, TileJSON, style, queries."""
+    from layers.errors import StoreError
+    from layers.settings import StoreSettings
+    from twin.server import serve as run_server
+    from twin.settings import ServerSettings
+
+    if not (store / "twin.gpkg").exists():
+        raise fail(f"no store at {store}: import data first (twin import ...) or run twin demo")
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    try:
+        settings = ServerSettings(**overrides)
+    except ValueError as exc:
+        raise fail(f"bad server settings: {exc}") from None
+    try:
+        run_server(settings, StoreSettings(store=store))
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
