@@ -51,9 +51,12 @@ def serve(
 
     if not (store / "twin.gpkg").exists():
         raise fail(f"no store at {store}: import data first (twin import ...) or run twin demo")
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     try:
-        settings = ServerSettings(**overrides)
+        settings = ServerSettings()
+        if host is not None:
+            settings.host = host
+        if port is not None:
+            settings.port = port
     except ValueError as exc:
         raise fail(f"bad server settings: {exc}") from None
     try:
