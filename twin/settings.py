@@ -34,6 +34,20 @@ class QuerySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TWIN_QUERY_", extra="ignore")
 
     max_radius_m: float = 5_000.0
+    """Largest radius, tolerance, buffer or distance a query may ask for, metres."""
     max_results: int = 10_000
+    """Largest `limit` a query may ask for."""
+    default_results: int = 100
+    """Features returned when a query names no `limit`."""
     max_vertices: int = 10_000
+    """Most vertices a posted shape may have."""
     max_body_bytes: int = 1_000_000
+    """Largest request body, bytes."""
+    dem_collection: str = "dem"
+    """Raster collection holding ground elevation, for the depth of buried assets."""
+    network_snap_m: float = 0.5
+    """Pipe ends, valves and fittings closer than this are joined into one network node."""
+    network_attach_m: float = 30.0
+    """Hydrants and meters serve the nearest pipe of their network within this distance."""
+    trace_snap_m: float = 50.0
+    """A trace from a point starts on the nearest gravity pipe within this distance."""
