@@ -37,6 +37,7 @@ ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (layer_errors.StoreError, 503),
     (layer_errors.LayersError, 400),
     (twin_errors.InvalidParameter, 400),
+    (twin_errors.BodyTooLarge, 413),
     (twin_errors.LimitExceeded, 400),
     (twin_errors.NotAcceptable, 406),
     (twin_errors.TwinError, 400),

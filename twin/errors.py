@@ -15,3 +15,7 @@ class LimitExceeded(TwinError):
 
 class NotAcceptable(TwinError):
     """A requested representation (CRS, format) the server cannot produce."""
+
+
+class BodyTooLarge(LimitExceeded):
+    """A request body over the configured size."""
