@@ -1,0 +1,196 @@
+"""An in-memory tile cache: gzip-compressed tiles with ETags, and exact invalidation by box.
+
+Subscribe `TileCache.invalidate` to `layers.catalog.Catalog.subscribe`: when a collection
+changes inside a box, every cached tile holding that collection whose bounds meet the box
+is dropped, at every zoom, and no other. A tile only ever depends on the features that meet
+it (clipping, simplification, clustering and budgets are all per tile), so this is exact as
+long as the box covers the old and the new geometry of what changed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from layers.models import Access, Bounds
+from tiles.grid import Tile, mercator_box, tile_range
+
+
+class TileKey(NamedTuple):
+    """What a cached tile depends on besides the data: who asks, which layers, which filter."""
+
+    scope: Access
+    collections: tuple[str, ...]
+    filter: str | None
+    z: int
+    x: int
+    y: int
+
+    @classmethod
+    def of(
+        cls,
+        tile: Tile,
+        collections: Iterable[str],
+        *,
+        scope: Access = Access.PUBLIC,
+        filter: str | None = None,
+    ) -> TileKey:
+        """The key of `tile` for these collections (order kept: it is the layer order)."""
+        return cls(scope, tuple(collections), filter, tile.z, tile.x, tile.y)
+
+
+@dataclass(frozen=True)
+class CachedTile:
+    """A tile as served: gzip bytes (b"" for an empty tile), its ETag and raw size."""
+
+    data: bytes
+    etag: str
+    size: int
+
+    @property
+    def empty(self) -> bool:
+        """Whether the tile has nothing to draw (answer 204)."""
+        return self.size == 0
+
+    def raw(self) -> bytes:
+        """The uncompressed MVT, for clients that do not accept gzip."""
+        return gzip.decompress(self.data) if self.data else b""
+
+
+def etag(raw: bytes) -> str:
+    """A strong ETag of uncompressed tile bytes: the same content always has the same tag."""
+    return '"' + hashlib.blake2b(raw, digest_size=16).hexdigest() + '"'
+
+
+def pack(raw: bytes, level: int = 6) -> CachedTile:
+    """A `CachedTile` of uncompressed MVT bytes (gzip without a timestamp, so it is stable)."""
+    data = gzip.compress(raw, compresslevel=level, mtime=0) if raw else b""
+    return CachedTile(data, etag(raw), len(raw))
+
+
+class TileCache:
+    """A thread-safe LRU of `CachedTile`s bounded by their total compressed size."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024, level: int = 6) -> None:
+        self.max_bytes = max_bytes
+        self.level = level
+        self._lock = threading.Lock()
+        self._tiles: OrderedDict[TileKey, CachedTile] = OrderedDict()
+        self._bytes = 0
+        # collection -> zoom -> (x, y) -> keys: finds the tiles a change touches.
+        self._index: dict[str, dict[int, dict[tuple[int, int], set[TileKey]]]] = {}
+        self._generation: dict[str, int] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._tiles)
+
+    @property
+    def nbytes(self) -> int:
+        """Compressed bytes held."""
+        return self._bytes
+
+    def generation(self, collections: Iterable[str]) -> tuple[int, ...]:
+        """A token that changes when any of `collections` is invalidated (see `put`)."""
+        return tuple(self._generation.get(c, 0) for c in collections)
+
+    def get(self, key: TileKey) -> CachedTile | None:
+        """The cached tile, or None."""
+        with self._lock:
+            got = self._tiles.get(key)
+            if got is None:
+                self.misses += 1
+                return None
+            self._tiles.move_to_end(key)
+            self.hits += 1
+            return got
+
+    def put(
+        self, key: TileKey, raw: bytes, *, generation: tuple[int, ...] | None = None
+    ) -> CachedTile:
+        """Compress and cache `raw` (uncompressed MVT, b"" for empty) and return it.
+
+        With `generation` (taken by `generation()` before rendering), a tile rendered from
+        data that changed meanwhile is returned but not cached.
+        """
+        tile = pack(raw, self.level)
+        with self._lock:
+            if generation is not None and generation != self.generation(key.collections):
+                return tile
+            self._drop(key)
+            if len(tile.data) > self.max_bytes:
+                return tile
+            self._tiles[key] = tile
+            self._bytes += len(tile.data)
+            for c in key.collections:
+                zooms = self._index.setdefault(c, {})
+                zooms.setdefault(key.z, {}).setdefault((key.x, key.y), set()).add(key)
+            while self._bytes > self.max_bytes and self._tiles:
+                self._drop(next(iter(self._tiles)))
+        return tile
+
+    def fetch(self, key: TileKey, render: Callable[[], bytes]) -> CachedTile:
+        """The cached tile, or `render()` it, cache it and return it."""
+        got = self.get(key)
+        if got is not None:
+            return got
+        generation = self.generation(key.collections)
+        return self.put(key, render(), generation=generation)
+
+    def _drop(self, key: TileKey) -> None:
+        tile = self._tiles.pop(key, None)
+        if tile is None:
+            return
+        self._bytes -= len(tile.data)
+        for c in key.collections:
+            cells = self._index.get(c, {}).get(key.z)
+            if cells is None:
+                continue
+            keys = cells.get((key.x, key.y))
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del cells[(key.x, key.y)]
+
+    def invalidate(self, collection: str, bounds: Bounds | None) -> int:
+        """Drop the cached tiles holding `collection` whose bounds meet `bounds` (lon/lat; None:
+        every tile of the collection). Returns how many were dropped."""
+        with self._lock:
+            self._generation[collection] = self._generation.get(collection, 0) + 1
+            zooms = self._index.get(collection, {})
+            doomed: list[TileKey] = []
+            box = mercator_box(bounds) if bounds is not None else None
+            for z, cells in zooms.items():
+                if box is None:
+                    doomed.extend(k for keys in cells.values() for k in keys)
+                    continue
+                x0, y0, x1, y1 = tile_range(box, z)
+                if x1 < x0 or y1 < y0:
+                    continue
+                if (x1 - x0 + 1) * (y1 - y0 + 1) < len(cells):
+                    for x in range(x0, x1 + 1):
+                        for y in range(y0, y1 + 1):
+                            doomed.extend(cells.get((x, y), ()))
+                else:
+                    doomed.extend(
+                        k
+                        for (x, y), keys in cells.items()
+                        if x0 <= x <= x1 and y0 <= y <= y1
+                        for k in keys
+                    )
+            for key in doomed:
+                self._drop(key)
+            return len(doomed)
+
+    def clear(self) -> None:
+        """Drop everything."""
+        with self._lock:
+            self._tiles.clear()
+            self._index.clear()
+            self._bytes = 0

@@ -1,0 +1,267 @@
+"""Layers + a tile -> Mapbox Vector Tile bytes.
+
+One MVT layer per collection, named by the collection id. A feature is in a tile when its
+geometry meets the tile (edges included); its geometry is kept up to `buffer` extent units
+beyond the edge. Every feature carries its id as the string property `id` (for MapLibre's
+`promoteId`), and ids that are plain non-negative integers are also its MVT feature id.
+Below the detail zoom the generalisation policy of `tiles.generalise` applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+
+from layers.layer import Layer
+from layers.models import Bounds
+from tiles import generalise
+from tiles.encode import Properties, encode_layer
+from tiles.grid import ORIGIN, Tile, to_lonlat, to_mercator, xy_bounds
+from tiles.prepared import COUNT_PROPERTY, prepare
+from tiles.settings import TileSettings
+
+R = 6378137.0
+
+LayerRequest = tuple[Layer, np.ndarray | None]
+"""A layer and, optionally, the sorted row numbers it is limited to (e.g. a CQL2 filter)."""
+
+_BUDGET_ROUNDS = 6
+
+
+def _to_mercator(coords: np.ndarray) -> np.ndarray:
+    x, y = to_mercator(coords[:, 0], coords[:, 1])
+    return np.column_stack([x, y])
+
+
+@dataclass
+class _Cut:
+    """One layer's features for one tile, ready to encode (lon/lat, clipped, simplified)."""
+
+    name: str
+    geoms: np.ndarray
+    ids: np.ndarray
+    properties: Properties
+    rank: np.ndarray
+
+    def encode(self, bounds: Bounds, extent: int, keep: int | None = None) -> bytes:
+        """The MVT layer, holding only the `keep` most important features when given."""
+        if keep is None or keep >= len(self.geoms):
+            return encode_layer(
+                self.name,
+                self.geoms,
+                bounds=bounds,
+                extent=extent,
+                ids=self.ids,
+                properties=self.properties,
+                transform=_to_mercator,
+            )
+        if keep <= 0:
+            return b""
+        sel = np.sort(np.argpartition(self.rank, keep - 1)[:keep])
+        return encode_layer(
+            self.name,
+            self.geoms[sel],
+            bounds=bounds,
+            extent=extent,
+            ids=self.ids[sel],
+            properties=self.properties.take(sel),
+            transform=_to_mercator,
+        )
+
+
+def _within(mb: np.ndarray, b: Bounds) -> np.ndarray:
+    return (mb[:, 0] >= b.minx) & (mb[:, 1] >= b.miny) & (mb[:, 2] <= b.maxx) & (mb[:, 3] <= b.maxy)
+
+
+def _candidates(layer: Layer, rows: np.ndarray | None, tile_box: Bounds) -> np.ndarray:
+    """Rows whose bounding box meets the tile (EPSG:3857 box), limited to `rows`."""
+    prep = prepare(layer)
+    lb = layer.bounds
+    lon, lat = to_lonlat(
+        np.array([tile_box.minx, tile_box.maxx]), np.array([tile_box.miny, tile_box.maxy])
+    )
+    if (
+        lb is not None
+        and lon[0] <= lb.minx
+        and lat[0] <= lb.miny
+        and lon[1] >= lb.maxx
+        and lat[1] >= lb.maxy
+    ):
+        cand = np.flatnonzero(prep.dimension >= 0)
+    else:
+        cand = layer.tree.query(shapely.box(lon[0], lat[0], lon[1], lat[1]))
+        mb = prep.mbounds[cand]
+        # The lon/lat query can differ from the exact Mercator box by rounding: settle it here.
+        hit = (
+            (mb[:, 0] <= tile_box.maxx)
+            & (mb[:, 2] >= tile_box.minx)
+            & (mb[:, 1] <= tile_box.maxy)
+            & (mb[:, 3] >= tile_box.miny)
+        )
+        cand = cand[hit]
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        pos = np.searchsorted(rows, cand).clip(0, max(len(rows) - 1, 0))
+        cand = cand[(rows[pos] == cand)] if len(rows) else cand[:0]
+    return cand.astype(np.int64)
+
+
+def _homogenise(geoms: np.ndarray) -> np.ndarray:
+    """Geometry collections (from clipping) reduced to their parts of the highest dimension."""
+    gc = np.flatnonzero(shapely.get_type_id(geoms) == 7)
+    for i in gc:  # rare: only clipped polygons touching the edge in a line or point
+        parts = shapely.get_parts(geoms[i])
+        dims = shapely.get_dimensions(parts)
+        top = parts[dims == dims.max()] if len(parts) else parts
+        if len(top) == 0:
+            geoms[i] = None
+        elif dims.max() == 2:
+            geoms[i] = shapely.multipolygons(shapely.get_parts(top))
+        elif dims.max() == 1:
+            geoms[i] = shapely.multilinestrings(shapely.get_parts(top))
+        else:
+            geoms[i] = shapely.multipoints(shapely.get_parts(top))
+    return geoms
+
+
+def _lonlat_box(b: Bounds) -> Bounds:
+    lon, lat = to_lonlat(np.array([b.minx, b.maxx]), np.array([b.miny, b.maxy]))
+    return Bounds(float(lon[0]), float(lat[0]), float(lon[1]), float(lat[1]))
+
+
+def _shapes(
+    layer: Layer, rows: np.ndarray, tile_box: Bounds, clip_box: Bounds
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat geometries of `rows` that meet the tile, clipped to `clip_box` (both boxes in
+    EPSG:3857); and their rows. Clipping in lon/lat is exact along the box edges, which are
+    meridians and parallels; it only bends clipped segments by far less than a tile unit."""
+    prep = prepare(layer)
+    geoms = layer.geometry[rows]
+    mb = prep.mbounds[rows]
+    crossing = ~_within(mb, tile_box)
+    if crossing.any():
+        idx = np.flatnonzero(crossing)
+        hit = shapely.intersects(geoms[idx], shapely.box(*_lonlat_box(tile_box)))
+        drop = idx[~hit]
+        if len(drop):
+            keep = np.ones(len(rows), dtype=bool)
+            keep[drop] = False
+            rows, geoms, mb = rows[keep], geoms[keep], mb[keep]
+    outside = np.flatnonzero(~_within(mb, clip_box))
+    if len(outside):
+        geoms = geoms.copy()
+        geoms[outside] = _homogenise(shapely.clip_by_rect(geoms[outside], *_lonlat_box(clip_box)))
+    return geoms, rows
+
+
+def _cluster(
+    layer: Layer, rows: np.ndarray, cell: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Points merged by grid cell: rows of lone points, and cluster centres (x, y) with counts."""
+    prep = prepare(layer)
+    mb = prep.mbounds[rows]
+    x = (mb[:, 0] + mb[:, 2]) / 2
+    y = (mb[:, 1] + mb[:, 3]) / 2
+    labels, counts = generalise.cluster_cells(x, y, (-ORIGIN, -ORIGIN), cell)
+    lone = counts[labels] == 1
+    many = np.flatnonzero(counts >= 2)
+    lab = labels[~lone]
+    cx = np.bincount(lab, weights=x[~lone], minlength=len(counts))[many] / counts[many]
+    cy = np.bincount(lab, weights=y[~lone], minlength=len(counts))[many] / counts[many]
+    return rows[lone], cx, cy, counts[many]
+
+
+def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettings) -> _Cut | None:
+    z = tile.z
+    if len(layer) == 0 or z < generalise.minzoom(layer, settings):
+        return None
+    prep = prepare(layer)
+    b = xy_bounds(tile)
+    width = b.maxx - b.minx
+    pad = width * settings.buffer / settings.extent
+    clip_box = Bounds(b.minx - pad, b.miny - pad, b.maxx + pad, b.maxy + pad)
+    cand = _candidates(layer, rows, b)
+    if len(cand) == 0:
+        return None
+    props = prep.properties
+    if z >= settings.detail_zoom:
+        cand.sort()
+        geoms, kept = _shapes(layer, cand, b, clip_box)
+        return _Cut(layer.name, geoms, prep.ids[kept], props.take(kept), prep.rank[kept])
+
+    px = generalise.pixel(width)
+    dim = prep.dimension[cand]
+    mb = prep.mbounds[cand]
+    size = np.maximum(mb[:, 2] - mb[:, 0], mb[:, 3] - mb[:, 1])
+    shapes = cand[(dim >= 1) & (size >= settings.min_size_px * px)]
+    points = cand[dim == 0]
+    lone = np.empty(0, dtype=np.int64)
+    cx = cy = np.empty(0)
+    counts = np.empty(0, dtype=np.int64)
+    if len(points):
+        # Only points inside the tile itself are clustered (clusters are per tile).
+        lone, cx, cy, counts = _cluster(layer, points, settings.cluster_px * px)
+    # The most important features first, within the per-layer feature cap.
+    budget = settings.max_features
+    if len(counts) > budget:
+        top = np.argpartition(-counts, budget - 1)[:budget]
+        cx, cy, counts = cx[top], cy[top], counts[top]
+    budget -= len(counts)
+    rest = np.concatenate([shapes, lone])
+    if len(rest) > budget:
+        rest = (
+            rest[np.argpartition(prep.rank[rest], budget - 1)[:budget]] if budget > 0 else rest[:0]
+        )
+    rest.sort()
+    geoms, kept = _shapes(layer, rest, b, clip_box)
+    # A tolerance of d Mercator metres is d/R radians of longitude, d*cos(lat)/R of latitude.
+    lat = np.radians(_lonlat_box(b).maxy if b.miny >= 0 else _lonlat_box(b).miny)
+    geoms = generalise.simplify(geoms, np.degrees(settings.simplify_px * px * np.cos(lat) / R))
+    ids = prep.ids[kept]
+    rank = prep.rank[kept]
+    codes = props.codes[kept]
+    keys = props.keys
+    if len(counts):
+        keys = (*keys, COUNT_PROPERTY)
+        count_values = {int(c): props.table.add(int(c)) for c in np.unique(counts)}
+        lookup = np.vectorize(count_values.__getitem__, otypes=[np.int64])
+        ccodes = np.full((len(counts), len(keys)), -1, dtype=np.int64)
+        ccodes[:, -1] = lookup(counts)
+        codes = np.vstack([np.column_stack([codes, np.full(len(codes), -1)]), ccodes])
+        geoms = np.concatenate([geoms, shapely.points(*to_lonlat(cx, cy))])
+        ids = np.concatenate([ids, np.full(len(counts), -1)])
+        # Clusters outrank lone features, busier clusters first.
+        rank = np.concatenate([rank + len(counts), np.argsort(np.argsort(-counts, kind="stable"))])
+    return _Cut(layer.name, geoms, ids, Properties(keys, codes, props.table), rank)
+
+
+def render_tile(
+    layers: Sequence[LayerRequest], tile: Tile, settings: TileSettings | None = None
+) -> bytes:
+    """The uncompressed MVT of `tile` holding one layer per requested collection that has
+    something to draw there; b"" when the tile is empty (answer 204).
+
+    Each entry of `layers` is a `Layer` and an optional sorted array of the row numbers it is
+    limited to (None: every row). Raises nothing for valid tiles; build `tile` with
+    `tiles.grid.tile(z, x, y)`, which rejects tiles outside the matrix.
+    """
+    settings = settings or TileSettings()
+    b = xy_bounds(tile)
+    cuts = [c for c in (_cut(layer, rows, tile, settings) for layer, rows in layers) if c]
+    encoded = [c.encode(b, settings.extent) for c in cuts]
+    kept = [len(c.geoms) for c in cuts]
+    total = sum(map(len, encoded))
+    for _ in range(_BUDGET_ROUNDS):
+        if total <= settings.max_bytes:
+            break
+        # Shrink every layer by the same share, least important features first.
+        share = settings.max_bytes / total * 0.95
+        for i, c in enumerate(cuts):
+            if encoded[i]:
+                kept[i] = int(kept[i] * share)
+                encoded[i] = c.encode(b, settings.extent, kept[i])
+        total = sum(map(len, encoded))
+    return b"".join(encoded)
