@@ -22,11 +22,14 @@ from layers import errors as layer_errors
 from layers.catalog import Catalog
 from layers.models import Access
 from layers.settings import StoreSettings, open_store
+from tiles import errors as tile_errors
+from tiles.settings import TileSettings
 from twin import errors as twin_errors
 from twin.crs import CrsSet
 from twin.metrics import Metrics, MetricsMiddleware
-from twin.routes import collections, items, landing, ops
+from twin.routes import collections, items, landing, ops, styles, tiles
 from twin.settings import ServerSettings
+from twin.tileserve import TileServer
 
 log = logging.getLogger("twin.app")
 
@@ -41,6 +44,10 @@ ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (twin_errors.LimitExceeded, 400),
     (twin_errors.NotAcceptable, 406),
     (twin_errors.TwinError, 400),
+    (tile_errors.TileOutOfMatrix, 404),
+    (tile_errors.RasterError, 404),
+    (tile_errors.InvalidTileRequest, 400),
+    (tile_errors.TilesError, 400),
 )
 """Each package's exceptions and the status they are answered with (most specific first)."""
 
@@ -93,6 +100,7 @@ def create_app(
     store_settings: StoreSettings | None = None,
     *,
     catalog: Catalog | None = None,
+    tile_settings: TileSettings | None = None,
 ) -> FastAPI:
     """The server over the store the settings name (or over a catalog already built)."""
     settings = settings or ServerSettings()
@@ -103,6 +111,7 @@ def create_app(
         own = catalog is None
         cat = catalog if catalog is not None else Catalog(open_store(store_settings))
         app.state.catalog = cat
+        cat.subscribe(app.state.tiles.invalidate)
         yield
         if own:
             cat.store.close()
@@ -120,8 +129,9 @@ def create_app(
     app.state.anonymous_access = Access.parse(settings.anonymous_access)
     app.state.crs = CrsSet(settings.extra_crs)
     app.state.metrics = Metrics()
+    app.state.tiles = TileServer(tile_settings or TileSettings(), app.state.metrics)
     _install_errors(app)
-    for module in (landing, collections, items, ops):
+    for module in (landing, collections, items, tiles, styles, ops):
         app.include_router(module.router)
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=settings.gzip_level)
     app.add_middleware(

@@ -20,8 +20,6 @@ class ServerSettings(BaseSettings):
     """Base URL clients reach the server at (behind a proxy); empty: taken from each request."""
     cors_origins: list[str] = ["*"]
     """Origins allowed to read the API from a browser on another site."""
-    tile_max_age_s: int = 60
-    """`Cache-Control: max-age` of vector and raster tiles."""
     gzip_level: int = 4
     """gzip level of JSON answers (tiles are compressed once by the tile cache)."""
     extra_crs: list[int] = []

@@ -1,0 +1,377 @@
+"""OGC API Tiles: tile matrix sets, tilesets, vector tiles (per collection and composite),
+TileJSON, and raster map tiles of DEM collections."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from layers.catalog import Catalog
+from layers.layer import Layer
+from layers.models import Access
+from tiles import grid
+from tiles.errors import TileOutOfMatrix
+from twin.access import Scope
+from twin.cql2 import Filter, queryable_names
+from twin.dependencies import CatalogDep, Collections, CqlFilter
+from twin.routes.collections import raster_bounds
+from twin.routes.links import JSON, MVT, PNG, REL_TILING_SCHEMES, base_url, link, url
+from twin.select import Selection, select
+from twin.tilejson import tilejson, tileset_document
+from twin.tileserve import TileServer
+
+router = APIRouter(tags=["Tiles"])
+
+TMS_ID = "WebMercatorQuad"
+TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"
+
+
+async def get_tile_server(request: Request) -> TileServer:
+    """The tile renderer and cache built at start-up."""
+    return request.app.state.tiles
+
+
+TilesDep = Annotated[TileServer, Depends(get_tile_server)]
+
+
+async def tile_of(
+    z: Annotated[int, Path(description="Zoom level (tile matrix), 0..24")],
+    y: Annotated[int, Path(description="Row, counted from the top (north)")],
+    x: Annotated[int, Path(description="Column, counted from the left (west)")],
+) -> grid.Tile:
+    """The tile at zoom `z`, row `y`, column `x` (`TileOutOfMatrix`, answered 404, otherwise)."""
+    return grid.tile(z, x, y)
+
+
+class UnknownTileMatrixSet(TileOutOfMatrix):
+    """A tile matrix set other than WebMercatorQuad (answered 404 like a tile outside it)."""
+
+    def __init__(self, tms: str) -> None:
+        Exception.__init__(self, f"unknown tile matrix set {tms!r}; use {TMS_ID}")
+
+
+def _tms_check(tms: str) -> None:
+    if tms != TMS_ID:
+        raise UnknownTileMatrixSet(tms)
+
+
+# -- tile matrix sets -------------------------------------------------------------------------
+
+
+@router.get("/tileMatrixSets", summary="Tile matrix sets")
+def tile_matrix_sets(request: Request) -> dict:
+    """The tiling schemes offered (WebMercatorQuad)."""
+    return {
+        "tileMatrixSets": [
+            {
+                "id": TMS_ID,
+                "title": "Google Maps Compatible for the World",
+                "uri": TMS_URI,
+                "links": [link(url(request, f"/tileMatrixSets/{TMS_ID}"), "self", JSON, TMS_ID)],
+            }
+        ]
+    }
+
+
+@router.get("/tileMatrixSets/{tileMatrixSetId}", summary="One tile matrix set")
+def tile_matrix_set(tileMatrixSetId: str) -> JSONResponse:
+    """The definition of WebMercatorQuad (OGC Two Dimensional Tile Matrix Set 2.0)."""
+    _tms_check(tileMatrixSetId)
+    return JSONResponse(grid.TMS.model_dump(mode="json", exclude_none=True, by_alias=True))
+
+
+# -- vector tiles -----------------------------------------------------------------------------
+
+
+def _tileset_links(request: Request, base: str) -> list[dict]:
+    return [
+        link(url(request, base), "self", JSON, "Tileset metadata"),
+        link(url(request, f"{base}/tilejson.json"), "describedby", JSON, "TileJSON"),
+        link(url(request, f"/tileMatrixSets/{TMS_ID}"), REL_TILING_SCHEMES, JSON),
+        link(
+            url(request, f"{base}/{{tileMatrix}}/{{tileRow}}/{{tileCol}}"),
+            "item",
+            MVT,
+            "Vector tiles",
+            templated=True,
+        ),
+    ]
+
+
+def _visible(catalog: Catalog, scope: Access, names: list[str] | None) -> dict[str, Layer]:
+    """The requested vector layers (all visible ones by default), each checked against scope."""
+    if names is None:
+        return catalog.layers(scope)
+    return {n: catalog.layer(n, scope) for n in names}
+
+
+def _rows(layer: Layer, flt: Filter | None) -> Any:
+    if flt is None:
+        return None
+    return select(layer, Selection(filter=flt))
+
+
+def _tilesets(request: Request, path: str, base: str, title: str) -> dict:
+    return {
+        "links": [link(url(request, path), "self", JSON)],
+        "tilesets": [
+            {
+                "title": f"{title} (vector tiles)",
+                "dataType": "vector",
+                "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
+                "tileMatrixSetURI": TMS_URI,
+                "links": _tileset_links(request, base),
+            }
+        ],
+    }
+
+
+@router.get("/collections/{collectionId}/tiles", summary="Vector tilesets of a collection")
+def collection_tilesets(
+    request: Request, collectionId: str, catalog: CatalogDep, scope: Scope
+) -> dict:
+    """The tilesets of one collection (WebMercatorQuad vector tiles)."""
+    layer = catalog.layer(collectionId, scope)
+    base = f"/collections/{collectionId}/tiles/{TMS_ID}"
+    return _tilesets(request, f"/collections/{collectionId}/tiles", base, layer.schema.title)
+
+
+@router.get(
+    "/collections/{collectionId}/tiles/{tileMatrixSetId}", summary="Vector tileset of a collection"
+)
+def collection_tileset(
+    request: Request,
+    collectionId: str,
+    tileMatrixSetId: str,
+    catalog: CatalogDep,
+    scope: Scope,
+    tiles: TilesDep,
+) -> dict:
+    """Tileset metadata (OGC API Tiles): tile URL template, zooms, bounds, layers."""
+    _tms_check(tileMatrixSetId)
+    layer = catalog.layer(collectionId, scope)
+    base = f"/collections/{collectionId}/tiles/{TMS_ID}"
+    return tileset_document(
+        base_url(request),
+        {collectionId: layer},
+        base,
+        tiles.settings,
+        title=layer.schema.title,
+        links=_tileset_links(request, base),
+    )
+
+
+@router.get(
+    "/collections/{collectionId}/tiles/{tileMatrixSetId}/tilejson.json",
+    summary="TileJSON of a collection",
+)
+def collection_tilejson(
+    request: Request,
+    collectionId: str,
+    tileMatrixSetId: str,
+    catalog: CatalogDep,
+    scope: Scope,
+    tiles: TilesDep,
+) -> dict:
+    """TileJSON 3.0.0 of one collection's vector tiles."""
+    _tms_check(tileMatrixSetId)
+    layer = catalog.layer(collectionId, scope)
+    return tilejson(
+        base_url(request),
+        {collectionId: layer},
+        f"/collections/{collectionId}/tiles/{TMS_ID}",
+        tiles.settings,
+        name=layer.schema.title,
+    )
+
+
+@router.get("/tiles", summary="Vector tilesets of all layers")
+def dataset_tilesets(request: Request) -> dict:
+    """The composite tilesets (every layer the caller may see in one tile)."""
+    return _tilesets(request, "/tiles", f"/tiles/{TMS_ID}", "All layers")
+
+
+@router.get("/tiles/{tileMatrixSetId}", summary="Vector tileset of all layers")
+def dataset_tileset(
+    request: Request,
+    tileMatrixSetId: str,
+    catalog: CatalogDep,
+    scope: Scope,
+    tiles: TilesDep,
+    collections: Collections,
+) -> dict:
+    """Tileset metadata of the composite tiles."""
+    _tms_check(tileMatrixSetId)
+    layers = _visible(catalog, scope, collections)
+    base = f"/tiles/{TMS_ID}"
+    return tileset_document(
+        base_url(request),
+        layers,
+        base,
+        tiles.settings,
+        title="twin",
+        links=_tileset_links(request, base),
+    )
+
+
+@router.get("/tiles/{tileMatrixSetId}/tilejson.json", summary="TileJSON of all layers")
+def dataset_tilejson(
+    request: Request,
+    tileMatrixSetId: str,
+    catalog: CatalogDep,
+    scope: Scope,
+    tiles: TilesDep,
+    collections: Collections,
+) -> dict:
+    """TileJSON 3.0.0 of the composite tiles (every layer the caller may see, or `collections`)."""
+    _tms_check(tileMatrixSetId)
+    layers = _visible(catalog, scope, collections)
+    return tilejson(base_url(request), layers, f"/tiles/{TMS_ID}", tiles.settings, name="twin")
+
+
+TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {MVT: {}}, "description": "A Mapbox Vector Tile"},
+    204: {"description": "Nothing to draw in this tile"},
+    304: {"description": "The tile is unchanged since the ETag given in If-None-Match"},
+    404: {"description": "The tile is outside the tile matrix, or no such collection"},
+}
+
+
+@router.get(
+    "/collections/{collectionId}/tiles/{tileMatrixSetId}/{z}/{y}/{x}",
+    summary="A vector tile of a collection",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+)
+async def collection_tile(
+    collectionId: str,
+    tileMatrixSetId: str,
+    tile: Annotated[grid.Tile, Depends(tile_of)],
+    catalog: CatalogDep,
+    scope: Scope,
+    tiles: TilesDep,
+    cql: CqlFilter,
+    if_none_match: Annotated[str | None, Header()] = None,
+    accept_encoding: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The Mapbox Vector Tile at zoom `z`, row `y`, column `x`; 204 when empty."""
+    _tms_check(tileMatrixSetId)
+    layer = catalog.layer(collectionId, scope)
+    if cql is not None:
+        cql.check(layer.schema)
+    return await tiles.respond(
+        {collectionId: layer},
+        tile,
+        scope,
+        cql,
+        lambda: [(layer, _rows(layer, cql))],
+        if_none_match,
+        accept_encoding,
+    )
+
+
+@router.get(
+    "/tiles/{tileMatrixSetId}/{z}/{y}/{x}",
+    summary="A vector tile of several collections",
+    response_class=Response,
+    responses=TILE_RESPONSES,
+)
+async def dataset_tile(
+    tileMatrixSetId: str,
+    tile: Annotated[grid.Tile, Depends(tile_of)],
+    catalog: CatalogDep,
+    scope: Scope,
+    tiles: TilesDep,
+    collections: Collections,
+    cql: CqlFilter,
+    if_none_match: Annotated[str | None, Header()] = None,
+    accept_encoding: Annotated[str | None, Header()] = None,
+) -> Response:
+    """One tile holding a layer per collection (all the caller may see, or `collections`).
+
+    A `filter` applies to the layers that have every property it names.
+    """
+    _tms_check(tileMatrixSetId)
+    layers = _visible(catalog, scope, collections)
+
+    def requests() -> list[tuple[Layer, Any]]:
+        out = []
+        for layer in layers.values():
+            if cql is not None and not cql.properties <= _names(layer):
+                continue
+            out.append((layer, _rows(layer, cql)))
+        return out
+
+    return await tiles.respond(layers, tile, scope, cql, requests, if_none_match, accept_encoding)
+
+
+def _names(layer: Layer) -> set[str]:
+    return queryable_names(layer.schema)
+
+
+# -- raster map tiles -------------------------------------------------------------------------
+
+
+@router.get("/collections/{collectionId}/map/tiles", summary="Map tilesets of a raster")
+def map_tilesets(request: Request, collectionId: str, catalog: CatalogDep, scope: Scope) -> dict:
+    """The map tilesets of a raster collection (hillshade and colour relief PNG)."""
+    info = catalog.raster(collectionId, scope)
+    base = f"/collections/{collectionId}/map/tiles/{TMS_ID}"
+    bounds = raster_bounds(info)
+    tileset: dict[str, Any] = {
+        "title": f"{info.title} (map tiles)",
+        "dataType": "map",
+        "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
+        "tileMatrixSetURI": TMS_URI,
+        "styles": ["hillshade", "relief"],
+        "links": [
+            link(url(request, f"/tileMatrixSets/{TMS_ID}"), REL_TILING_SCHEMES, JSON),
+            link(
+                url(request, f"{base}/{{tileMatrix}}/{{tileRow}}/{{tileCol}}"),
+                "item",
+                PNG,
+                "Map tiles (?style=hillshade|relief)",
+                templated=True,
+            ),
+        ],
+    }
+    if bounds is not None:
+        tileset["boundingBox"] = {
+            "lowerLeft": [bounds[0], bounds[1]],
+            "upperRight": [bounds[2], bounds[3]],
+            "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84",
+        }
+    return {
+        "links": [link(url(request, f"/collections/{collectionId}/map/tiles"), "self", JSON)],
+        "tilesets": [tileset],
+    }
+
+
+@router.get(
+    "/collections/{collectionId}/map/tiles/{tileMatrixSetId}/{z}/{y}/{x}",
+    summary="A map tile of a raster",
+    response_class=Response,
+    responses={
+        200: {"content": {PNG: {}}, "description": "A PNG map tile"},
+        204: {"description": "The raster does not reach this tile"},
+    },
+)
+async def map_tile(
+    collectionId: str,
+    tileMatrixSetId: str,
+    tile: Annotated[grid.Tile, Depends(tile_of)],
+    catalog: CatalogDep,
+    scope: Scope,
+    tiles: TilesDep,
+    style: Annotated[
+        Literal["hillshade", "relief"],
+        Query(description="hillshade (grey shaded relief) or relief (colour by elevation)"),
+    ] = "hillshade",
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """A PNG of the raster at zoom `z`, row `y`, column `x`, drawn in the given style."""
+    _tms_check(tileMatrixSetId)
+    info = catalog.raster(collectionId, scope)
+    return await tiles.respond_raster(info, tile, style, if_none_match)
