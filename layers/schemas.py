@@ -75,6 +75,9 @@ PIPES = LayerSchema(
                 "service",
                 "function",
                 "subtypename",
+                "flowtype",
+                "flow_type",
+                "struct_type",
             ),
         ),
         Field(
@@ -281,7 +284,7 @@ LIGHTS = LayerSchema(
             "lamp_type",
             S,
             "Lamp type (LED, HPS, MH, ...)",
-            aliases=("lamp_type", "lamptype", "lamp", "lamp1", "light_type", "fixturetype"),
+            aliases=("lamp_type", "lamptype", "light_type", "fixturetype", "lamp", "lamp1"),
         ),
         Field(
             "wattage_w",

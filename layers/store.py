@@ -69,8 +69,12 @@ class Store(Protocol):
         source: str,
         user: str,
         details: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> WriteResult:
-        """Apply `layer`'s features atomically: all land, or nothing changes."""
+        """Apply `layer`'s features atomically: all land, or nothing changes.
+
+        `meta` (attribution, licence, ...) is merged into the layer's stored metadata.
+        """
         ...
 
     def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:

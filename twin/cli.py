@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from layers.gpkg import GeoPackageStore
 
 app = typer.Typer(
     name="twin",
@@ -31,6 +34,235 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear message to stderr and return the Exit to raise."""
     typer.echo(f"twin: {message}", err=True)
     return typer.Exit(code)
+
+
+@app.command("import")
+def import_(
+    collection: Annotated[
+        str,
+        typer.Argument(
+            help="Layer to import into: pipes, valves, roads, bridges, lights, parks, grids, "
+            "sites, or a new custom layer's name."
+        ),
+    ],
+    path: Annotated[
+        Path, typer.Argument(help="Any vector file GDAL reads (a zipped shapefile too).")
+    ],
+    store: StoreOption = DEFAULT_STORE,
+    crs: Annotated[
+        str | None,
+        typer.Option(help="CRS of the coordinates if the file declares none or a wrong one."),
+    ] = None,
+    coords: Annotated[
+        str, typer.Option(help="Offsets to undo: wgs84 (none), gcj02 (Amap, Tencent), bd09.")
+    ] = "wgs84",
+    encoding: Annotated[
+        str | None, typer.Option(help="Text encoding of undeclared attributes, e.g. gbk.")
+    ] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer of a multi-layer file.")] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="COLUMN=FIELD: read FIELD from COLUMN (COLUMN= drops it)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="FIELD=VALUE for every imported feature.")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Also remove this source's features the file lacks.")
+    ] = False,
+    source: Annotated[
+        str | None, typer.Option(help="Dataset name kept on each feature (default: file stem).")
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="Column of stable feature ids (default: found by name).")
+    ] = None,
+    schema: Annotated[Path | None, typer.Option(help="TOML schema of a custom layer.")] = None,
+    classification: Annotated[
+        str | None, typer.Option(help="Layer classification: public, internal or restricted.")
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option(envvar="TWIN_USER", help="Who imports (default: login name).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Import a file into a layer, atomically, and print what landed, was repaired or rejected."""
+    import json
+
+    from importers.errors import ImporterError
+    from importers.options import ImportOptions, parse_pairs
+    from importers.pipeline import import_file
+    from layers.errors import LayersError
+    from layers.settings import StoreSettings, open_store
+
+    try:
+        options = ImportOptions(
+            crs=crs,
+            coords=coords,  # type: ignore[arg-type]  # checked by ImportOptions
+            encoding=encoding,
+            layer=layer,
+            mapping=parse_pairs(map_ or [], "--map"),
+            constants=parse_pairs(set_ or [], "--set"),
+            mode="replace" if replace else "upsert",
+            source=source,
+            id_column=id_column,
+            schema_file=schema,
+            classification=classification,
+        )
+        if not path.exists():
+            raise fail(f"{path}: no such file")
+        db = open_store(StoreSettings(store=store))
+        try:
+            report = import_file(db, collection, path, options, user=user or _login())
+        finally:
+            db.close()
+    except (ImporterError, LayersError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(
+        json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if as_json else report.text()
+    )
+
+
+def _login() -> str:
+    """The login name of whoever runs the command (recorded in the import history)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "twin"
+
+
+def _existing_store(store: Path) -> GeoPackageStore:
+    """The store at `store`, or one clear message when there is none."""
+    from layers.errors import LayersError
+    from layers.settings import StoreSettings, open_store
+
+    try:
+        return open_store(StoreSettings(store=store), create=False)
+    except LayersError as exc:
+        raise fail(f"{exc}: import data first (twin import ...) or run twin demo") from None
+
+
+@app.command("layers")
+def layers_(
+    store: StoreOption = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List what the store holds: counts, bounds, classification and the last import."""
+    import json
+
+    from layers.models import Access
+
+    db = _existing_store(store)
+    try:
+        vectors = db.layers(Access.RESTRICTED)
+        rasters = db.rasters(Access.RESTRICTED)
+        last: dict[str, object] = {}
+        for record in db.history():
+            last.setdefault(record.collection, record)
+    finally:
+        db.close()
+    rows = []
+    for name, info in vectors.items():
+        rec = last.get(name)
+        rows.append(
+            {
+                "name": name,
+                "title": info.schema.title,
+                "kind": "vector",
+                "geometry": info.schema.geometry.value,
+                "classification": info.schema.classification.label,
+                "features": info.count,
+                "bounds": list(info.bounds) if info.bounds else None,
+                "last_change": info.last_change,
+                "last_import": _record_json(rec),
+            }
+        )
+    for name, r in rasters.items():
+        rows.append(
+            {
+                "name": name,
+                "title": r.title,
+                "kind": "raster",
+                "classification": r.classification.label,
+                "path": str(r.path),
+                "last_import": _record_json(last.get(name)),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        typer.echo(f"{store}: no layers yet (twin import COLLECTION FILE)")
+    for row in rows:
+        typer.echo(_layer_text(row))
+
+
+def _record_json(record: object) -> dict | None:
+    if record is None:
+        return None
+    from layers.models import ImportRecord
+
+    assert isinstance(record, ImportRecord)
+    return {
+        "time": record.time.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "user": record.user,
+        "source": record.source,
+        "path": record.details.get("path"),
+        "mode": record.mode,
+        "added": record.added,
+        "updated": record.updated,
+        "unchanged": record.unchanged,
+        "removed": record.removed,
+        "rejected": record.rejected,
+        "repaired": record.repaired,
+    }
+
+
+def _layer_text(row: dict) -> str:
+    if row["kind"] == "raster":
+        head = f"{row['name']}  raster  {row['classification']}  {row['path']}"
+    else:
+        b = row["bounds"]
+        where = f"{b[0]:.5f},{b[1]:.5f} .. {b[2]:.5f},{b[3]:.5f}" if b else "no extent"
+        head = (
+            f"{row['name']}  {row['features']:,} features  {row['geometry']}  "
+            f"{row['classification']}  bounds {where}"
+        )
+    rec = row["last_import"]
+    if rec is None:
+        return head
+    what = (
+        f"{rec['added']:,} added, {rec['updated']:,} updated, {rec['unchanged']:,} unchanged, "
+        f"{rec['removed']:,} removed, {rec['rejected']:,} rejected"
+    )
+    return f"{head}\n    last import {rec['time']} by {rec['user']}: {rec['source']} ({rec['mode']}) {what}"
+
+
+@app.command("export")
+def export_(
+    collection: Annotated[str, typer.Argument(help="Layer to export.")],
+    path: Annotated[
+        Path, typer.Argument(help="File to write: .gpkg, .geojson or .fgb (by its suffix).")
+    ],
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Write a layer to a GeoPackage, GeoJSON or FlatGeobuf file (lon/lat, EPSG:4326)."""
+    from importers.errors import ImporterError
+    from importers.export import export_layer
+    from layers.errors import LayersError
+    from layers.models import Access
+
+    db = _existing_store(store)
+    try:
+        result = export_layer(db, collection, path, scope=Access.RESTRICTED)
+    except (ImporterError, LayersError) as exc:
+        raise fail(str(exc)) from None
+    finally:
+        db.close()
+    typer.echo(
+        f"wrote {result.features:,} features of {collection} to {result.path} ({result.driver})"
+    )
 
 
 @app.command()
