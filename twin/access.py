@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from layers.models import Access
 
 
-def caller_scope(request: Request) -> Access:
+async def caller_scope(request: Request) -> Access:
     """The `Access` scope of the caller of `request`."""
     return request.app.state.anonymous_access
 

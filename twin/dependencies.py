@@ -20,17 +20,17 @@ from twin.select import Interval, parse_datetime
 from twin.settings import ServerSettings
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     """The catalog built at start-up."""
     return request.app.state.catalog
 
 
-def get_settings(request: Request) -> ServerSettings:
+async def get_settings(request: Request) -> ServerSettings:
     """The server's settings."""
     return request.app.state.settings
 
 
-def get_crs_set(request: Request) -> CrsSet:
+async def get_crs_set(request: Request) -> CrsSet:
     """The CRSs the server offers, with their cached transformers."""
     return request.app.state.crs
 
@@ -40,7 +40,7 @@ SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 CrsSetDep = Annotated[CrsSet, Depends(get_crs_set)]
 
 
-def output_crs(
+async def output_crs(
     crs_set: CrsSetDep,
     crs: Annotated[
         str | None,
@@ -55,7 +55,7 @@ def output_crs(
     return crs_set.parse(crs, "crs")
 
 
-def bbox_filter(
+async def bbox_filter(
     crs_set: CrsSetDep,
     bbox: Annotated[
         str | None,
@@ -96,7 +96,7 @@ def bbox_filter(
     return crs_set.bbox_to_crs84(values, ref)
 
 
-def page_limit(
+async def page_limit(
     settings: SettingsDep,
     limit: Annotated[
         int | None,
@@ -111,7 +111,7 @@ def page_limit(
     return min(limit, settings.items_max_limit)
 
 
-def page_offset(
+async def page_offset(
     offset: Annotated[int, Query(description="Features to skip (for paging).")] = 0,
 ) -> int:
     """Features to skip."""
@@ -120,7 +120,7 @@ def page_offset(
     return offset
 
 
-def datetime_filter(
+async def datetime_filter(
     datetime: Annotated[
         str | None,
         Query(
@@ -134,7 +134,7 @@ def datetime_filter(
     return None if datetime is None else parse_datetime(datetime)
 
 
-def cql2_filter(
+async def cql2_filter(
     crs_set: CrsSetDep,
     filter: Annotated[
         str | None,
@@ -170,7 +170,7 @@ Datetime = Annotated[Interval | None, Depends(datetime_filter)]
 CqlFilter = Annotated[Filter | None, Depends(cql2_filter)]
 
 
-def collections_list(
+async def collections_list(
     collections: Annotated[
         str | None,
         Query(description="Comma-separated collection ids (default: all you may see)."),
