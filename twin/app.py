@@ -27,8 +27,8 @@ from tiles.settings import TileSettings
 from twin import errors as twin_errors
 from twin.crs import CrsSet
 from twin.metrics import Metrics, MetricsMiddleware
-from twin.routes import collections, items, landing, ops, styles, tiles
-from twin.settings import ServerSettings
+from twin.routes import collections, items, landing, ops, queries, styles, tiles
+from twin.settings import QuerySettings, ServerSettings
 from twin.tileserve import TileServer
 
 log = logging.getLogger("twin.app")
@@ -101,6 +101,7 @@ def create_app(
     *,
     catalog: Catalog | None = None,
     tile_settings: TileSettings | None = None,
+    query_settings: QuerySettings | None = None,
 ) -> FastAPI:
     """The server over the store the settings name (or over a catalog already built)."""
     settings = settings or ServerSettings()
@@ -130,12 +131,13 @@ def create_app(
     app.state.crs = CrsSet(settings.extra_crs)
     app.state.metrics = Metrics()
     app.state.tiles = TileServer(tile_settings or TileSettings(), app.state.metrics)
+    app.state.query_settings = query_settings or QuerySettings()
     _install_errors(app)
-    for module in (landing, collections, items, tiles, styles, ops):
+    for module in (landing, collections, items, tiles, styles, queries, ops):
         app.include_router(module.router)
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=settings.gzip_level)
     app.add_middleware(
-        CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD"]
+        CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"]
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -157,18 +157,13 @@ def _equal_area() -> Transformer:
 # -- the local frame in which nearest points are found ----------------------------------------
 
 
-def _frame(geometry: Any) -> tuple[CoordMap, CoordMap]:
-    """Maps lon/lat coordinates to a metric frame around `geometry` and back.
+def local_frame(lon0: float, lat0: float) -> tuple[CoordMap, CoordMap]:
+    """Maps lon/lat coordinates to metres east/north of (lon0, lat0) and back.
 
-    Near the query, an equirectangular frame centred on it and scaled by the ellipsoid's radii
-    of curvature is conformal to first order and, being affine in lon/lat, keeps the stored
-    straight segments straight, so the nearest points found in it lie exactly on the shapes.
+    An equirectangular frame scaled by the ellipsoid's radii of curvature at the centre: true to
+    first order near it and, being affine in lon/lat, it keeps the stored straight segments
+    straight, so nearest points found in it lie exactly on the shapes.
     """
-    minx, miny, maxx, maxy = shapely.bounds(geometry)
-    if max(maxx - minx, maxy - miny) > _LOCAL_EXTENT_DEG:
-        p = projection(zone_epsg((minx + maxx) / 2, (miny + maxy) / 2))
-        return p._fwd, p._inv
-    lon0, lat0 = (minx + maxx) / 2, (miny + maxy) / 2
     m, n = _radii(np.radians(lat0))
     kx = max(math.pi / 180 * float(n) * math.cos(math.radians(lat0)), 1e-3)
     ky = math.pi / 180 * float(m)
@@ -182,6 +177,16 @@ def _frame(geometry: Any) -> tuple[CoordMap, CoordMap]:
         return np.column_stack([c[:, 0] / kx + lon0, c[:, 1] / ky + lat0])
 
     return fwd, inv
+
+
+def frame(geometry: Any) -> tuple[CoordMap, CoordMap]:
+    """Maps lon/lat coordinates to a metric frame around `geometry` and back: the local frame
+    for a small shape, the place's conformal zone projection for a wide one."""
+    minx, miny, maxx, maxy = shapely.total_bounds(geometry)
+    if max(maxx - minx, maxy - miny) > _LOCAL_EXTENT_DEG:
+        p = projection(zone_epsg((minx + maxx) / 2, (miny + maxy) / 2))
+        return p._fwd, p._inv
+    return local_frame((minx + maxx) / 2, (miny + maxy) / 2)
 
 
 # -- distances and radius searches ------------------------------------------------------------
@@ -215,7 +220,7 @@ def distances(geoms: Any, geometry: shapely.Geometry) -> np.ndarray:
         c = shapely.get_coordinates(todo)
         out[ok] = geodesic_m(geometry.x, geometry.y, c[:, 0], c[:, 1])
         return out
-    fwd, inv = _frame(geometry)
+    fwd, inv = frame(geometry)
     lines = shapely.shortest_line(shapely.transform(todo, fwd), shapely.transform(geometry, fwd))
     c = inv(shapely.get_coordinates(lines))
     out[ok] = geodesic_m(c[0::2, 0], c[0::2, 1], c[1::2, 0], c[1::2, 1])

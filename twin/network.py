@@ -1,0 +1,653 @@
+"""The pipe network: topology from `pipes` and `valves`, isolation traces and gravity traces.
+
+Topology. Every live pipe (status not abandoned, removed, planned or under construction) is an
+edge between two nodes, in its digitised direction. Pipe ends, and valves, closer than the
+snap tolerance to each other join one node; an end or a valve within the tolerance of another
+pipe's interior splits that pipe there (T-junctions, in-line valves). Pipes of different
+networks (water, gas, ...) never connect. Valves (`kind = valve`) are barrier nodes, as in
+Giswater's mincut and Esri's isolation trace; hydrants, meters and pumps serve the nearest pipe
+of their network within the attach distance. Built once per layer pair and cached.
+
+Isolation of a broken pipe. From the pipe, the trace spreads through plain nodes and
+inoperable valves and stops at operable open valves (those to close) and normally-closed
+valves (already shut). Everything reached is cut off; then, with those valves shut, any part
+of the network left without a path to the largest remaining part is cut off too ("unsupplied":
+no source is modelled, so the largest part is taken as the one still fed). Affected assets are
+the hydrants, meters and pumps served by cut-off pipes, and street lights standing on them
+(within the snap tolerance) together with every light of the same circuit.
+
+Gravity traces follow sewer and storm pipes in their digitised direction (upstream to
+downstream, the usual convention of sewer GIS data).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import shapely
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+from layers.layer import Layer
+from twin import metric
+from twin.errors import InvalidParameter
+from twin.queries import Matches, feature_collection
+
+BARRIER_KINDS = frozenset({"valve"})
+GRAVITY_NETWORKS = frozenset({"sewer", "storm"})
+DEAD_STATUS = frozenset({"abandoned", "removed", "planned", "under_construction"})
+
+PLAIN, CLOSABLE, SHUT, INOPERABLE = 0, 1, 2, 3
+"""Node kinds: no valve, an operable open valve, a normally-closed valve, an inoperable valve."""
+
+# Networks are kept apart by shifting each one this far east in the snapping frame.
+_NETWORK_OFFSET_M = 1e8
+
+Direction = Literal["upstream", "downstream"]
+
+
+def _text(v: Any) -> str | None:
+    return None if v is None or v is pd.NA else str(v)
+
+
+def _live(attrs: pd.DataFrame) -> np.ndarray:
+    if "status" not in attrs:
+        return np.ones(len(attrs), dtype=bool)
+    return ~np.asarray(attrs["status"].isin(DEAD_STATUS).fillna(False), dtype=bool)
+
+
+def _flag(col: pd.Series, default: bool) -> np.ndarray:
+    return np.asarray(col.fillna(default), dtype=bool)
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """Topology of the pipe network: nodes, edges (pipe pieces) and where valves sit."""
+
+    pipes: Layer
+    valves: Layer | None
+    snap_m: float
+    node_lonlat: np.ndarray
+    node_kind: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    edge_pipe: np.ndarray
+    edge_length_m: np.ndarray
+    valve_node: np.ndarray
+    """Node of each valves row that is a barrier valve on the network, else -1."""
+    fitting_edge: np.ndarray
+    """Edge each hydrant, meter or pump row serves, else -1."""
+    report: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes."""
+        return len(self.node_kind)
+
+    @property
+    def n_edges(self) -> int:
+        """Number of edges (pipe pieces)."""
+        return len(self.u)
+
+    # -- derived indexes, built on first use ------------------------------------------------
+
+    def _memo(self, name: str, build: Any) -> Any:
+        cache = self.__dict__.setdefault("_derived", {})
+        if name not in cache:
+            cache[name] = build()
+        return cache[name]
+
+    def pipe_edges(self, row: int) -> np.ndarray:
+        """Edges of one pipe row, in its digitised order."""
+        order, ptr = self._memo("pipe_csr", lambda: _csr(self.edge_pipe, len(self.pipes)))
+        return order[ptr[row] : ptr[row + 1]]
+
+    @property
+    def degree(self) -> np.ndarray:
+        """Edges meeting each node (a loop counts twice)."""
+        return self._memo(
+            "degree",
+            lambda: np.bincount(np.concatenate([self.u, self.v]), minlength=self.n_nodes),
+        )
+
+    @property
+    def edge_zone(self) -> np.ndarray:
+        """Isolation zone of each edge: the part of the network enclosed by valves."""
+        return self._memo("zone", self._zones)
+
+    def zone_edges(self, zones: np.ndarray) -> np.ndarray:
+        """Sorted edges of the given zones."""
+        order, ptr = self._memo(
+            "zone_csr", lambda: _csr(self.edge_zone, self.n_nodes + self.n_edges)
+        )
+        return np.sort(np.concatenate([order[ptr[z] : ptr[z + 1]] for z in zones.tolist()]))
+
+    def _zones(self) -> np.ndarray:
+        barrier = np.isin(self.node_kind, (CLOSABLE, SHUT))
+        inner = ~barrier[self.u] & ~barrier[self.v]
+        n = self.n_nodes
+        graph = coo_matrix(
+            (np.ones(int(inner.sum())), (self.u[inner], self.v[inner])), shape=(n, n)
+        )
+        _, label = connected_components(graph, directed=False)
+        zone = np.where(
+            ~barrier[self.u],
+            label[self.u],
+            np.where(~barrier[self.v], label[self.v], n + np.arange(self.n_edges)),
+        )
+        return zone.astype(np.int64)
+
+    @property
+    def edge_part(self) -> np.ndarray:
+        """Connected part of the network of each edge, with normally-closed valves shut."""
+        return self._memo(
+            "part", lambda: self._parts(np.ones(self.n_edges, dtype=bool), self.node_kind == SHUT)
+        )
+
+    def _parts(self, edges: np.ndarray, shut: np.ndarray) -> np.ndarray:
+        """Component label of each selected edge when the `shut` nodes let nothing through
+        (-1 for the others)."""
+        idx = np.flatnonzero(edges)
+        n, m = self.n_nodes, len(idx)
+        u = np.where(shut[self.u[idx]], n + np.arange(m), self.u[idx])
+        v = np.where(shut[self.v[idx]], n + m + np.arange(m), self.v[idx])
+        size = n + 2 * m
+        _, label = connected_components(
+            coo_matrix((np.ones(m), (u, v)), shape=(size, size)), directed=False
+        )
+        out = np.full(self.n_edges, -1, dtype=np.int64)
+        out[idx] = label[u]
+        return out
+
+    @property
+    def flow(self) -> csr_matrix:
+        """Directed adjacency in the digitised (flow) direction."""
+        return self._memo(
+            "flow",
+            lambda: csr_matrix(
+                (np.ones(self.n_edges), (self.u, self.v)), shape=(self.n_nodes, self.n_nodes)
+            ),
+        )
+
+
+def _from(
+    layer: Layer, rows: np.ndarray, origin: shapely.Geometry, members: dict | None = None
+) -> Matches:
+    """`rows` of `layer` as matches sorted by their distance from `origin`."""
+    rows = np.asarray(rows, dtype=np.int64)
+    d = metric.distances(layer.geometry[rows], origin) if len(rows) else np.array([])
+    order = np.lexsort((rows, d))
+    extra = {k: [v[i] for i in order.tolist()] for k, v in (members or {}).items()}
+    return Matches(layer, rows[order], d[order], extra)
+
+
+def _csr(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(keys, kind="stable")
+    ptr = np.searchsorted(keys[order], np.arange(n + 1))
+    return order, ptr
+
+
+# -- building the topology --------------------------------------------------------------------
+
+
+def _nearest(tree: shapely.STRtree, pts: np.ndarray, max_m: float) -> np.ndarray:
+    """Index of the nearest tree geometry within `max_m` of each point (-1 when none)."""
+    out = np.full(len(pts), -1, dtype=np.int64)
+    if len(pts) == 0:
+        return out
+    i, j = tree.query_nearest(pts, max_distance=max_m, all_matches=False)
+    out[i] = j
+    return out
+
+
+def build(
+    pipes: Layer, valves: Layer | None, *, snap_m: float = 0.5, attach_m: float = 30.0
+) -> Network:
+    """The network topology of `pipes` and `valves` (see the module docstring)."""
+    if snap_m <= 0 or attach_m < 0:
+        raise InvalidParameter("network tolerances must be positive metres")
+    live = np.flatnonzero(_live(pipes.attrs) & ~shapely.is_missing(pipes.geometry))
+    parts, part_of = shapely.get_parts(pipes.geometry[live], return_index=True)
+    part_pipe = live[part_of]
+    keep = (shapely.get_type_id(parts) == 1) & (shapely.get_num_coordinates(parts) >= 2)
+    parts, part_pipe = parts[keep], part_pipe[keep]
+    nets = pipes.attrs["network"].astype(object).where(pipes.attrs["network"].notna(), "")
+    net_codes, net_names = pd.factorize(nets.to_numpy())
+    part_net = net_codes[part_pipe]
+
+    if len(parts):
+        minx, miny, maxx, maxy = shapely.total_bounds(parts)
+        fwd, _ = metric.local_frame((minx + maxx) / 2, (miny + maxy) / 2)
+    else:
+        fwd, _ = metric.local_frame(0.0, 0.0)
+
+    def shifted(geoms: np.ndarray, net: np.ndarray) -> np.ndarray:
+        """`geoms` in the local frame, each network shifted far from the others."""
+        _, idx = shapely.get_coordinates(geoms, return_index=True)
+        offset = net[idx] * _NETWORK_OFFSET_M
+
+        def move(c: np.ndarray) -> np.ndarray:
+            xy = fwd(c)
+            xy[:, 0] += offset
+            return xy
+
+        return shapely.transform(geoms, move)
+
+    local = shifted(parts, part_net)
+    frame_len = shapely.length(local)
+    ground_len = metric.length_m(parts)
+
+    # Valves: barriers (kind valve) become nodes; other fittings attach to the nearest pipe.
+    if valves is not None and len(valves):
+        v_ok = _live(valves.attrs) & ~shapely.is_missing(valves.geometry)
+        v_ok &= shapely.get_type_id(valves.geometry) == 0
+        kind = valves.attrs["kind"].astype(object).where(valves.attrs["kind"].notna(), "")
+        barrier = v_ok & np.isin(kind.to_numpy(), list(BARRIER_KINDS))
+        fitting = v_ok & ~barrier
+        stated = valves.attrs["network"].astype(object).where(valves.attrs["network"].notna(), None)
+        v_net = pd.Index(net_names).get_indexer(stated.to_numpy()).astype(np.int64)
+        v_net[stated.isna().to_numpy()] = -1
+        # A fitting of no stated network belongs to the network of the nearest pipe.
+        unknown = np.flatnonzero(v_ok & (v_net < 0))
+        if len(unknown) and len(parts):
+            plain = shapely.transform(parts, fwd)
+            near = _nearest(
+                shapely.STRtree(plain), shapely.transform(valves.geometry[unknown], fwd), attach_m
+            )
+            v_net[unknown] = np.where(near >= 0, part_net[np.maximum(near, 0)], -1)
+        barrier &= v_net >= 0
+        fitting &= v_net >= 0
+        bar_rows = np.flatnonzero(barrier)
+        bar_pts = shifted(valves.geometry[bar_rows], v_net[bar_rows])
+    else:
+        bar_rows = np.array([], dtype=np.int64)
+        bar_pts = np.array([], dtype=object)
+        fitting = np.zeros(0, dtype=bool)
+        v_net = np.zeros(0, dtype=np.int64)
+
+    # Candidate nodes: every part's start and end, then the barrier valves.
+    n_parts = len(parts)
+    starts, ends = shapely.get_point(local, 0), shapely.get_point(local, -1)
+    pts = np.concatenate([starts, ends, bar_pts])
+    lonlat = np.concatenate(
+        [
+            shapely.get_coordinates(shapely.get_point(parts, 0)),
+            shapely.get_coordinates(shapely.get_point(parts, -1)),
+            shapely.get_coordinates(valves.geometry[bar_rows])
+            if valves is not None
+            else np.empty((0, 2)),
+        ]
+    )
+    n_pts = len(pts)
+    tree = shapely.STRtree(pts)
+    i, j = tree.query(pts, predicate="dwithin", distance=snap_m)
+    _, label = connected_components(
+        coo_matrix((np.ones(len(i)), (i, j)), shape=(n_pts, n_pts)), directed=False
+    )
+    # Renumber clusters densely; each node sits where its first member is.
+    uniq, first, node_of = np.unique(label, return_index=True, return_inverse=True)
+    node_lonlat = lonlat[first] if n_pts else np.empty((0, 2))
+    n_nodes = len(uniq)
+
+    # Ends and valves on another pipe's interior split it there.
+    owner = np.concatenate([np.arange(n_parts), np.arange(n_parts), np.full(len(bar_rows), -1)])
+    k, p = shapely.STRtree(local).query(pts, predicate="dwithin", distance=snap_m)
+    other = owner[k] != p
+    k, p = k[other], p[other]
+    t = shapely.line_locate_point(local[p], pts[k]) if len(k) else np.array([])
+    interior = (t > snap_m) & (t < frame_len[p] - snap_m)
+    k, p, t = k[interior], p[interior], t[interior]
+
+    # Waypoints along each part: start, splits, end; consecutive ones make edges.
+    way_part = np.concatenate([np.arange(n_parts), p, np.arange(n_parts)])
+    way_t = np.concatenate([np.zeros(n_parts), t, frame_len])
+    way_node = np.concatenate([node_of[:n_parts], node_of[k], node_of[n_parts : 2 * n_parts]])
+    order = np.lexsort((way_t, way_part))
+    way_part, way_t, way_node = way_part[order], way_t[order], way_node[order]
+    same = way_part[1:] == way_part[:-1]
+    e_part = way_part[:-1][same]
+    t0, t1 = way_t[:-1][same], way_t[1:][same]
+    u, v = way_node[:-1][same], way_node[1:][same]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e_len = ground_len[e_part] * np.where(
+            frame_len[e_part] > 0, (t1 - t0) / frame_len[e_part], 0
+        )
+    real = (u != v) | (t1 - t0 > 2 * snap_m)
+    u, v, e_part, t0, e_len = u[real], v[real], e_part[real], t0[real], e_len[real]
+
+    # Barrier valves: on the network when they joined a pipe end or split a pipe.
+    n_valves = len(valves) if valves is not None else 0
+    valve_node = np.full(n_valves, -1, dtype=np.int64)
+    node_kind = np.zeros(n_nodes, dtype=np.int8)
+    if len(bar_rows) and valves is not None:
+        is_end = np.zeros(n_nodes, dtype=bool)
+        is_end[node_of[: 2 * n_parts]] = True
+        split_by = np.zeros(n_pts, dtype=bool)
+        split_by[k] = True
+        bar_node = node_of[2 * n_parts :]
+        on_net = is_end[bar_node] | split_by[2 * n_parts :]
+        valve_node[bar_rows[on_net]] = bar_node[on_net]
+        attrs = valves.attrs.iloc[bar_rows[on_net]]
+        operable = _flag(attrs["operable"], True)
+        open_ = _flag(attrs["normally_open"], True)
+        kinds = np.where(open_ & operable, CLOSABLE, np.where(~open_, SHUT, INOPERABLE))
+        # Several valves on one node: an operable open one can shut it; else a shut one holds.
+        rank = np.array([0, 3, 2, 1])  # plain < inoperable < shut < closable
+        best = np.zeros(n_nodes, dtype=np.int64)
+        np.maximum.at(best, bar_node[on_net], rank[kinds])
+        node_kind = np.array([PLAIN, INOPERABLE, SHUT, CLOSABLE], dtype=np.int8)[best]
+
+    # Fittings serve the piece of the nearest pipe of their network.
+    fitting_edge = np.full(n_valves, -1, dtype=np.int64)
+    f_rows = np.flatnonzero(fitting)
+    if len(f_rows) and len(u) and valves is not None:
+        f_pts = shifted(valves.geometry[f_rows], v_net[f_rows])
+        near = _nearest(shapely.STRtree(local), f_pts, attach_m)
+        hit = near >= 0
+        f_rows, f_pts, near = f_rows[hit], f_pts[hit], near[hit]
+        ft = shapely.line_locate_point(local[near], f_pts)
+        span = frame_len * (1 + 1e-9) + 1e-9
+        edge_key = e_part + t0 / span[e_part]
+        at = np.searchsorted(edge_key, near + ft / span[near], side="right") - 1
+        good = (at >= 0) & (e_part[np.clip(at, 0, None)] == near)
+        fitting_edge[f_rows[good]] = at[good]
+
+    return Network(
+        pipes=pipes,
+        valves=valves,
+        snap_m=snap_m,
+        node_lonlat=node_lonlat,
+        node_kind=node_kind,
+        u=u.astype(np.int64),
+        v=v.astype(np.int64),
+        edge_pipe=part_pipe[e_part].astype(np.int64),
+        edge_length_m=e_len,
+        valve_node=valve_node,
+        fitting_edge=fitting_edge,
+        report={
+            "pipes": len(np.unique(part_pipe)),
+            "nodes": int(n_nodes),
+            "edges": len(u),
+            "splits": len(k),
+            "valves_on_network": int((valve_node >= 0).sum()),
+            "valves_off_network": int(len(bar_rows) - (valve_node >= 0).sum()),
+            "fittings_attached": int((fitting_edge >= 0).sum()),
+        },
+    )
+
+
+_cache: weakref.WeakKeyDictionary[Layer, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def network_for(
+    pipes: Layer, valves: Layer | None, *, snap_m: float = 0.5, attach_m: float = 30.0
+) -> Network:
+    """The cached network of this pipes and valves layer pair (built on first use; a layer
+    edit makes new `Layer` objects, hence a new network)."""
+    key = (id(valves), snap_m, attach_m)
+    with _lock:
+        held = _cache.get(pipes, {}).get(key)
+        if held is not None and (held[0] is None if valves is None else held[0]() is valves):
+            return held[1]
+        net = build(pipes, valves, snap_m=snap_m, attach_m=attach_m)
+        _cache.setdefault(pipes, {})[key] = (None if valves is None else weakref.ref(valves), net)
+        return net
+
+
+# -- isolation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """The answer of an isolation trace for one broken pipe."""
+
+    network: Network
+    pipe: int
+    to_close: np.ndarray
+    """Valve rows to close."""
+    shut: np.ndarray
+    """Valve rows already closed (normally closed) on the boundary."""
+    inoperable: np.ndarray
+    """Valve rows skipped because they cannot be operated."""
+    isolated: np.ndarray
+    """Edges cut off by the closure."""
+    unsupplied: np.ndarray
+    """Edges left without supply by the closure."""
+    fittings: np.ndarray
+    """Hydrant, meter and pump rows served by cut-off pipes."""
+    lights: Matches | None = None
+
+    @property
+    def length_m(self) -> float:
+        """Length of pipe cut off, metres (isolated and unsupplied)."""
+        e = np.concatenate([self.isolated, self.unsupplied])
+        return float(self.network.edge_length_m[e].sum())
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON answer: FeatureCollections of valves to close, pipes cut off and affected
+        assets, each nearest the broken pipe first, and a summary."""
+        net = self.network
+        broken = net.pipes.geometry[self.pipe]
+        rows, length, cause = self.pipes_cut()
+        pipes = _from(
+            net.pipes,
+            rows,
+            broken,
+            {"cut_length_m": [round(float(v), 3) for v in length], "cause": cause},
+        )
+        groups: dict[str, Matches | None] = {"pipes": pipes, "lights": self.lights}
+        valves = net.valves
+        if valves is not None:
+            groups["to_close"] = _from(valves, self.to_close, broken)
+            groups["shut"] = _from(valves, self.shut, broken)
+            groups["inoperable"] = _from(valves, self.inoperable, broken)
+            groups["fittings"] = _from(valves, self.fittings, broken)
+        kinds = (
+            valves.attrs["kind"].iloc[self.fittings].fillna("unknown").value_counts().to_dict()
+            if valves is not None
+            else {}
+        )
+
+        def fc(*names: str) -> dict[str, Any]:
+            return feature_collection([g for n in names if (g := groups.get(n)) is not None])
+
+        return {
+            "pipe": {
+                "collection": net.pipes.name,
+                "id": str(net.pipes.ids[self.pipe]),
+                "network": _text(net.pipes.attrs["network"].iloc[self.pipe]),
+            },
+            "valves_to_close": fc("to_close"),
+            "closed_valves": fc("shut"),
+            "inoperable_valves": fc("inoperable"),
+            "pipes": fc("pipes"),
+            "length_m": round(self.length_m, 3),
+            "affected": fc("fittings", "lights"),
+            "summary": {
+                "valves_to_close": len(self.to_close),
+                "inoperable_valves_skipped": len(self.inoperable),
+                "pipes_cut": len(rows),
+                "pipes_unsupplied": cause.count("unsupplied"),
+                "length_m": round(self.length_m, 3),
+                "fittings": {str(k): int(v) for k, v in kinds.items()},
+                "lights": 0 if self.lights is None else len(self.lights),
+            },
+        }
+
+    def pipes_cut(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Rows of the pipes cut off, the length of each cut off, and why (isolated or
+        unsupplied)."""
+        net = self.network
+        e = np.concatenate([self.isolated, self.unsupplied])
+        rows, inv = np.unique(net.edge_pipe[e], return_inverse=True)
+        length = np.bincount(inv, weights=net.edge_length_m[e], minlength=len(rows))
+        iso = set(net.edge_pipe[self.isolated].tolist())
+        return rows, length, ["isolated" if r in iso else "unsupplied" for r in rows.tolist()]
+
+
+def isolate(net: Network, fid: str, lights: Layer | None = None) -> Isolation:
+    """Valves to close to isolate pipe `fid`, what is cut off, and what it serves."""
+    row = net.pipes.row(fid)
+    edges = net.pipe_edges(row)
+    if not len(edges):
+        raise InvalidParameter(
+            f"pipe {fid!r} is not part of the live network (no geometry, or status "
+            f"{', '.join(sorted(DEAD_STATUS))})"
+        )
+    zone = net.edge_zone
+    region = net.zone_edges(np.unique(zone[edges]))
+    nodes = np.unique(np.concatenate([net.u[region], net.v[region]]))
+    inside = np.bincount(np.concatenate([net.u[region], net.v[region]]), minlength=net.n_nodes)
+    kind = net.node_kind[nodes]
+    boundary = inside[nodes] < net.degree[nodes]
+    closing = nodes[(kind == CLOSABLE) & boundary]
+    shut_nodes = nodes[(kind == SHUT) & boundary]
+    inoperable_nodes = nodes[kind == INOPERABLE]
+
+    # With those valves shut, parts cut from the largest remaining part lose supply too.
+    part = net.edge_part
+    same = np.isin(part, np.unique(part[edges]))
+    same[region] = False
+    shut = net.node_kind == SHUT
+    shut[closing] = True
+    unsupplied = np.array([], dtype=np.int64)
+    if same.any():
+        label = net._parts(same, shut)
+        rest = np.flatnonzero(same)
+        lab = label[rest]
+        _, inv = np.unique(lab, return_inverse=True)
+        length = np.bincount(inv, weights=net.edge_length_m[rest])
+        main = np.argmax(length)
+        unsupplied = rest[inv != main]
+
+    cut = np.zeros(net.n_edges, dtype=bool)
+    cut[region] = True
+    cut[unsupplied] = True
+    served = np.flatnonzero((net.fitting_edge >= 0) & cut[np.maximum(net.fitting_edge, 0)])
+
+    def valves_at(node_set: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(np.isin(net.valve_node, node_set) & (net.valve_node >= 0))
+
+    to_close = valves_at(closing)
+    if net.valves is not None and len(to_close):
+        attrs = net.valves.attrs.iloc[to_close]
+        usable = _flag(attrs["operable"], True) & _flag(attrs["normally_open"], True)
+        to_close = to_close[usable]
+    shut_rows = valves_at(shut_nodes)
+    inop_rows = valves_at(inoperable_nodes)
+    result = Isolation(net, row, to_close, shut_rows, inop_rows, region, unsupplied, served)
+    if lights is not None:
+        result = replace(result, lights=_lights_on(net, result, lights))
+    return result
+
+
+def _lights_on(net: Network, result: Isolation, lights: Layer) -> Matches | None:
+    """Lights standing on the cut-off pipes, and every light of the same circuits."""
+    rows, _, _ = result.pipes_cut()
+    if not len(rows) or not len(lights):
+        return None
+    cut = shapely.multilinestrings(shapely.get_parts(net.pipes.geometry[rows]))
+    on, _ = metric.within(lights, cut, net.snap_m)
+    if not len(on):
+        return None
+    rows_l = on
+    if "circuit" in lights.attrs:
+        circuits = lights.attrs["circuit"].iloc[on].dropna().unique().tolist()
+        same = lights.attrs["circuit"].isin(circuits).fillna(False)
+        rows_l = np.union1d(on, np.flatnonzero(np.asarray(same, dtype=bool)))
+    d = metric.distances(lights.geometry[rows_l], net.pipes.geometry[result.pipe])
+    order = np.lexsort((rows_l, d))
+    return Matches(lights, rows_l[order], d[order])
+
+
+# -- gravity traces -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Pipes reached following the flow up or down from a start pipe."""
+
+    network: Network
+    start: int
+    direction: Direction
+    edges: np.ndarray
+    ends: np.ndarray
+    """Nodes where the trace ends: outlets downstream, heads of the network upstream."""
+
+    @property
+    def length_m(self) -> float:
+        """Length of pipe traced, metres."""
+        return float(self.network.edge_length_m[self.edges].sum())
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON answer: the pipes traced (nearest the start first), length and ends."""
+        net = self.network
+        rows, length = self.pipes()
+        start = net.pipes.geometry[self.start]
+        pipes = _from(
+            net.pipes, rows, start, {"traced_length_m": [round(float(v), 3) for v in length]}
+        )
+        ends = [
+            {"type": "Point", "coordinates": [float(x), float(y)]}
+            for x, y in net.node_lonlat[self.ends].tolist()
+        ]
+        return {
+            "start": {"collection": net.pipes.name, "id": str(net.pipes.ids[self.start])},
+            "direction": self.direction,
+            "length_m": round(self.length_m, 3),
+            "pipes": feature_collection([pipes]),
+            "ends": ends,
+            "summary": {"pipes": len(rows), "length_m": round(self.length_m, 3), "ends": len(ends)},
+        }
+
+    def pipes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the pipes traced and the length of each traced."""
+        net = self.network
+        rows, inv = np.unique(net.edge_pipe[self.edges], return_inverse=True)
+        return rows, np.bincount(inv, weights=net.edge_length_m[self.edges], minlength=len(rows))
+
+
+def trace(net: Network, fid: str, direction: Direction) -> Trace:
+    """The pipes downstream (or upstream) of gravity pipe `fid`, by digitised direction."""
+    if direction not in ("upstream", "downstream"):
+        raise InvalidParameter(f"direction {direction!r}: use upstream or downstream")
+    row = net.pipes.row(fid)
+    network = net.pipes.attrs["network"].iloc[row]
+    if network is pd.NA or network not in GRAVITY_NETWORKS:
+        raise InvalidParameter(
+            f"pipe {fid!r} is on the {network if network is not pd.NA else 'unknown'} network; "
+            f"traces follow gravity networks ({', '.join(sorted(GRAVITY_NETWORKS))}); "
+            "use /isolation for pressure networks"
+        )
+    edges = net.pipe_edges(row)
+    if not len(edges):
+        raise InvalidParameter(f"pipe {fid!r} is not part of the live network")
+    graph = net.flow if direction == "downstream" else net.flow.T.tocsr()
+    start = net.v[edges[-1]] if direction == "downstream" else net.u[edges[0]]
+    reached = breadth_first_order(graph, int(start), directed=True, return_predecessors=False)
+    mask = np.zeros(net.n_nodes, dtype=bool)
+    mask[reached] = True
+    tail = net.u if direction == "downstream" else net.v
+    traced = np.union1d(np.flatnonzero(mask[tail]), edges)
+    out_deg = np.diff(graph.indptr)
+    ends = reached[out_deg[reached] == 0]
+    return Trace(net, row, direction, traced, ends)
+
+
+def nearest_gravity_pipe(pipes: Layer, point: shapely.Point, within_m: float) -> str:
+    """Id of the nearest sewer or storm pipe within `within_m` metres of a point."""
+    rows, _ = metric.within(pipes, point, within_m)
+    network = pipes.attrs["network"].iloc[rows]
+    gravity = np.asarray(network.isin(GRAVITY_NETWORKS).fillna(False), dtype=bool)
+    rows = rows[gravity]
+    if not len(rows):
+        raise InvalidParameter(
+            f"no sewer or storm pipe lies within {within_m:g} m of ({point.x}, {point.y})"
+        )
+    return str(pipes.ids[rows[0]])

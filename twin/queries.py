@@ -1,0 +1,504 @@
+"""Spatial queries across the layers a caller may see: near, at/under, dig check, asset buffer.
+
+Pure functions over a `Catalog` and the caller's `Access` scope: a layer above the scope is
+never searched, and naming it is answered as an unknown collection. Distances, radii and
+buffers are metres on the ground (`twin.metric`); answers list features nearest first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.io import DatasetReader
+
+from layers.catalog import Catalog
+from layers.layer import Layer, json_value
+from layers.models import Access
+from layers.raster import Method, sample
+from layers.schemas import GRID_LEVELS
+from layers.store import RasterInfo
+from twin import metric
+from twin.errors import InvalidParameter, LimitExceeded
+
+GRIDS = "grids"
+SITES = "sites"
+DEPTH = "depth_m"
+_GEOMETRY_TYPES = frozenset(
+    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
+)
+
+
+# -- what a query found -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Features of one layer that a query found, nearest first.
+
+    `members` holds extra per-feature values (aligned with `rows`) written into each feature
+    beside `collection` and `distance_m`, such as the length of a line inside a buffer.
+    """
+
+    layer: Layer
+    rows: np.ndarray
+    distance_m: np.ndarray
+    members: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def collection(self) -> str:
+        """The layer's collection id."""
+        return self.layer.name
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def features(self, index: Sequence[int] | np.ndarray | None = None) -> list[dict[str, Any]]:
+        """GeoJSON features (lon/lat) of the matches at `index` (default: all), each carrying
+        `collection`, `distance_m` and the extra members."""
+        idx = np.arange(len(self.rows)) if index is None else np.asarray(index, dtype=np.int64)
+        feats = self.layer.features(self.rows[idx])
+        for k, (f, i) in enumerate(zip(feats, idx.tolist(), strict=True)):
+            extra = {name: values[i] for name, values in self.members.items()}
+            feats[k] = {
+                "type": "Feature",
+                "id": f["id"],
+                "collection": self.collection,
+                "distance_m": round(float(self.distance_m[i]), 3),
+                **extra,
+                "geometry": f["geometry"],
+                "properties": f["properties"],
+            }
+        return feats
+
+    def summary(self) -> dict[str, Any]:
+        """Count and nearest distance of the layer's matches (and the shallowest cover depth of
+        buried assets)."""
+        out: dict[str, Any] = {
+            "collection": self.collection,
+            "count": len(self),
+            "nearest_m": round(float(self.distance_m[0]), 3) if len(self) else None,
+        }
+        if is_buried(self.layer):
+            depths = self.layer.attrs[DEPTH].iloc[self.rows].dropna()
+            out["shallowest_depth_m"] = float(depths.min()) if len(depths) else None
+        return out
+
+
+def nearest_first(groups: Sequence[Matches], limit: int | None = None) -> list[dict[str, Any]]:
+    """The features of all groups merged nearest first (ties by collection, then row), at most
+    `limit` of them."""
+    if not groups:
+        return []
+    dist = np.concatenate([g.distance_m for g in groups])
+    group = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
+    pos = np.concatenate([np.arange(len(g)) for g in groups])
+    order = np.lexsort((pos, group, dist))[:limit]
+    picked = {i: pos[order[group[order] == i]] for i in range(len(groups))}
+    rendered = {i: iter(groups[i].features(p)) for i, p in picked.items() if len(p)}
+    return [next(rendered[int(i)]) for i in group[order]]
+
+
+def feature_collection(groups: Sequence[Matches], limit: int | None = None) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection of every group's features, nearest first, with
+    `numberMatched` and `numberReturned`."""
+    feats = nearest_first(groups, limit)
+    return {
+        "type": "FeatureCollection",
+        "numberMatched": int(sum(len(g) for g in groups)),
+        "numberReturned": len(feats),
+        "features": feats,
+    }
+
+
+# -- input checks -------------------------------------------------------------------------------
+
+
+def check_point(lon: float, lat: float) -> shapely.Point:
+    """The lon/lat point, or `InvalidParameter` naming the coordinate out of range."""
+    if not (math.isfinite(lon) and -180.0 <= lon <= 180.0):
+        raise InvalidParameter(f"lon={lon} is outside -180..180 (degrees east)")
+    if not (math.isfinite(lat) and -90.0 <= lat <= 90.0):
+        raise InvalidParameter(f"lat={lat} is outside -90..90 (degrees north)")
+    return shapely.Point(lon, lat)
+
+
+def check_distance(value: float, name: str, maximum: float) -> float:
+    """A distance in metres between 0 and `maximum`; 4xx naming the parameter otherwise."""
+    if not math.isfinite(value) or value < 0:
+        raise InvalidParameter(f"{name}={value}: give a distance of 0 or more metres")
+    if value > maximum:
+        raise LimitExceeded(f"{name}={value:g} m is above the maximum of {maximum:g} m")
+    return float(value)
+
+
+def check_limit(limit: int | None, default: int, maximum: int) -> int:
+    """The number of features to return; 4xx when below 1 or above the maximum."""
+    if limit is None:
+        return min(default, maximum)
+    if limit < 1:
+        raise InvalidParameter(f"limit={limit}: give 1 or more")
+    if limit > maximum:
+        raise LimitExceeded(f"limit={limit} is above the maximum of {maximum} features")
+    return limit
+
+
+def parse_geometry(data: Any, *, max_vertices: int, what: str = "geometry") -> shapely.Geometry:
+    """A valid lon/lat shape from a GeoJSON geometry (or Feature) object; `InvalidParameter`
+    or `LimitExceeded` naming what is wrong with it."""
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        data = data.get("geometry")
+    if not isinstance(data, dict) or "type" not in data:
+        raise InvalidParameter(f"{what} must be a GeoJSON geometry object with a type")
+    kind = data["type"]
+    if kind not in _GEOMETRY_TYPES:
+        raise InvalidParameter(
+            f"{what} has GeoJSON type {kind!r}; send one Point, MultiPoint, LineString, "
+            "MultiLineString, Polygon or MultiPolygon"
+        )
+    try:
+        geom = shapely.from_geojson(json.dumps(data))
+    except (shapely.errors.GEOSException, ValueError, TypeError) as exc:
+        raise InvalidParameter(f"{what} is not a valid GeoJSON {kind}: {exc}") from None
+    if geom is None or geom.is_empty:
+        raise InvalidParameter(f"{what} is empty")
+    n = shapely.get_num_coordinates(geom)
+    if n > max_vertices:
+        raise LimitExceeded(f"{what} has {n} vertices, more than the maximum of {max_vertices}")
+    coords = shapely.get_coordinates(geom)
+    if not np.isfinite(coords).all():
+        raise InvalidParameter(f"{what} holds a coordinate that is not a finite number")
+    if (np.abs(coords[:, 0]) > 180).any() or (np.abs(coords[:, 1]) > 90).any():
+        raise InvalidParameter(
+            f"{what} has coordinates outside longitude -180..180, latitude -90..90 "
+            "(positions are lon, lat)"
+        )
+    if not geom.is_valid:
+        raise InvalidParameter(f"{what} is not a valid {kind}: {shapely.is_valid_reason(geom)}")
+    return geom
+
+
+# -- layers a query may search ------------------------------------------------------------------
+
+
+def is_buried(layer: Layer) -> bool:
+    """Whether the layer's features lie below ground with a cover depth (`depth_m`): pipes,
+    valves and custom underground layers; a site's depth is its excavation's, not buried."""
+    return layer.name != SITES and DEPTH in layer.schema.field_names
+
+
+def layers_for(
+    catalog: Catalog,
+    scope: Access,
+    collections: Iterable[str] | None,
+    *,
+    skip: Iterable[str] = (GRIDS,),
+) -> list[Layer]:
+    """The vector layers a query searches: those named (each visible at `scope`, else
+    `UnknownCollection`), or every visible layer except `skip`."""
+    if collections is None:
+        skipped = set(skip)
+        return [lyr for n, lyr in catalog.layers(scope).items() if n not in skipped]
+    rasters = catalog.rasters(scope)
+    out = []
+    for name in dict.fromkeys(collections):
+        if name in rasters:
+            raise InvalidParameter(
+                f"{name!r} is a raster collection; name vector collections (see /query/at "
+                "for raster values)"
+            )
+        out.append(catalog.layer(name, scope))
+    return out
+
+
+def _search(
+    layers: Iterable[Layer], geometry: shapely.Geometry, distance_m: float
+) -> list[Matches]:
+    groups = []
+    for layer in layers:
+        rows, d = metric.within(layer, geometry, distance_m)
+        if len(rows):
+            groups.append(Matches(layer, rows, d))
+    return groups
+
+
+def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> list[dict[str, Any]]:
+    """The management cells (every level, district first) that `geometry` meets, when the
+    caller may see the grid."""
+    layers = catalog.layers(scope)
+    if GRIDS not in layers:
+        return []
+    grid = layers[GRIDS]
+    rows = grid.query(geometry, "intersects")
+    if not len(rows):
+        return []
+    props = grid.properties(rows)
+    rank = {level: i for i, level in enumerate(GRID_LEVELS)}
+    cells = [{"id": fid, **p} for fid, p in zip(grid.ids[rows].tolist(), props, strict=True)]
+    return sorted(
+        cells, key=lambda c: (rank.get(str(c.get("level")), len(rank)), str(c.get("code")))
+    )
+
+
+# -- near ---------------------------------------------------------------------------------------
+
+
+def near(
+    catalog: Catalog,
+    scope: Access,
+    point: shapely.Point,
+    radius_m: float,
+    collections: Iterable[str] | None = None,
+) -> list[Matches]:
+    """Features within `radius_m` metres of `point`, one group per layer, nearest first."""
+    return _search(layers_for(catalog, scope, collections), point, radius_m)
+
+
+# -- at / under ---------------------------------------------------------------------------------
+
+
+_datasets = threading.local()
+
+
+def _open(path: Path) -> DatasetReader:
+    """An open dataset for `path`, kept per thread (rasterio handles are not thread-safe) and
+    reopened when the file changes."""
+    cache: dict[Path, tuple[int, DatasetReader]] = _datasets.__dict__.setdefault("cache", {})
+    stamp = os.stat(path).st_mtime_ns
+    held = cache.get(path)
+    if held is not None and held[0] == stamp:
+        return held[1]
+    if held is not None:
+        held[1].close()
+    ds = rasterio.open(path)
+    cache[path] = (stamp, ds)
+    return ds
+
+
+def raster_values(info: RasterInfo, point: shapely.Point, method: Method) -> list[float | None]:
+    """Every band's value of a raster collection at a lon/lat point (None: nodata/outside)."""
+    ds = _open(Path(info.path))
+    return [
+        sample(ds, [point.x], [point.y], method=method, band=b)[0] for b in range(1, ds.count + 1)
+    ]
+
+
+@dataclass(frozen=True)
+class AtResult:
+    """What sits at / under a point: features by layer, grid cells, raster values."""
+
+    point: shapely.Point
+    tolerance_m: float
+    groups: list[Matches]
+    cells: list[dict[str, Any]]
+    rasters: dict[str, list[float | None]]
+    dem: str | None
+    ground_m: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON answer: `layers` holds a FeatureCollection per layer."""
+        return {
+            "location": {"lon": self.point.x, "lat": self.point.y},
+            "tolerance_m": self.tolerance_m,
+            "ground_elevation_m": self.ground_m,
+            "dem": self.dem,
+            "cells": self.cells,
+            "rasters": {
+                name: {"value": values[0] if values else None, "values": values}
+                for name, values in self.rasters.items()
+            },
+            "layers": {
+                g.collection: {
+                    "type": "FeatureCollection",
+                    "numberMatched": len(g),
+                    "numberReturned": len(g),
+                    "features": g.features(),
+                }
+                for g in self.groups
+            },
+        }
+
+
+def _underground(group: Matches, ground_m: float | None) -> Matches:
+    """`group` with each buried feature's ground elevation, cover depth and top elevation."""
+    depths = [json_value(v) for v in group.layer.attrs[DEPTH].iloc[group.rows].tolist()]
+    under = [
+        {
+            "ground_elevation_m": ground_m,
+            "cover_depth_m": d,
+            "top_elevation_m": None if ground_m is None or d is None else round(ground_m - d, 3),
+        }
+        for d in depths
+    ]
+    return Matches(
+        group.layer, group.rows, group.distance_m, {**group.members, "underground": under}
+    )
+
+
+def at(
+    catalog: Catalog,
+    scope: Access,
+    point: shapely.Point,
+    tolerance_m: float = 1.0,
+    *,
+    dem: str = "dem",
+    method: Method = "bilinear",
+) -> AtResult:
+    """Everything at `point`: features of every visible layer that contain it or pass within
+    `tolerance_m`, the grid cells it falls in, and every visible raster's values there; buried
+    assets carry the ground elevation from raster `dem` and their cover depth."""
+    rasters = {
+        name: raster_values(info, point, method) for name, info in catalog.rasters(scope).items()
+    }
+    ground = rasters.get(dem, [None])[0] if dem in rasters else None
+    groups = [
+        _underground(g, ground) if is_buried(g.layer) else g
+        for g in _search(layers_for(catalog, scope, None), point, tolerance_m)
+    ]
+    return AtResult(
+        point,
+        tolerance_m,
+        groups,
+        cells_at(catalog, scope, point),
+        rasters,
+        dem if dem in rasters else None,
+        ground,
+    )
+
+
+# -- dig check ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DigCheck:
+    """What a drawn shape (an excavation, a corridor) meets, grouped by layer."""
+
+    geometry: shapely.Geometry
+    buffer_m: float
+    area: shapely.Geometry
+    groups: list[Matches]
+    cells: list[dict[str, Any]]
+    dig_depth_m: float | None
+
+    def to_json(self, limit: int | None = None) -> dict[str, Any]:
+        """A FeatureCollection of every conflict nearest first, with the conflicts by layer, the
+        area searched and the cells it touches."""
+        out = feature_collection(self.groups, limit)
+        out["buffer_m"] = self.buffer_m
+        out["dig_depth_m"] = self.dig_depth_m
+        out["area"] = json.loads(shapely.to_geojson(self.area))
+        out["area_m2"] = round(float(metric.area_m2(self.area)), 2)
+        out["conflicts"] = [g.summary() for g in self.groups]
+        out["cells"] = self.cells
+        return out
+
+
+def _dig_depth(group: Matches, dig_depth_m: float) -> Matches:
+    """`group` with, for each buried feature, whether digging to `dig_depth_m` reaches it (None:
+    its depth is unknown, so it must be located on site)."""
+    depths = group.layer.attrs[DEPTH].iloc[group.rows]
+    reached = [None if v is None else bool(v <= dig_depth_m) for v in map(json_value, depths)]
+    return Matches(group.layer, group.rows, group.distance_m, {**group.members, "reached": reached})
+
+
+def intersects(
+    catalog: Catalog,
+    scope: Access,
+    geometry: shapely.Geometry,
+    buffer_m: float = 0.0,
+    collections: Iterable[str] | None = None,
+    *,
+    dig_depth_m: float | None = None,
+) -> DigCheck:
+    """Features that meet `geometry` or lie within `buffer_m` metres of it, by layer, each with
+    its nearest distance; buried ones say whether a dig to `dig_depth_m` reaches them."""
+    groups = _search(layers_for(catalog, scope, collections), geometry, buffer_m)
+    if dig_depth_m is not None:
+        groups = [_dig_depth(g, dig_depth_m) if is_buried(g.layer) else g for g in groups]
+    area = metric.buffer(geometry, buffer_m) if buffer_m > 0 else geometry
+    return DigCheck(geometry, buffer_m, area, groups, cells_at(catalog, scope, area), dig_depth_m)
+
+
+# -- asset buffer -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AssetBuffer:
+    """The buffer of one asset and what of the other layers lies in it."""
+
+    layer: Layer
+    row: int
+    distance_m: float
+    polygon: shapely.Geometry
+    groups: list[Matches]
+    cells: list[dict[str, Any]]
+
+    def to_json(self, limit: int | None = None) -> dict[str, Any]:
+        """A FeatureCollection of what lies in the buffer, nearest first, with the buffer polygon
+        and the asset it was drawn around."""
+        out = feature_collection(self.groups, limit)
+        out["asset"] = {"collection": self.layer.name, "id": json_value(self.layer.ids[self.row])}
+        out["distance_m"] = self.distance_m
+        out["buffer"] = json.loads(shapely.to_geojson(self.polygon))
+        out["buffer_area_m2"] = round(float(metric.area_m2(self.polygon)), 2)
+        out["summary"] = [g.summary() for g in self.groups]
+        out["cells"] = self.cells
+        return out
+
+
+def _inside(group: Matches, polygon: shapely.Geometry) -> Matches:
+    """`group` with the length of each line (area of each polygon) inside `polygon`."""
+    geoms = group.layer.geometry[group.rows]
+    types = shapely.get_type_id(geoms)
+    lines = (types == 1) | (types == 2) | (types == 5)
+    polys = (types == 3) | (types == 6)
+    members = dict(group.members)
+    if lines.any() or polys.any():
+        clipped = np.empty(len(geoms), dtype=object)
+        clipped[lines | polys] = shapely.intersection(geoms[lines | polys], polygon)
+        if lines.any():
+            length = np.full(len(geoms), np.nan)
+            length[lines] = metric.length_m(clipped[lines])
+            members["length_inside_m"] = [None if np.isnan(v) else round(v, 3) for v in length]
+        if polys.any():
+            area = np.full(len(geoms), np.nan)
+            area[polys] = metric.area_m2(clipped[polys])
+            members["area_inside_m2"] = [None if np.isnan(v) else round(v, 3) for v in area]
+    return Matches(group.layer, group.rows, group.distance_m, members)
+
+
+def asset_buffer(
+    catalog: Catalog,
+    scope: Access,
+    collection: str,
+    fid: str,
+    distance_m: float,
+    collections: Iterable[str] | None = None,
+) -> AssetBuffer:
+    """The lon/lat polygon `distance_m` metres around feature `fid` of `collection`, and the
+    features of the other layers (or of `collections`) within that distance of the asset, each
+    with the length (area) of it inside the buffer."""
+    layer = catalog.layer(collection, scope)
+    row = layer.row(fid)
+    geom = layer.geometry[row]
+    if geom is None or geom.is_empty:
+        raise InvalidParameter(f"feature {fid!r} of {collection!r} has no geometry to buffer")
+    polygon = metric.buffer(geom, distance_m, quad_segs=32)
+    searched = layers_for(catalog, scope, collections, skip=(GRIDS, collection))
+    groups = []
+    for g in _search(searched, geom, distance_m):
+        if g.layer is layer:  # the asset is not in its own buffer's answer
+            keep = g.rows != row
+            g = Matches(g.layer, g.rows[keep], g.distance_m[keep])
+        if len(g):
+            groups.append(_inside(g, polygon))
+    return AssetBuffer(layer, row, distance_m, polygon, groups, cells_at(catalog, scope, polygon))

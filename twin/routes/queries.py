@@ -1,0 +1,293 @@
+"""The spatial query API: near, at, intersects (dig check), buffer, stats, network traces."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from twin import network, queries, stats
+from twin.access import Scope
+from twin.dependencies import CatalogDep, Collections, CqlFilter
+from twin.errors import BodyTooLarge, InvalidParameter
+from twin.settings import QuerySettings
+
+router = APIRouter(tags=["Spatial queries"])
+
+
+async def get_query_settings(request: Request) -> QuerySettings:
+    """The query limits the app was built with."""
+    return request.app.state.query_settings
+
+
+QuerySettingsDep = Annotated[QuerySettings, Depends(get_query_settings)]
+
+
+# -- typed request parts ------------------------------------------------------------------------
+
+
+async def query_point(
+    lon: Annotated[float, Query(description="Longitude, degrees east (-180..180).")],
+    lat: Annotated[float, Query(description="Latitude, degrees north (-90..90).")],
+) -> Any:
+    """The query point (lon/lat)."""
+    return queries.check_point(lon, lat)
+
+
+Point = Annotated[Any, Depends(query_point)]
+
+
+async def result_limit(
+    settings: QuerySettingsDep,
+    limit: Annotated[
+        int | None,
+        Query(description="Most features to return, nearest first (default 100)."),
+    ] = None,
+) -> int:
+    """How many features to return."""
+    return queries.check_limit(limit, settings.default_results, settings.max_results)
+
+
+ResultLimit = Annotated[int, Depends(result_limit)]
+
+
+async def limited_body(request: Request, settings: QuerySettingsDep) -> bytes:
+    """The request body, refused with 413 as soon as it grows past the configured size."""
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body of {int(declared)} bytes is over {limit} bytes")
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class IntersectsBody(BaseModel):
+    """A drawn shape to check: what does it meet, or pass within `buffer_m` metres of?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    geometry: dict[str, Any] = Field(
+        description="GeoJSON geometry (lon/lat): Point, LineString, Polygon or their Multi forms."
+    )
+    buffer_m: float = Field(0.0, description="Also report what lies within this many metres.")
+    collections: list[str] | None = Field(
+        None, description="Collections to check (default: all you may see)."
+    )
+    limit: int | None = Field(None, description="Most features to return, nearest first.")
+    depth_m: float | None = Field(
+        None, description="Dig depth, metres: buried assets say whether the dig reaches them."
+    )
+
+
+def _json(content: Any) -> JSONResponse:
+    return JSONResponse(content)
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+@router.get("/query/near", summary="What lies within a radius of a point")
+def get_near(
+    catalog: CatalogDep,
+    scope: Scope,
+    settings: QuerySettingsDep,
+    point: Point,
+    collections: Collections,
+    limit: ResultLimit,
+    radius: Annotated[float, Query(description="Radius, metres on the ground.")] = 100.0,
+) -> JSONResponse:
+    """Features of every visible layer (or of `collections`) within `radius` metres of the
+    point, nearest first, each with `collection` and `distance_m`."""
+    radius = queries.check_distance(radius, "radius", settings.max_radius_m)
+    groups = queries.near(catalog, scope, point, radius, collections)
+    out = queries.feature_collection(groups, limit)
+    out["radius_m"] = radius
+    out["summary"] = [g.summary() for g in groups]
+    return _json(out)
+
+
+@router.get("/query/at", summary="What sits at or under a location")
+def get_at(
+    catalog: CatalogDep,
+    scope: Scope,
+    settings: QuerySettingsDep,
+    point: Point,
+    tolerance: Annotated[
+        float, Query(description="Also features passing within this many metres.")
+    ] = 1.0,
+    sampling: Annotated[
+        Literal["bilinear", "nearest"],
+        Query(description="How raster values are read: bilinear or the cell holding the point."),
+    ] = "bilinear",
+) -> JSONResponse:
+    """Every feature of every visible layer at the point (grouped by layer; buried assets with
+    ground elevation and cover depth), the grid cells it falls in, and raster values there."""
+    tolerance = queries.check_distance(tolerance, "tolerance", settings.max_radius_m)
+    result = queries.at(
+        catalog, scope, point, tolerance, dem=settings.dem_collection, method=sampling
+    )
+    return _json(result.to_json())
+
+
+@router.post(
+    "/query/intersects",
+    summary="What a drawn shape meets (dig check)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": IntersectsBody.model_json_schema()}},
+        }
+    },
+)
+def post_intersects(
+    catalog: CatalogDep,
+    scope: Scope,
+    settings: QuerySettingsDep,
+    raw: Annotated[bytes, Depends(limited_body)],
+) -> JSONResponse:
+    """Features meeting the shape or within `buffer_m` metres of it, nearest first, with the
+    conflicts grouped by layer (count, nearest distance, shallowest pipe), the area searched
+    and the management cells it touches."""
+    if not raw.strip():
+        raise InvalidParameter('the body is empty: send {"geometry": <GeoJSON>, ...}')
+    try:
+        body = IntersectsBody.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidParameter(
+            f"the body is not a valid intersects request: {_errors(exc)}"
+        ) from None
+    geometry = queries.parse_geometry(body.geometry, max_vertices=settings.max_vertices)
+    buffer_m = queries.check_distance(body.buffer_m, "buffer_m", settings.max_radius_m)
+    limit = queries.check_limit(body.limit, settings.default_results, settings.max_results)
+    if body.depth_m is not None:
+        queries.check_distance(body.depth_m, "depth_m", 200.0)
+    check = queries.intersects(
+        catalog, scope, geometry, buffer_m, body.collections, dig_depth_m=body.depth_m
+    )
+    return _json(check.to_json(limit))
+
+
+def _errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+@router.get("/query/buffer", summary="The buffer of one asset and what lies in it")
+def get_buffer(
+    catalog: CatalogDep,
+    scope: Scope,
+    settings: QuerySettingsDep,
+    collections: Collections,
+    limit: ResultLimit,
+    collection: Annotated[str, Query(description="Collection of the asset, e.g. `pipes`.")],
+    id: Annotated[str, Query(description="Feature id of the asset.")],
+    distance: Annotated[float, Query(description="Buffer distance, metres on the ground.")],
+) -> JSONResponse:
+    """The buffer polygon `distance` metres around the asset, and everything of the other
+    layers (or of `collections`) in it, with each line's length inside."""
+    distance = queries.check_distance(distance, "distance", settings.max_radius_m)
+    result = queries.asset_buffer(catalog, scope, collection, id, distance, collections)
+    return _json(result.to_json(limit))
+
+
+@router.get("/query/stats", summary="Statistics per management grid cell")
+def get_stats(
+    catalog: CatalogDep,
+    scope: Scope,
+    collections: Collections,
+    cql: CqlFilter,
+    level: Annotated[
+        str, Query(description="Grid level: district, street, community or cell.")
+    ] = "cell",
+) -> JSONResponse:
+    """Per grid cell at `level`: counts of points, lengths of lines (metres) and areas of
+    polygons (square metres) of the layers named (default: all you may see), counting only the
+    features the CQL2 `filter` selects (e.g. `status = 'fault'`, `install_year < 1980`)."""
+    return _json(stats.cell_stats(catalog, scope, level, collections, cql).to_json())
+
+
+# -- network traces -----------------------------------------------------------------------------
+
+PipeId = Annotated[str, Path(description="Feature id of a pipe.")]
+
+
+def _network(catalog: Any, scope: Any, settings: QuerySettings) -> network.Network:
+    pipes = catalog.layer("pipes", scope)
+    valves = catalog.layers(scope).get("valves")
+    return network.network_for(
+        pipes, valves, snap_m=settings.network_snap_m, attach_m=settings.network_attach_m
+    )
+
+
+@router.get(
+    "/collections/pipes/items/{featureId}/isolation",
+    summary="Valves to close to isolate a broken pipe",
+    tags=["Network traces"],
+)
+def get_isolation(
+    catalog: CatalogDep,
+    scope: Scope,
+    settings: QuerySettingsDep,
+    featureId: PipeId,
+) -> JSONResponse:
+    """The operable valves to close (inoperable ones are skipped for the next ones out), the
+    pipes and length cut off (isolated, or left without supply), and the affected assets:
+    hydrants, meters and pumps on those pipes, and street lights on them with their circuits."""
+    net = _network(catalog, scope, settings)
+    lights = catalog.layers(scope).get("lights")
+    return _json(network.isolate(net, featureId, lights).to_json())
+
+
+@router.get(
+    "/collections/pipes/items/{featureId}/downstream",
+    summary="Gravity trace downstream of a pipe",
+    tags=["Network traces"],
+)
+def get_downstream(
+    catalog: CatalogDep, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
+) -> JSONResponse:
+    """The sewer or storm pipes a pipe drains into, following the digitised direction down to
+    the outlets, with their length and the trace's ends."""
+    net = _network(catalog, scope, settings)
+    return _json(network.trace(net, featureId, "downstream").to_json())
+
+
+@router.get(
+    "/collections/pipes/items/{featureId}/upstream",
+    summary="Gravity trace upstream of a pipe",
+    tags=["Network traces"],
+)
+def get_upstream(
+    catalog: CatalogDep, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
+) -> JSONResponse:
+    """The sewer or storm pipes draining into a pipe, against the digitised direction up to
+    the heads of the network, with their length and the trace's ends."""
+    net = _network(catalog, scope, settings)
+    return _json(network.trace(net, featureId, "upstream").to_json())
+
+
+@router.get("/query/trace", summary="Gravity trace from a point", tags=["Network traces"])
+def get_point_trace(
+    catalog: CatalogDep,
+    scope: Scope,
+    settings: QuerySettingsDep,
+    point: Point,
+    direction: Annotated[
+        Literal["upstream", "downstream"], Query(description="upstream or downstream")
+    ] = "downstream",
+) -> JSONResponse:
+    """The trace from the nearest sewer or storm pipe to the point (within the configured
+    snap distance): where a spill there flows (downstream), or what drains to it (upstream)."""
+    net = _network(catalog, scope, settings)
+    fid = network.nearest_gravity_pipe(net.pipes, point, settings.trace_snap_m)
+    return _json(network.trace(net, fid, direction).to_json())
