@@ -18,6 +18,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from importers import errors as importer_errors
 from layers import errors as layer_errors
 from layers.catalog import Catalog
 from layers.models import Access
@@ -48,6 +49,7 @@ ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (tile_errors.RasterError, 404),
     (tile_errors.InvalidTileRequest, 400),
     (tile_errors.TilesError, 400),
+    (importer_errors.ImporterError, 400),
 )
 """Each package's exceptions and the status they are answered with (most specific first)."""
 
