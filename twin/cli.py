@@ -356,5 +356,105 @@ def tiles_export(
     typer.echo(f"wrote {report.tiles} tiles ({report.bytes} bytes) to {report.path}")
 
 
+@app.command("import-osm")
+def import_osm_(
+    path: Annotated[
+        Path, typer.Argument(help="OpenStreetMap extract: .osm, .osm.bz2 or .osm.pbf.")
+    ],
+    store: StoreOption = DEFAULT_STORE,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Comma-separated layers to import (default: roads, bridges, lights, parks, "
+            "pipes, valves, power).",
+        ),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Also remove this source's features the file lacks.")
+    ] = False,
+    source: Annotated[
+        str | None, typer.Option(help="Dataset name kept on each feature (default: file name).")
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option(envvar="TWIN_USER", help="Who imports (default: login name).")
+    ] = None,
+) -> None:
+    """Import roads (and the road graph), bridges, lights, parks, pipes, hydrants and power."""
+    from importers.errors import ImporterError
+    from importers.osm import LAYERS, read_osm, write_extract
+    from layers.errors import LayersError
+    from layers.settings import StoreSettings, open_store
+
+    layers = tuple(x.strip() for x in only.split(",") if x.strip()) if only else LAYERS
+    try:
+        extract = read_osm(path, layers=layers)  # read and check before the store is touched
+        if not extract.frames:
+            raise fail(f"{path.name}: no roads or mapped assets to import")
+        db = open_store(StoreSettings(store=store))
+        try:
+            report = write_extract(
+                db,
+                extract,
+                user=user or _login(),
+                source=source,
+                mode="replace" if replace else "upsert",
+            )
+        finally:
+            db.close()
+    except (ImporterError, LayersError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(report.text())
+
+
+@app.command("import-raster")
+def import_raster_(
+    collection: Annotated[str, typer.Argument(help="Raster collection name, e.g. dem.")],
+    path: Annotated[
+        Path, typer.Argument(help="GeoTIFF, SRTM .hgt (zipped too), or any raster GDAL reads.")
+    ],
+    store: StoreOption = DEFAULT_STORE,
+    crs: Annotated[
+        str | None, typer.Option(help="CRS of the raster when the file declares none.")
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="Title shown in the catalogue.")] = None,
+    classification: Annotated[
+        str, typer.Option(help="Collection classification: public, internal or restricted.")
+    ] = "public",
+    user: Annotated[
+        str | None, typer.Option(envvar="TWIN_USER", help="Who imports (default: login name).")
+    ] = None,
+) -> None:
+    """Store a raster (a DEM, imagery) as a Cloud-Optimised GeoTIFF collection."""
+    from importers.errors import ImporterError
+    from importers.raster import check_raster, import_raster
+    from layers.errors import LayersError
+    from layers.models import Access
+    from layers.settings import StoreSettings, open_store
+
+    try:
+        access = Access.parse(classification)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    try:
+        check_raster(path, crs=crs)  # refuse bad input before the store is touched
+        db = open_store(StoreSettings(store=store))
+        try:
+            report = import_raster(
+                db,
+                collection,
+                path,
+                user=user or _login(),
+                title=title,
+                crs=crs,
+                classification=access,
+            )
+        finally:
+            db.close()
+    except (ImporterError, LayersError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo("\n".join(report.lines()))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
