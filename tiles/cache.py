@@ -20,6 +20,10 @@ from typing import NamedTuple
 from layers.models import Access, Bounds
 from tiles.grid import Tile, mercator_box, tile_range
 
+_EDGE = 1e-6
+"""Metres of slack on tile edges, so a box exactly on an edge (up to floating-point error in
+the projection) counts as touching both tiles."""
+
 
 class TileKey(NamedTuple):
     """What a cached tile depends on besides the data: who asks, which layers, which filter."""
@@ -170,7 +174,7 @@ class TileCache:
                 if box is None:
                     doomed.extend(k for keys in cells.values() for k in keys)
                     continue
-                x0, y0, x1, y1 = tile_range(box, z)
+                x0, y0, x1, y1 = tile_range(box, z, pad=_EDGE)
                 if x1 < x0 or y1 < y0:
                     continue
                 if (x1 - x0 + 1) * (y1 - y0 + 1) < len(cells):
