@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pytest
+import rasterio
 import shapely
-from pyproj import Geod
+from affine import Affine
+from pyproj import Geod, Transformer
 
+from layers.gpkg import GeoPackageStore
 from layers.layer import Layer, coerce, empty_attrs
-from layers.models import LayerSchema
+from layers.models import Access, LayerSchema
+from layers.schemas import custom_schema
+from layers.settings import StoreSettings
+from layers.store import RasterInfo
 from tests.conftest import shared
+from twin.settings import QuerySettings, ServerSettings
 
 GEOD = Geod(ellps="WGS84")
 
@@ -56,3 +65,109 @@ def geodesic_distance_ref(
         _, _, d = GEOD.inv(np.full(len(c), point.x), np.full(len(c), point.y), c[:, 0], c[:, 1])
         out[i] = d.min()
     return out
+
+
+# -- a store of real Cambridge layers, a generated DEM and a restricted layer -------------------
+
+CAMBRIDGE_IMPORTS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("lights", "INFRA_StreetLights", {}),
+    ("parks", "RECREATION_OpenSpace", {}),
+    ("roads", "TRANS_Centerlines", {}),
+    ("grids", "BOUNDARY_CDDNeighborhoods", {"level": "district"}),
+    ("grids", "ASSESSING_ParcelMapIndexFY2026", {"level": "cell"}),
+    ("pipes", "INFRA_Drainage", {"network": "storm", "depth_m": "1.5"}),
+)
+DEM_CRS = 26986  # NAD83 / Massachusetts Mainland, metres: the DEM is not in lon/lat on purpose
+SECRET = custom_schema(
+    {
+        "name": "secret_valves",
+        "title": "Secret valves",
+        "geometry": "point",
+        "classification": "restricted",
+        "fields": {"code": "string"},
+    }
+)
+
+
+def write_dem(path: Path, lonlat_bounds: tuple[float, float, float, float]) -> Path:
+    """A float32 GeoTIFF DEM in EPSG:26986 at 20 m over the box: a tilted, wavy surface
+    with a nodata patch in one corner."""
+    tr = Transformer.from_crs(4326, DEM_CRS, always_xy=True)
+    minx, miny, maxx, maxy = tr.transform_bounds(*lonlat_bounds)
+    res = 20.0
+    width, height = int((maxx - minx) // res) + 2, int((maxy - miny) // res) + 2
+    cols, rows = np.meshgrid(np.arange(width), np.arange(height))
+    z = (
+        5.0
+        + 0.004 * cols * res
+        + 0.002 * rows * res
+        + 3.0 * np.sin(cols / 7.0) * np.cos(rows / 11.0)
+    )
+    z = z.astype(np.float32)
+    z[:12, :12] = -9999.0
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "float32",
+        "crs": f"EPSG:{DEM_CRS}",
+        "transform": Affine(res, 0.0, minx, 0.0, -res, maxy + res),
+        "nodata": -9999.0,
+    }
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(z, 1)
+    return path
+
+
+def secret_layer() -> Layer:
+    """A restricted layer near the centre of Cambridge that public callers must never see."""
+    pts = shapely.points([[-71.1056, 42.3736], [-71.1100, 42.3770], [-71.0900, 42.3650]])
+    return make_layer(SECRET, pts, ids=["k1", "k2", "k3"], code=["A", "B", "C"])
+
+
+def build_cambridge_store(root: Path) -> Path:
+    """A GeoPackage store holding the Cambridge layers (through the real file importer), a
+    generated DEM raster and a restricted layer."""
+    from importers.options import ImportOptions
+    from importers.pipeline import import_file
+
+    store = GeoPackageStore(root / "store")
+    try:
+        for collection, name, constants in CAMBRIDGE_IMPORTS:
+            report = import_file(
+                store,
+                collection,
+                shared(f"cambridge_ma/{name}.geojson"),
+                ImportOptions(constants=constants),
+                user="tests",
+            )
+            assert report.landed
+        bounds = store.layers(Access.RESTRICTED)["lights"].bounds
+        assert bounds is not None
+        dem = write_dem(
+            root / "dem.tif",
+            (bounds[0] - 0.02, bounds[1] - 0.02, bounds[2] + 0.02, bounds[3] + 0.02),
+        )
+        store.put_raster(RasterInfo("dem", "Ground elevation", dem), user="tests", source="dem.tif")
+        store.write(secret_layer(), source="secret", user="tests")
+    finally:
+        store.close()
+    return root / "store"
+
+
+def query_app(store: Path, scope: str = "public", **query: Any) -> Any:
+    """The real app over `store`, anonymous callers at `scope`, with query settings `query`."""
+    from twin.app import create_app
+
+    return create_app(
+        ServerSettings(_env_file=None, anonymous_access=scope),  # type: ignore[call-arg]
+        StoreSettings(_env_file=None, store=store),  # type: ignore[call-arg]
+        query_settings=QuerySettings(_env_file=None, **query),  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture(scope="session", name="cambridge_store")
+def cambridge_store_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Cambridge store, built once per test session (skips without ../shared/data)."""
+    return build_cambridge_store(tmp_path_factory.mktemp("cambridge"))
