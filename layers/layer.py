@@ -192,14 +192,16 @@ class Layer:
     def properties(self, rows: Sequence[int] | np.ndarray, *, system: bool = False) -> list[dict]:
         """JSON-ready property dicts for `rows`; system columns only when asked."""
         names = self.schema.field_names + ([*SYSTEM_COLUMNS] if system else [SOURCE])
-        sub = self.attrs.iloc[np.asarray(rows, dtype=np.int64)][names]
-        cols = [sub[c].tolist() for c in names]
+        rows = np.asarray(rows, dtype=np.int64)
+        # Column by column: taking rows of each array is several times faster than iloc on
+        # the frame (a page of items is serialised on every request).
+        cols = [self.attrs[c].array.take(rows).tolist() for c in names]
         return (
             [
                 {k: json_value(v) for k, v in zip(names, vals, strict=True)}
                 for vals in zip(*cols, strict=True)
             ]
-            if len(sub)
+            if len(rows)
             else []
         )
 

@@ -67,6 +67,10 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None)
+            if template is None:
+                # Plain Starlette routes (/api, /api.html) set no route; unknown paths (404)
+                # stay one label so they cannot grow the label set.
+                template = scope["path"] if status[0] < 400 else "unmatched"
             self.metrics.requests.labels(template, scope["method"], str(status[0])).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - start)
