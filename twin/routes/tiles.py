@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from layers.catalog import Catalog
 from layers.layer import Layer
-from layers.models import Access
+from layers.models import Access, Bounds
 from tiles import grid
 from tiles.errors import TileOutOfMatrix
 from twin.access import Scope
@@ -107,10 +107,15 @@ def _visible(catalog: Catalog, scope: Access, names: list[str] | None) -> dict[s
     return {n: catalog.layer(n, scope) for n in names}
 
 
-def _rows(layer: Layer, flt: Filter | None) -> Any:
+def _rows(layer: Layer, flt: Filter | None, tile: grid.Tile) -> Any:
+    """Rows a filtered tile may draw: the filter is evaluated only on the features whose box
+    meets the tile (padded a little), not on the whole layer."""
     if flt is None:
         return None
-    return select(layer, Selection(filter=flt))
+    b = grid.lonlat_bounds(tile)
+    pad = (b.maxx - b.minx) / 64
+    box = Bounds(b.minx - pad, max(b.miny - pad, -90.0), b.maxx + pad, min(b.maxy + pad, 90.0))
+    return select(layer, Selection(bbox=box, filter=flt))
 
 
 def _tilesets(request: Request, path: str, base: str, title: str) -> dict:
@@ -266,7 +271,7 @@ async def collection_tile(
         tile,
         scope,
         cql,
-        lambda: [(layer, _rows(layer, cql))],
+        lambda: [(layer, _rows(layer, cql, tile))],
         if_none_match,
         accept_encoding,
     )
@@ -301,7 +306,7 @@ async def dataset_tile(
         for layer in layers.values():
             if cql is not None and not cql.properties <= _names(layer):
                 continue
-            out.append((layer, _rows(layer, cql)))
+            out.append((layer, _rows(layer, cql, tile)))
         return out
 
     return await tiles.respond(layers, tile, scope, cql, requests, if_none_match, accept_encoding)
