@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from layers.models import Access
 
 
 class ServerSettings(BaseSettings):
@@ -24,6 +27,11 @@ class ServerSettings(BaseSettings):
     """gzip level of JSON answers (tiles are compressed once by the tile cache)."""
     extra_crs: list[int] = []
     """EPSG codes offered besides CRS84, 4326, 4490, 3857 and the CGCS2000 GK zones."""
+
+    @field_validator("anonymous_access")
+    @classmethod
+    def _known_scope(cls, value: str) -> str:
+        return Access.parse(value).label
 
 
 class QuerySettings(BaseSettings):

@@ -47,3 +47,12 @@ def test_serve_answers_over_http(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_refuses_an_unknown_caller_scope(tmp_path):
+    store = fill_store(tmp_path / "store", [sites_layer()])
+    r = CliRunner().invoke(
+        app, ["serve", "--store", str(store)], env={"TWIN_ANONYMOUS_ACCESS": "superuser"}
+    )
+    assert r.exit_code != 0
+    assert "superuser" in r.output and "public, internal or restricted" in r.output
