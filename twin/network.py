@@ -8,11 +8,13 @@ networks (water, gas, ...) never connect. Valves (`kind = valve`) are barrier no
 Giswater's mincut and Esri's isolation trace; hydrants, meters and pumps serve the nearest pipe
 of their network within the attach distance. Built once per layer pair and cached.
 
-Isolation of a broken pipe. From the pipe, the trace spreads through plain nodes and
+Isolation of a broken pipe. From the piece of pipe holding the break (the reported point, or
+the middle of the pipe), the trace spreads through plain nodes and
 inoperable valves and stops at operable open valves (those to close) and normally-closed
 valves (already shut). Everything reached is cut off; then, with those valves shut, any part
-of the network left without a path to the largest remaining part is cut off too ("unsupplied":
-no source is modelled, so the largest part is taken as the one still fed). Affected assets are
+of the network left without a path to a source is cut off too ("unsupplied"). Sources are the
+pumps (`kind = pump`); on a network with none, the largest remaining part is taken as the one
+still fed, and the answer says so. Affected assets are
 the hydrants, meters and pumps served by cut-off pipes, and street lights standing on them
 (within the snap tolerance) together with every light of the same circuit.
 
@@ -22,6 +24,7 @@ downstream, the usual convention of sewer GIS data).
 
 from __future__ import annotations
 
+import json
 import threading
 import weakref
 from dataclasses import dataclass, field, replace
@@ -32,6 +35,7 @@ import pandas as pd
 import shapely
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components
+from shapely.ops import substring
 
 from layers.layer import Layer
 from twin import metric
@@ -82,6 +86,14 @@ class Network:
     """Node of each valves row that is a barrier valve on the network, else -1."""
     fitting_edge: np.ndarray
     """Edge each hydrant, meter or pump row serves, else -1."""
+    lines: np.ndarray
+    """The single-part lines (lon/lat) the edges are pieces of."""
+    edge_line: np.ndarray
+    edge_t0: np.ndarray
+    edge_t1: np.ndarray
+    """Where each edge starts and ends along its line, metres in the network's local frame."""
+    origin: tuple[float, float]
+    """Centre of the network's local frame (lon, lat)."""
     report: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -93,6 +105,40 @@ class Network:
     def n_edges(self) -> int:
         """Number of edges (pipe pieces)."""
         return len(self.u)
+
+    def segments(self, edges: np.ndarray) -> np.ndarray:
+        """Lon/lat geometry of each of `edges`: the piece of pipe between its two nodes."""
+        fwd, inv = metric.local_frame(*self.origin)
+        out = np.empty(len(edges), dtype=object)
+        # One substring per edge: used on the few edges an answer shows, never on the network.
+        for i, e in enumerate(np.asarray(edges, dtype=np.int64).tolist()):
+            line = shapely.transform(self.lines[self.edge_line[e]], fwd)
+            out[i] = shapely.transform(substring(line, self.edge_t0[e], self.edge_t1[e]), inv)
+        return out
+
+    def edge_at(self, row: int, point: shapely.Point, max_m: float) -> int:
+        """The edge of pipe `row` nearest to a lon/lat point (a reported break)."""
+        edges = self.pipe_edges(row)
+        lines = np.unique(self.edge_line[edges])
+        d = metric.distances(self.lines[lines], point)
+        best = int(np.argmin(d))
+        if not d[best] <= max_m:
+            raise InvalidParameter(
+                f"the break at ({point.x}, {point.y}) is {d[best]:.1f} m from pipe "
+                f"{self.pipes.ids[row]!r}, more than {max_m:g} m"
+            )
+        fwd, _ = metric.local_frame(*self.origin)
+        line = shapely.transform(self.lines[lines[best]], fwd)
+        t = shapely.line_locate_point(line, shapely.transform(point, fwd))
+        on = edges[self.edge_line[edges] == lines[best]]
+        i = int(np.searchsorted(self.edge_t0[on], t, side="right")) - 1
+        return int(on[max(i, 0)])
+
+    def middle_edge(self, row: int) -> int:
+        """The edge of pipe `row` holding the middle of its length."""
+        edges = self.pipe_edges(row)
+        cum = np.cumsum(self.edge_length_m[edges])
+        return int(edges[min(int(np.searchsorted(cum, cum[-1] / 2)), len(edges) - 1)])
 
     # -- derived indexes, built on first use ------------------------------------------------
 
@@ -143,13 +189,14 @@ class Network:
         return zone.astype(np.int64)
 
     @property
-    def edge_part(self) -> np.ndarray:
-        """Connected part of the network of each edge, with normally-closed valves shut."""
+    def edge_component(self) -> np.ndarray:
+        """Connected component of each edge, with normally-closed valves shut."""
         return self._memo(
-            "part", lambda: self._parts(np.ones(self.n_edges, dtype=bool), self.node_kind == SHUT)
+            "component",
+            lambda: self.components(np.ones(self.n_edges, dtype=bool), self.node_kind == SHUT),
         )
 
-    def _parts(self, edges: np.ndarray, shut: np.ndarray) -> np.ndarray:
+    def components(self, edges: np.ndarray, shut: np.ndarray) -> np.ndarray:
         """Component label of each selected edge when the `shut` nodes let nothing through
         (-1 for the others)."""
         idx = np.flatnonzero(edges)
@@ -163,6 +210,18 @@ class Network:
         out = np.full(self.n_edges, -1, dtype=np.int64)
         out[idx] = label[u]
         return out
+
+    @property
+    def source_edges(self) -> np.ndarray:
+        """Edges served by a pump: where water enters the network."""
+
+        def build() -> np.ndarray:
+            if self.valves is None:
+                return np.array([], dtype=np.int64)
+            pump = np.asarray((self.valves.attrs["kind"] == "pump").fillna(False), dtype=bool)
+            return np.unique(self.fitting_edge[pump & (self.fitting_edge >= 0)])
+
+        return self._memo("sources", build)
 
     @property
     def flow(self) -> csr_matrix:
@@ -220,11 +279,11 @@ def build(
     net_codes, net_names = pd.factorize(nets.to_numpy())
     part_net = net_codes[part_pipe]
 
+    origin = (0.0, 0.0)
     if len(parts):
         minx, miny, maxx, maxy = shapely.total_bounds(parts)
-        fwd, _ = metric.local_frame((minx + maxx) / 2, (miny + maxy) / 2)
-    else:
-        fwd, _ = metric.local_frame(0.0, 0.0)
+        origin = ((minx + maxx) / 2, (miny + maxy) / 2)
+    fwd, _ = metric.local_frame(*origin)
 
     def shifted(geoms: np.ndarray, net: np.ndarray) -> np.ndarray:
         """`geoms` in the local frame, each network shifted far from the others."""
@@ -318,7 +377,7 @@ def build(
             frame_len[e_part] > 0, (t1 - t0) / frame_len[e_part], 0
         )
     real = (u != v) | (t1 - t0 > 2 * snap_m)
-    u, v, e_part, t0, e_len = u[real], v[real], e_part[real], t0[real], e_len[real]
+    u, v, e_part, t0, t1, e_len = u[real], v[real], e_part[real], t0[real], t1[real], e_len[real]
 
     # Barrier valves: on the network when they joined a pipe end or split a pipe.
     n_valves = len(valves) if valves is not None else 0
@@ -369,6 +428,11 @@ def build(
         edge_length_m=e_len,
         valve_node=valve_node,
         fitting_edge=fitting_edge,
+        lines=parts,
+        edge_line=e_part.astype(np.int64),
+        edge_t0=t0,
+        edge_t1=t1,
+        origin=origin,
         report={
             "pipes": len(np.unique(part_pipe)),
             "nodes": int(n_nodes),
@@ -409,6 +473,8 @@ class Isolation:
 
     network: Network
     pipe: int
+    broken: int
+    """The edge (piece of pipe) holding the break."""
     to_close: np.ndarray
     """Valve rows to close."""
     shut: np.ndarray
@@ -421,6 +487,8 @@ class Isolation:
     """Edges left without supply by the closure."""
     fittings: np.ndarray
     """Hydrant, meter and pump rows served by cut-off pipes."""
+    supply: str = "sources"
+    """How fed parts were told from unsupplied ones: `sources` (pumps) or `largest part`."""
     lights: Matches | None = None
 
     @property
@@ -462,18 +530,27 @@ class Isolation:
                 "collection": net.pipes.name,
                 "id": str(net.pipes.ids[self.pipe]),
                 "network": _text(net.pipes.attrs["network"].iloc[self.pipe]),
+                "break": json.loads(shapely.to_geojson(net.segments(np.array([self.broken]))[0])),
             },
             "valves_to_close": fc("to_close"),
             "closed_valves": fc("shut"),
             "inoperable_valves": fc("inoperable"),
             "pipes": fc("pipes"),
             "length_m": round(self.length_m, 3),
+            "cut": json.loads(
+                shapely.to_geojson(
+                    shapely.multilinestrings(
+                        net.segments(np.concatenate([self.isolated, self.unsupplied]))
+                    )
+                )
+            ),
             "affected": fc("fittings", "lights"),
             "summary": {
                 "valves_to_close": len(self.to_close),
                 "inoperable_valves_skipped": len(self.inoperable),
                 "pipes_cut": len(rows),
                 "pipes_unsupplied": cause.count("unsupplied"),
+                "supply": self.supply,
                 "length_m": round(self.length_m, 3),
                 "fittings": {str(k): int(v) for k, v in kinds.items()},
                 "lights": 0 if self.lights is None else len(self.lights),
@@ -491,8 +568,17 @@ class Isolation:
         return rows, length, ["isolated" if r in iso else "unsupplied" for r in rows.tolist()]
 
 
-def isolate(net: Network, fid: str, lights: Layer | None = None) -> Isolation:
-    """Valves to close to isolate pipe `fid`, what is cut off, and what it serves."""
+def isolate(
+    net: Network,
+    fid: str,
+    lights: Layer | None = None,
+    *,
+    at: shapely.Point | None = None,
+    max_m: float = 50.0,
+) -> Isolation:
+    """Valves to close to isolate a break on pipe `fid` (at the point `at`, within `max_m`
+    metres of the pipe; by default the middle of the pipe), what is cut off, and what it
+    serves."""
     row = net.pipes.row(fid)
     edges = net.pipe_edges(row)
     if not len(edges):
@@ -500,8 +586,9 @@ def isolate(net: Network, fid: str, lights: Layer | None = None) -> Isolation:
             f"pipe {fid!r} is not part of the live network (no geometry, or status "
             f"{', '.join(sorted(DEAD_STATUS))})"
         )
-    zone = net.edge_zone
-    region = net.zone_edges(np.unique(zone[edges]))
+    broken = net.middle_edge(row) if at is None else net.edge_at(row, at, max_m)
+    edges = np.array([broken])
+    region = net.zone_edges(net.edge_zone[edges])
     nodes = np.unique(np.concatenate([net.u[region], net.v[region]]))
     inside = np.bincount(np.concatenate([net.u[region], net.v[region]]), minlength=net.n_nodes)
     kind = net.node_kind[nodes]
@@ -510,21 +597,27 @@ def isolate(net: Network, fid: str, lights: Layer | None = None) -> Isolation:
     shut_nodes = nodes[(kind == SHUT) & boundary]
     inoperable_nodes = nodes[kind == INOPERABLE]
 
-    # With those valves shut, parts cut from the largest remaining part lose supply too.
-    part = net.edge_part
-    same = np.isin(part, np.unique(part[edges]))
+    # With those valves shut, parts with no path left to a source lose supply too.
+    component = net.edge_component
+    same = np.isin(component, np.unique(component[edges]))
     same[region] = False
     shut = net.node_kind == SHUT
     shut[closing] = True
     unsupplied = np.array([], dtype=np.int64)
+    supply = "sources"
     if same.any():
-        label = net._parts(same, shut)
+        label = net.components(same, shut)
         rest = np.flatnonzero(same)
-        lab = label[rest]
-        _, inv = np.unique(lab, return_inverse=True)
-        length = np.bincount(inv, weights=net.edge_length_m[rest])
-        main = np.argmax(length)
-        unsupplied = rest[inv != main]
+        sources = net.source_edges
+        fed = np.unique(label[sources[same[sources]]])
+        if len(fed):
+            unsupplied = rest[~np.isin(label[rest], fed)]
+        else:
+            # No source modelled on this network: the largest remaining part is taken as fed.
+            supply = "largest part"
+            _, inv = np.unique(label[rest], return_inverse=True)
+            main = np.argmax(np.bincount(inv, weights=net.edge_length_m[rest]))
+            unsupplied = rest[inv != main]
 
     cut = np.zeros(net.n_edges, dtype=bool)
     cut[region] = True
@@ -541,7 +634,9 @@ def isolate(net: Network, fid: str, lights: Layer | None = None) -> Isolation:
         to_close = to_close[usable]
     shut_rows = valves_at(shut_nodes)
     inop_rows = valves_at(inoperable_nodes)
-    result = Isolation(net, row, to_close, shut_rows, inop_rows, region, unsupplied, served)
+    result = Isolation(
+        net, row, broken, to_close, shut_rows, inop_rows, region, unsupplied, served, supply
+    )
     if lights is not None:
         result = replace(result, lights=_lights_on(net, result, lights))
     return result
@@ -552,7 +647,8 @@ def _lights_on(net: Network, result: Isolation, lights: Layer) -> Matches | None
     rows, _, _ = result.pipes_cut()
     if not len(rows) or not len(lights):
         return None
-    cut = shapely.multilinestrings(shapely.get_parts(net.pipes.geometry[rows]))
+    e = np.concatenate([result.isolated, result.unsupplied])
+    cut = shapely.multilinestrings(net.segments(e))
     on, _ = metric.within(lights, cut, net.snap_m)
     if not len(on):
         return None

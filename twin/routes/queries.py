@@ -239,13 +239,21 @@ def get_isolation(
     scope: Scope,
     settings: QuerySettingsDep,
     featureId: PipeId,
+    lon: Annotated[
+        float | None, Query(description="Longitude of the break (default: middle of the pipe).")
+    ] = None,
+    lat: Annotated[float | None, Query(description="Latitude of the break.")] = None,
 ) -> JSONResponse:
     """The operable valves to close (inoperable ones are skipped for the next ones out), the
     pipes and length cut off (isolated, or left without supply), and the affected assets:
     hydrants, meters and pumps on those pipes, and street lights on them with their circuits."""
+    if (lon is None) != (lat is None):
+        raise InvalidParameter("give both lon and lat of the break, or neither")
+    at = None if lon is None or lat is None else queries.check_point(lon, lat)
     net = _network(catalog, scope, settings)
     lights = catalog.layers(scope).get("lights")
-    return _json(network.isolate(net, featureId, lights).to_json())
+    result = network.isolate(net, featureId, lights, at=at, max_m=settings.trace_snap_m)
+    return _json(result.to_json())
 
 
 @router.get(
