@@ -122,7 +122,7 @@ def _unknown_text(notes: _Notes) -> Callable[[Any, int], str | None]:
     """Strip text and turn the words for unknown into None (noted)."""
 
     def fn(v: Any, n: int) -> str | None:
-        s = v.strip() if isinstance(v, str) else str(v).strip()
+        s = v.strip() if isinstance(v, str) else _text_of_number(v).strip()
         if fold(s) in UNKNOWN:
             notes.add("read as unknown", v, n)
             return None
@@ -227,7 +227,7 @@ def _clean_number(values: pd.Series, f: Field, notes: _Notes) -> pd.Series:
     is_year = f.type is FieldType.INTEGER and f.name.endswith("_year")
     if kind == "datetime":
         if is_year:
-            x = values.dt.year.to_numpy(dtype=float, na_value=np.nan)
+            x = values.dt.year.to_numpy(dtype=float, na_value=np.nan, copy=True)
         else:
             notes.add_mask(
                 "is a date, not a number; read as unknown",
@@ -236,7 +236,7 @@ def _clean_number(values: pd.Series, f: Field, notes: _Notes) -> pd.Series:
             )
             x = np.full(len(values), np.nan)
     elif kind in ("number", "bool"):
-        x = values.to_numpy(dtype=float, na_value=np.nan)
+        x = values.to_numpy(dtype=float, na_value=np.nan, copy=True)
         if is_year:
             x = _years_of_numbers(x, f, notes)
     elif is_year:
@@ -300,7 +300,7 @@ def _clean_date(values: pd.Series, f: Field, notes: _Notes) -> pd.Series:
             s = s.dt.tz_convert("UTC").dt.tz_localize(None)
         return s.astype("datetime64[ms]")
     if kind in ("number", "bool"):
-        x = values.to_numpy(dtype=float, na_value=np.nan)
+        x = values.to_numpy(dtype=float, na_value=np.nan, copy=True)
         compact = _compact_dates(x)
         ms = np.isfinite(x) & (np.abs(x) >= _EPOCH_MS) & ~compact
         years = np.isfinite(x) & ~ms & (x >= 1700) & (x <= 2100) & (x == np.round(x))

@@ -44,7 +44,7 @@ def layer_frame(layer: Layer) -> gpd.GeoDataFrame:
     for f in layer.schema.fields:
         s = layer.attrs[f.name]
         if f.type is FieldType.DATE:
-            # Plain datetime.date objects make GDAL write a Date field, not a DateTime.
+            # datetime.date objects become Arrow date32, which GDAL writes as a Date field.
             s = pd.Series(s.dt.date.where(s.notna(), None), dtype=object)
         elif f.type is FieldType.STRING:
             s = s.astype(object).where(s.notna(), None)
@@ -79,6 +79,7 @@ def export_layer(
             layer=collection,
             driver=driver,
             promote_to_multi=False,  # one source record is one feature, as stored
+            use_arrow=True,  # through Arrow, dates are written as Date fields, not text
             layer_options=options or None,
         )
         os.replace(staged, target)

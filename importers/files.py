@@ -48,6 +48,8 @@ _DATASET_SUFFIXES = {
 }
 # Read text "raw": one character per byte; iconv (under GDAL) and Python both know this name.
 RAW = "ISO-8859-1"
+# Formats that hold one layer: no need to open them once more just to list it.
+_SINGLE_LAYER = {".geojson", ".json", ".csv", ".tsv", ".fgb", ".shp"}
 _GDAL_ERRORS = (
     pyogrio.errors.DataSourceError,
     pyogrio.errors.DataLayerError,
@@ -291,7 +293,9 @@ def read_file(
     if loc.suffix == ".shp":
         _check_shapefile(loc, name)
         raw = raw or (".cpg" not in loc.sidecars and _undeclared_dbf(loc))
-    layers = _choose_layers(loc.gdal, name, layer)
+    layers: list[str | None] = [layer]
+    if layer is not None or loc.suffix not in _SINGLE_LAYER:
+        layers = _choose_layers(loc.gdal, name, layer)
     options = {}
     if loc.suffix in (".csv", ".tsv", ".txt"):
         options = {

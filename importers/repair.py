@@ -83,9 +83,16 @@ def _add(d: dict[str, np.ndarray], reason: str, rows: np.ndarray) -> None:
         d[reason] = np.concatenate([d[reason], rows]) if reason in d else rows
 
 
-def _of_family(geom: shapely.Geometry, family: GeometryFamily) -> shapely.Geometry | None:
-    """The parts of `geom` of `family` as one (multi-part) geometry, or None if it has none."""
+def _of_family(
+    geom: shapely.Geometry, family: GeometryFamily, *, strict: bool = False
+) -> shapely.Geometry | None:
+    """The parts of `geom` of `family` as one (multi-part) geometry, or None if it has none
+    (or, when `strict`, if it has parts of another family too)."""
     parts = shapely.get_parts(geom)
+    if strict and family is not GeometryFamily.ANY:
+        kinds = {_FAMILY_OF.get(int(t)) for t in shapely.get_type_id(parts)}
+        if kinds != {family}:
+            return None
     if family is GeometryFamily.ANY:
         families = {_FAMILY_OF.get(int(t)) for t in shapely.get_type_id(parts)}
         if len(families) != 1 or None in families:
@@ -133,7 +140,7 @@ def repair(geometry: np.ndarray, family: GeometryFamily) -> GeometryCheck:
     types = shapely.get_type_id(g)
     odd = np.flatnonzero(alive & ((types == _COLLECTION) | (types == _RING)))
     for i in odd.tolist():
-        part = _of_family(g[i], family)
+        part = _of_family(g[i], family, strict=True)
         if part is None:
             _add(check.rejected, "geometry collection of mixed or wrong kinds", np.array([i]))
             alive[i] = False
@@ -157,6 +164,10 @@ def repair(geometry: np.ndarray, family: GeometryFamily) -> GeometryCheck:
         fixed = shapely.make_valid(g[invalid], method="structure", keep_collapsed=False)
         for i, reason, new in zip(invalid.tolist(), reasons.tolist(), fixed.tolist(), strict=True):
             why = _COORDS_IN_REASON.sub("", str(reason)) or "invalid"
+            if why == "Invalid Coordinate":  # NaN or infinity among the vertices
+                _add(check.rejected, "coordinates are not finite numbers", np.array([i]))
+                alive[i] = False
+                continue
             target = (
                 family
                 if family is not GeometryFamily.ANY
