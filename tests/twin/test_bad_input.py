@@ -93,3 +93,20 @@ def test_fuzzed_values_never_answer_500(client):
                 assert set(r.json()) == {"code", "description"}, (name, value)
         r = client.get(f"/collections/{quote(value, safe='')}/items")
         assert r.status_code < 500, (value, r.text)
+
+
+def test_an_unexpected_failure_is_a_json_500_without_a_trace(served_store):
+    app = app_for(served_store)
+
+    def boom() -> dict:
+        raise RuntimeError("secret internals /etc/passwd")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom")
+    assert r.status_code == 500
+    assert r.json() == {
+        "code": "ServerError",
+        "description": "the server failed to answer; see its log",
+    }
+    assert "secret" not in r.text and "Traceback" not in r.text
