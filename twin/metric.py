@@ -164,9 +164,7 @@ def local_frame(lon0: float, lat0: float) -> tuple[CoordMap, CoordMap]:
     first order near it and, being affine in lon/lat, it keeps the stored straight segments
     straight, so nearest points found in it lie exactly on the shapes.
     """
-    m, n = _radii(np.radians(lat0))
-    kx = max(math.pi / 180 * float(n) * math.cos(math.radians(lat0)), 1e-3)
-    ky = math.pi / 180 * float(m)
+    kx, ky = _scales(lat0)
 
     def fwd(c: Coords) -> Coords:
         return np.column_stack(
@@ -213,18 +211,54 @@ def distances(geoms: Any, geometry: shapely.Geometry) -> np.ndarray:
     out = np.full(len(geoms), np.nan)
     ok = ~shapely.is_missing(geoms)
     ok[ok] = ~shapely.is_empty(geoms[ok])
-    todo = geoms[ok]
-    if len(todo) == 0:
-        return out
-    if isinstance(geometry, shapely.Point) and (shapely.get_type_id(todo) == 0).all():
-        c = shapely.get_coordinates(todo)
-        out[ok] = geodesic_m(geometry.x, geometry.y, c[:, 0], c[:, 1])
-        return out
-    fwd, inv = frame(geometry)
-    lines = shapely.shortest_line(shapely.transform(todo, fwd), shapely.transform(geometry, fwd))
-    c = inv(shapely.get_coordinates(lines))
-    out[ok] = geodesic_m(c[0::2, 0], c[0::2, 1], c[1::2, 0], c[1::2, 1])
+    if ok.any():
+        out[ok] = _distances(geoms[ok], geometry)
     return out
+
+
+def _distances(geoms: np.ndarray, geometry: shapely.Geometry) -> np.ndarray:
+    """`distances` for shapes known to be present and not empty."""
+    if isinstance(geometry, shapely.Point):
+        types = shapely.get_type_id(geoms)
+        if (types == 0).all():
+            c = shapely.get_coordinates(geoms)
+            return geodesic_m(geometry.x, geometry.y, c[:, 0], c[:, 1])
+        if (types == 1).all():
+            return _point_to_linestrings(geoms, geometry)
+    fwd, inv = frame(geometry)
+    lines = shapely.shortest_line(shapely.transform(geoms, fwd), shapely.transform(geometry, fwd))
+    c = inv(shapely.get_coordinates(lines))
+    return geodesic_m(c[0::2, 0], c[0::2, 1], c[1::2, 0], c[1::2, 1])
+
+
+def _point_to_linestrings(lines: np.ndarray, point: shapely.Point) -> np.ndarray:
+    """Geodesic distance from a point to each LineString: the nearest point of every segment
+    in the local frame centred on the point, measured geodesically, the least per line.
+    Vectorised over all segments at once: the hot path of `near`."""
+    lon0, lat0 = point.x, point.y
+    kx, ky = _scales(lat0)
+    c, owner = shapely.get_coordinates(lines, return_index=True)
+    x = ((c[:, 0] - lon0 + 180.0) % 360.0 - 180.0) * kx
+    y = (c[:, 1] - lat0) * ky
+    seg = np.flatnonzero(owner[1:] == owner[:-1])
+    ax, ay = x[seg], y[seg]
+    dx, dy = x[seg + 1] - ax, y[seg + 1] - ay
+    length2 = dx * dx + dy * dy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.clip(np.where(length2 > 0, -(ax * dx + ay * dy) / length2, 0.0), 0.0, 1.0)
+    d = geodesic_m(lon0, lat0, (ax + t * dx) / kx + lon0, (ay + t * dy) / ky + lat0)
+    # Every line has at least one segment and segments come grouped by line, in order.
+    seg_owner = owner[seg]
+    starts = np.flatnonzero(np.concatenate(([True], seg_owner[1:] != seg_owner[:-1])))
+    return np.minimum.reduceat(d, starts)
+
+
+def _scales(lat0: float) -> tuple[float, float]:
+    """Metres per degree of longitude and of latitude at a latitude (the local frame)."""
+    phi = math.radians(lat0)
+    w = math.sqrt(1 - _E2 * math.sin(phi) ** 2)
+    kx = max(math.pi / 180 * _A / w * math.cos(phi), 1e-3)
+    return kx, math.pi / 180 * _A * (1 - _E2) / w**3
 
 
 def distance_m(a: shapely.Geometry, b: shapely.Geometry) -> float:
@@ -281,7 +315,8 @@ def within(
         cand = cand[np.isin(cand, np.asarray(rows, dtype=np.int64))]
     if len(cand) == 0:
         return cand, np.array([], dtype=np.float64)
-    d = distances(layer.geometry[cand], geometry)
+    # The tree holds no missing or empty shapes, so the candidates need no such check.
+    d = _distances(layer.geometry[cand], geometry)
     keep = d <= distance_m
     cand, d = cand[keep], d[keep]
     order = np.lexsort((cand, d))
