@@ -15,7 +15,6 @@ once rounded, and a decoder drops zero-area rings anyway.
 from __future__ import annotations
 
 import math
-import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,38 +106,40 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 # -- property values ----------------------------------------------------------------------------
 
 
-def _value_message(v: Any) -> bytes:
-    """One `tile.value` message, wrapped as a layer `values` entry."""
-    if isinstance(v, bool):
-        body = b"\x38" + (b"\x01" if v else b"\x00")
-    elif isinstance(v, int):
-        body = b"\x20" + _varint(v & 0xFFFFFFFFFFFFFFFF)
-    elif isinstance(v, float):
-        body = b"\x19" + struct.pack("<d", v)
-    else:
-        raw = v.encode("utf-8")
-        body = b"\x0a" + _varint(len(raw)) + raw
-    return bytes([_LAYER_VALUE]) + _varint(len(body)) + body
-
-
-def _python_value(v: Any) -> Any:
-    """`v` as the plain Python value MVT can hold (str, bool, int, float), or None."""
-    if v is None or v is pd.NA or v is pd.NaT:
-        return None
-    if isinstance(v, bool | np.bool_):
-        return bool(v)
-    if isinstance(v, int | np.integer):
-        return int(v)
-    if isinstance(v, float | np.floating):
-        f = float(v)
-        return None if math.isnan(f) else f
-    if isinstance(v, str):
-        return v
-    if isinstance(v, pd.Timestamp):
-        if v.tzinfo is None and v == v.normalize():
-            return v.date().isoformat()
-        return v.isoformat().replace("+00:00", "Z")
-    return None
+def _entries(kind: str, values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Layer `values` entries (0x22, length, `tile.value` message) of values of one kind
+    ("s" str, "i" int, "f" float, "b" bool), back to back, and each entry's length."""
+    n = len(values)
+    if kind == "f":
+        out = np.empty((n, 11), dtype=np.uint8)
+        out[:, :3] = (_LAYER_VALUE, 9, 0x19)
+        out[:, 3:] = np.asarray(values, dtype="<f8").view(np.uint8).reshape(n, 8)
+        return out.ravel(), np.full(n, 11, dtype=np.int64)
+    if kind == "b":
+        out = np.empty((n, 4), dtype=np.uint8)
+        out[:, :3] = (_LAYER_VALUE, 2, 0x38)
+        out[:, 3] = np.asarray(values, dtype=bool)
+        return out.ravel(), np.full(n, 4, dtype=np.int64)
+    if kind == "i":
+        v = np.array([x & 0xFFFFFFFFFFFFFFFF for x in values], dtype=_U64)
+        vlen = varint_lengths(v)
+        tokens = np.empty((n, 4), dtype=_U64)
+        tokens[:, 0], tokens[:, 1], tokens[:, 2], tokens[:, 3] = _LAYER_VALUE, 1 + vlen, 0x20, v
+        lens = np.ones((n, 4), dtype=np.int64)
+        lens[:, 3] = vlen
+        return np.frombuffer(varints(tokens.ravel(), lens.ravel()), np.uint8), 3 + vlen
+    raw = [x.encode("utf-8") for x in values]
+    rlen = np.fromiter(map(len, raw), np.int64, n)
+    body = 1 + varint_lengths(rlen) + rlen
+    head_tokens = np.column_stack([np.full(n, _LAYER_VALUE), body, np.full(n, 0x0A), rlen])
+    head_len = 2 + varint_lengths(body) + varint_lengths(rlen)
+    head = np.frombuffer(varints(head_tokens.ravel().astype(_U64)), np.uint8)
+    size = head_len + rlen
+    start = np.cumsum(size) - size
+    buf = np.empty(int(size.sum()), dtype=np.uint8)
+    buf[_ranges(start, head_len)] = head
+    buf[_ranges(start + head_len, rlen)] = np.frombuffer(b"".join(raw), np.uint8)
+    return buf, size
 
 
 class ValueTable:
@@ -149,11 +150,10 @@ class ValueTable:
         self._lock = threading.Lock()
         self._typed: dict[tuple[str, Any], int] = {}
         self._eq: dict[tuple[str, Any], int] = {}
-        self._pending: list[bytes] = []
         self._eq_of: list[int] = []
-        # Frozen segments: (first number, blob, offsets); values added later go to a new one.
+        # Segments: (first number, blob, offsets), one per batch of values added.
         self._segments: list[tuple[int, np.ndarray, np.ndarray]] = []
-        self._frozen_n = 0
+        self._firsts = np.empty(0, dtype=np.int64)
         self._eq_array = np.empty(0, dtype=np.int64)
         self._merges = False
 
@@ -162,38 +162,69 @@ class ValueTable:
 
     def add(self, v: Any) -> int:
         """The number of value `v` (a str, bool, int or float), adding it when new."""
-        key: tuple[str, Any]
-        eq: tuple[str, Any]
-        if isinstance(v, bool):
-            key = eq = ("b", v)
-        elif isinstance(v, str):
-            key = eq = ("s", v)
-        else:
-            key, eq = ("i" if isinstance(v, int) else "f", v), ("n", v)
-        idx = self._typed.get(key)
-        if idx is None:
-            with self._lock:
-                idx = self._typed.get(key)
-                if idx is None:
-                    idx = len(self._eq_of)
-                    self._pending.append(_value_message(v))
-                    cls = self._eq.setdefault(eq, idx)
-                    self._merges |= cls != idx
-                    self._eq_of.append(cls)
-                    self._typed[key] = idx
-        return idx
+        kind = (
+            "b"
+            if isinstance(v, bool)
+            else "s"
+            if isinstance(v, str)
+            else "i"
+            if isinstance(v, int)
+            else "f"
+        )
+        return int(self.add_many(kind, [v])[0])
 
-    def _freeze(self) -> None:
+    def add_many(self, kind: str, values: list[Any]) -> np.ndarray:
+        """Numbers of distinct `values`, all of one kind ("s", "i", "f", "b"), adding new ones."""
+        typed = self._typed
+        keys = [(kind, v) for v in values]
+        found = [typed.get(k, -1) for k in keys]
+        if -1 not in found:
+            return np.array(found, dtype=np.int64)
         with self._lock:
-            if not self._pending:
+            first = len(self._eq_of)
+            out = np.array([typed.get(k, -1) for k in keys], dtype=np.int64)
+            missing = np.flatnonzero(out < 0)
+            new_keys = [keys[i] for i in missing.tolist()]
+            size = len(typed)
+            typed.update(zip(new_keys, range(first, first + len(new_keys)), strict=True))
+            if len(typed) == size + len(new_keys):
+                out[missing] = np.arange(first, first + len(new_keys))
+            else:  # equal values among the new ones (0.0 and -0.0): number them one by one
+                for k in new_keys:
+                    typed.pop(k, None)
+                new_keys = []
+                for i in missing.tolist():
+                    got = typed.get(keys[i])
+                    if got is None:
+                        got = typed[keys[i]] = first + len(new_keys)
+                        new_keys.append(keys[i])
+                    out[i] = got
+            if new_keys:
+                new_values = [k[1] for k in new_keys]
+                if kind in ("i", "f"):
+                    eq = self._eq
+                    classes = [eq.setdefault(("n", v), first + i) for i, v in enumerate(new_values)]
+                    self._merges |= any(c != first + i for i, c in enumerate(classes))
+                else:
+                    classes = list(range(first, first + len(new_keys)))
+                blob, lengths = _entries(kind, new_values)
+                offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+                self._segments.append((first, blob, offsets))
+                self._firsts = np.array([seg[0] for seg in self._segments], dtype=np.int64)
+                self._eq_of.extend(classes)
+                self._eq_array = np.asarray(self._eq_of, dtype=np.int64)
+        return out
+
+    def compact(self) -> None:
+        """Merge the segments into one, so reading entries is one gather."""
+        with self._lock:
+            if len(self._segments) < 2:
                 return
-            msgs, self._pending = self._pending, []
-            lengths = np.fromiter((len(m) for m in msgs), np.int64, len(msgs))
-            blob = np.frombuffer(b"".join(msgs), dtype=np.uint8)
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            self._segments.append((self._frozen_n, blob, offsets))
-            self._frozen_n += len(msgs)
-            self._eq_array = np.asarray(self._eq_of[: self._frozen_n], dtype=np.int64)
+            blob = np.concatenate([seg[1] for seg in self._segments])
+            sizes = np.concatenate([np.diff(seg[2]) for seg in self._segments])
+            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            self._segments = [(0, blob, offsets)]
+            self._firsts = np.zeros(1, dtype=np.int64)
 
     @property
     def merges(self) -> bool:
@@ -202,32 +233,76 @@ class ValueTable:
 
     def eq_classes(self) -> np.ndarray:
         """Equality class of every value number."""
-        self._freeze()
         return self._eq_array
 
     def entries(self, numbers: np.ndarray) -> bytes:
         """The layer `values` entries of the given value numbers, in that order."""
-        self._freeze()
         numbers = np.asarray(numbers, dtype=np.int64)
         segs = self._segments
         if len(segs) == 1:
             _, blob, offsets = segs[0]
             starts = offsets[numbers]
             return blob[_ranges(starts, offsets[numbers + 1] - starts)].tobytes()
-        firsts = np.array([s[0] for s in segs])
-        which = np.searchsorted(firsts, numbers, side="right") - 1
+        which = np.searchsorted(self._firsts, numbers, side="right") - 1
+        used = np.unique(which)
+        if len(used) == 1:
+            first, blob, offsets = segs[int(used[0])]
+            local = numbers - first
+            starts = offsets[local]
+            return blob[_ranges(starts, offsets[local + 1] - starts)].tobytes()
         lengths = np.empty(len(numbers), dtype=np.int64)
-        for k, (first, _, offsets) in enumerate(segs):
+        locals_ = np.empty(len(numbers), dtype=np.int64)
+        for k in used.tolist():
             sel = which == k
+            first, _, offsets = segs[k]
             local = numbers[sel] - first
+            locals_[sel] = local
             lengths[sel] = offsets[local + 1] - offsets[local]
         out = np.empty(int(lengths.sum()), dtype=np.uint8)
         out_start = np.cumsum(lengths) - lengths
-        for k, (first, blob, offsets) in enumerate(segs):
+        for k in used.tolist():
             sel = which == k
-            local = numbers[sel] - first
-            out[_ranges(out_start[sel], lengths[sel])] = blob[_ranges(offsets[local], lengths[sel])]
+            _, blob, offsets = segs[k]
+            src = _ranges(offsets[locals_[sel]], lengths[sel])
+            out[_ranges(out_start[sel], lengths[sel])] = blob[src]
         return out.tobytes()
+
+
+def _kinds(uniques: Any) -> list[tuple[str, list[Any], np.ndarray]]:
+    """Distinct column values split by MVT kind: (kind, values, positions in `uniques`);
+    values MVT cannot hold (None, NaN, other types) are left out."""
+    if getattr(uniques, "dtype", np.dtype(object)) != np.dtype(object):
+        dtype = uniques.dtype
+        pos = np.arange(len(uniques))
+        if pd.api.types.is_bool_dtype(dtype):
+            return [("b", np.asarray(uniques, dtype=bool).tolist(), pos)]
+        if pd.api.types.is_integer_dtype(dtype):
+            return [("i", np.asarray(uniques, dtype=np.int64).tolist(), pos)]
+        if pd.api.types.is_float_dtype(dtype):
+            f = np.asarray(uniques, dtype=np.float64)
+            ok = ~np.isnan(f)
+            return [("f", f[ok].tolist(), pos[ok])]
+        if pd.api.types.is_string_dtype(dtype):
+            return [("s", np.asarray(uniques, dtype=object).tolist(), pos)]
+    groups: dict[str, tuple[list[Any], list[int]]] = {}
+    for i, u in enumerate(np.asarray(uniques, dtype=object).tolist()):
+        v = u[1] if isinstance(u, tuple) else u
+        if isinstance(v, bool | np.bool_):
+            kind, v = "b", bool(v)
+        elif isinstance(v, int | np.integer):
+            kind, v = "i", int(v)
+        elif isinstance(v, float | np.floating):
+            if math.isnan(v):
+                continue
+            kind, v = "f", float(v)
+        elif isinstance(v, str):
+            kind = "s"
+        else:
+            continue
+        vals, idx = groups.setdefault(kind, ([], []))
+        vals.append(v)
+        idx.append(i)
+    return [(k, vals, np.array(idx, dtype=np.int64)) for k, (vals, idx) in groups.items()]
 
 
 @dataclass(frozen=True)
@@ -246,7 +321,7 @@ class Properties:
         table: ValueTable | None = None,
     ) -> Properties:
         """Properties from named columns of equal length (pandas typed columns are factorised,
-        so only their distinct values are looked at one by one)."""
+        so only their distinct values are looked at, and those in bulk)."""
         table = ValueTable() if table is None else table
         keys = tuple(columns)
         n = len(next(iter(columns.values()))) if columns else 0
@@ -256,16 +331,15 @@ class Properties:
             series = col if isinstance(col, pd.Series) else pd.Series(list(col), dtype=object)
             if series.dtype == object:
                 # Mixed Python objects: pandas would merge True, 1 and 1.0, MVT must not.
-                tagged = [(type(v).__name__, v) for v in series.tolist()]
-                local, uniques = pd.factorize(pd.Series(tagged, dtype=object))
-                values = [_python_value(u[1]) for u in uniques]
+                tagged = pd.Series([(type(v).__name__, v) for v in series.tolist()], dtype=object)
+                local, uniques = pd.factorize(tagged)
             else:
                 local, uniques = pd.factorize(series, use_na_sentinel=True)
-                values = [_python_value(u) for u in uniques]
-            lookup = np.array(
-                [-1 if v is None else table.add(v) for v in values] + [-1], dtype=np.int64
-            )
+            lookup = np.full(len(uniques) + 1, -1, dtype=np.int64)
+            for kind, values, pos in _kinds(uniques):
+                lookup[pos] = table.add_many(kind, values)
             codes[:, j] = lookup[local]
+        table.compact()
         return cls(keys, codes, table)
 
     def take(self, rows: np.ndarray) -> Properties:
@@ -375,10 +449,19 @@ def _paths(
 
 
 def _parts(geoms: np.ndarray, single: int) -> tuple[np.ndarray, np.ndarray]:
-    """Parts of multi-geometries and the feature of each (single ones are their own part)."""
-    if (shapely.get_type_id(geoms) == single).all():
-        return geoms, np.arange(len(geoms))
-    return shapely.get_parts(geoms, return_index=True)
+    """Parts of multi-geometries and the feature of each; single geometries are their own
+    part (not copied: most features are single, and making part objects is the cost)."""
+    multi = shapely.get_type_id(geoms) != single
+    n = len(geoms)
+    if not multi.any():
+        return geoms, np.arange(n)
+    nparts = np.ones(n, dtype=np.int64)
+    nparts[multi] = shapely.get_num_geometries(geoms[multi])
+    start = np.cumsum(nparts) - nparts
+    parts = np.empty(int(nparts.sum()), dtype=object)
+    parts[start[~multi]] = geoms[~multi]
+    parts[_ranges(start[multi], nparts[multi])] = shapely.get_parts(geoms[multi])
+    return parts, np.repeat(np.arange(n), nparts)
 
 
 def _lines(
@@ -513,7 +596,7 @@ def encode_layer(
     geoms = np.asarray(geoms, dtype=object)
     if len(geoms) == 0:
         return b""
-    alive = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+    alive = shapely.get_num_coordinates(geoms) > 0
     rows = np.flatnonzero(alive)
     mvt_type, gcount, gstream = geometry_streams(geoms[rows], bounds, extent, transform)
     drawn = mvt_type > 0

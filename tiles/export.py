@@ -93,9 +93,7 @@ def export_pmtiles(
                 for t in sorted(frontier, key=lambda t: zxy_to_tileid(t.z, t.x, t.y)):
                     raw = render_tile(layers, t, settings)
                     if raw:
-                        writer.write_tile(
-                            zxy_to_tileid(t.z, t.x, t.y), pack(raw, settings.gzip_level).data
-                        )
+                        writer.write_tile(zxy_to_tileid(t.z, t.x, t.y), pack(raw, 9).data)
                         count += 1
                 per_zoom[z] = count
                 written += count

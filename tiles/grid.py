@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from functools import lru_cache
 
 import morecantile
 import numpy as np
@@ -36,12 +37,14 @@ def tile_width(z: int) -> float:
     return 2 * ORIGIN / (1 << z)
 
 
+@lru_cache(maxsize=16384)
 def xy_bounds(t: Tile) -> Bounds:
     """Bounds of a tile in EPSG:3857 (morecantile's values, so tests can use it as oracle)."""
     b = TMS.xy_bounds(t)
     return Bounds(b.left, b.bottom, b.right, b.top)
 
 
+@lru_cache(maxsize=16384)
 def lonlat_bounds(t: Tile) -> Bounds:
     """Bounds of a tile in longitude/latitude."""
     b = TMS.bounds(t)
