@@ -89,6 +89,14 @@ def json_value(v: Any) -> Any:
     return v
 
 
+def _pylist(values: Any) -> list:
+    """Python values of a pandas array; Arrow-backed strings through Arrow, several times
+    faster than their own `tolist`."""
+    if isinstance(values, pd.arrays.ArrowStringArray):
+        return values.__arrow_array__().to_pylist()
+    return values.tolist()
+
+
 @dataclass(eq=False)
 class Layer:
     """A vector layer held in memory: row `i` is feature `ids[i]` with `geometry[i]` (lon/lat).
@@ -195,7 +203,7 @@ class Layer:
         rows = np.asarray(rows, dtype=np.int64)
         # Column by column: taking rows of each array is several times faster than iloc on
         # the frame (a page of items is serialised on every request).
-        cols = [self.attrs[c].array.take(rows).tolist() for c in names]
+        cols = [_pylist(self.attrs[c].array.take(rows)) for c in names]
         return (
             [
                 {k: json_value(v) for k, v in zip(names, vals, strict=True)}

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,16 @@ from typing import Any
 import numpy as np
 import rasterio
 import shapely
+from pyproj import Transformer
 from rasterio.io import DatasetReader
 
 from layers.catalog import Catalog
 from layers.layer import Layer, json_value
 from layers.models import Access
-from layers.raster import Method, sample
+from layers.raster import Method, sample_xy
 from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
-from twin import metric
+from twin import geojson, metric
 from twin.errors import InvalidParameter, LimitExceeded
 
 GRIDS = "grids"
@@ -80,6 +82,21 @@ class Matches:
             }
         return feats
 
+    def feature_texts(self, index: Sequence[int] | np.ndarray) -> list[str]:
+        """`features` as GeoJSON texts."""
+        idx = np.asarray(index, dtype=np.int64)
+        rows = self.rows[idx]
+        texts = geojson.features_json(self.layer, rows, self.layer.geometry[rows])
+        out = []
+        for text, i in zip(texts, idx.tolist(), strict=True):
+            extra = {
+                "collection": self.collection,
+                "distance_m": round(float(self.distance_m[i]), 3),
+            }
+            extra.update({name: values[i] for name, values in self.members.items()})
+            out.append(f"{text[:-1]},{json.dumps(extra, separators=(',', ':'))[1:]}")
+        return out
+
     def summary(self) -> dict[str, Any]:
         """Count and nearest distance of the layer's matches (and the shallowest cover depth of
         buried assets)."""
@@ -94,18 +111,43 @@ class Matches:
         return out
 
 
-def nearest_first(groups: Sequence[Matches], limit: int | None = None) -> list[dict[str, Any]]:
-    """The features of all groups merged nearest first (ties by collection, then row), at most
-    `limit` of them."""
-    if not groups:
-        return []
+def _merged(groups: Sequence[Matches], limit: int | None) -> tuple[np.ndarray, dict]:
+    """Which group each of the first `limit` features (all groups nearest first, ties by
+    collection then row) comes from, and the positions picked in each group."""
     dist = np.concatenate([g.distance_m for g in groups])
     group = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
     pos = np.concatenate([np.arange(len(g)) for g in groups])
     order = np.lexsort((pos, group, dist))[:limit]
     picked = {i: pos[order[group[order] == i]] for i in range(len(groups))}
-    rendered = {i: iter(groups[i].features(p)) for i, p in picked.items() if len(p)}
-    return [next(rendered[int(i)]) for i in group[order]]
+    return group[order], {i: p for i, p in picked.items() if len(p)}
+
+
+def nearest_first(groups: Sequence[Matches], limit: int | None = None) -> list[dict[str, Any]]:
+    """The features of all groups merged nearest first (ties by collection, then row), at most
+    `limit` of them."""
+    if not groups:
+        return []
+    sequence, picked = _merged(groups, limit)
+    rendered = {i: iter(groups[i].features(p)) for i, p in picked.items()}
+    return [next(rendered[int(i)]) for i in sequence]
+
+
+def feature_collection_bytes(
+    groups: Sequence[Matches], limit: int | None = None, members: dict[str, Any] | None = None
+) -> bytes:
+    """`feature_collection` as JSON bytes, with more top-level `members`; feature texts are
+    spliced, not built as dicts and serialised again (the hot path of the answers)."""
+    texts: list[str] = []
+    if groups:
+        sequence, picked = _merged(groups, limit)
+        rendered = {i: iter(groups[i].feature_texts(p)) for i, p in picked.items()}
+        texts = [next(rendered[int(i)]) for i in sequence]
+    head = {
+        "numberMatched": int(sum(len(g) for g in groups)),
+        "numberReturned": len(texts),
+        **(members or {}),
+    }
+    return geojson.feature_collection(texts, head)
 
 
 def feature_collection(groups: Sequence[Matches], limit: int | None = None) -> dict[str, Any]:
@@ -231,6 +273,23 @@ def _search(
     return groups
 
 
+_cells: weakref.WeakKeyDictionary[Layer, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
+_cells_lock = threading.Lock()
+
+
+def _cell_records(grid: Layer) -> list[dict[str, Any]]:
+    """Every cell of the grid as `{id, level, code, ...}`, made once per grid layer (the grid
+    is small and read on every `at`, dig check and buffer)."""
+    with _cells_lock:
+        held = _cells.get(grid)
+    if held is None:
+        props = grid.properties(np.arange(len(grid)))
+        held = [{"id": fid, **p} for fid, p in zip(grid.ids.tolist(), props, strict=True)]
+        with _cells_lock:
+            _cells[grid] = held
+    return held
+
+
 def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> list[dict[str, Any]]:
     """The management cells (every level, district first) that `geometry` meets, when the
     caller may see the grid."""
@@ -241,9 +300,9 @@ def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> lis
     rows = grid.query(geometry, "intersects")
     if not len(rows):
         return []
-    props = grid.properties(rows)
+    records = _cell_records(grid)
     rank = {level: i for i, level in enumerate(GRID_LEVELS)}
-    cells = [{"id": fid, **p} for fid, p in zip(grid.ids[rows].tolist(), props, strict=True)]
+    cells = [dict(records[i]) for i in rows.tolist()]
     return sorted(
         cells, key=lambda c: (rank.get(str(c.get("level")), len(rank)), str(c.get("code")))
     )
@@ -269,26 +328,34 @@ def near(
 _datasets = threading.local()
 
 
-def _open(path: Path) -> DatasetReader:
-    """An open dataset for `path`, kept per thread (rasterio handles are not thread-safe) and
-    reopened when the file changes."""
-    cache: dict[Path, tuple[int, DatasetReader]] = _datasets.__dict__.setdefault("cache", {})
+def _open(path: Path) -> tuple[DatasetReader, Transformer]:
+    """An open dataset for `path` and the transformer from lon/lat to its CRS, kept per thread
+    (rasterio handles are not thread-safe) and reopened when the file changes."""
+    cache: dict[Path, tuple[int, DatasetReader, Transformer]] = _datasets.__dict__.setdefault(
+        "cache", {}
+    )
     stamp = os.stat(path).st_mtime_ns
     held = cache.get(path)
     if held is not None and held[0] == stamp:
-        return held[1]
+        return held[1], held[2]
     if held is not None:
         held[1].close()
     ds = rasterio.open(path)
-    cache[path] = (stamp, ds)
-    return ds
+    if ds.crs is None:
+        ds.close()
+        raise InvalidParameter(f"raster {path.name} has no coordinate reference system")
+    to_raster = Transformer.from_crs("OGC:CRS84", ds.crs.to_wkt(), always_xy=True)
+    cache[path] = (stamp, ds, to_raster)
+    return ds, to_raster
 
 
 def raster_values(info: RasterInfo, point: shapely.Point, method: Method) -> list[float | None]:
     """Every band's value of a raster collection at a lon/lat point (None: nodata/outside)."""
-    ds = _open(Path(info.path))
+    ds, to_raster = _open(Path(info.path))
+    x, y = to_raster.transform([point.x], [point.y])
     return [
-        sample(ds, [point.x], [point.y], method=method, band=b)[0] for b in range(1, ds.count + 1)
+        sample_xy(ds, np.asarray(x), np.asarray(y), method=method, band=b)[0]
+        for b in range(1, ds.count + 1)
     ]
 
 
@@ -389,17 +456,21 @@ class DigCheck:
     cells: list[dict[str, Any]]
     dig_depth_m: float | None
 
-    def to_json(self, limit: int | None = None) -> dict[str, Any]:
+    def to_bytes(self, limit: int | None = None) -> bytes:
         """A FeatureCollection of every conflict nearest first, with the conflicts by layer, the
-        area searched and the cells it touches."""
-        out = feature_collection(self.groups, limit)
-        out["buffer_m"] = self.buffer_m
-        out["dig_depth_m"] = self.dig_depth_m
-        out["area"] = json.loads(shapely.to_geojson(self.area))
-        out["area_m2"] = round(float(metric.area_m2(self.area)), 2)
-        out["conflicts"] = [g.summary() for g in self.groups]
-        out["cells"] = self.cells
-        return out
+        area searched and the cells it touches (JSON bytes)."""
+        return feature_collection_bytes(
+            self.groups,
+            limit,
+            {
+                "buffer_m": self.buffer_m,
+                "dig_depth_m": self.dig_depth_m,
+                "area": json.loads(shapely.to_geojson(self.area)),
+                "area_m2": round(float(metric.area_m2(self.area)), 2),
+                "conflicts": [g.summary() for g in self.groups],
+                "cells": self.cells,
+            },
+        )
 
 
 def _dig_depth(group: Matches, dig_depth_m: float) -> Matches:
@@ -442,17 +513,24 @@ class AssetBuffer:
     groups: list[Matches]
     cells: list[dict[str, Any]]
 
-    def to_json(self, limit: int | None = None) -> dict[str, Any]:
+    def to_bytes(self, limit: int | None = None) -> bytes:
         """A FeatureCollection of what lies in the buffer, nearest first, with the buffer polygon
-        and the asset it was drawn around."""
-        out = feature_collection(self.groups, limit)
-        out["asset"] = {"collection": self.layer.name, "id": json_value(self.layer.ids[self.row])}
-        out["distance_m"] = self.distance_m
-        out["buffer"] = json.loads(shapely.to_geojson(self.polygon))
-        out["buffer_area_m2"] = round(float(metric.area_m2(self.polygon)), 2)
-        out["summary"] = [g.summary() for g in self.groups]
-        out["cells"] = self.cells
-        return out
+        and the asset it was drawn around (JSON bytes)."""
+        return feature_collection_bytes(
+            self.groups,
+            limit,
+            {
+                "asset": {
+                    "collection": self.layer.name,
+                    "id": json_value(self.layer.ids[self.row]),
+                },
+                "distance_m": self.distance_m,
+                "buffer": json.loads(shapely.to_geojson(self.polygon)),
+                "buffer_area_m2": round(float(metric.area_m2(self.polygon)), 2),
+                "summary": [g.summary() for g in self.groups],
+                "cells": self.cells,
+            },
+        )
 
 
 def _inside(group: Matches, polygon: shapely.Geometry) -> Matches:

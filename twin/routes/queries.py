@@ -5,16 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from twin import network, queries, stats
 from twin.access import Scope
 from twin.dependencies import CatalogDep, Collections, CqlFilter
 from twin.errors import BodyTooLarge, InvalidParameter
+from twin.routes.links import GEOJSON
 from twin.settings import QuerySettings
 
 router = APIRouter(tags=["Spatial queries"])
+_FC: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {200: {"content": {GEOJSON: {}}, "description": "A GeoJSON FeatureCollection"}},
+}
 
 
 async def get_query_settings(request: Request) -> QuerySettings:
@@ -90,10 +95,14 @@ def _json(content: Any) -> JSONResponse:
     return JSONResponse(content)
 
 
+def _geojson(body: bytes) -> Response:
+    return Response(body, media_type=GEOJSON)
+
+
 # -- routes -------------------------------------------------------------------------------------
 
 
-@router.get("/query/near", summary="What lies within a radius of a point")
+@router.get("/query/near", summary="What lies within a radius of a point", **_FC)
 def get_near(
     catalog: CatalogDep,
     scope: Scope,
@@ -102,15 +111,13 @@ def get_near(
     collections: Collections,
     limit: ResultLimit,
     radius: Annotated[float, Query(description="Radius, metres on the ground.")] = 100.0,
-) -> JSONResponse:
+) -> Response:
     """Features of every visible layer (or of `collections`) within `radius` metres of the
     point, nearest first, each with `collection` and `distance_m`."""
     radius = queries.check_distance(radius, "radius", settings.max_radius_m)
     groups = queries.near(catalog, scope, point, radius, collections)
-    out = queries.feature_collection(groups, limit)
-    out["radius_m"] = radius
-    out["summary"] = [g.summary() for g in groups]
-    return _json(out)
+    members = {"radius_m": radius, "summary": [g.summary() for g in groups]}
+    return _geojson(queries.feature_collection_bytes(groups, limit, members))
 
 
 @router.get("/query/at", summary="What sits at or under a location")
@@ -139,6 +146,7 @@ def get_at(
 @router.post(
     "/query/intersects",
     summary="What a drawn shape meets (dig check)",
+    **_FC,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -151,7 +159,7 @@ def post_intersects(
     scope: Scope,
     settings: QuerySettingsDep,
     raw: Annotated[bytes, Depends(limited_body)],
-) -> JSONResponse:
+) -> Response:
     """Features meeting the shape or within `buffer_m` metres of it, nearest first, with the
     conflicts grouped by layer (count, nearest distance, shallowest pipe), the area searched
     and the management cells it touches."""
@@ -171,7 +179,7 @@ def post_intersects(
     check = queries.intersects(
         catalog, scope, geometry, buffer_m, body.collections, dig_depth_m=body.depth_m
     )
-    return _json(check.to_json(limit))
+    return _geojson(check.to_bytes(limit))
 
 
 def _errors(exc: ValidationError) -> str:
@@ -182,7 +190,7 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-@router.get("/query/buffer", summary="The buffer of one asset and what lies in it")
+@router.get("/query/buffer", summary="The buffer of one asset and what lies in it", **_FC)
 def get_buffer(
     catalog: CatalogDep,
     scope: Scope,
@@ -192,12 +200,12 @@ def get_buffer(
     collection: Annotated[str, Query(description="Collection of the asset, e.g. `pipes`.")],
     id: Annotated[str, Query(description="Feature id of the asset.")],
     distance: Annotated[float, Query(description="Buffer distance, metres on the ground.")],
-) -> JSONResponse:
+) -> Response:
     """The buffer polygon `distance` metres around the asset, and everything of the other
     layers (or of `collections`) in it, with each line's length inside."""
     distance = queries.check_distance(distance, "distance", settings.max_radius_m)
     result = queries.asset_buffer(catalog, scope, collection, id, distance, collections)
-    return _json(result.to_json(limit))
+    return _geojson(result.to_bytes(limit))
 
 
 @router.get("/query/stats", summary="Statistics per management grid cell")
