@@ -89,12 +89,12 @@ def json_value(v: Any) -> Any:
     return v
 
 
-def _pylist(values: Any) -> list:
-    """Python values of a pandas array; Arrow-backed strings through Arrow, several times
-    faster than their own `tolist`."""
+def _json_list(values: Any) -> list:
+    """JSON values of a pandas array; Arrow-backed strings straight through Arrow (already
+    str or None, and several times faster than their own `tolist`)."""
     if isinstance(values, pd.arrays.ArrowStringArray):
         return values.__arrow_array__().to_pylist()
-    return values.tolist()
+    return [json_value(v) for v in values.tolist()]
 
 
 @dataclass(eq=False)
@@ -139,6 +139,12 @@ class Layer:
     def tree(self) -> shapely.STRtree:
         """STRtree over `geometry`; query results are row numbers."""
         return shapely.STRtree(self.geometry)
+
+    @cached_property
+    def _arrays(self) -> dict[str, Any]:
+        """Each attribute column's array, looked up once (like `tree`, this assumes the layer is
+        not changed in place once served: an edit makes a new `Layer`)."""
+        return {c: self.attrs[c].array for c in self.attrs.columns}
 
     @cached_property
     def row_of(self) -> pd.Index:
@@ -203,15 +209,9 @@ class Layer:
         rows = np.asarray(rows, dtype=np.int64)
         # Column by column: taking rows of each array is several times faster than iloc on
         # the frame (a page of items is serialised on every request).
-        cols = [_pylist(self.attrs[c].array.take(rows)) for c in names]
-        return (
-            [
-                {k: json_value(v) for k, v in zip(names, vals, strict=True)}
-                for vals in zip(*cols, strict=True)
-            ]
-            if len(rows)
-            else []
-        )
+        arrays = self._arrays
+        cols = [_json_list(arrays[c].take(rows)) for c in names]
+        return [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
 
     def features(self, rows: Sequence[int] | np.ndarray, *, system: bool = False) -> list[dict]:
         """GeoJSON Feature dicts (lon/lat) for `rows`."""

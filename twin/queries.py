@@ -88,13 +88,15 @@ class Matches:
         rows = self.rows[idx]
         texts = geojson.features_json(self.layer, rows, self.layer.geometry[rows])
         out = []
-        for text, i in zip(texts, idx.tolist(), strict=True):
-            extra = {
-                "collection": self.collection,
-                "distance_m": round(float(self.distance_m[i]), 3),
-            }
-            extra.update({name: values[i] for name, values in self.members.items()})
-            out.append(f"{text[:-1]},{json.dumps(extra, separators=(',', ':'))[1:]}")
+        # Collection ids are plain identifiers and distances finite: no encoder needed for them.
+        head = f',"collection":"{self.collection}","distance_m":'
+        dist = np.round(self.distance_m[idx], 3).tolist()
+        for text, i, d in zip(texts, idx.tolist(), dist, strict=True):
+            extra = ""
+            if self.members:
+                more = {name: values[i] for name, values in self.members.items()}
+                extra = "," + json.dumps(more, separators=(",", ":"), allow_nan=False)[1:-1]
+            out.append(f"{text[:-1]}{head}{d!r}{extra}}}")
         return out
 
     def summary(self) -> dict[str, Any]:
