@@ -7,7 +7,6 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import pytest
 import rasterio
 import shapely
@@ -15,12 +14,13 @@ from affine import Affine
 from pyproj import Geod, Transformer
 
 from layers.gpkg import GeoPackageStore
-from layers.layer import Layer, coerce, empty_attrs
+from layers.layer import Layer
 from layers.models import Access, LayerSchema
 from layers.schemas import custom_schema
 from layers.settings import StoreSettings
 from layers.store import RasterInfo
 from tests.conftest import shared
+from tests.twin import serve_fixtures
 from twin.settings import QuerySettings, ServerSettings
 
 GEOD = Geod(ellps="WGS84")
@@ -32,15 +32,12 @@ def make_layer(
     ids: Any = None,
     **columns: Any,
 ) -> Layer:
-    """A layer of `schema` holding `geometry` (lon/lat), with the given attribute columns."""
-    geometry = np.asarray(geometry, dtype=object)
+    """A layer of `schema` holding `geometry` (lon/lat), with the given attribute columns; ids
+    `<collection>-<n>` unless given."""
     n = len(geometry)
-    attrs = empty_attrs(schema, n)
-    for name, values in columns.items():
-        attrs[name] = coerce(pd.Series(list(values)), schema.field(name).type)
     if ids is None:
         ids = [f"{schema.name}-{i}" for i in range(n)]
-    return Layer(schema, np.asarray(ids, dtype=object), geometry, attrs)
+    return serve_fixtures.make_layer(schema, geometry, ids, **columns)
 
 
 def cambridge(name: str) -> gpd.GeoDataFrame:

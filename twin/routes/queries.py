@@ -264,32 +264,35 @@ def get_isolation(
     return _json(result.to_json())
 
 
-@router.get(
-    "/collections/pipes/items/{featureId}/downstream",
-    summary="Gravity trace downstream of a pipe",
-    tags=["Network traces"],
-)
-def get_downstream(
-    catalog: CatalogDep, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
-) -> JSONResponse:
-    """The sewer or storm pipes a pipe drains into, following the digitised direction down to
-    the outlets, with their length and the trace's ends."""
-    net = _network(catalog, scope, settings)
-    return _json(network.trace(net, featureId, "downstream").to_json())
+_TRACES: dict[str, str] = {
+    "downstream": "The sewer or storm pipes a pipe drains into, following the digitised "
+    "direction down to the outlets, with their length and the trace's ends.",
+    "upstream": "The sewer or storm pipes draining into a pipe, against the digitised direction "
+    "up to the heads of the network, with their length and the trace's ends.",
+}
 
 
-@router.get(
-    "/collections/pipes/items/{featureId}/upstream",
-    summary="Gravity trace upstream of a pipe",
-    tags=["Network traces"],
-)
-def get_upstream(
-    catalog: CatalogDep, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
-) -> JSONResponse:
-    """The sewer or storm pipes draining into a pipe, against the digitised direction up to
-    the heads of the network, with their length and the trace's ends."""
-    net = _network(catalog, scope, settings)
-    return _json(network.trace(net, featureId, "upstream").to_json())
+def _pipe_trace(direction: Literal["upstream", "downstream"]) -> Any:
+    def route(
+        catalog: CatalogDep, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
+    ) -> JSONResponse:
+        net = _network(catalog, scope, settings)
+        return _json(network.trace(net, featureId, direction).to_json())
+
+    route.__doc__ = _TRACES[direction]
+    return route
+
+
+# One literal path per direction, so other item sub-resources (history, ...) stay reachable.
+for _direction in ("downstream", "upstream"):
+    router.add_api_route(
+        f"/collections/pipes/items/{{featureId}}/{_direction}",
+        _pipe_trace(_direction),
+        methods=["GET"],
+        summary=f"Gravity trace {_direction} of a pipe",
+        tags=["Network traces"],
+        name=f"pipe_{_direction}",
+    )
 
 
 @router.get("/query/trace", summary="Gravity trace from a point", tags=["Network traces"])
