@@ -456,5 +456,48 @@ def import_raster_(
     typer.echo("\n".join(report.lines()))
 
 
+@app.command("demo")
+def demo_(
+    store: StoreOption = DEFAULT_STORE,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1, TWIN_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default 8000, TWIN_PORT).")
+    ] = None,
+    size: Annotated[
+        str, typer.Option(help="small (a 2 km district), city (8 km) or large (~1M pipes).")
+    ] = "small",
+    seed: Annotated[int, typer.Option(help="Same seed, same city, same file bytes.")] = 1,
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="Build the store, then stop instead of serving.")
+    ] = False,
+) -> None:
+    """Build the demo twin (a generated district of Jiangxia, Wuhan) into an empty store, then
+    serve it. No network needed."""
+    from importers.demo import build_demo, is_empty
+    from importers.demo_city import SIZES
+    from importers.errors import ImporterError
+    from layers.errors import LayersError
+    from layers.settings import StoreSettings, open_store
+
+    if size not in SIZES:
+        raise fail(f"--size {size!r}: use small, city or large")
+    try:
+        db = open_store(StoreSettings(store=store))
+        try:
+            if is_empty(db):
+                report = build_demo(db, size=size, seed=seed, user=_login(), progress=typer.echo)
+                typer.echo(report.text())
+            else:
+                typer.echo(f"{store} already holds data: serving it as it is")
+        finally:
+            db.close()
+    except (ImporterError, LayersError) as exc:
+        raise fail(str(exc)) from None
+    if not no_serve:
+        serve(store=store, host=host, port=port)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
