@@ -212,7 +212,9 @@ class ValueTable:
                 self._segments.append((first, blob, offsets))
                 self._firsts = np.array([seg[0] for seg in self._segments], dtype=np.int64)
                 self._eq_of.extend(classes)
-                self._eq_array = np.asarray(self._eq_of, dtype=np.int64)
+                self._eq_array = np.concatenate(
+                    [self._eq_array, np.asarray(classes, dtype=np.int64)]
+                )
         return out
 
     def compact(self) -> None:

@@ -226,10 +226,10 @@ def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettin
     keys = props.keys
     if len(counts):
         keys = (*keys, COUNT_PROPERTY)
-        count_values = {int(c): props.table.add(int(c)) for c in np.unique(counts)}
-        lookup = np.vectorize(count_values.__getitem__, otypes=[np.int64])
+        distinct, where = np.unique(counts, return_inverse=True)
+        numbers = props.table.add_many("i", distinct.tolist())
         ccodes = np.full((len(counts), len(keys)), -1, dtype=np.int64)
-        ccodes[:, -1] = lookup(counts)
+        ccodes[:, -1] = numbers[where]
         codes = np.vstack([np.column_stack([codes, np.full(len(codes), -1)]), ccodes])
         geoms = np.concatenate([geoms, shapely.points(*to_lonlat(cx, cy))])
         ids = np.concatenate([ids, np.full(len(counts), -1)])
