@@ -63,36 +63,111 @@ def tile_columns(layer: Layer) -> dict[str, pd.Series]:
     return cols
 
 
-def _prepare(layer: Layer) -> PreparedLayer:
-    geoms = layer.geometry
-    n = len(geoms)
-    b = shapely.bounds(geoms) if n else np.empty((0, 4))
+def _geometry_arrays(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """EPSG:3857 bounds and dimension (-1: missing or empty) of geometries."""
+    b = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
     x0, y0 = to_mercator(b[:, 0], b[:, 1])
     x1, y1 = to_mercator(b[:, 2], b[:, 3])
-    mbounds = np.column_stack([x0, y0, x1, y1])
     dimension = np.where(
-        shapely.is_missing(geoms) | shapely.is_empty(geoms), -1, shapely.get_dimensions(geoms)
+        shapely.get_num_coordinates(geoms) > 0, shapely.get_dimensions(geoms), -1
     ).astype(np.int8)
-    ids = pd.Series(layer.ids, dtype=object).astype("string")
+    return np.column_stack([x0, y0, x1, y1]), dimension
+
+
+def _numeric_ids(fids: np.ndarray) -> np.ndarray:
+    ids = pd.Series(fids, dtype=object).astype("string")
     numeric = ids.str.fullmatch(_NUMERIC_ID).fillna(False).to_numpy(bool)
-    num_ids = np.full(n, -1, dtype=np.int64)
+    out = np.full(len(fids), -1, dtype=np.int64)
     if numeric.any():
-        num_ids[numeric] = ids[numeric].astype("int64").to_numpy()
+        out[numeric] = ids[numeric].astype("int64").to_numpy()
+    return out
+
+
+def _prepare(layer: Layer) -> PreparedLayer:
+    mbounds, dimension = _geometry_arrays(layer.geometry)
     return PreparedLayer(
         mbounds=mbounds,
         dimension=dimension,
         rank=importance(layer, mbounds),
-        ids=num_ids,
+        ids=_numeric_ids(layer.ids),
         properties=Properties.from_columns(tile_columns(layer)),
     )
 
 
+def _same_values(old: pd.Series, new: pd.Series) -> np.ndarray:
+    """Row-wise equality of two aligned columns, nulls equal to nulls."""
+    a, b = old.reset_index(drop=True), new.reset_index(drop=True)
+    both_null = (a.isna() & b.isna()).to_numpy(bool)
+    eq = (a == b).astype("boolean").fillna(False).to_numpy(bool)
+    return eq | both_null
+
+
+def _derive(old: Layer, base: PreparedLayer, new: Layer) -> PreparedLayer | None:
+    """The arrays of `new` from those of an earlier version of the same layer: only features
+    whose geometry or attributes changed are worked out again (an edit of a 1M-feature layer
+    costs a few vectorised passes, not a rebuild). None when the two cannot be matched."""
+    if old.schema != new.schema or not old.row_of.is_unique:
+        return None
+    idx = old.row_of.get_indexer(new.ids)
+    matched = np.flatnonzero(idx >= 0)
+    if len(matched) == 0:
+        return None
+    src = idx[matched]
+    same_geom = np.zeros(len(new), dtype=bool)
+    same_geom[matched] = shapely.equals_identical(old.geometry[src], new.geometry[matched])
+    mbounds = np.empty((len(new), 4))
+    dimension = np.empty(len(new), dtype=np.int8)
+    keep = np.flatnonzero(same_geom)
+    mbounds[keep] = base.mbounds[idx[keep]]
+    dimension[keep] = base.dimension[idx[keep]]
+    redo = np.flatnonzero(~same_geom)
+    if len(redo):
+        mbounds[redo], dimension[redo] = _geometry_arrays(new.geometry[redo])
+    same_attrs = np.zeros(len(new), dtype=bool)
+    ok = np.ones(len(matched), dtype=bool)
+    for f in new.schema.fields:
+        ok &= _same_values(old.attrs[f.name].iloc[src], new.attrs[f.name].iloc[matched])
+    same_attrs[matched] = ok
+    props = base.properties
+    codes = np.empty((len(new), len(props.keys)), dtype=np.int64)
+    reuse = np.flatnonzero(same_attrs)
+    codes[reuse] = props.codes[idx[reuse]]
+    fresh = np.flatnonzero(~same_attrs)
+    if len(fresh):
+        cols = {k: v.iloc[fresh] for k, v in tile_columns(new).items()}
+        codes[fresh] = Properties.from_columns(cols, table=props.table).codes
+    ids = np.empty(len(new), dtype=np.int64)
+    ids[matched] = base.ids[src]
+    unmatched = np.flatnonzero(idx < 0)
+    ids[unmatched] = _numeric_ids(new.ids[unmatched])
+    return PreparedLayer(
+        mbounds=mbounds,
+        dimension=dimension,
+        rank=importance(new, mbounds),
+        ids=ids,
+        properties=Properties(props.keys, codes, props.table),
+    )
+
+
+# The last prepared version of each collection, to derive the next version from.
+_latest: dict[str, tuple[Layer, PreparedLayer]] = {}
+
+
 def prepare(layer: Layer) -> PreparedLayer:
-    """The prepared arrays of `layer`, built on first use and kept while the layer lives."""
+    """The prepared arrays of `layer`, built on first use and kept while the layer lives.
+
+    When an earlier version of the same collection was prepared (the catalog replaces a
+    layer after an edit), only what changed is worked out again."""
     got = _cache.get(layer)
     if got is None:
         with _lock:
             got = _cache.get(layer)
             if got is None:
-                got = _cache[layer] = _prepare(layer)
+                previous = _latest.get(layer.name)
+                if previous is not None and previous[0] is not layer:
+                    got = _derive(previous[0], previous[1], layer)
+                if got is None:
+                    got = _prepare(layer)
+                _cache[layer] = got
+                _latest[layer.name] = (layer, got)
     return got
