@@ -50,6 +50,8 @@ _DATASET_SUFFIXES = {
 RAW = "ISO-8859-1"
 # Formats that hold one layer: no need to open them once more just to list it.
 _SINGLE_LAYER = {".geojson", ".json", ".csv", ".tsv", ".fgb", ".shp"}
+# Binary formats read through Arrow (text formats gain little, and some do not fit it).
+_ARROW = {".gpkg", ".fgb"}
 _GDAL_ERRORS = (
     pyogrio.errors.DataSourceError,
     pyogrio.errors.DataLayerError,
@@ -235,7 +237,13 @@ def _choose_layers(src: str | io.BytesIO, name: str, layer: str | None) -> list[
 
 
 def _read_layer(
-    src: str | io.BytesIO, name: str, layer: str | None, raw: bool, options: dict[str, str]
+    src: str | io.BytesIO,
+    name: str,
+    layer: str | None,
+    raw: bool,
+    options: dict[str, str],
+    *,
+    arrow: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any], bool]:
     """One layer read; returns the frame, GDAL's description of it, and whether it is raw.
 
@@ -253,9 +261,13 @@ def _read_layer(
         with warnings.catch_warnings():
             # Unparsable WKT or WKB becomes a missing geometry, rejected with its row later.
             warnings.simplefilter("ignore", RuntimeWarning)
-            frame = pyogrio.read_dataframe(
-                src, layer=layer, encoding=enc, fid_as_index=True, on_invalid="ignore", **options
-            )
+            kwargs = dict(layer=layer, encoding=enc, fid_as_index=True, on_invalid="ignore")
+            if enc is None and arrow:
+                try:  # Arrow reads large binary files twice as fast
+                    return pyogrio.read_dataframe(src, use_arrow=True, **kwargs, **options), info
+                except ValueError:
+                    pass  # a layout the Arrow path does not take (fid also a column, ...)
+            frame = pyogrio.read_dataframe(src, **kwargs, **options)
         return frame, info
 
     try:
@@ -304,7 +316,8 @@ def read_file(
             "GEOM_POSSIBLE_NAMES": CSV_GEOM_NAMES,
             "KEEP_GEOM_COLUMNS": "NO",
         }
-    reads = [_read_layer(loc.gdal, name, lyr, raw, options) for lyr in layers]
+    arrow = loc.suffix in _ARROW
+    reads = [_read_layer(loc.gdal, name, lyr, raw, options, arrow=arrow) for lyr in layers]
     result = _assemble(name, layers, reads, encoding)
     if isinstance(loc.gdal, io.BytesIO):
         result.layer = None  # GDAL names an in-memory dataset after a random buffer

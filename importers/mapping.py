@@ -147,8 +147,8 @@ def build_attrs(
 
 
 def _repeat(value: Any, n: int, f: Field) -> pd.Series:
+    """`value` (None: null) on `n` rows, in field `f`'s dtype (broadcast, not a list of n)."""
+    dtype = dtype_of(f.type)
     if value is None:
-        return pd.Series([None] * n, dtype=object).astype(dtype_of(f.type))
-    if f.type in (FieldType.DATE, FieldType.DATETIME):
-        return pd.Series([value] * n).astype(dtype_of(f.type))
-    return pd.Series([value] * n, dtype=dtype_of(f.type))
+        value = pd.NaT if f.type in (FieldType.DATE, FieldType.DATETIME) else pd.NA
+    return pd.Series(value, index=pd.RangeIndex(n), dtype=dtype)

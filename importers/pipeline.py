@@ -14,7 +14,6 @@ found before it is either a per-record rejection in the report or one `ImporterE
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,21 +121,19 @@ def _family_of(frame: gpd.GeoDataFrame) -> GeometryFamily:
 
 
 def _row_notes(
-    by_reason: dict[str, np.ndarray], source_ids: Sequence[str | None] | None
+    by_reason: dict[str, np.ndarray], frame: pd.DataFrame, ids: IdChoice
 ) -> list[RowNote]:
+    """Rejected or repaired rows as report notes, naming each record by its source id."""
+    column = ids.column if ids.column != CONTENT and ids.column in frame.columns else None
+    values = frame[column] if column is not None else None
     out = []
     for reason, rows in by_reason.items():
         for r in np.asarray(rows).tolist():
-            out.append(RowNote(r + 1, reason, source_ids[r] if source_ids is not None else None))
+            source_id = None
+            if values is not None and pd.notna(values.iloc[r]):
+                source_id = f"{column} {values.iloc[r]}"
+            out.append(RowNote(r + 1, reason, source_id))
     return sorted(out, key=lambda x: x.row)
-
-
-def _source_ids(frame: pd.DataFrame, ids: IdChoice) -> list[str | None] | None:
-    """What the user calls each record in their file, for the report (`FACILITYID SL1477613`)."""
-    if ids.column == CONTENT or ids.column not in frame.columns:
-        return None
-    values = frame[ids.column].astype(object).where(frame[ids.column].notna(), None).tolist()
-    return [None if v is None else f"{ids.column} {v}" for v in values]
 
 
 def _fill_area(schema: LayerSchema, attrs: pd.DataFrame, geometry: np.ndarray) -> int:
@@ -147,7 +144,7 @@ def _fill_area(schema: LayerSchema, attrs: pd.DataFrame, geometry: np.ndarray) -
     polygonal = np.isin(shapely.get_type_id(geometry), [3, 6])
     todo = np.flatnonzero(missing & polygonal)
     if len(todo):
-        values = attrs[AREA_FIELD].to_numpy(dtype=float, na_value=np.nan)
+        values = attrs[AREA_FIELD].to_numpy(dtype=float, na_value=np.nan, copy=True)
         values[todo] = geodesic_area_m2(geometry[todo])
         attrs[AREA_FIELD] = coerce(values, FieldType.FLOAT)
     return len(todo)
@@ -234,9 +231,8 @@ def _ingest(
         check.rejected.setdefault(reason, np.array([], dtype=np.int64))
         check.rejected[reason] = np.append(check.rejected[reason], row)
     keep = check.keep
-    source_ids = _source_ids(attrs_frame, ids)
-    report.rejected = _row_notes(check.rejected, source_ids)
-    report.repaired = _row_notes(check.repaired, source_ids)
+    report.rejected = _row_notes(check.rejected, attrs_frame, ids)
+    report.repaired = _row_notes(check.repaired, attrs_frame, ids)
     report.normalised = dict(check.normalised)
     if not keep.any():
         reasons = "; ".join(f"{k} ({v:,})" for k, v in report.rejected_by_reason().items())

@@ -16,6 +16,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,11 @@ from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
 
 GPKG_FILE = "twin.gpkg"
+PAGE_SIZE = 32768  # bytes, for new store files
+CACHE_KIB = 65536  # SQLite page cache per connection
+_ROWS_PER_INSERT = 200
+_CHUNK = 50_000  # features encoded and written at a time
+_MAX_PARAMS = 30_000  # under SQLite's limit of 32,766 bound parameters per statement
 RASTER_DIR = "rasters"
 SRS_ID = 4326
 GEOM = "geom"
@@ -107,23 +113,37 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def encode_geometries(geoms: np.ndarray) -> list[bytes | None]:
-    """GeoPackage geometry blobs (header with an xy envelope + little-endian WKB)."""
-    if len(geoms) == 0:
+_HEADER = np.dtype(
+    [("magic", "S2"), ("version", "u1"), ("flags", "u1"), ("srs", "<i4"), ("envelope", "<f8", 4)]
+)
+_EMPTY_HEADER = struct.Struct("<2sBBi").pack(b"GP", 0, 0b10001, SRS_ID)
+
+
+def encode_geometries(geoms: np.ndarray, wkb: np.ndarray | None = None) -> list[bytes | None]:
+    """GeoPackage geometry blobs (header with an xy envelope + little-endian WKB).
+
+    `wkb` may pass the geometries' 2D little-endian ISO WKB when the caller has it already.
+    """
+    n = len(geoms)
+    if n == 0:
         return []
-    wkb = shapely.to_wkb(geoms, byte_order=1, flavor="iso", output_dimension=2)
-    bounds = shapely.bounds(geoms)
-    empty = shapely.is_empty(geoms)
-    out: list[bytes | None] = []
-    hdr_full = struct.Struct("<2sBBi4d")
-    hdr_empty = struct.Struct("<2sBBi")
-    for w, b, e in zip(wkb.tolist(), bounds.tolist(), empty.tolist(), strict=True):
-        if w is None:
-            out.append(None)
-        elif e:
-            out.append(hdr_empty.pack(b"GP", 0, 0b10001, SRS_ID) + w)
-        else:
-            out.append(hdr_full.pack(b"GP", 0, 0b00011, SRS_ID, b[0], b[2], b[1], b[3]) + w)
+    if wkb is None:
+        wkb = shapely.to_wkb(geoms, byte_order=1, flavor="iso", output_dimension=2)
+    # Every header at once in one numpy buffer; only the concatenation is per feature.
+    hdr = np.zeros(n, dtype=_HEADER)
+    hdr["magic"] = b"GP"
+    hdr["flags"] = 0b00011
+    hdr["srs"] = SRS_ID
+    hdr["envelope"] = shapely.bounds(geoms)[:, [0, 2, 1, 3]]
+    raw = hdr.tobytes()
+    size = _HEADER.itemsize
+    out: list[bytes | None] = [
+        None if w is None else raw[i * size : (i + 1) * size] + w
+        for i, w in enumerate(wkb.tolist())
+    ]
+    for i in np.flatnonzero(shapely.is_empty(geoms)).tolist():
+        if out[i] is not None:  # an empty geometry has no envelope, and says so in its flags
+            out[i] = _EMPTY_HEADER + wkb[i]
     return out
 
 
@@ -133,12 +153,18 @@ def decode_geometries(blobs: list[bytes | None]) -> np.ndarray:
     return shapely.from_wkb(np.array(wkb, dtype=object)) if wkb else np.array([], dtype=object)
 
 
-def feature_hashes(layer: Layer) -> np.ndarray:
-    """A content hash per feature over its geometry and schema attributes (int64)."""
+def feature_hashes(layer: Layer, wkb: np.ndarray | None = None) -> np.ndarray:
+    """A content hash per feature over its geometry and schema attributes (int64).
+
+    `wkb` may pass the geometries' 2D little-endian WKB when the caller has it already.
+    """
     if len(layer) == 0:
         return np.array([], dtype=np.int64)
-    wkb = shapely.to_wkb(layer.geometry, byte_order=1, output_dimension=2)
-    h = pd.util.hash_array(np.asarray(wkb, dtype=object)).astype(np.uint64)
+    if wkb is None:
+        wkb = shapely.to_wkb(layer.geometry, byte_order=1, flavor="iso", output_dimension=2)
+    # categorize=False: every WKB is distinct, so factorizing them first only costs time
+    # (ten times as much); the hashes are the same either way.
+    h = pd.util.hash_array(np.asarray(wkb, dtype=object), categorize=False).astype(np.uint64)
     names = layer.schema.field_names
     if names:
         ha = pd.util.hash_pandas_object(layer.attrs[names], index=False).to_numpy(np.uint64)
@@ -148,17 +174,39 @@ def feature_hashes(layer: Layer) -> np.ndarray:
 
 
 def _sql_values(series: pd.Series, ftype: FieldType) -> list[Any]:
-    """Column values as SQLite parameters (None for nulls)."""
+    """Column values as SQLite parameters (None for nulls), converted column-wise."""
     if ftype is FieldType.DATE:
-        return [None if pd.isna(v) else v.strftime("%Y-%m-%d") for v in series]
-    if ftype is FieldType.DATETIME:
-        return [None if pd.isna(v) else _iso(v.to_pydatetime()) for v in series]
-    if ftype is FieldType.BOOLEAN:
-        return [None if v is pd.NA else int(v) for v in series.tolist()]
-    return [
-        None if v is pd.NA or v is None or (isinstance(v, float) and v != v) else v
-        for v in series.astype(object).tolist()
-    ]
+        series = series.dt.strftime("%Y-%m-%d")
+    elif ftype is FieldType.DATETIME:
+        series = series.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
+    elif ftype is FieldType.BOOLEAN:
+        series = series.astype("Int64")
+    out: list[Any] = series.to_numpy(dtype=object, na_value=None).tolist()
+    return out
+
+
+def _insert_many(db: sqlite3.Connection, head: str, columns: list[list[Any]]) -> None:
+    """`head` + VALUES for every row of `columns`, many rows per statement.
+
+    Binding a few hundred rows per statement, rather than one, saves about a quarter of the
+    time of a bulk insert (fewer statement steps and Python round trips).
+    """
+    width = len(columns)
+    n = len(columns[0])
+    per = max(1, min(_ROWS_PER_INSERT, _MAX_PARAMS // width))
+    one = "(" + ", ".join("?" * width) + ")"
+    full = n - n % per
+    if full:
+        many = head + ", ".join([one] * per)
+        db.executemany(
+            many,
+            (
+                tuple(chain.from_iterable(zip(*(c[i : i + per] for c in columns), strict=True)))
+                for i in range(0, full, per)
+            ),
+        )
+    if full < n:
+        db.executemany(head + one, zip(*(c[full:] for c in columns), strict=True))
 
 
 class GeoPackageStore:
@@ -180,11 +228,15 @@ class GeoPackageStore:
                 self.file, isolation_level=None, check_same_thread=False, timeout=30
             )
             with self._lock:
+                # Large pages make bulk imports ~40% faster (fewer B-tree splits); a no-op on
+                # an existing file, whose page size is fixed.
+                self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 # The GeoPackage header is written before WAL is on, so it lands in the file
                 # itself, where GDAL reads it.
                 self._db.executescript(f"BEGIN IMMEDIATE; {_BOOTSTRAP} COMMIT;")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.file}: {exc}") from None
 
@@ -402,56 +454,71 @@ class GeoPackageStore:
         details = dict(details or {})
         if len(set(layer.ids.tolist())) != len(layer):
             raise StoreError(f"duplicate feature ids offered to {name!r}")
-        hashes = feature_hashes(layer)
+        wkb = (
+            shapely.to_wkb(layer.geometry, byte_order=1, flavor="iso", output_dimension=2)
+            if len(layer)
+            else np.array([], dtype=object)
+        )
+        hashes = feature_hashes(layer, wkb)
         now = _now()
         with self._transaction() as db:
             self._register(db, schema, meta)
             old = db.execute(f"SELECT id, {HASH}, {SOURCE} FROM {_q(name)}").fetchall()
-            old_hash = {r[0]: r[1] for r in old}
             ids = layer.ids.tolist()
+            # Matching by id with a pandas index, not a Python loop per feature.
+            old_ids = pd.Index([r[0] for r in old], dtype=object)
+            old_hash = np.array([r[1] for r in old], dtype=object)
+            pos = old_ids.get_indexer(ids) if len(old) else np.full(len(ids), -1)
+            is_new = pos < 0
+            changed = ~is_new
+            if changed.any():
+                known = np.flatnonzero(changed)
+                changed[known] = old_hash[pos[known]] != hashes[known]
+            removed: list[str] = []
+            if mode == "replace" and len(old):
+                old_src = np.array([r[2] for r in old], dtype=object)
+                gone = ~old_ids.isin(ids) & (old_src == source)
+                removed = old_ids[gone].tolist()
             src = layer.attrs[SOURCE].astype(object).where(layer.attrs[SOURCE].notna(), source)
-            srcs = src.tolist()
-            is_new = np.array([i not in old_hash for i in ids], dtype=bool)
-            changed = np.array(
-                [
-                    (i in old_hash) and old_hash[i] != h
-                    for i, h in zip(ids, hashes.tolist(), strict=True)
-                ],
-                dtype=bool,
-            )
-            keep = set(ids)
-            removed = (
-                [r[0] for r in old if r[0] not in keep and (r[2] == source)]
-                if mode == "replace"
-                else []
-            )
+            srcs = src.to_numpy(dtype=object)
             fields = schema.fields
-            values = [_sql_values(layer.attrs[f.name], f.type) for f in fields]
+            names = [f.name for f in fields]
             rows_new = np.flatnonzero(is_new)
             rows_upd = np.flatnonzero(changed)
-            sel = np.concatenate([rows_new, rows_upd])
-            blobs = encode_geometries(layer.geometry[sel])
-            blob_of = dict(zip(sel.tolist(), blobs, strict=True))
             stamp = _iso(now)
-            names = [f.name for f in fields]
+            id_array = np.asarray(layer.ids, dtype=object)
+
+            def columns(rows: np.ndarray) -> list[list[Any]]:
+                sub = layer.attrs.iloc[rows]
+                return [
+                    encode_geometries(layer.geometry[rows], wkb[rows]),
+                    *(_sql_values(sub[f.name], f.type) for f in fields),
+                    srcs[rows].tolist(),
+                ]
+
             if len(rows_new):
-                cols = ", ".join(["id", GEOM, *map(_q, names), SOURCE, VERSION, UPDATED, HASH])
-                marks = ", ".join("?" * (len(names) + 6))
-                db.executemany(
-                    f"INSERT INTO {_q(name)} ({cols}) VALUES ({marks})",
-                    (
-                        (
-                            ids[i],
-                            blob_of[i],
-                            *(v[i] for v in values),
-                            srcs[i],
-                            1,
-                            stamp,
-                            int(hashes[i]),
-                        )
-                        for i in rows_new.tolist()
-                    ),
+                # Columns null throughout are left to their default (NULL), and the version
+                # to its default of 1: fewer parameters to bind per row.
+                new_attrs = layer.attrs.iloc[rows_new]
+                filled = [i for i, f in enumerate(fields) if new_attrs[f.name].notna().any()]
+                cols = ", ".join(
+                    ["id", GEOM, *(_q(names[i]) for i in filled), SOURCE, UPDATED, HASH]
                 )
+                # In chunks, so that the encoded blobs of a large import never all sit in memory.
+                for part in np.array_split(rows_new, -(-len(rows_new) // _CHUNK)):
+                    blob, *values, srcs_new = columns(part)
+                    _insert_many(
+                        db,
+                        f"INSERT INTO {_q(name)} ({cols}) VALUES ",
+                        [
+                            id_array[part].tolist(),
+                            blob,
+                            *(values[i] for i in filled),
+                            srcs_new,
+                            [stamp] * len(part),
+                            hashes[part].tolist(),
+                        ],
+                    )
             if len(rows_upd):
                 sets = ", ".join(
                     [
@@ -463,20 +530,19 @@ class GeoPackageStore:
                         f"{HASH} = ?",
                     ]
                 )
-                db.executemany(
-                    f"UPDATE {_q(name)} SET {sets} WHERE id = ?",
-                    (
-                        (
-                            blob_of[i],
-                            *(v[i] for v in values),
-                            srcs[i],
-                            stamp,
-                            int(hashes[i]),
-                            ids[i],
-                        )
-                        for i in rows_upd.tolist()
-                    ),
-                )
+                for part in np.array_split(rows_upd, -(-len(rows_upd) // _CHUNK)):
+                    blob, *values, srcs_upd = columns(part)
+                    db.executemany(
+                        f"UPDATE {_q(name)} SET {sets} WHERE id = ?",
+                        zip(
+                            blob,
+                            *values,
+                            srcs_upd,
+                            repeat(stamp),
+                            hashes[part].tolist(),
+                            id_array[part].tolist(),
+                        ),
+                    )
             if removed:
                 db.executemany(f"DELETE FROM {_q(name)} WHERE id = ?", ((r,) for r in removed))
             result = WriteResult(
