@@ -133,9 +133,9 @@ class SizeSpec:
 
 
 SIZES: dict[str, SizeSpec] = {
-    "small": SizeSpec(blocks=14, block_m=160.0, lakes=2, dem_cell_m=10.0, sites=6, hills=3),
+    "small": SizeSpec(blocks=20, block_m=160.0, lakes=2, dem_cell_m=10.0, sites=8, hills=4),
     "city": SizeSpec(blocks=48, block_m=160.0, lakes=4, dem_cell_m=15.0, sites=24, hills=7),
-    "large": SizeSpec(blocks=232, block_m=160.0, lakes=12, dem_cell_m=30.0, sites=120, hills=30),
+    "large": SizeSpec(blocks=310, block_m=160.0, lakes=12, dem_cell_m=30.0, sites=120, hills=30),
 }
 
 

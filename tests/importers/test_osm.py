@@ -302,6 +302,27 @@ def test_layers_carry_the_attribution_and_the_road_graph_maps_to_roads(imported)
         assert n == (1 if oneway[f"osm:{rid}"] else 2)
 
 
+def test_attribution_reaches_tilejson_and_the_style(imported):
+    from fastapi.testclient import TestClient
+
+    from layers.settings import StoreSettings
+    from twin.app import create_app
+    from twin.settings import ServerSettings
+
+    imp = imported("osm_osmnx_fixtures/West-Oakland.osm.bz2")
+    app = create_app(
+        ServerSettings(_env_file=None),  # type: ignore[call-arg]
+        StoreSettings(_env_file=None, store=imp.store.root),  # type: ignore[call-arg]
+    )
+    with TestClient(app) as client:
+        one = client.get("/collections/roads/tiles/WebMercatorQuad/tilejson.json").json()
+        assert one["attribution"] == ATTRIBUTION
+        style = client.get("/style.json").json()
+        url = next(s["url"] for s in style["sources"].values() if s.get("type") == "vector")
+        composite = client.get(url.replace(str(client.base_url), "")).json()
+        assert ATTRIBUTION in composite["attribution"]
+
+
 def test_reimport_changes_nothing(imported, tmp_path):
     path = shared("osm_osmnx_fixtures/West-Oakland.osm.bz2")
     store = GeoPackageStore(tmp_path / "s")
@@ -527,3 +548,23 @@ def test_errors_from_the_api(tmp_path, store):
     with pytest.raises(UnreadableFile):
         import_osm(store, copy, user="t")
     assert store.layers(Access.RESTRICTED) == {}
+
+
+def test_layer_choice_on_the_command_line(tmp_path):
+    good = shared("osm_osmnx_fixtures/West-Oakland.osm.bz2")
+    store_dir = tmp_path / "s"
+    bad = CliRunner().invoke(
+        app, ["import-osm", str(good), "--store", str(store_dir), "--layers", "roads,trams"]
+    )
+    assert bad.exit_code != 0 and "unknown OSM layer(s) ['trams']" in bad.stderr
+    assert not store_dir.exists()
+    ok = CliRunner().invoke(
+        app, ["import-osm", str(good), "--store", str(store_dir), "--layers", "parks"]
+    )
+    assert ok.exit_code == 0, ok.output
+    db = GeoPackageStore(store_dir, create=False)
+    try:
+        assert set(db.layers(Access.RESTRICTED)) == {"parks"}
+        assert not (store_dir / "graphs").exists()
+    finally:
+        db.close()

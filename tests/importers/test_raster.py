@@ -220,3 +220,17 @@ def test_cli_imports_zipped_hgt_and_prints_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "1201 x 1201 cells" in result.stdout and "SRTMHGT" in result.stdout
     assert (tmp_path / "s" / "rasters" / "srtm.tif").exists()
+
+
+@pytest.mark.shared_data
+def test_plain_hgt_equals_the_zipped_one(store, tmp_path):
+    import zipfile
+
+    zipped = shared("dem/N10W110.hgt.zip")
+    with zipfile.ZipFile(zipped) as zf:
+        zf.extract("N10W110.hgt", tmp_path)
+    a = import_raster(store, "hgt_zip", zipped, user="t")
+    b = import_raster(store, "hgt_plain", tmp_path / "N10W110.hgt", user="t")
+    assert b.driver == "SRTMHGT" and b.crs == "EPSG:4326"
+    with rasterio.open(a.path) as da, rasterio.open(b.path) as db:
+        assert np.array_equal(da.read(1), db.read(1)) and da.transform == db.transform
