@@ -219,6 +219,36 @@ def test_within_on_cambridge_lights_and_parks() -> None:
         assert len(rows_p) >= 1
 
 
+def test_point_to_polygons_with_holes_and_multilines() -> None:
+    ring = [(-71.11, 42.37), (-71.09, 42.37), (-71.09, 42.38), (-71.11, 42.38)]
+    hole = [(-71.104, 42.373), (-71.096, 42.373), (-71.1, 42.377)]
+    shapes = np.array(
+        [
+            shapely.Polygon(ring, holes=[hole]),
+            shapely.MultiPolygon(
+                [
+                    shapely.box(-71.2, 42.3, -71.19, 42.31),
+                    shapely.box(-71.1, 42.39, -71.099, 42.391),
+                ]
+            ),
+            shapely.MultiLineString(
+                [[(-71.12, 42.36), (-71.12, 42.365)], [(-71.1, 42.3745), (-71.099, 42.3747)]]
+            ),
+            shapely.LinearRing([(-71.0, 42.0), (-71.0, 42.1), (-70.9, 42.0)]),
+        ],
+        dtype=object,
+    )
+    for point in (
+        shapely.Point(-71.1, 42.3745),  # in the hole, 1.5 m-ish from the second line
+        shapely.Point(-71.1, 42.3715),  # inside the polygon proper
+        shapely.Point(-71.13, 42.385),  # outside everything
+    ):
+        ref = geodesic_distance_ref(shapes, point)
+        np.testing.assert_allclose(metric.distances(shapes, point), ref, atol=0.1)
+    assert metric.distances(shapes[:1], shapely.Point(-71.1, 42.3715))[0] == 0.0
+    assert metric.distances(shapes[:1], shapely.Point(-71.1, 42.3745))[0] > 100
+
+
 def test_distance_m_between_shapes() -> None:
     a = shapely.Point(-71.1, 42.37)
     b = shapely.LineString([(-71.09, 42.36), (-71.09, 42.38)])
