@@ -8,6 +8,7 @@ buffers are metres on the ground (`twin.metric`); answers list features nearest 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 import rasterio
 import shapely
 from pyproj import Transformer
+from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 
 from layers.catalog import Catalog
@@ -31,6 +33,8 @@ from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
 from twin import geojson, metric
 from twin.errors import InvalidParameter, LimitExceeded
+
+log = logging.getLogger("twin.queries")
 
 GRIDS = "grids"
 SITES = "sites"
@@ -352,8 +356,13 @@ def _open(path: Path) -> tuple[DatasetReader, Transformer]:
 
 
 def raster_values(info: RasterInfo, point: shapely.Point, method: Method) -> list[float | None]:
-    """Every band's value of a raster collection at a lon/lat point (None: nodata/outside)."""
-    ds, to_raster = _open(Path(info.path))
+    """Every band's value of a raster collection at a lon/lat point (None: nodata/outside; no
+    values at all when the file cannot be read)."""
+    try:
+        ds, to_raster = _open(Path(info.path))
+    except (OSError, RasterioIOError):
+        log.warning("raster %s cannot be read at %s", info.name, info.path)
+        return []
     x, y = to_raster.transform([point.x], [point.y])
     return [
         sample_xy(ds, np.asarray(x), np.asarray(y), method=method, band=b)[0]
@@ -373,8 +382,9 @@ class AtResult:
     dem: str | None
     ground_m: float | None
 
-    def to_json(self) -> dict[str, Any]:
-        """The JSON answer: `layers` holds a FeatureCollection per layer."""
+    def to_json(self, limit: int | None = None) -> dict[str, Any]:
+        """The JSON answer: `layers` holds a FeatureCollection per layer (its `limit` nearest
+        features, and how many there are)."""
         return {
             "location": {"lon": self.point.x, "lat": self.point.y},
             "tolerance_m": self.tolerance_m,
@@ -389,8 +399,8 @@ class AtResult:
                 g.collection: {
                     "type": "FeatureCollection",
                     "numberMatched": len(g),
-                    "numberReturned": len(g),
-                    "features": g.features(),
+                    "numberReturned": min(len(g), len(g) if limit is None else limit),
+                    "features": g.features(np.arange(len(g))[:limit]),
                 }
                 for g in self.groups
             },
@@ -428,7 +438,7 @@ def at(
     rasters = {
         name: raster_values(info, point, method) for name, info in catalog.rasters(scope).items()
     }
-    ground = rasters.get(dem, [None])[0] if dem in rasters else None
+    ground = (rasters.get(dem) or [None])[0]
     groups = [
         _underground(g, ground) if is_buried(g.layer) else g
         for g in _search(layers_for(catalog, scope, None), point, tolerance_m)

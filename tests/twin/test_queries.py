@@ -17,12 +17,14 @@ from scipy.interpolate import RegularGridInterpolator
 
 from layers.gpkg import GeoPackageStore
 from layers.models import Access
+from layers.store import RasterInfo
 from tests.twin.query_fixtures import (
     DEM_CRS,
     cambridge_store_fixture,  # noqa: F401  (fixture)
     geodesic_distance_ref,
     query_app,
 )
+from twin import queries
 
 pytestmark = pytest.mark.shared_data
 
@@ -194,6 +196,20 @@ def test_at_outside_the_dem_has_no_ground(client) -> None:
     body = client.get("/query/at", params={"lon": -70.0, "lat": 42.0, "tolerance": 5}).json()
     assert body["rasters"]["dem"]["value"] is None and body["ground_elevation_m"] is None
     assert body["layers"] == {} and body["cells"] == []
+
+
+def test_at_caps_each_layer_and_survives_an_unreadable_raster(client, layers, tmp_path) -> None:
+    point, _ = _reference_points(layers["lights"])[0]
+    body = client.get(
+        "/query/at", params={"lon": point.x, "lat": point.y, "tolerance": 300, "limit": 3}
+    ).json()
+    groups = body["layers"].values()
+    assert all(g["numberReturned"] == len(g["features"]) <= 3 for g in groups)
+    assert max(g["numberMatched"] for g in groups) > 3
+    d = [f["distance_m"] for f in body["layers"]["lights"]["features"]]
+    assert d == sorted(d) and d[-1] <= 300
+    broken = RasterInfo("dem", "DEM", tmp_path / "gone.tif")
+    assert queries.raster_values(broken, point, "bilinear") == []
 
 
 # -- buffer -------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ def get_at(
     scope: Scope,
     settings: QuerySettingsDep,
     point: Point,
+    limit: ResultLimit,
     tolerance: Annotated[
         float, Query(description="Also features passing within this many metres.")
     ] = 1.0,
@@ -140,7 +141,7 @@ def get_at(
     result = queries.at(
         catalog, scope, point, tolerance, dem=settings.dem_collection, method=sampling
     )
-    return _json(result.to_json())
+    return _json(result.to_json(limit))
 
 
 @router.post(
