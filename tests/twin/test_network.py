@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from fastapi.testclient import TestClient
 from pyproj import Geod
 
 from layers.gpkg import GeoPackageStore
+from layers.layer import Layer
+from layers.models import Access
 from layers.schemas import LIGHTS, PIPES, VALVES
 from tests.twin.query_fixtures import make_layer, query_app
 from twin import network
@@ -294,6 +297,27 @@ def test_traces_over_http(client) -> None:
     spill = client.get("/query/trace", params={"lon": lon, "lat": lat}).json()
     assert spill["start"]["id"] == "s3"
     assert {f["id"] for f in spill["pipes"]["features"]} == {"s3", "s2", "s4"}
+
+
+def test_isolation_needs_valves_the_caller_may_see(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = GeoPackageStore(root)
+    hidden = valves_layer()
+    hidden = Layer(
+        replace(hidden.schema, classification=Access.RESTRICTED),
+        hidden.ids,
+        hidden.geometry,
+        hidden.attrs,
+    )
+    for layer in (pipes_layer(), hidden):
+        store.write(layer, source="hand-made", user="tests")
+    store.close()
+    with TestClient(query_app(root)) as public:
+        r = public.get("/collections/pipes/items/p2/isolation")
+    assert r.status_code == 404 and "valves" in r.json()["description"]
+    with TestClient(query_app(root, scope="restricted")) as admin:
+        body = admin.get("/collections/pipes/items/p2/isolation").json()
+    assert {f["id"] for f in body["valves_to_close"]["features"]} == {"V2", "V4", "V5", "V6"}
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from layers.catalog import Catalog
+from layers.errors import UnknownCollection
+from layers.models import Access
 from twin import network, queries, stats
 from twin.access import Scope
 from twin.dependencies import CatalogDep, Collections, CqlFilter
@@ -230,9 +233,12 @@ def get_stats(
 PipeId = Annotated[str, Path(description="Feature id of a pipe.")]
 
 
-def _network(catalog: Any, scope: Any, settings: QuerySettings) -> network.Network:
+def _network(catalog: Catalog, scope: Access, settings: QuerySettings) -> network.Network:
     pipes = catalog.layer("pipes", scope)
     valves = catalog.layers(scope).get("valves")
+    if valves is None and "valves" in catalog.layers(Access.RESTRICTED):
+        # Traced without the valves the caller may not see, the answer would be wrong.
+        raise UnknownCollection("valves")
     return network.network_for(
         pipes, valves, snap_m=settings.network_snap_m, attach_m=settings.network_attach_m
     )
