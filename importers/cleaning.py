@@ -22,8 +22,17 @@ from layers.layer import coerce
 from layers.models import Field, FieldType
 
 _NUMBER = re.compile(
-    r"^\s*(?:dn|φ|ø|Φ)?\s*([-+]?\d+(?:[.,]\d+)?)\s*(?:mm|m|w|kw|in|\"|')?\s*$", re.I
+    r"^\s*(?:dn|φ|ø)?\s*([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)\s*(mm|cm|m|km|w|kw|in|\"|ft|')?\s*$",
+    re.I,
 )
+# Units written after a number, by the unit in a field's name: the factor to that unit.
+_UNITS = {
+    "mm": {"": 1.0, "mm": 1.0, "cm": 10.0, "m": 1000.0, "in": 25.4, '"': 25.4},
+    "m": {"": 1.0, "m": 1.0, "mm": 0.001, "cm": 0.01, "km": 1000.0, "ft": 0.3048, "'": 0.3048},
+    "m2": {"": 1.0},
+    "w": {"": 1.0, "w": 1.0, "kw": 1000.0},
+    "kmh": {"": 1.0},
+}
 # Epoch milliseconds are told from years by size: any |value| >= 1e5 is no plausible year.
 _EPOCH_MS = 1e5
 _MS_PER_DAY = 86_400_000
@@ -84,7 +93,7 @@ class _Notes:
 
 
 def _show(v: Any) -> Any:
-    if isinstance(v, float) and v.is_integer():
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         return int(v)
     return v
 
@@ -169,11 +178,14 @@ def _clean_text(values: pd.Series, f: Field, notes: _Notes) -> pd.Series:
 # -- numbers ------------------------------------------------------------------------------
 
 
-def _number_of_text(notes: _Notes, *, years: bool = False) -> Callable[[Any, int], float]:
-    """Parse one distinct text value as a number (`300`, `300 mm`, `DN300`); with `years`, a
-    date (`1985-06-01`) gives its year. Unparsable text becomes NaN (noted for years only;
-    other fields note it with their own rules)."""
+def _number_of_text(
+    notes: _Notes, *, years: bool = False, unit: str | None = None
+) -> Callable[[Any, int], float]:
+    """Parse one distinct text value as a number (`300`, `300 mm`, `12 in`, `DN300`), in the
+    `unit` of the field's name (`mm` for `diameter_mm`); with `years`, a date (`1985-06-01`)
+    gives its year. What cannot be read becomes NaN, with a note."""
     unknown = _unknown_text(notes)
+    factors = _UNITS.get(unit or "", {"": 1.0})
 
     def fn(v: Any, n: int) -> float:
         s = unknown(v, n)
@@ -181,8 +193,15 @@ def _number_of_text(notes: _Notes, *, years: bool = False) -> Callable[[Any, int
             return np.nan
         m = _NUMBER.match(s)
         if m is not None:
-            return float(m.group(1).replace(",", "."))
+            written = (m.group(2) or "").lower()
+            if written not in factors:
+                notes.add(f"has a unit that is not {unit}; read as unknown", s, n)
+                return np.nan
+            if written and factors[written] != 1.0:
+                notes.add(f"converted to {unit}", s, n)
+            return float(m.group(1)) * factors[written]
         if not years:
+            notes.add("is not a number; read as unknown", s, n)
             return np.nan
         t = pd.to_datetime(s, errors="coerce", format="mixed")
         if pd.isna(t):
@@ -243,16 +262,9 @@ def _clean_number(values: pd.Series, f: Field, notes: _Notes) -> pd.Series:
         codes, _, results = _by_distinct(values, _number_of_text(notes, years=True))
         x = _years_of_numbers(_spread(codes, results, float), f, notes)
     else:
-        codes, _, results = _by_distinct(values, _number_of_text(notes))
+        unit = f.name.rsplit("_", 1)[-1] if "_" in f.name else None
+        codes, _, results = _by_distinct(values, _number_of_text(notes, unit=unit))
         x = _spread(codes, results, float)
-        text = values.astype(object).to_numpy()
-        bad = np.isnan(x) & values.notna().to_numpy()
-        if bad.any():
-            raw = pd.Series(text[bad]).astype(str).str.strip()
-            real = ~raw.map(fold).isin(UNKNOWN).to_numpy()
-            mask = np.zeros(len(x), dtype=bool)
-            mask[np.flatnonzero(bad)[real]] = True
-            notes.add_mask("is not a number; read as unknown", text.astype(str), mask)
     lo = f.minimum if f.minimum is not None else -np.inf
     hi = f.maximum if f.maximum is not None else np.inf
     with np.errstate(invalid="ignore"):

@@ -106,6 +106,8 @@ def choose_crs(declared: CRS | None, given: str | None, geometry: np.ndarray) ->
                 "--crs EPSG:4326"
             )
     else:
+        if not np.isfinite(bounds).all(axis=1).any():  # no coordinates to judge by
+            return CRSChoice(WGS84, "assumed lon/lat: the file has no coordinates")
         if _share_in_lonlat(bounds) >= _LONLAT_SHARE:
             return CRSChoice(WGS84, "assumed lon/lat: the file declares no CRS")
         raise UnknownCRS(

@@ -9,6 +9,7 @@ truncated shapefile) is refused here, before anything is imported.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import warnings
 import zipfile
@@ -259,8 +260,10 @@ def _read_layer(
         if isinstance(src, io.BytesIO):
             src.seek(0)
         with warnings.catch_warnings():
-            # Unparsable WKT or WKB becomes a missing geometry, rejected with its row later.
+            # Unparsable WKT or WKB becomes a missing geometry, rejected with its row later;
+            # JSON-typed fields that do not parse stay text.
             warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.filterwarnings("ignore", "Could not parse column", UserWarning)
             kwargs = dict(layer=layer, encoding=enc, fid_as_index=True, on_invalid="ignore")
             if enc is None and arrow:
                 try:  # Arrow reads large binary files twice as fast
@@ -337,6 +340,27 @@ def _undeclared_dbf(loc: _Location) -> bool:
     return (head[29] if len(head) > 29 else 0) in (0, 0x57)
 
 
+def _nested_as_json(frame: pd.DataFrame) -> pd.DataFrame:
+    """Lists and objects GDAL parsed out of JSON-typed fields, as JSON text again."""
+    out = frame
+    for col in frame.columns:
+        s = frame[col]
+        if s.dtype != object or col == "geometry":
+            continue
+        nested = s.map(lambda v: isinstance(v, dict | list | tuple | np.ndarray))
+        if nested.any():
+            if out is frame:
+                out = frame.copy()
+            out[col] = s.where(~nested, s[nested].map(_json_text))
+    return out
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def _assemble(
     name: str,
     layers: list[str | None],
@@ -348,7 +372,7 @@ def _assemble(
     notes: list[str] = []
     fixed = []
     for frame, _, raw in reads:
-        f, used = fix_text(frame, raw=raw, preferred=preferred)
+        f, used = fix_text(_nested_as_json(frame), raw=raw, preferred=preferred)
         fixed.append(f)
         note = describe(used)
         if note and (raw or any(k != "utf-8" for k in used)):

@@ -184,7 +184,10 @@ def _ingest(
     n = len(frame)
     if n == 0:
         raise EmptySource(f"{name} holds no features")
-    frame = frame.reset_index(drop=True)
+    named = [n for n in frame.index.names if n is not None]
+    # A named index (an OSM element id, say) is data: keep it as columns, unless they exist.
+    keep_index = bool(named) and not set(named) & set(frame.columns)
+    frame = frame.reset_index(drop=not keep_index)
     report = ImportReport(
         collection=schema.name,
         source=source,

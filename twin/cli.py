@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -117,6 +118,14 @@ def import_(
             db.close()
     except (ImporterError, LayersError) as exc:
         raise fail(str(exc)) from None
+    except Exception as exc:  # a bug, not bad input: still one line, and the store is intact
+        if os.environ.get("TWIN_DEBUG"):
+            raise
+        raise fail(
+            f"import failed ({type(exc).__name__}: {exc}); nothing was written. "
+            "Run with TWIN_DEBUG=1 for the traceback, and please report it.",
+            code=2,
+        ) from None
     typer.echo(
         json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if as_json else report.text()
     )

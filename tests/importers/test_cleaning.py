@@ -143,3 +143,15 @@ def test_bad_map_and_set_options_name_what_exists():
         plan_mapping(frame, LIGHTS, {}, {"status": "blinking"})
     with pytest.raises(InvalidOption, match="within 0–10000"):
         plan_mapping(frame, PIPES, {}, {"diameter_mm": "-3"})
+
+
+def test_units_written_after_numbers_are_converted_to_the_fields_unit():
+    d, notes = clean(pd.Series(["12 in", "0.3 m", "450mm", "5 kW"]), PIPES.field("diameter_mm"))
+    assert d.tolist()[:3] == [pytest.approx(12 * 25.4), pytest.approx(300.0), 450.0]
+    assert pd.isna(d[3])
+    assert notes_of(notes) == {
+        "converted to mm": 2,
+        "has a unit that is not mm; read as unknown": 1,
+    }
+    w, _ = clean(pd.Series(["0.25 kW", "150W"]), LIGHTS.field("wattage_w"))
+    assert w.tolist() == [250.0, 150.0]

@@ -111,3 +111,32 @@ def test_undo_offsets_moves_every_vertex_of_every_geometry():
     want = np.vstack([grid[[0]], grid[:5], grid[[0, 4, 24, 20, 0]]])
     err = distances_m(got[:, 0], got[:, 1], want[:, 0], want[:, 1])
     assert err.max() < 0.5
+
+
+def test_gcj02_and_bd09_files_land_within_half_a_metre_with_their_text(store, tmp_path):
+    import geopandas as gpd
+
+    from tests.importers.conftest import by_id, load, max_distance_m, run_import
+
+    names = ["江夏区政府", "武汉站", "黄鹤楼", "光谷广场", "汉口站", "东湖"]
+    for coords, reference in (("gcj02", reference_gcj02), ("bd09", reference_bd09)):
+        shifted = [reference(x, y) for x, y in TRUE]
+        path = tmp_path / f"{coords}.geojson"
+        ids = [f"{coords}-{i}" for i in range(len(TRUE))]
+        gpd.GeoDataFrame(
+            {"LIGHT_ID": ids, "CIRCUIT": names},
+            geometry=[shapely.Point(p) for p in shifted],
+            crs="EPSG:4326",
+        ).to_file(path, driver="GeoJSON")
+        report = run_import(store, "lights", path, coords=coords)
+        assert report.added == len(TRUE) and report.coords == coords
+        layer = load(store, "lights")
+        rows = [layer.row(f"{coords}:{i}") for i in ids]
+        assert max_distance_m(layer.geometry[rows], shapely.points(TRUE)) < 0.5
+        circuits = by_id(layer, "circuit")
+        assert [circuits[f"{coords}:{i}"] for i in ids] == names
+        # Without --coords the same file sits hundreds of metres off.
+        run_import(store, "lights", path, source="raw")
+        layer = load(store, "lights")
+        raw = [layer.row(f"raw:{i}") for i in ids]
+        assert max_distance_m(layer.geometry[raw], shapely.points(TRUE)) > 100

@@ -223,3 +223,31 @@ def test_garbage_is_unreadable(tmp_path):
         read_file(path)
     with pytest.raises(UnreadableFile, match="no such file"):
         read_file(Path(tmp_path / "missing.shp"))
+
+
+def test_nested_json_properties_become_text(store, tmp_path):
+    path = tmp_path / "nested.geojson"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [114.3, 30.3]},
+                        "properties": {"POLEID": "n1", "tags": {"lamp": "LED"}, "list": [1, 2]},
+                    },
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [114.4, 30.3]},
+                        "properties": {"POLEID": "n2", "tags": "plain", "list": None},
+                    },
+                ],
+            }
+        )
+    )
+    report = run_import(store, "street_furniture", path, id_column="POLEID")
+    assert report.added == 2
+    layer = load(store, "street_furniture")
+    tags = dict(zip(layer.ids, layer.attrs["tags"], strict=True))
+    assert json.loads(tags["nested:n1"]) == {"lamp": "LED"} and tags["nested:n2"] == "plain"
