@@ -306,6 +306,8 @@ def search_boxes(geometry: shapely.Geometry, distance_m: float) -> np.ndarray:
     x0, x1, y0, y1 = minx - dlon, maxx + dlon, max(miny - dlat, -90.0), min(maxy + dlat, 90.0)
     if x1 - x0 >= 360:
         return shapely.box([-180.0], [y0], [180.0], [y1])
+    if x0 >= -180 and x1 <= 180:
+        return np.array([shapely.box(x0, y0, x1, y1)], dtype=object)
     boxes = [(x0, y0, x1, y1)]
     if x0 < -180:
         boxes.append((x0 + 360, y0, 180.0, y1))
