@@ -445,8 +445,8 @@ def build(
     )
 
 
-_cache: weakref.WeakKeyDictionary[Layer, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+_CACHE = "_twin_networks"
 
 
 def network_for(
@@ -456,11 +456,14 @@ def network_for(
     edit makes new `Layer` objects, hence a new network)."""
     key = (id(valves), snap_m, attach_m)
     with _lock:
-        held = _cache.get(pipes, {}).get(key)
+        # Held on the pipes layer itself, so it goes when the layer goes: a global map would
+        # keep every old layer alive through its network's reference to it.
+        cache: dict[tuple, tuple[Any, Network]] = vars(pipes).setdefault(_CACHE, {})
+        held = cache.get(key)
         if held is not None and (held[0] is None if valves is None else held[0]() is valves):
             return held[1]
         net = build(pipes, valves, snap_m=snap_m, attach_m=attach_m)
-        _cache.setdefault(pipes, {})[key] = (None if valves is None else weakref.ref(valves), net)
+        cache[key] = (None if valves is None else weakref.ref(valves), net)
         return net
 
 

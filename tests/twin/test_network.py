@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -244,6 +246,11 @@ def test_the_network_is_built_once_per_layer_pair() -> None:
     a = network.network_for(pipes, valves)
     assert network.network_for(pipes, valves) is a
     assert network.network_for(pipes, valves_layer()) is not a  # an edit makes a new layer
+    # The cache does not keep an old layer alive once the catalog lets go of it.
+    gone = weakref.ref(pipes)
+    del pipes, a
+    gc.collect()
+    assert gone() is None
 
 
 # -- through the real app -----------------------------------------------------------------------
