@@ -22,6 +22,8 @@ class ImportOptions:
 
     - `crs`: the coordinates' CRS when the file does not declare one (or declares it wrongly),
       anything pyproj reads (`EPSG:4547`, `4490`, a WKT string).
+    - `layer` and `encoding` concern reading a file (`import_file`); everything else applies
+      to `ingest` as well.
     - `coords`: `gcj02` or `bd09` undoes the Chinese web-map offsets to WGS84.
     - `encoding`: text encoding of the attributes (`gbk`), for files that do not declare it.
     - `layer`: which layer of a multi-layer file (GeoPackage, KML, a zip) to read.
@@ -30,7 +32,8 @@ class ImportOptions:
     - `constants`: schema field -> value given to every feature (`network=sewer`).
     - `mode`: `upsert` adds and updates by id; `replace` also removes this source's features
       that the new file no longer has.
-    - `source`: the dataset's name, stored on every feature (default: the file's stem).
+    - `source`: the dataset's name, stored on every feature (default: the file's stem;
+      `ingest` takes it as an argument instead).
     - `id_column`: the source column holding stable feature ids (default: found by alias).
     - `id_prefix`: put before every id to keep sources apart (default: the source name;
       `""` for none).

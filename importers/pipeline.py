@@ -184,7 +184,7 @@ def _ingest(
     n = len(frame)
     if n == 0:
         raise EmptySource(f"{name} holds no features")
-    named = [n for n in frame.index.names if n is not None]
+    named = [level for level in frame.index.names if level is not None]
     # A named index (an OSM element id, say) is data: keep it as columns, unless they exist.
     keep_index = bool(named) and not set(named) & set(frame.columns)
     frame = frame.reset_index(drop=not keep_index)
@@ -247,7 +247,7 @@ def _ingest(
     filled = _fill_area(schema, attrs, geometry)
     if filled:
         report.computed[AREA_FIELD] = f"{filled:,} features, geodesic area on the WGS84 ellipsoid"
-    attrs[SOURCE] = pd.Series([source] * len(rows), dtype=dtype_of(FieldType.STRING))
+    attrs[SOURCE] = pd.Series(source, index=attrs.index, dtype=dtype_of(FieldType.STRING))
     attrs[VERSION] = np.ones(len(rows), dtype=np.int64)
     attrs[UPDATED] = pd.Series(
         np.full(len(rows), np.datetime64("NaT"), dtype="datetime64[ms]")
