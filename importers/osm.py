@@ -51,6 +51,8 @@ OSM_META = {
     "license_url": "https://opendatacommons.org/licenses/odbl/1-0/",
 }
 GRAPH_DIR = "graphs"
+ID_PREFIX = "osm"
+"""Stored ids are `osm:way/123`, `osm:node/45`, and `osm:<from>-<to>-<key>` for roads."""
 _GEOD = Geod(ellps="WGS84")
 
 POWER = custom_schema(
@@ -185,8 +187,8 @@ def _osmids(value: Any) -> frozenset:
 def roads_frame(graph: nx.MultiDiGraph) -> gpd.GeoDataFrame:
     """One road feature per street segment (osmnx's undirected view of the graph).
 
-    Each directed edge of `graph` gets the `road_id` of the segment it runs along, so
-    routes found on the graph map back to `roads` features.
+    Each directed edge of `graph` gets the `road_id` of the segment it runs along (the id
+    the `roads` feature is stored under), so routes found on the graph map back to roads.
     """
     with _osmnx_settings():
         undirected = ox.convert.to_undirected(graph)
@@ -216,7 +218,7 @@ def roads_frame(graph: nx.MultiDiGraph) -> gpd.GeoDataFrame:
         # osmnx keeps one segment for opposite edges of differing ways on the same line.
         best = [rid for rid, osmids in same_line if osmids == own] or [r for r, _ in same_line]
         if best:
-            data["road_id"] = best[0]
+            data["road_id"] = f"{ID_PREFIX}:{best[0]}"  # the id the roads feature is stored under
     column = edges.get
     none = pd.Series([None] * len(edges), index=edges.index, dtype=object)
     return typed(
@@ -618,7 +620,7 @@ def write_extract(
     `meta` replaces the OpenStreetMap attribution for data that is not from OSM (the demo).
     """
     source = source or extract.source
-    options = ImportOptions(id_column="id", id_prefix="osm", mode=mode, source=source)
+    options = ImportOptions(id_column="id", id_prefix=ID_PREFIX, mode=mode, source=source)
     store_dir = Path(store.location)
     staged: Path | None = None
     target: Path | None = None

@@ -284,12 +284,12 @@ def test_layers_carry_the_attribution_and_the_road_graph_maps_to_roads(imported)
     G = load_road_graph(imp.store.root)
     assert G is not None and infos["roads"].meta["graph"] == "graphs/West-Oakland.graphml"
     roads = imp.layer("roads")
-    road_ids = {f"osm:{d['road_id']}" for _, _, d in G.edges(data=True)}
+    road_ids = {d["road_id"] for _, _, d in G.edges(data=True)}
     assert road_ids == set(roads.ids)
     # each directed edge runs along its road: same end points, same length
     geom = dict(zip(roads.ids, roads.geometry, strict=True))
     for u, v, d in G.edges(data=True):
-        line = geom[f"osm:{d['road_id']}"]
+        line = geom[d["road_id"]]
         ends = {tuple(line.coords[0]), tuple(line.coords[-1])}
         assert ends == {(G.nodes[u]["x"], G.nodes[u]["y"]), (G.nodes[v]["x"], G.nodes[v]["y"])}
         assert GEOD.geometry_length(line) == pytest.approx(d["length"], rel=5e-3)  # haversine
@@ -299,7 +299,7 @@ def test_layers_carry_the_attribution_and_the_road_graph_maps_to_roads(imported)
     for _, _, d in G.edges(data=True):
         per_road[d["road_id"]] = per_road.get(d["road_id"], 0) + 1
     for rid, n in per_road.items():
-        assert n == (1 if oneway[f"osm:{rid}"] else 2)
+        assert n == (1 if oneway[rid] else 2)
 
 
 def test_attribution_reaches_tilejson_and_the_style(imported):
