@@ -49,6 +49,8 @@ from tiles.settings import TileSettings  # noqa: E402
 BBOX = "114.284548,30.3246,114.347006,30.378499"  # the kit's dense 6 km box, same for every N
 TWIN_PORT = 8090
 TWIN_URL = f"http://127.0.0.1:{TWIN_PORT}/collections/pipes/tiles/WebMercatorQuad/{{z}}/{{y}}/{{x}}"
+REPEAT = 3
+RETRY_NOISY = 2
 TIPG_URL = "http://127.0.0.1:8081/collections/public.pipes/tiles/WebMercatorQuad/{z}/{x}/{y}"
 
 
@@ -453,7 +455,11 @@ def main() -> None:
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-tipg", action="store_true")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--repeat", type=int, default=3, help="warm passes per concurrency (median)")
+    ap.add_argument("--retry-noisy", type=int, default=2, help="re-runs of a noisy warm pass")
     a = ap.parse_args()
+    global REPEAT, RETRY_NOISY
+    REPEAT, RETRY_NOISY = a.repeat, a.retry_noisy
     gpkg = a.kit / "data" / f"city_{a.size}.gpkg"
     res: dict = {"size": a.size, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     tiles = tile_list(a.kit)

@@ -110,13 +110,15 @@ def importance(layer: Layer, mbounds: np.ndarray) -> np.ndarray:
 
 
 def simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
-    """Geometries simplified to `tolerance`; polygons keep their topology (stay valid)."""
+    """Geometries simplified to `tolerance`; polygons keep their topology (stay valid). Lines
+    of two points and triangles are left alone: there is nothing to take away."""
     if tolerance <= 0 or len(geoms) == 0:
         return geoms
     dim = shapely.get_dimensions(geoms)
+    ncoords = shapely.get_num_coordinates(geoms)
     out = geoms.copy()
-    lines = dim == 1
-    polys = dim == 2
+    lines = (dim == 1) & (ncoords > 2)
+    polys = (dim == 2) & (ncoords > 4)
     if lines.any():
         out[lines] = shapely.simplify(geoms[lines], tolerance, preserve_topology=False)
     if polys.any():
