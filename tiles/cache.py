@@ -14,7 +14,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from layers.models import Access, Bounds
@@ -55,6 +55,8 @@ class CachedTile:
     data: bytes
     etag: str
     size: int
+    uncompressed: bytes | None = field(default=None, repr=False, compare=False)
+    """The raw MVT when at hand (a tile just rendered); cached tiles do not keep it."""
 
     @property
     def empty(self) -> bool:
@@ -63,6 +65,8 @@ class CachedTile:
 
     def raw(self) -> bytes:
         """The uncompressed MVT, for clients that do not accept gzip."""
+        if self.uncompressed is not None:
+            return self.uncompressed
         return gzip.decompress(self.data) if self.data else b""
 
 
@@ -74,7 +78,7 @@ def etag(raw: bytes) -> str:
 def pack(raw: bytes, level: int = 6) -> CachedTile:
     """A `CachedTile` of uncompressed MVT bytes (gzip without a timestamp, so it is stable)."""
     data = gzip.compress(raw, compresslevel=level, mtime=0) if raw else b""
-    return CachedTile(data, etag(raw), len(raw))
+    return CachedTile(data, etag(raw), len(raw), raw)
 
 
 class TileCache:
@@ -130,7 +134,7 @@ class TileCache:
             self._drop(key)
             if len(tile.data) > self.max_bytes:
                 return tile
-            self._tiles[key] = tile
+            self._tiles[key] = replace(tile, uncompressed=None)
             self._bytes += len(tile.data)
             for c in key.collections:
                 zooms = self._index.setdefault(c, {})

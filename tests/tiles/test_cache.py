@@ -86,6 +86,10 @@ def test_a_tile_rendered_before_a_change_is_not_cached_after_it() -> None:
     cache.invalidate("pipes", Bounds(-10, -10, 10, 10))  # the data changes mid-render
     served = cache.put(key, b"stale", generation=gen)
     assert served.raw() == b"stale" and cache.get(key) is None
+    fresh = cache.put(key, b"fresh")
+    assert fresh.uncompressed == b"fresh"  # the response just rendered needs no gunzip
+    assert cache.get(key).uncompressed is None  # the cache keeps only the gzip bytes
+    cache.invalidate("pipes", None)
     calls = []
     got = cache.fetch(key, lambda: calls.append(1) or b"fresh")
     again = cache.fetch(key, lambda: calls.append(1) or b"other")
