@@ -124,15 +124,3 @@ def simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     if polys.any():
         out[polys] = shapely.simplify(geoms[polys], tolerance, preserve_topology=True)
     return out
-
-
-def cluster_cells(
-    x: np.ndarray, y: np.ndarray, origin: tuple[float, float], cell: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grid cell of every point (cells `cell` wide from `origin`): per point its cluster number,
-    and the number of points of each cluster."""
-    cx = np.floor((x - origin[0]) / cell).astype(np.int64)
-    cy = np.floor((y - origin[1]) / cell).astype(np.int64)
-    key = (cx << 32) ^ (cy & 0xFFFFFFFF)
-    labels, uniques = pd.factorize(key)
-    return labels, np.bincount(labels, minlength=len(uniques))

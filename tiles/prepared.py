@@ -44,6 +44,52 @@ class PreparedLayer:
     """Numeric MVT feature id per row, -1 where the id is not a plain integer."""
     properties: Properties
     """`id` then the schema fields, as value numbers."""
+    order: np.ndarray
+    """Rows from the most to the least important (the inverse of `rank`)."""
+    ordered_bounds: np.ndarray
+    """`mbounds` in `order`, contiguous: low-zoom tiles scan it instead of querying the tree."""
+    ordered_size: np.ndarray
+    """Largest side of each bounding box (EPSG:3857 metres) in `order`; -1 for points/missing."""
+    has_points: bool
+    """Whether any feature is a point or multipoint (clustered below the detail zoom)."""
+    point_rows: np.ndarray
+    """Rows of the points and multipoints."""
+    point_x: np.ndarray
+    """EPSG:3857 x of each of `point_rows` (its box centre)."""
+    point_y: np.ndarray
+    """EPSG:3857 y of each of `point_rows`."""
+
+    @classmethod
+    def build(
+        cls,
+        mbounds: np.ndarray,
+        dimension: np.ndarray,
+        rank: np.ndarray,
+        ids: np.ndarray,
+        properties: Properties,
+    ) -> PreparedLayer:
+        """The prepared layer, with the importance-ordered arrays derived from `rank`."""
+        order = np.empty(len(rank), dtype=np.int64)
+        order[rank] = np.arange(len(rank))
+        ob = np.ascontiguousarray(mbounds[order])
+        size = np.maximum(ob[:, 2] - ob[:, 0], ob[:, 3] - ob[:, 1])
+        size = np.where(dimension[order] >= 1, np.nan_to_num(size, nan=-1.0), -1.0)
+        point_rows = np.flatnonzero(dimension == 0)
+        pb = mbounds[point_rows]
+        return cls(
+            mbounds,
+            dimension,
+            rank,
+            ids,
+            properties,
+            order,
+            ob,
+            size,
+            len(point_rows) > 0,
+            point_rows,
+            (pb[:, 0] + pb[:, 2]) / 2,
+            (pb[:, 1] + pb[:, 3]) / 2,
+        )
 
 
 _cache: weakref.WeakKeyDictionary[Layer, PreparedLayer] = weakref.WeakKeyDictionary()
@@ -85,7 +131,7 @@ def _numeric_ids(fids: np.ndarray) -> np.ndarray:
 
 def _prepare(layer: Layer) -> PreparedLayer:
     mbounds, dimension = _geometry_arrays(layer.geometry)
-    return PreparedLayer(
+    return PreparedLayer.build(
         mbounds=mbounds,
         dimension=dimension,
         rank=importance(layer, mbounds),
@@ -140,7 +186,7 @@ def _derive(old: Layer, base: PreparedLayer, new: Layer) -> PreparedLayer | None
     ids[matched] = base.ids[src]
     unmatched = np.flatnonzero(idx < 0)
     ids[unmatched] = _numeric_ids(new.ids[unmatched])
-    return PreparedLayer(
+    return PreparedLayer.build(
         mbounds=mbounds,
         dimension=dimension,
         rank=importance(new, mbounds),

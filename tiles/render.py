@@ -19,8 +19,8 @@ from layers.layer import Layer
 from layers.models import Bounds
 from tiles import generalise
 from tiles.encode import Properties, encode_layer
-from tiles.grid import ORIGIN, Tile, to_lonlat, to_mercator, xy_bounds
-from tiles.prepared import COUNT_PROPERTY, prepare
+from tiles.grid import Tile, mercator_box, to_lonlat, to_mercator, xy_bounds
+from tiles.prepared import COUNT_PROPERTY, PreparedLayer, prepare
 from tiles.settings import TileSettings
 
 R = 6378137.0
@@ -72,6 +72,19 @@ class _Cut:
         )
 
 
+def _expected_hits(layer: Layer, tile_box: Bounds) -> float:
+    """Features expected under the tile if they were spread evenly over the layer's extent."""
+    lb = layer.bounds
+    if lb is None:
+        return 0.0
+    m = mercator_box(lb)
+    w = max(m.maxx - m.minx, 1e-9)
+    h = max(m.maxy - m.miny, 1e-9)
+    ix = max(0.0, min(m.maxx, tile_box.maxx) - max(m.minx, tile_box.minx))
+    iy = max(0.0, min(m.maxy, tile_box.maxy) - max(m.miny, tile_box.miny))
+    return len(layer) * (ix / w) * (iy / h) if ix and iy else 0.0
+
+
 def _within(mb: np.ndarray, b: Bounds) -> np.ndarray:
     return (mb[:, 0] >= b.minx) & (mb[:, 1] >= b.miny) & (mb[:, 2] <= b.maxx) & (mb[:, 3] <= b.maxy)
 
@@ -107,6 +120,52 @@ def _candidates(layer: Layer, rows: np.ndarray | None, tile_box: Bounds) -> np.n
         pos = np.searchsorted(rows, cand).clip(0, max(len(rows) - 1, 0))
         cand = cand[(rows[pos] == cand)] if len(rows) else cand[:0]
     return cand.astype(np.int64)
+
+
+_SCAN_CHUNK = 65536
+
+
+def _top_shapes(
+    prep: PreparedLayer,
+    cand: np.ndarray | None,
+    rows: np.ndarray | None,
+    box: Bounds,
+    min_size: float,
+    k: int,
+) -> np.ndarray:
+    """The `k` most important lines and polygons at least `min_size` across whose box meets
+    the tile. With the tile's candidates at hand they are ranked; without (a low-zoom tile
+    over much of a big layer) the importance-ordered boxes are scanned until `k` are found."""
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if cand is not None:
+        mb = prep.mbounds[cand]
+        size = np.maximum(mb[:, 2] - mb[:, 0], mb[:, 3] - mb[:, 1])
+        shapes = cand[(prep.dimension[cand] >= 1) & (size >= min_size)]
+        if len(shapes) > k:
+            shapes = shapes[np.argpartition(prep.rank[shapes], k - 1)[:k]]
+        return shapes
+    found: list[np.ndarray] = []
+    total = 0
+    ob, osz = prep.ordered_bounds, prep.ordered_size
+    for s in range(0, len(ob), _SCAN_CHUNK):
+        b = ob[s : s + _SCAN_CHUNK]
+        hit = (
+            (osz[s : s + _SCAN_CHUNK] >= min_size)
+            & (b[:, 0] <= box.maxx)
+            & (b[:, 2] >= box.minx)
+            & (b[:, 1] <= box.maxy)
+            & (b[:, 3] >= box.miny)
+        )
+        got = prep.order[s : s + _SCAN_CHUNK][hit]
+        if rows is not None and len(got):
+            pos = np.searchsorted(rows, got).clip(0, max(len(rows) - 1, 0))
+            got = got[rows[pos] == got] if len(rows) else got[:0]
+        found.append(got)
+        total += len(got)
+        if total >= k:
+            break
+    return np.concatenate(found)[:k] if found else np.empty(0, dtype=np.int64)
 
 
 def _homogenise(geoms: np.ndarray) -> np.ndarray:
@@ -158,20 +217,41 @@ def _shapes(
 
 
 def _cluster(
-    layer: Layer, rows: np.ndarray, cell: float
+    rows: np.ndarray, x: np.ndarray, y: np.ndarray, box: Bounds, cell: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Points merged by grid cell: rows of lone points, and cluster centres (x, y) with counts."""
-    prep = prepare(layer)
-    mb = prep.mbounds[rows]
-    x = (mb[:, 0] + mb[:, 2]) / 2
-    y = (mb[:, 1] + mb[:, 3]) / 2
-    labels, counts = generalise.cluster_cells(x, y, (-ORIGIN, -ORIGIN), cell)
-    lone = counts[labels] == 1
+    """Points (EPSG:3857 x, y) inside the tile merged by grid cell, cells `cell` wide from the
+    tile's corner (tile edges fall on cell edges, so neighbours agree): rows of lone points,
+    and cluster centres (x, y, the mean of their points) with counts."""
+    side = max(1, int(np.ceil((box.maxx - box.minx) / cell)))
+    cx = np.clip(((x - box.minx) / cell).astype(np.int64), 0, side - 1)
+    cy = np.clip(((y - box.miny) / cell).astype(np.int64), 0, side - 1)
+    key = cy * side + cx
+    counts = np.bincount(key, minlength=side * side)
+    lone = counts[key] == 1
     many = np.flatnonzero(counts >= 2)
-    lab = labels[~lone]
-    cx = np.bincount(lab, weights=x[~lone], minlength=len(counts))[many] / counts[many]
-    cy = np.bincount(lab, weights=y[~lone], minlength=len(counts))[many] / counts[many]
-    return rows[lone], cx, cy, counts[many]
+    k = key[~lone]
+    mx = np.bincount(k, weights=x[~lone], minlength=side * side)[many] / counts[many]
+    my = np.bincount(k, weights=y[~lone], minlength=side * side)[many] / counts[many]
+    return rows[lone], mx, my, counts[many]
+
+
+def _points_in(
+    prep: PreparedLayer, cand: np.ndarray | None, rows: np.ndarray | None, box: Bounds
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point rows meeting the tile, with their EPSG:3857 x and y: from the tile's candidates,
+    or by one vectorised pass over the layer's points (a low-zoom tile over most of them)."""
+    if cand is not None:
+        pts = cand[prep.dimension[cand] == 0]
+        mb = prep.mbounds[pts]
+        return pts, (mb[:, 0] + mb[:, 2]) / 2, (mb[:, 1] + mb[:, 3]) / 2
+    x, y = prep.point_x, prep.point_y
+    inside = (x >= box.minx) & (x <= box.maxx) & (y >= box.miny) & (y <= box.maxy)
+    pts, x, y = prep.point_rows[inside], x[inside], y[inside]
+    if rows is not None:
+        pos = np.searchsorted(rows, pts).clip(0, max(len(rows) - 1, 0))
+        ok = rows[pos] == pts if len(rows) else np.zeros(len(pts), dtype=bool)
+        pts, x, y = pts[ok], x[ok], y[ok]
+    return pts, x, y
 
 
 def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettings) -> _Cut | None:
@@ -183,33 +263,40 @@ def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettin
     width = b.maxx - b.minx
     pad = width * settings.buffer / settings.extent
     clip_box = Bounds(b.minx - pad, b.miny - pad, b.maxx + pad, b.maxy + pad)
-    cand = _candidates(layer, rows, b)
-    if len(cand) == 0:
-        return None
     props = prep.properties
     if z >= settings.detail_zoom:
-        cand.sort()
-        geoms, kept = _shapes(layer, cand, b, clip_box)
+        found = _candidates(layer, rows, b)
+        if len(found) == 0:
+            return None
+        found.sort()
+        geoms, kept = _shapes(layer, found, b, clip_box)
         return _Cut(layer.name, geoms, prep.ids[kept], props.take(kept), prep.rank[kept])
 
     px = generalise.pixel(width)
-    dim = prep.dimension[cand]
-    mb = prep.mbounds[cand]
-    size = np.maximum(mb[:, 2] - mb[:, 0], mb[:, 3] - mb[:, 1])
-    shapes = cand[(dim >= 1) & (size >= settings.min_size_px * px)]
-    points = cand[dim == 0]
+    budget = settings.max_features
+    min_size = settings.min_size_px * px
+    # A low-zoom tile over much of a big layer scans the importance order instead of
+    # gathering (and ranking) every feature under it.
+    scan = _expected_hits(layer, b) > 4 * budget
+    cand: np.ndarray | None = None
+    if not scan:
+        cand = _candidates(layer, rows, b)
+        if len(cand) == 0:
+            return None
     lone = np.empty(0, dtype=np.int64)
     cx = cy = np.empty(0)
     counts = np.empty(0, dtype=np.int64)
-    if len(points):
+    if prep.has_points:
         # Only points inside the tile itself are clustered (clusters are per tile).
-        lone, cx, cy, counts = _cluster(layer, points, settings.cluster_px * px)
-    # The most important features first, within the per-layer feature cap.
-    budget = settings.max_features
+        pts, x, y = _points_in(prep, cand, rows, b)
+        if len(pts):
+            lone, cx, cy, counts = _cluster(pts, x, y, b, settings.cluster_px * px)
+    # The most important features first, within the per-layer feature cap; clusters first.
     if len(counts) > budget:
         top = np.argpartition(-counts, budget - 1)[:budget]
         cx, cy, counts = cx[top], cy[top], counts[top]
     budget -= len(counts)
+    shapes = _top_shapes(prep, cand, rows, b, min_size, budget)
     rest = np.concatenate([shapes, lone])
     if len(rest) > budget:
         rest = (
