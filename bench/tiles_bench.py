@@ -258,8 +258,9 @@ def twin_store(kit: Path, gpkg: Path, size: str) -> Path:
 class TwinServer:
     """bench/serve_twin.py in its own process group, stopped by its PID."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, workers: int = 1) -> None:
         self.store = store
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> int:
@@ -317,62 +318,65 @@ def pass_row(res: dict, kind: str, c: str | None = None) -> dict:
     return {"rps": p["rps"], "p95_ms": p["lat_ms"]["p95"], "noisy": p.get("noisy", False)}
 
 
-def http_runs(kit: Path, gpkg: Path, size: str, skip_tipg: bool) -> dict:
+def http_runs(kit: Path, gpkg: Path, size: str, skip_tipg: bool, twin_workers: list[int]) -> dict:
     results = kit / "results"
     results.mkdir(exist_ok=True)
     out: dict = {}
-    server = TwinServer(twin_store(kit, gpkg, size))
-    try:
-        pid = server.start()
-        r1 = loadgen(
-            kit,
-            f"twin-{size}",
-            TWIN_URL,
-            {"twin": pid},
-            results / f"twin_{size}_c1.json",
-            "-c",
-            "1,8",
-            "--warm-repeats",
-            "2",
-        )
-        server.stop()
-        pid = server.start()
-        r8 = loadgen(
-            kit,
-            f"twin-{size}-c8",
-            TWIN_URL,
-            {"twin": pid},
-            results / f"twin_{size}_c8.json",
-            "-c",
-            "8",
-            "--warm-repeats",
-            "2",
-        )
-        rg = loadgen(
-            kit,
-            f"twin-{size}-gzip",
-            TWIN_URL,
-            {"twin": pid},
-            results / f"twin_{size}_gzip.json",
-            "-c",
-            "8",
-            "--warm-repeats",
-            "2",
-            "--no-cold",
-            "-H",
-            "Accept-Encoding: gzip",
-        )
-    finally:
-        server.stop()
-    out["twin"] = {
-        "cold_c1": pass_row(r1, "cold"),
-        "warm_c1": pass_row(r1, "warm", "1"),
-        "cold_c8": pass_row(r8, "cold"),
-        "warm_c8": pass_row(r8, "warm", "8"),
-        "warm_c8_gzip": pass_row(rg, "warm", "8"),
-        "features_by_z": {z: v["features_mean"] for z, v in r1["validation"]["by_z"].items()},
-        "bytes_mean": r1["validation"]["bytes_mean"],
-    }
+    for workers in twin_workers:
+        key = "twin" if workers == 1 else f"twin_w{workers}"
+        label = f"twin-{size}" + ("" if workers == 1 else f"-w{workers}")
+        server = TwinServer(twin_store(kit, gpkg, size), workers)
+        try:
+            pid = server.start()
+            r1 = loadgen(
+                kit,
+                label,
+                TWIN_URL,
+                {"twin": pid},
+                results / f"{label}_c1.json",
+                "-c",
+                "1,8",
+                "--warm-repeats",
+                "2",
+            )
+            server.stop()
+            pid = server.start()
+            r8 = loadgen(
+                kit,
+                f"{label}-c8",
+                TWIN_URL,
+                {"twin": pid},
+                results / f"{label}_c8.json",
+                "-c",
+                "8",
+                "--warm-repeats",
+                "2",
+            )
+            rg = loadgen(
+                kit,
+                f"{label}-gzip",
+                TWIN_URL,
+                {"twin": pid},
+                results / f"{label}_gzip.json",
+                "-c",
+                "8",
+                "--warm-repeats",
+                "2",
+                "--no-cold",
+                "-H",
+                "Accept-Encoding: gzip",
+            )
+        finally:
+            server.stop()
+        out[key] = {
+            "cold_c1": pass_row(r1, "cold"),
+            "warm_c1": pass_row(r1, "warm", "1"),
+            "cold_c8": pass_row(r8, "cold"),
+            "warm_c8": pass_row(r8, "warm", "8"),
+            "warm_c8_gzip": pass_row(rg, "warm", "8"),
+            "features_by_z": {z: v["features_mean"] for z, v in r1["validation"]["by_z"].items()},
+            "bytes_mean": r1["validation"]["bytes_mean"],
+        }
     if skip_tipg:
         return out
 
@@ -437,10 +441,11 @@ def http_runs(kit: Path, gpkg: Path, size: str, skip_tipg: bool) -> dict:
         "features_by_z": {z: v["features_mean"] for z, v in t1["validation"]["by_z"].items()},
         "bytes_mean": t1["validation"]["bytes_mean"],
     }
-    out["ratio_twin_over_tipg"] = {
-        k: round(out["twin"][k]["rps"] / out["tipg"][k]["rps"], 2)
-        for k in ("cold_c1", "cold_c8", "warm_c1", "warm_c8", "warm_c8_gzip")
-    }
+    for key in [k for k in out if k.startswith("twin")]:
+        out[f"ratio_{key}_over_tipg"] = {
+            k: round(out[key][k]["rps"] / out["tipg"][k]["rps"], 2)
+            for k in ("cold_c1", "cold_c8", "warm_c1", "warm_c8", "warm_c8_gzip")
+        }
     return out
 
 
@@ -455,6 +460,9 @@ def main() -> None:
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-tipg", action="store_true")
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--twin-workers", default="1", help="twin server process counts to run, e.g. 1,2"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="warm passes per concurrency (median)")
     ap.add_argument("--retry-noisy", type=int, default=2, help="re-runs of a noisy warm pass")
     a = ap.parse_args()
@@ -468,7 +476,8 @@ def main() -> None:
     if not a.skip_low:
         res["low_zooms"] = low_zooms(gpkg)
     if not a.skip_http:
-        res["http"] = http_runs(a.kit, gpkg, a.size, a.skip_tipg)
+        workers = [int(w) for w in a.twin_workers.split(",")]
+        res["http"] = http_runs(a.kit, gpkg, a.size, a.skip_tipg, workers)
     out = a.out or ROOT / "bench" / "results" / f"tiles_{a.size}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
