@@ -9,6 +9,7 @@ Below the detail zoom the generalisation policy of `tiles.generalise` applies.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -336,6 +337,22 @@ def render_tile(
     `tiles.grid.tile(z, x, y)`, which rejects tiles outside the matrix.
     """
     settings = settings or TileSettings()
+    with _gate(settings.render_concurrency):
+        return _render(layers, tile, settings)
+
+
+_gates: dict[int, threading.BoundedSemaphore] = {}
+
+
+def _gate(n: int) -> threading.BoundedSemaphore:
+    """The process-wide semaphore letting `n` renders run at once."""
+    gate = _gates.get(n)
+    if gate is None:
+        gate = _gates.setdefault(n, threading.BoundedSemaphore(n))
+    return gate
+
+
+def _render(layers: Sequence[LayerRequest], tile: Tile, settings: TileSettings) -> bytes:
     b = xy_bounds(tile)
     cuts = [c for c in (_cut(layer, rows, tile, settings) for layer, rows in layers) if c]
     encoded = [c.encode(b, settings.extent) for c in cuts]

@@ -61,6 +61,13 @@ class TileSettings(BaseSettings):
         ge=1_000,
         description="Byte budget of one tile (uncompressed), all layers together",
     )
+    render_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Tiles one process renders at once; more threads only fight over the GIL "
+        "(measured: 8 concurrent renders cost 1.5x the CPU per tile of one at a time)",
+    )
     minzoom: dict[str, int] = Field(
         default_factory=dict,
         description="Per-collection minzoom overrides, e.g. TWIN_TILES_MINZOOM='{\"pipes\": 8}'",
