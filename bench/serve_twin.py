@@ -67,6 +67,8 @@ def main() -> None:
     def stop(signum: int, frame: object) -> None:
         for pid in children:
             os.kill(pid, signal.SIGTERM)
+        for pid in children:  # gone before the port can be reused by the next server
+            os.waitpid(pid, 0)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)

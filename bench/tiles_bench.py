@@ -281,7 +281,7 @@ class TwinServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, signal.SIGTERM)  # the parent stops and reaps its workers
             self.proc.wait(timeout=60)
             self.proc = None
 
