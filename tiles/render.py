@@ -24,7 +24,7 @@ from tiles.grid import Tile, mercator_box, to_lonlat, to_mercator, xy_bounds
 from tiles.prepared import COUNT_PROPERTY, PreparedLayer, prepare
 from tiles.settings import TileSettings
 
-R = 6378137.0
+R = 6378137.0  # sphere radius of EPSG:3857, metres
 
 LayerRequest = tuple[Layer, np.ndarray | None]
 """A layer and, optionally, the sorted row numbers it is limited to (e.g. a CQL2 filter)."""
