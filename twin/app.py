@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from importers import errors as importer_errors
@@ -34,6 +35,7 @@ from twin.settings import QuerySettings, ServerSettings
 from twin.tileserve import TileServer
 
 log = logging.getLogger("twin.app")
+MAPLIBRE_DIST = "node_modules/maplibre-gl/dist"
 
 ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (layer_errors.UnknownCollection, 404),
@@ -98,6 +100,27 @@ def _install_errors(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
+def web_map_ready(settings: ServerSettings) -> bool:
+    """Whether the web map's files and its MapLibre package are installed."""
+    return (settings.web_dir / "index.html").is_file() and (
+        settings.web_dir / MAPLIBRE_DIST / "maplibre-gl.js"
+    ).is_file()
+
+
+def _mount_web_map(app: FastAPI, settings: ServerSettings) -> None:
+    """Serve the web map under /web/, MapLibre from the project's own npm install."""
+    app.state.web_map = web_map_ready(settings)
+    if not app.state.web_map:
+        log.warning("web map not installed (run `npm ci` in %s)", settings.web_dir)
+        return
+    app.mount(
+        "/web/vendor/maplibre-gl",
+        StaticFiles(directory=settings.web_dir / MAPLIBRE_DIST),
+        name="maplibre",
+    )
+    app.mount("/web", StaticFiles(directory=settings.web_dir, html=True), name="web")
+
+
 def create_app(
     settings: ServerSettings | None = None,
     store_settings: StoreSettings | None = None,
@@ -141,6 +164,7 @@ def create_app(
     _install_errors(app)
     for module in (landing, collections, items, tiles, styles, queries, ops):
         app.include_router(module.router)
+    _mount_web_map(app, settings)
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=settings.gzip_level)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,6 +29,8 @@ class ServerSettings(BaseSettings):
     """gzip level of JSON answers (tiles are compressed once by the tile cache)."""
     extra_crs: list[int] = []
     """EPSG codes offered besides CRS84, 4326, 4490, 3857 and the CGCS2000 GK zones."""
+    web_dir: Path = Path(__file__).resolve().parents[1] / "web"
+    """The planners' web map (static files, MapLibre installed there by `npm ci`)."""
 
     @field_validator("anonymous_access")
     @classmethod

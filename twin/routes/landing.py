@@ -6,7 +6,7 @@ import html
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from twin.routes.links import (
     GEOJSON,
@@ -68,7 +68,7 @@ def landing_page(
     request: Request,
     accept: Annotated[str | None, Header()] = None,
     f: Annotated[str | None, Query(description="json (default) or html")] = None,
-) -> JSONResponse | HTMLResponse:
+) -> JSONResponse | HTMLResponse | RedirectResponse:
     """Links to the API description, the conformance classes, the collections and the tiles."""
     links = [
         link(url(request, "/"), "self", JSON, "This document"),
@@ -89,6 +89,8 @@ def landing_page(
         "links": links,
     }
     if _wants_html(accept, f):
+        if f is None and getattr(request.app.state, "web_map", False):
+            return RedirectResponse("web/", status_code=307)
         return HTMLResponse(_landing_html(doc))
     return JSONResponse(doc)
 
