@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
@@ -168,6 +169,19 @@ class Bounds(NamedTuple):
     miny: float
     maxx: float
     maxy: float
+
+    @classmethod
+    def union(cls, boxes: Iterable[Bounds | None]) -> Bounds | None:
+        """The box covering every given box (None ones skipped); None when there is none."""
+        present = [b for b in boxes if b is not None]
+        if not present:
+            return None
+        return cls(
+            min(b.minx for b in present),
+            min(b.miny for b in present),
+            max(b.maxx for b in present),
+            max(b.maxy for b in present),
+        )
 
 
 @dataclass(frozen=True)

@@ -47,18 +47,6 @@ def _occupied(layers: Sequence[LayerRequest], t: Tile) -> bool:
     return False
 
 
-def _union_bounds(layers: Sequence[LayerRequest]) -> Bounds | None:
-    boxes = [lyr.bounds for lyr, _ in layers if lyr.bounds is not None]
-    if not boxes:
-        return None
-    return Bounds(
-        min(b.minx for b in boxes),
-        min(b.miny for b in boxes),
-        max(b.maxx for b in boxes),
-        max(b.maxy for b in boxes),
-    )
-
-
 def export_pmtiles(
     path: str | Path,
     layers: Sequence[LayerRequest],
@@ -75,7 +63,7 @@ def export_pmtiles(
     settings = settings or TileSettings()
     if not 0 <= minzoom <= maxzoom <= MAXZOOM:
         raise InvalidTileRequest(f"zooms must satisfy 0 <= minzoom <= maxzoom <= {MAXZOOM}")
-    bounds = _union_bounds(layers)
+    bounds = Bounds.union(lyr.bounds for lyr, _ in layers)
     if bounds is None:
         raise InvalidTileRequest("nothing to export: the collections hold no features")
     target = Path(path)

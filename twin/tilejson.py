@@ -15,19 +15,6 @@ TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"
 WORLD = Bounds(-180.0, -85.0511287798066, 180.0, 85.0511287798066)
 
 
-def union_bounds(layers: Mapping[str, Layer]) -> Bounds | None:
-    """Lon/lat bounds of all the layers' features, or None when they hold none."""
-    boxes = [lyr.bounds for lyr in layers.values() if lyr.bounds is not None]
-    if not boxes:
-        return None
-    return Bounds(
-        min(b.minx for b in boxes),
-        min(b.miny for b in boxes),
-        max(b.maxx for b in boxes),
-        max(b.maxy for b in boxes),
-    )
-
-
 def _attribution(layers: Mapping[str, Layer]) -> str | None:
     seen = dict.fromkeys(
         str(lyr.meta["attribution"]) for lyr in layers.values() if lyr.meta.get("attribution")
@@ -40,7 +27,7 @@ def tilejson(
 ) -> dict[str, Any]:
     """TileJSON 3.0.0 of the tiles under `path` (`{path}/{z}/{y}/{x}`) holding `layers`."""
     entries = [vector_layer(lyr, settings).tilejson() for lyr in layers.values()]
-    bounds = union_bounds(layers) or WORLD
+    bounds = Bounds.union(lyr.bounds for lyr in layers.values()) or WORLD
     lo = min((e["minzoom"] for e in entries), default=0)
     doc: dict[str, Any] = {
         "tilejson": "3.0.0",
@@ -91,7 +78,7 @@ def tileset_document(
     links: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """OGC API Tiles tileset metadata of the vector tiles under `path`."""
-    bounds = union_bounds(layers) or WORLD
+    bounds = Bounds.union(lyr.bounds for lyr in layers.values()) or WORLD
     entries = [vector_layer(lyr, settings).tilejson() for lyr in layers.values()]
     lo = min((e["minzoom"] for e in entries), default=0)
     doc: dict[str, Any] = {
