@@ -1,4 +1,4 @@
-"""An in-memory tile cache: gzip-compressed tiles with ETags, and exact invalidation by box.
+"""An in-memory tile cache: tiles (raw and gzip) with ETags, and exact invalidation by box.
 
 Subscribe `TileCache.invalidate` to `layers.catalog.Catalog.subscribe`: when a collection
 changes inside a box, every cached tile holding that collection whose bounds meet the box
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from layers.models import Access, Bounds
@@ -48,26 +48,57 @@ class TileKey(NamedTuple):
         return cls(scope, tuple(collections), filter, tile.z, tile.x, tile.y)
 
 
-@dataclass(frozen=True)
 class CachedTile:
-    """A tile as served: gzip bytes (b"" for an empty tile), its ETag and raw size."""
+    """A tile as served: its raw MVT (b"" for an empty tile), ETag, and gzip bytes.
 
-    data: bytes
-    etag: str
-    size: int
-    uncompressed: bytes | None = field(default=None, repr=False, compare=False)
-    """The raw MVT when at hand (a tile just rendered); cached tiles do not keep it."""
+    Both encodings are kept once made, so neither kind of client pays a (de)compression
+    on a hit; the gzip bytes are made on first need (`TileCache.gzip`), as a tile that only
+    identity clients ask for never needs them.
+    """
+
+    __slots__ = ("_gz", "_raw", "etag", "level")
+
+    def __init__(self, raw: bytes, etag: str, level: int = 1, gz: bytes | None = None) -> None:
+        self._raw = raw
+        self.etag = etag
+        self.level = level
+        self._gz = gz if raw else b""
+
+    def __repr__(self) -> str:
+        return f"CachedTile(size={self.size}, etag={self.etag})"
+
+    @property
+    def size(self) -> int:
+        """Bytes of the uncompressed MVT."""
+        return len(self._raw)
 
     @property
     def empty(self) -> bool:
         """Whether the tile has nothing to draw (answer 204)."""
-        return self.size == 0
+        return not self._raw
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the gzip bytes are made already."""
+        return self._gz is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: raw bytes plus gzip bytes once made."""
+        return len(self._raw) + len(self._gz or b"")
+
+    @property
+    def data(self) -> bytes:
+        """The gzip bytes (b"" for an empty tile), made on first use (without a timestamp,
+        so the same tile always compresses to the same bytes)."""
+        gz = self._gz
+        if gz is None:
+            gz = self._gz = gzip.compress(self._raw, compresslevel=self.level, mtime=0)
+        return gz
 
     def raw(self) -> bytes:
         """The uncompressed MVT, for clients that do not accept gzip."""
-        if self.uncompressed is not None:
-            return self.uncompressed
-        return gzip.decompress(self.data) if self.data else b""
+        return self._raw
 
 
 def etag(raw: bytes) -> str:
@@ -76,13 +107,14 @@ def etag(raw: bytes) -> str:
 
 
 def pack(raw: bytes, level: int = 6) -> CachedTile:
-    """A `CachedTile` of uncompressed MVT bytes (gzip without a timestamp, so it is stable)."""
-    data = gzip.compress(raw, compresslevel=level, mtime=0) if raw else b""
-    return CachedTile(data, etag(raw), len(raw), raw)
+    """A `CachedTile` of uncompressed MVT bytes, compressed now."""
+    tile = CachedTile(raw, etag(raw), level)
+    _ = tile.data
+    return tile
 
 
 class TileCache:
-    """A thread-safe LRU of `CachedTile`s bounded by their total compressed size."""
+    """A thread-safe LRU of `CachedTile`s bounded by the bytes they hold (raw and gzip)."""
 
     def __init__(self, max_bytes: int = 256 * 1024 * 1024, level: int = 6) -> None:
         self.max_bytes = max_bytes
@@ -101,11 +133,12 @@ class TileCache:
 
     @property
     def nbytes(self) -> int:
-        """Compressed bytes held."""
+        """Bytes held (raw tiles and their gzip bytes)."""
         return self._bytes
 
     def generation(self, collections: Iterable[str]) -> tuple[int, ...]:
-        """A token that changes when any of `collections` is invalidated (see `put`)."""
+        """A token that changes when any of `collections` is invalidated (see `put`); equal
+        tokens in two caches forked from one process mean the same invalidations."""
         return tuple(self._generation.get(c, 0) for c in collections)
 
     def get(self, key: TileKey) -> CachedTile | None:
@@ -122,26 +155,51 @@ class TileCache:
     def put(
         self, key: TileKey, raw: bytes, *, generation: tuple[int, ...] | None = None
     ) -> CachedTile:
-        """Compress and cache `raw` (uncompressed MVT, b"" for empty) and return it.
+        """Cache `raw` (uncompressed MVT, b"" for empty) and return it as a `CachedTile`.
 
         With `generation` (taken by `generation()` before rendering), a tile rendered from
         data that changed meanwhile is returned but not cached.
         """
-        tile = pack(raw, self.level)
+        tile = CachedTile(raw, etag(raw), self.level)
+        self.insert(key, tile, generation=generation)
+        return tile
+
+    def insert(
+        self, key: TileKey, tile: CachedTile, *, generation: tuple[int, ...] | None = None
+    ) -> bool:
+        """Cache a `CachedTile` made elsewhere (e.g. by another worker process) unless the
+        data changed since `generation`; whether it was cached."""
         with self._lock:
             if generation is not None and generation != self.generation(key.collections):
-                return tile
+                return False
             self._drop(key)
-            if len(tile.data) > self.max_bytes:
-                return tile
-            self._tiles[key] = replace(tile, uncompressed=None)
-            self._bytes += len(tile.data)
+            if tile.nbytes > self.max_bytes:
+                return False
+            self._tiles[key] = tile
+            self._bytes += tile.nbytes
             for c in key.collections:
                 zooms = self._index.setdefault(c, {})
                 zooms.setdefault(key.z, {}).setdefault((key.x, key.y), set()).add(key)
-            while self._bytes > self.max_bytes and self._tiles:
-                self._drop(next(iter(self._tiles)))
-        return tile
+            self._evict()
+        return True
+
+    def gzip(self, key: TileKey, tile: CachedTile) -> bytes:
+        """The gzip bytes of `tile` (cached under `key`), made once and then kept with it."""
+        if tile.compressed:
+            return tile.data
+        gz = gzip.compress(tile.raw(), compresslevel=self.level, mtime=0)
+        with self._lock:
+            if not tile.compressed:
+                held = self._tiles.get(key) is tile
+                tile._gz = gz
+                if held:
+                    self._bytes += len(gz)
+                    self._evict()
+        return tile.data
+
+    def _evict(self) -> None:
+        while self._bytes > self.max_bytes and self._tiles:
+            self._drop(next(iter(self._tiles)))
 
     def fetch(self, key: TileKey, render: Callable[[], bytes]) -> CachedTile:
         """The cached tile, or `render()` it, cache it and return it."""
@@ -155,7 +213,7 @@ class TileCache:
         tile = self._tiles.pop(key, None)
         if tile is None:
             return
-        self._bytes -= len(tile.data)
+        self._bytes -= tile.nbytes
         for c in key.collections:
             cells = self._index.get(c, {}).get(key.z)
             if cells is None:
@@ -170,7 +228,10 @@ class TileCache:
         """Drop the cached tiles holding `collection` whose bounds meet `bounds` (lon/lat; None:
         every tile of the collection). Returns how many were dropped."""
         with self._lock:
-            self._generation[collection] = self._generation.get(collection, 0) + 1
+            # Random rather than counted (and drawn from the OS, not a generator state that
+            # fork copies), so caches forked from one process that were invalidated
+            # differently never hold the same token (see `insert`).
+            self._generation[collection] = secrets.randbits(62) + 1
             zooms = self._index.get(collection, {})
             doomed: list[TileKey] = []
             box = mercator_box(bounds) if bounds is not None else None

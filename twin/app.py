@@ -32,7 +32,7 @@ from twin.crs import CrsSet
 from twin.metrics import Metrics, MetricsMiddleware
 from twin.routes import collections, items, landing, ops, queries, styles, tiles
 from twin.settings import QuerySettings, ServerSettings
-from twin.tileserve import TileServer
+from twin.tileserve import TileFastPath, TileServer
 
 log = logging.getLogger("twin.app")
 MAPLIBRE_DIST = "node_modules/maplibre-gl/dist"
@@ -165,6 +165,9 @@ def create_app(
     for module in (landing, collections, items, tiles, styles, queries, ops):
         app.include_router(module.router)
     _mount_web_map(app, settings)
+    # Added first, so it runs inside the gzip, CORS and metrics middlewares added next:
+    # plain tile requests skip FastAPI's routing but nothing else.
+    app.add_middleware(TileFastPath, routes=tiles.router.routes)
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=settings.gzip_level)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"]

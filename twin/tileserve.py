@@ -1,30 +1,42 @@
-"""Serving tiles over HTTP: the cache lookup, rendering off the event loop, 204/304, gzip.
+"""Serving tiles over HTTP: the cache lookup, rendering off the event loop, 204/304, gzip,
+and a lean path that answers vector tile requests without FastAPI's routing.
 
-A tile is rendered once, compressed once (by `tiles.cache`) and then served from memory:
-as is to clients that accept gzip, decompressed for the others.
+A tile is rendered once and then served from memory: its raw bytes to identity clients and
+its gzip bytes (made once, on the first request that accepts gzip) to the others. With
+several worker processes (`twin.server`), each tile a worker renders is handed to the other
+workers (`TilePeers`), so every worker's cache holds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
 from layers.layer import Layer
 from layers.models import Access
 from layers.store import RasterInfo
-from tiles.cache import CachedTile, TileCache, TileKey
-from tiles.grid import Tile
+from tiles import grid
+from tiles.cache import CachedTile, TileCache, TileKey, etag
 from tiles.render import render_tile
 from tiles.settings import TileSettings
+from twin.access import caller_scope
 from twin.cql2 import Filter
 from twin.metrics import Metrics
+
+if TYPE_CHECKING:
+    from twin.peers import TilePeers
 
 MVT = "application/vnd.mapbox-vector-tile"
 PNG = "image/png"
 RASTER_CACHE_BYTES = 64 * 1024 * 1024
+TMS_ID = "WebMercatorQuad"
+COLLECTION_TILE_PATH = "/collections/{collectionId}/tiles/{tileMatrixSetId}/{z}/{y}/{x}"
+DATASET_TILE_PATH = "/tiles/{tileMatrixSetId}/{z}/{y}/{x}"
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -61,14 +73,24 @@ class TileServer:
         self.cache = TileCache(settings.cache_bytes, settings.gzip_level)
         self.raster_cache = TileCache(RASTER_CACHE_BYTES, 1)
         self.metrics = metrics
+        self.peers: TilePeers | None = None
+        """Other worker processes to hand rendered tiles to (set by `twin.server`)."""
+        self._hit = metrics.tile_cache.labels("hit")
+        self._miss = metrics.tile_cache.labels("miss")
 
     def invalidate(self, collection: str, bounds: Any) -> None:
         """Drop the cached tiles a change of `collection` inside `bounds` touches."""
         self.cache.invalidate(collection, bounds)
         self.raster_cache.invalidate(collection, None if bounds is None else bounds)
 
-    def _response(
-        self, got: CachedTile, media_type: str, if_none_match: str | None, gzip_ok: bool
+    async def _response(
+        self,
+        cache: TileCache,
+        key: TileKey,
+        got: CachedTile,
+        media_type: str,
+        if_none_match: str | None,
+        gzip_ok: bool,
     ) -> Response:
         headers = {"ETag": got.etag, "Cache-Control": self.settings.cache_control}
         if media_type == MVT:
@@ -79,13 +101,15 @@ class TileServer:
             return Response(status_code=204, headers=headers)
         if gzip_ok:
             headers["Content-Encoding"] = "gzip"
-            return Response(got.data, media_type=media_type, headers=headers)
+            # Compressing is a millisecond of CPU: done off the event loop, once per tile.
+            body = got.data if got.compressed else await run_in_threadpool(cache.gzip, key, got)
+            return Response(body, media_type=media_type, headers=headers)
         return Response(got.raw(), media_type=media_type, headers=headers)
 
     async def respond(
         self,
         layers: Mapping[str, Layer],
-        tile: Tile,
+        tile: grid.Tile,
         scope: Access,
         flt: Filter | None,
         requests: Callable[[], Sequence[tuple[Layer, Any]]],
@@ -94,22 +118,29 @@ class TileServer:
     ) -> Response:
         """The vector tile of `layers` (rows from `requests()`, called only on a cache miss)."""
         key = TileKey.of(tile, layers, scope=scope, filter=None if flt is None else flt.key)
+        gzip_ok = accepts_gzip(accept_encoding)
         got = self.cache.get(key)
         if got is None:
-            self.metrics.tile_cache.labels("miss").inc()
+            self._miss.inc()
             generation = self.cache.generation(key.collections)
+            level = self.cache.level
 
-            def render() -> bytes:
-                return render_tile(requests(), tile, self.settings)
+            def render() -> CachedTile:
+                raw = render_tile(requests(), tile, self.settings)
+                made = CachedTile(raw, etag(raw), level)
+                if gzip_ok:
+                    _ = made.data  # compressed in this thread, not on the event loop
+                return made
 
-            raw = await run_in_threadpool(render)
-            got = self.cache.put(key, raw, generation=generation)
+            got = await run_in_threadpool(render)
+            if self.cache.insert(key, got, generation=generation) and self.peers is not None:
+                self.peers.publish(key, got, generation)
         else:
-            self.metrics.tile_cache.labels("hit").inc()
-        return self._response(got, MVT, if_none_match, accepts_gzip(accept_encoding))
+            self._hit.inc()
+        return await self._response(self.cache, key, got, MVT, if_none_match, gzip_ok)
 
     async def respond_raster(
-        self, info: RasterInfo, tile: Tile, style: str, if_none_match: str | None
+        self, info: RasterInfo, tile: grid.Tile, style: str, if_none_match: str | None
     ) -> Response:
         """The PNG map tile of a raster collection in `style`; 204 outside the raster."""
         from tiles.raster import render_raster_tile
@@ -120,4 +151,82 @@ class TileServer:
             generation = self.raster_cache.generation(key.collections)
             png = await run_in_threadpool(render_raster_tile, info.path, tile, style)
             got = self.raster_cache.put(key, png or b"", generation=generation)
-        return self._response(got, PNG, if_none_match, gzip_ok=False)
+        return await self._response(self.raster_cache, key, got, PNG, if_none_match, False)
+
+
+# -- the lean path ---------------------------------------------------------------------------
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Any]
+
+_TILE_URL = re.compile(
+    rf"^(?:/collections/(?P<collection>[^/]+))?/tiles/{TMS_ID}/(?P<z>\d{{1,2}})/(?P<y>\d{{1,9}})/(?P<x>\d{{1,9}})$"
+)
+
+
+class TileFastPath:
+    """ASGI middleware answering plain vector tile requests (GET, no query string) without
+    FastAPI's routing and dependency solving, which cost more CPU than a cached tile.
+
+    It sits inside the metrics, CORS and gzip middlewares and answers through the very same
+    `TileServer.respond` as the declared routes (`twin.routes.tiles`), so status, body and
+    headers are the same; it labels the request with the declared route for the metrics.
+    Anything else, and any request it cannot settle cleanly (an unknown or hidden
+    collection, a tile outside the matrix, a filter, HEAD), goes on to the full app, which
+    gives the answer and error it always gives.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[Any]) -> None:
+        """`routes`: the declared routes, among them those of `COLLECTION_TILE_PATH` and
+        `DATASET_TILE_PATH` (their requests are labelled with them, as routing would)."""
+        self.app = app
+        self._routes = {
+            r.path: r
+            for r in routes
+            if getattr(r, "path", None) in (COLLECTION_TILE_PATH, DATASET_TILE_PATH)
+        }
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
+            await self.app(scope, receive, send)
+            return
+        match = _TILE_URL.match(scope["path"])
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            answer = await self._lookup(scope, match)
+        except Exception:
+            answer = None  # the full app answers (and reports) whatever went wrong
+        if answer is None:
+            await self.app(scope, receive, send)
+            return
+        route, response = answer
+        scope["route"] = route
+        await response(scope, receive, send)
+
+    async def _lookup(self, scope: dict, match: re.Match[str]) -> tuple[Any, Response] | None:
+        app = scope["app"]
+        collection = match["collection"]
+        route = self._routes.get(DATASET_TILE_PATH if collection is None else COLLECTION_TILE_PATH)
+        if route is None:
+            return None
+        tile = grid.tile(int(match["z"]), int(match["x"]), int(match["y"]))
+        request = Request(scope)
+        access = await caller_scope(request)
+        catalog = app.state.catalog
+        if collection is None:
+            layers = catalog.layers(access)
+        else:
+            layers = {collection: catalog.layer(collection, access)}
+        tiles: TileServer = app.state.tiles
+        headers = request.headers
+        response = await tiles.respond(
+            layers,
+            tile,
+            access,
+            None,
+            lambda: [(layer, None) for layer in layers.values()],
+            headers.get("if-none-match"),
+            headers.get("accept-encoding"),
+        )
+        return route, response

@@ -87,8 +87,7 @@ def test_a_tile_rendered_before_a_change_is_not_cached_after_it() -> None:
     served = cache.put(key, b"stale", generation=gen)
     assert served.raw() == b"stale" and cache.get(key) is None
     fresh = cache.put(key, b"fresh")
-    assert fresh.uncompressed == b"fresh"  # the response just rendered needs no gunzip
-    assert cache.get(key).uncompressed is None  # the cache keeps only the gzip bytes
+    assert cache.get(key) is fresh and fresh.raw() == b"fresh"
     cache.invalidate("pipes", None)
     calls = []
     got = cache.fetch(key, lambda: calls.append(1) or b"fresh")
@@ -97,10 +96,42 @@ def test_a_tile_rendered_before_a_change_is_not_cached_after_it() -> None:
     assert cache.hits >= 1
 
 
+def test_both_encodings_are_kept_and_counted_once_made() -> None:
+    rng = np.random.default_rng(1)
+    raw = b"\x1a" + rng.integers(0, 4, 5000, dtype=np.uint8).tobytes()  # compressible
+    cache = TileCache(level=1)
+    key = TileKey.of(Tile(3, 5, 4), ["pipes"])
+    tile = cache.put(key, raw)
+    assert not tile.compressed and cache.nbytes == len(raw)  # identity clients never gzip
+    gz = cache.gzip(key, tile)
+    assert gzip.decompress(gz) == raw and len(gz) < len(raw)
+    assert cache.get(key).raw() is tile.raw()  # a hit serves the kept raw bytes as they are
+    assert cache.gzip(key, cache.get(key)) is gz  # compressed once, then kept
+    assert cache.nbytes == len(raw) + len(gz)
+    cache.invalidate("pipes", None)
+    assert cache.nbytes == 0 and len(cache) == 0
+
+
+def test_a_tile_from_another_cache_lands_only_on_the_same_data() -> None:
+    """Worker processes share rendered tiles; one made before an invalidation is refused."""
+    mine, theirs = TileCache(), TileCache()
+    key = TileKey.of(Tile(3, 5, 4), ["pipes", "parks"])
+    made = pack(b"\x1a\x03abc", 1)
+    assert mine.insert(key, made, generation=theirs.generation(key.collections))
+    assert mine.get(key) is made and mine.nbytes == made.nbytes
+    theirs.invalidate("parks", None)
+    other = TileKey.of(Tile(3, 6, 4), ["pipes", "parks"])
+    assert not mine.insert(other, made, generation=theirs.generation(other.collections))
+    assert mine.get(other) is None
+    # Two caches invalidated separately never agree by chance (tokens are not counters).
+    mine.invalidate("parks", None)
+    assert mine.generation(["parks"]) != theirs.generation(["parks"])
+
+
 def test_memory_bound_evicts_least_recently_used() -> None:
     rng = np.random.default_rng(0)
     blobs = [rng.integers(0, 256, 3000, dtype=np.uint8).tobytes() for _ in range(10)]
-    size = len(pack(blobs[0]).data)
+    size = len(blobs[0])
     cache = TileCache(max_bytes=size * 4)
     keys = [TileKey.of(Tile(i, 0, 4), ["pipes"]) for i in range(10)]
     for k, b in zip(keys, blobs, strict=True):

@@ -20,11 +20,10 @@ from twin.routes.collections import raster_bounds
 from twin.routes.links import JSON, MVT, PNG, REL_TILING_SCHEMES, base_url, link, url
 from twin.select import Selection, select
 from twin.tilejson import tilejson, tileset_document
-from twin.tileserve import TileServer
+from twin.tileserve import COLLECTION_TILE_PATH, DATASET_TILE_PATH, TMS_ID, TileServer
 
 router = APIRouter(tags=["Tiles"])
 
-TMS_ID = "WebMercatorQuad"
 TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"
 
 
@@ -245,7 +244,7 @@ TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get(
-    "/collections/{collectionId}/tiles/{tileMatrixSetId}/{z}/{y}/{x}",
+    COLLECTION_TILE_PATH,
     summary="A vector tile of a collection",
     response_class=Response,
     responses=TILE_RESPONSES,
@@ -278,7 +277,7 @@ async def collection_tile(
 
 
 @router.get(
-    "/tiles/{tileMatrixSetId}/{z}/{y}/{x}",
+    DATASET_TILE_PATH,
     summary="A vector tile of several collections",
     response_class=Response,
     responses=TILE_RESPONSES,
