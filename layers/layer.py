@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -97,6 +97,150 @@ def _json_list(values: Any) -> list:
     return [json_value(v) for v in values.tolist()]
 
 
+def json_text(value: Any) -> str:
+    """Compact JSON text of a plain JSON value (as `json_value` gives), non-finite numbers as
+    ``null`` (JSON has none)."""
+    if isinstance(value, str):
+        return _quote(value)
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+@lru_cache(maxsize=1024)
+def object_template(names: tuple[str, ...]) -> str:
+    """`{"name":%s,...}`: a JSON object to fill (with `%`) with one value text per name."""
+    return "{" + ",".join(json_text(n).replace("%", "%%") + ":%s" for n in names) + "}"
+
+
+# The C string escaper `json.dumps(..., ensure_ascii=False)` uses: the same text, ~10× faster.
+_quote = json.encoder.encode_basestring
+
+# A column with at most this share of distinct values (or this many) is held as codes into its
+# distinct values' JSON, made once: then any rows' JSON is two array look-ups.
+_DISTINCT_SHARE = 4
+_DISTINCT_MIN = 1024
+
+
+class JsonColumn:
+    """One attribute column ready to give the JSON values and JSON texts of any of its rows.
+
+    Built once per column of a served layer (a layer is not changed in place). Columns with few
+    distinct values keep codes into those values' JSON; others convert only the rows asked for,
+    straight from their numpy or Arrow data. Both give exactly `json_value` / `json_text` of
+    each value.
+    """
+
+    def __init__(self, array: Any, *, max_distinct: int | None = None) -> None:
+        n = len(array)
+        self.array = array
+        self._codes: np.ndarray | None = None
+        self._kind = _kind(array)
+        if self._kind != "object" and n:
+            limit = (
+                max(_DISTINCT_MIN, n // _DISTINCT_SHARE) if max_distinct is None else max_distinct
+            )
+            codes, uniques = pd.factorize(array, use_na_sentinel=True)
+            if len(uniques) <= limit:
+                values = [json_value(u) for u in uniques]
+                # Code -1 (missing) picks the last entry.
+                self._values = np.array([*values, None], dtype=object)
+                self._texts = np.array([*map(json_text, values), "null"], dtype=object)
+                self._codes = codes.astype(np.int32 if len(uniques) < 2**31 else np.int64)
+                return
+        if self._kind in ("float", "int", "bool"):
+            self._data = array.to_numpy(dtype=array.dtype.numpy_dtype, na_value=_FILL[self._kind])
+            self._mask = np.asarray(pd.isna(array)) if self._kind != "float" else None
+        elif self._kind == "arrow":
+            self._arrow = array.__arrow_array__().combine_chunks()
+
+    def values(self, rows: np.ndarray) -> list[Any]:
+        """`json_value` of each row's value."""
+        if self._codes is not None:
+            return self._values[self._codes[rows]].tolist()
+        kind = self._kind
+        if kind == "arrow":
+            return self._arrow.take(rows).to_pylist()
+        if kind == "float":
+            return [_number(v) for v in self._data[rows].tolist()]
+        if kind in ("int", "bool"):
+            vals = self._data[rows].tolist()
+            assert self._mask is not None
+            return [None if m else v for v, m in zip(vals, self._mask[rows].tolist(), strict=True)]
+        return _json_list(self.array.take(rows))
+
+    def texts(self, rows: np.ndarray) -> list[str]:
+        """`json_text` of each row's value."""
+        if self._codes is not None:
+            return self._texts[self._codes[rows]].tolist()
+        kind = self._kind
+        if kind == "arrow":
+            return ["null" if v is None else _quote(v) for v in self._arrow.take(rows).to_pylist()]
+        if kind == "float":
+            return [_number_text(v) for v in self._data[rows].tolist()]
+        if kind == "int":
+            assert self._mask is not None
+            vals = self._data[rows].tolist()
+            return [
+                "null" if m else str(v)
+                for v, m in zip(vals, self._mask[rows].tolist(), strict=True)
+            ]
+        if kind == "bool":
+            assert self._mask is not None
+            vals = self._data[rows].tolist()
+            return [
+                "null" if m else ("true" if v else "false")
+                for v, m in zip(vals, self._mask[rows].tolist(), strict=True)
+            ]
+        return [json_text(v) for v in _json_list(self.array.take(rows))]
+
+
+_FILL: dict[str, Any] = {"float": np.nan, "int": 0, "bool": False}
+
+
+def _kind(array: Any) -> str:
+    """How a column's values are read fast: float, int, bool, arrow (strings), other (dates:
+    through pandas, values are typed) or object (anything: never factorised, as 1, 1.0 and
+    True would merge)."""
+    if isinstance(array, pd.arrays.ArrowStringArray):
+        return "arrow"
+    kind = array.dtype.kind
+    if kind == "f":
+        return "float"
+    if kind in "iu":
+        return "int"
+    if kind == "b":
+        return "bool"
+    if kind == "O":
+        return "object"
+    return "other"
+
+
+def _number(v: float) -> float | int | None:
+    """`json_value` of a float: NaN is None, whole numbers are ints."""
+    if v != v:
+        return None
+    return int(v) if v.is_integer() and abs(v) < 2**53 else v
+
+
+def _number_text(v: float) -> str:
+    """`json_text` of a float's `json_value`."""
+    if v != v or v in (math.inf, -math.inf):
+        return "null"
+    return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
+
+
 @dataclass(eq=False)
 class Layer:
     """A vector layer held in memory: row `i` is feature `ids[i]` with `geometry[i]` (lon/lat).
@@ -141,10 +285,33 @@ class Layer:
         return shapely.STRtree(self.geometry)
 
     @cached_property
-    def _arrays(self) -> dict[str, Any]:
-        """Each attribute column's array, looked up once (like `tree`, this assumes the layer is
+    def _json(self) -> dict[str, JsonColumn]:
+        """Columns made ready for JSON, each on first use (like `tree`, this assumes the layer is
         not changed in place once served: an edit makes a new `Layer`)."""
-        return {c: self.attrs[c].array for c in self.attrs.columns}
+        return {}
+
+    def json_column(self, name: str) -> JsonColumn:
+        """The attribute column `name` ready to give JSON values and texts of any rows."""
+        held = self._json.get(name)
+        if held is None:
+            # Two threads may both build it: the same result, so the first one stored wins.
+            held = self._json.setdefault(name, JsonColumn(self.attrs[name].array))
+        return held
+
+    def floats(self, name: str) -> np.ndarray:
+        """A numeric attribute column as float64, NaN where missing (made once, read-only)."""
+        key = f"floats:{name}"
+        held = self._cache.get(key)
+        if held is None:
+            held = self.attrs[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            held.flags.writeable = False
+            held = self._cache.setdefault(key, held)
+        return held
+
+    @cached_property
+    def _cache(self) -> dict[Any, Any]:
+        """Things derived from the columns, made once."""
+        return {}
 
     @cached_property
     def row_of(self) -> pd.Index:
@@ -203,15 +370,37 @@ class Layer:
         """Sorted row numbers of features whose geometry intersects the box."""
         return self.query(shapely.box(*bounds), predicate="intersects")
 
+    def property_names(self, *, system: bool = False) -> list[str]:
+        """The columns features carry as properties: the schema's fields and `source` (all
+        system columns when asked)."""
+        return self.schema.field_names + ([*SYSTEM_COLUMNS] if system else [SOURCE])
+
     def properties(self, rows: Sequence[int] | np.ndarray, *, system: bool = False) -> list[dict]:
         """JSON-ready property dicts for `rows`; system columns only when asked."""
-        names = self.schema.field_names + ([*SYSTEM_COLUMNS] if system else [SOURCE])
+        names = self.property_names(system=system)
         rows = np.asarray(rows, dtype=np.int64)
-        # Column by column: taking rows of each array is several times faster than iloc on
-        # the frame (a page of items is serialised on every request).
-        arrays = self._arrays
-        cols = [_json_list(arrays[c].take(rows)) for c in names]
+        cols = [self.json_column(c).values(rows) for c in names]
         return [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
+
+    def properties_json(
+        self, rows: Sequence[int] | np.ndarray, *, system: bool = False
+    ) -> list[str]:
+        """`properties` as compact JSON object texts (what `json.dumps` of each dict gives, with
+        non-finite numbers as null), written without building the dicts."""
+        names = self.property_names(system=system)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        template = object_template(tuple(names))
+        cols = [self.json_column(c).texts(rows) for c in names]
+        return [template % values for values in zip(*cols, strict=True)]
+
+    def id_texts(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """JSON texts of the feature ids of `rows`."""
+        return [
+            _quote(fid) if isinstance(fid, str) else json_text(json_value(fid))
+            for fid in self.ids[np.asarray(rows, dtype=np.int64)].tolist()
+        ]
 
     def features(self, rows: Sequence[int] | np.ndarray, *, system: bool = False) -> list[dict]:
         """GeoJSON Feature dicts (lon/lat) for `rows`."""

@@ -1,8 +1,10 @@
 """Raster values at points and along lines: nearest and bilinear sampling, ground profiles.
 
-Pure functions over an open rasterio dataset (or a path, opened for the call). Points are
-lon/lat (CRS84) unless another CRS is named; values come back in the raster's own units
-(band scale and offset applied), with nodata, masked and out-of-raster cells as ``None``.
+Pure functions over an open rasterio dataset (or a path, opened for the call), or over a
+`MemoryRaster`: the same raster read into memory once, sampled with identical results and no
+file read per call. Points are lon/lat (CRS84) unless another CRS is named; values come back in
+the raster's own units (band scale and offset applied), with nodata, masked and out-of-raster
+cells as ``None``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import rasterio
 import shapely
+from affine import Affine
 from pyproj import CRS, Geod, Transformer
+from rasterio.coords import BoundingBox
+from rasterio.crs import CRS as RasterCRS
 from rasterio.io import DatasetReader
 from rasterio.transform import rowcol
 from rasterio.windows import Window
@@ -25,7 +30,6 @@ from rasterio.windows import Window
 from layers.errors import LayersError
 
 Method = Literal["nearest", "bilinear"]
-RasterSource: TypeAlias = "str | Path | DatasetReader"
 
 LONLAT = "OGC:CRS84"
 _GEOD = Geod(ellps="WGS84")
@@ -37,6 +41,83 @@ _BLOCK = 512
 
 class RasterSampleError(LayersError):
     """A raster that cannot be sampled (no CRS, no such band) or a bad sampling request."""
+
+
+@dataclass(frozen=True, eq=False)
+class MemoryRaster:
+    """A raster's bands held in memory with what sampling needs of its dataset (the grid, CRS,
+    band scales and offsets): sampled exactly like the file it was read from."""
+
+    name: str
+    crs: RasterCRS | None
+    transform: Affine
+    width: int
+    height: int
+    bounds: BoundingBox
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+    bands: tuple[np.ndarray, ...]
+    """Each band's cells in the file's data type."""
+    masks: tuple[np.ndarray | None, ...]
+    """Each band's mask (True: nodata or masked), None where nothing is masked."""
+
+    @property
+    def count(self) -> int:
+        """Number of bands."""
+        return len(self.bands)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cells and masks."""
+        return sum(b.nbytes for b in self.bands) + sum(
+            m.nbytes for m in self.masks if m is not None
+        )
+
+    def cells(self, band: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Values (float64, NaN where masked) of the cells (rows, cols), all inside the raster."""
+        out = self.bands[band - 1][rows, cols].astype(np.float64)
+        mask = self.masks[band - 1]
+        if mask is not None:
+            out[mask[rows, cols]] = np.nan
+        return out
+
+
+Dataset: TypeAlias = "DatasetReader | MemoryRaster"
+RasterSource: TypeAlias = "str | Path | DatasetReader | MemoryRaster"
+
+
+def memory_bytes(ds: DatasetReader) -> int:
+    """Memory a `MemoryRaster` of `ds` would hold at most (cells, and a byte a cell for masks)."""
+    return ds.width * ds.height * sum(np.dtype(t).itemsize + 1 for t in ds.dtypes)
+
+
+def read_into_memory(src: RasterSource, max_bytes: int | None = None) -> MemoryRaster | None:
+    """The raster's bands read into memory, or None when they would need more than
+    `max_bytes` (default: no limit)."""
+    if isinstance(src, MemoryRaster):
+        return src
+    with _dataset(src) as ds:
+        assert isinstance(ds, DatasetReader)
+        if max_bytes is not None and memory_bytes(ds) > max_bytes:
+            return None
+        bands, masks = [], []
+        for b in range(1, ds.count + 1):
+            data = ds.read(b, masked=True)
+            bands.append(np.ascontiguousarray(np.ma.getdata(data)))
+            mask = np.ma.getmaskarray(data)
+            masks.append(np.ascontiguousarray(mask) if mask.any() else None)
+        return MemoryRaster(
+            name=ds.name,
+            crs=ds.crs,
+            transform=ds.transform,
+            width=ds.width,
+            height=ds.height,
+            bounds=ds.bounds,
+            scales=tuple(ds.scales),
+            offsets=tuple(ds.offsets),
+            bands=tuple(bands),
+            masks=tuple(masks),
+        )
 
 
 @dataclass(frozen=True)
@@ -66,7 +147,7 @@ class Profile:
 
 
 @contextmanager
-def _dataset(src: RasterSource) -> Iterator[DatasetReader]:
+def _dataset(src: RasterSource) -> Iterator[Dataset]:
     if isinstance(src, str | Path):
         with rasterio.open(src) as ds:
             yield ds
@@ -82,7 +163,7 @@ def _transformer(src_crs: str, dst_crs: str) -> Transformer:
 
 
 def _to_raster_xy(
-    ds: DatasetReader, x: np.ndarray, y: np.ndarray, crs: str
+    ds: Dataset, x: np.ndarray, y: np.ndarray, crs: str
 ) -> tuple[np.ndarray, np.ndarray]:
     if ds.crs is None:
         raise RasterSampleError(f"raster {ds.name} has no coordinate reference system")
@@ -90,8 +171,10 @@ def _to_raster_xy(
     return tr.transform(x, y)
 
 
-def _gather(ds: DatasetReader, band: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _gather(ds: Dataset, band: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Values (float64, NaN where masked) of the cells (rows, cols), all inside the raster."""
+    if isinstance(ds, MemoryRaster):
+        return ds.cells(band, rows, cols)
     out = np.full(rows.shape, np.nan)
     if rows.size == 0:
         return out
@@ -119,7 +202,7 @@ def _gather(ds: DatasetReader, band: int, rows: np.ndarray, cols: np.ndarray) ->
     return out
 
 
-def _physical(ds: DatasetReader, band: int, values: np.ndarray) -> list[float | None]:
+def _physical(ds: Dataset, band: int, values: np.ndarray) -> list[float | None]:
     scale = ds.scales[band - 1] if ds.scales else 1.0
     offset = ds.offsets[band - 1] if ds.offsets else 0.0
     if (scale, offset) != (1.0, 0.0):
@@ -128,7 +211,7 @@ def _physical(ds: DatasetReader, band: int, values: np.ndarray) -> list[float | 
 
 
 def sample_xy(
-    ds: DatasetReader,
+    ds: Dataset,
     x: np.ndarray,
     y: np.ndarray,
     *,
@@ -213,7 +296,7 @@ def sample_point(
     return sample(src, [lon], [lat], method=method, band=band)[0]
 
 
-def ground_step_m(ds: DatasetReader) -> float:
+def ground_step_m(ds: Dataset) -> float:
     """The raster's cell size on the ground, in metres (the smaller side, at its centre)."""
     if ds.crs is None:
         raise RasterSampleError(f"raster {ds.name} has no coordinate reference system")

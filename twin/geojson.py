@@ -2,55 +2,57 @@
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import shapely
 
-from layers.layer import Layer
+from layers.layer import Layer, json_text, object_template
 
 
-def _dumps(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError:  # an infinite number: JSON has none, so it goes out as null
-        return json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"))
+@lru_cache(maxsize=256)
+def _template(properties: tuple[str, ...], members: tuple[str, ...]) -> str:
+    """A Feature to fill (with `%`) with its id, geometry, property values and member values."""
+    more = "".join("," + json_text(m).replace("%", "%%") + ":%s" for m in members)
+    return (
+        '{"type":"Feature","id":%s,"geometry":%s,"properties":'
+        + object_template(properties)
+        + more
+        + "}"
+    )
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def features_json(layer: Layer, rows: np.ndarray, geometry: np.ndarray) -> list[str]:
+def features_json(
+    layer: Layer,
+    rows: np.ndarray | Sequence[int],
+    geometry: np.ndarray,
+    members: Sequence[tuple[str, list[str]]] = (),
+) -> list[str]:
     """One GeoJSON Feature text per row; `geometry` holds the rows' geometries, already in the
-    answer's CRS."""
+    answer's CRS, and `members` more top-level members: a name and each row's JSON text."""
     if len(rows) == 0:
         return []
-    props = layer.properties(rows)
-    geoms = shapely.to_geojson(geometry)
-    ids = layer.ids[rows].tolist()
-    # One string join per feature: the page is serialised once, geometry text spliced as is.
+    rows = np.asarray(rows, dtype=np.int64)
+    names = layer.property_names()
+    template = _template(tuple(names), tuple(name for name, _ in members))
+    # Every text is spliced as it is, one `%` per feature: the page is serialised once.
+    geoms = ["null" if g is None else g for g in shapely.to_geojson(geometry).tolist()]
+    columns = [layer.json_column(c).texts(rows) for c in names]
+    more = [texts for _, texts in members]
     return [
-        f'{{"type":"Feature","id":{_dumps(fid)},"geometry":{g if g is not None else "null"},'
-        f'"properties":{_dumps(p)}}}'
-        for fid, g, p in zip(ids, geoms.tolist(), props, strict=True)
+        template % values
+        for values in zip(layer.id_texts(rows), geoms, *columns, *more, strict=True)
     ]
 
 
 def feature_collection(features: list[str], members: dict[str, Any]) -> bytes:
     """A FeatureCollection holding `features` (texts) and the other `members` given."""
-    head = _dumps({"type": "FeatureCollection", **members})[:-1]
+    head = json_text({"type": "FeatureCollection", **members})[:-1]
     return f'{head},"features":[{",".join(features)}]}}'.encode()
 
 
 def feature(text: str, members: dict[str, Any]) -> bytes:
     """One Feature text with extra top-level `members` (links)."""
-    return f"{text[:-1]},{_dumps(members)[1:]}".encode()
+    return f"{text[:-1]},{json_text(members)[1:]}".encode()

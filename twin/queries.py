@@ -15,6 +15,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,9 @@ from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 
 from layers.catalog import Catalog
-from layers.layer import Layer, json_value
+from layers.layer import Layer, json_text, json_value
 from layers.models import Access
-from layers.raster import Method, sample_xy
+from layers.raster import Dataset, Method, memory_bytes, read_into_memory, sample_xy
 from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
 from twin import geojson, metric
@@ -90,18 +91,15 @@ class Matches:
         """`features` as GeoJSON texts."""
         idx = np.asarray(index, dtype=np.int64)
         rows = self.rows[idx]
-        texts = geojson.features_json(self.layer, rows, self.layer.geometry[rows])
-        out = []
-        # Collection ids are plain identifiers and distances finite: no encoder needed for them.
-        head = f',"collection":"{self.collection}","distance_m":'
-        dist = np.round(self.distance_m[idx], 3).tolist()
-        for text, i, d in zip(texts, idx.tolist(), dist, strict=True):
-            extra = ""
-            if self.members:
-                more = {name: values[i] for name, values in self.members.items()}
-                extra = "," + json.dumps(more, separators=(",", ":"), allow_nan=False)[1:-1]
-            out.append(f"{text[:-1]}{head}{d!r}{extra}}}")
-        return out
+        picked = idx.tolist()
+        # Distances are finite floats: their repr is their JSON.
+        members = [
+            ("collection", [json_text(self.collection)] * len(picked)),
+            ("distance_m", [repr(round(d, 3)) for d in self.distance_m[idx].tolist()]),
+        ]
+        for name, values in self.members.items():
+            members.append((name, [json_text(values[i]) for i in picked]))
+        return geojson.features_json(self.layer, rows, self.layer.geometry[rows], members)
 
     def summary(self) -> dict[str, Any]:
         """Count and nearest distance of the layer's matches (and the shallowest cover depth of
@@ -112,8 +110,9 @@ class Matches:
             "nearest_m": round(float(self.distance_m[0]), 3) if len(self) else None,
         }
         if is_buried(self.layer):
-            depths = self.layer.attrs[DEPTH].iloc[self.rows].dropna()
-            out["shallowest_depth_m"] = float(depths.min()) if len(depths) else None
+            depths = self.layer.floats(DEPTH)[self.rows]
+            known = depths[~np.isnan(depths)]
+            out["shallowest_depth_m"] = float(known.min()) if len(known) else None
         return out
 
 
@@ -279,18 +278,38 @@ def _search(
     return groups
 
 
-_cells: weakref.WeakKeyDictionary[Layer, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class _Cells:
+    """Every cell of a grid as `{id, level, code, ...}`, and each row's place in the answer's
+    order (district first, then by code)."""
+
+    records: list[dict[str, Any]]
+    place: np.ndarray
+
+
+_cells: weakref.WeakKeyDictionary[Layer, _Cells] = weakref.WeakKeyDictionary()
 _cells_lock = threading.Lock()
 
 
-def _cell_records(grid: Layer) -> list[dict[str, Any]]:
-    """Every cell of the grid as `{id, level, code, ...}`, made once per grid layer (the grid
-    is small and read on every `at`, dig check and buffer)."""
+def _grid_cells(grid: Layer) -> _Cells:
+    """The grid's `_Cells`, made once per grid layer (the grid is small and read on every
+    `at`, dig check and buffer)."""
     with _cells_lock:
         held = _cells.get(grid)
     if held is None:
         props = grid.properties(np.arange(len(grid)))
-        held = [{"id": fid, **p} for fid, p in zip(grid.ids.tolist(), props, strict=True)]
+        records = [{"id": fid, **p} for fid, p in zip(grid.ids.tolist(), props, strict=True)]
+        rank = {level: i for i, level in enumerate(GRID_LEVELS)}
+        order = sorted(
+            range(len(records)),
+            key=lambda i: (
+                rank.get(str(records[i].get("level")), len(rank)),
+                str(records[i].get("code")),
+            ),
+        )
+        place = np.empty(len(records), dtype=np.int64)
+        place[order] = np.arange(len(records))
+        held = _Cells(records, place)
         with _cells_lock:
             _cells[grid] = held
     return held
@@ -299,19 +318,15 @@ def _cell_records(grid: Layer) -> list[dict[str, Any]]:
 def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> list[dict[str, Any]]:
     """The management cells (every level, district first) that `geometry` meets, when the
     caller may see the grid."""
-    layers = catalog.layers(scope)
-    if GRIDS not in layers:
+    grid = catalog.layers(scope).get(GRIDS)
+    if grid is None:
         return []
-    grid = layers[GRIDS]
     rows = grid.query(geometry, "intersects")
     if not len(rows):
         return []
-    records = _cell_records(grid)
-    rank = {level: i for i, level in enumerate(GRID_LEVELS)}
-    cells = [dict(records[i]) for i in rows.tolist()]
-    return sorted(
-        cells, key=lambda c: (rank.get(str(c.get("level")), len(rank)), str(c.get("code")))
-    )
+    cells = _grid_cells(grid)
+    rows = rows[np.argsort(cells.place[rows], kind="stable")]
+    return [dict(cells.records[i]) for i in rows.tolist()]
 
 
 # -- near ---------------------------------------------------------------------------------------
@@ -332,42 +347,62 @@ def near(
 
 
 _datasets = threading.local()
+_in_memory: dict[Path, tuple[int, Dataset, Transformer]] = {}
+_in_memory_lock = threading.Lock()
 
 
-def _open(path: Path) -> tuple[DatasetReader, Transformer]:
-    """An open dataset for `path` and the transformer from lon/lat to its CRS, kept per thread
-    (rasterio handles are not thread-safe) and reopened when the file changes."""
+def _open(path: Path, max_memory: int = 0) -> tuple[Dataset, Transformer]:
+    """The raster at `path` and the transformer from lon/lat to its CRS, refreshed when the file
+    changes: held in memory (shared by all threads) when its bands fit in `max_memory` bytes,
+    else an open dataset kept per thread (rasterio handles are not thread-safe)."""
+    stamp = os.stat(path).st_mtime_ns
+    held = _in_memory.get(path)
+    if held is not None and held[0] == stamp:
+        return held[1], held[2]
     cache: dict[Path, tuple[int, DatasetReader, Transformer]] = _datasets.__dict__.setdefault(
         "cache", {}
     )
-    stamp = os.stat(path).st_mtime_ns
-    held = cache.get(path)
-    if held is not None and held[0] == stamp:
-        return held[1], held[2]
-    if held is not None:
-        held[1].close()
-    ds = rasterio.open(path)
-    if ds.crs is None:
+    opened = cache.get(path)
+    if opened is None or opened[0] != stamp:
+        if opened is not None:
+            opened[1].close()
+        ds = rasterio.open(path)
+        if ds.crs is None:
+            ds.close()
+            raise InvalidParameter(f"raster {path.name} has no coordinate reference system")
+        opened = cache[path] = (stamp, ds, _to_raster(ds.crs.to_wkt()))
+    _, ds, to_raster = opened
+    if 0 < memory_bytes(ds) <= max_memory:
+        mem = read_into_memory(ds)
+        assert mem is not None
+        with _in_memory_lock:
+            _in_memory[path] = (stamp, mem, to_raster)
+        # This thread's file handle is not needed any more.
+        cache.pop(path)
         ds.close()
-        raise InvalidParameter(f"raster {path.name} has no coordinate reference system")
-    to_raster = Transformer.from_crs("OGC:CRS84", ds.crs.to_wkt(), always_xy=True)
-    cache[path] = (stamp, ds, to_raster)
+        return mem, to_raster
     return ds, to_raster
 
 
-def raster_values(info: RasterInfo, point: shapely.Point, method: Method) -> list[float | None]:
+@lru_cache(maxsize=64)
+def _to_raster(crs_wkt: str) -> Transformer:
+    return Transformer.from_crs("OGC:CRS84", crs_wkt, always_xy=True)
+
+
+def raster_values(
+    info: RasterInfo, point: shapely.Point, method: Method, *, max_memory: int = 0
+) -> list[float | None]:
     """Every band's value of a raster collection at a lon/lat point (None: nodata/outside; no
-    values at all when the file cannot be read)."""
+    values at all when the file cannot be read). Rasters up to `max_memory` bytes are read
+    into memory once and sampled there."""
     try:
-        ds, to_raster = _open(Path(info.path))
+        ds, to_raster = _open(Path(info.path), max_memory)
     except (OSError, RasterioIOError):
         log.warning("raster %s cannot be read at %s", info.name, info.path)
         return []
-    x, y = to_raster.transform([point.x], [point.y])
-    return [
-        sample_xy(ds, np.asarray(x), np.asarray(y), method=method, band=b)[0]
-        for b in range(1, ds.count + 1)
-    ]
+    x, y = to_raster.transform(point.x, point.y)
+    xs, ys = np.array([x]), np.array([y])
+    return [sample_xy(ds, xs, ys, method=method, band=b)[0] for b in range(1, ds.count + 1)]
 
 
 @dataclass(frozen=True)
@@ -382,9 +417,7 @@ class AtResult:
     dem: str | None
     ground_m: float | None
 
-    def to_json(self, limit: int | None = None) -> dict[str, Any]:
-        """The JSON answer: `layers` holds a FeatureCollection per layer (its `limit` nearest
-        features, and how many there are)."""
+    def _head(self) -> dict[str, Any]:
         return {
             "location": {"lon": self.point.x, "lat": self.point.y},
             "tolerance_m": self.tolerance_m,
@@ -395,6 +428,13 @@ class AtResult:
                 name: {"value": values[0] if values else None, "values": values}
                 for name, values in self.rasters.items()
             },
+        }
+
+    def to_json(self, limit: int | None = None) -> dict[str, Any]:
+        """The JSON answer: `layers` holds a FeatureCollection per layer (its `limit` nearest
+        features, and how many there are)."""
+        return {
+            **self._head(),
             "layers": {
                 g.collection: {
                     "type": "FeatureCollection",
@@ -406,10 +446,23 @@ class AtResult:
             },
         }
 
+    def to_bytes(self, limit: int | None = None) -> bytes:
+        """`to_json` as JSON bytes, feature texts spliced rather than built as dicts."""
+        layers = []
+        for g in self.groups:
+            texts = g.feature_texts(np.arange(len(g))[:limit])
+            layers.append(
+                f'{json_text(g.collection)}:{{"type":"FeatureCollection",'
+                f'"numberMatched":{len(g)},"numberReturned":{len(texts)},'
+                f'"features":[{",".join(texts)}]}}'
+            )
+        head = json_text(self._head())[:-1]
+        return f'{head},"layers":{{{",".join(layers)}}}}}'.encode()
+
 
 def _underground(group: Matches, ground_m: float | None) -> Matches:
     """`group` with each buried feature's ground elevation, cover depth and top elevation."""
-    depths = [json_value(v) for v in group.layer.attrs[DEPTH].iloc[group.rows].tolist()]
+    depths = group.layer.json_column(DEPTH).values(group.rows)
     under = [
         {
             "ground_elevation_m": ground_m,
@@ -431,12 +484,15 @@ def at(
     *,
     dem: str = "dem",
     method: Method = "bilinear",
+    raster_memory_bytes: int = 0,
 ) -> AtResult:
     """Everything at `point`: features of every visible layer that contain it or pass within
     `tolerance_m`, the grid cells it falls in, and every visible raster's values there; buried
-    assets carry the ground elevation from raster `dem` and their cover depth."""
+    assets carry the ground elevation from raster `dem` and their cover depth. Rasters up to
+    `raster_memory_bytes` are sampled in memory."""
     rasters = {
-        name: raster_values(info, point, method) for name, info in catalog.rasters(scope).items()
+        name: raster_values(info, point, method, max_memory=raster_memory_bytes)
+        for name, info in catalog.rasters(scope).items()
     }
     ground = (rasters.get(dem) or [None])[0]
     groups = [
@@ -488,8 +544,8 @@ class DigCheck:
 def _dig_depth(group: Matches, dig_depth_m: float) -> Matches:
     """`group` with, for each buried feature, whether digging to `dig_depth_m` reaches it (None:
     its depth is unknown, so it must be located on site)."""
-    depths = group.layer.attrs[DEPTH].iloc[group.rows]
-    reached = [None if v is None else bool(v <= dig_depth_m) for v in map(json_value, depths)]
+    depths = group.layer.json_column(DEPTH).values(group.rows)
+    reached = [None if v is None else bool(v <= dig_depth_m) for v in depths]
     return Matches(group.layer, group.rows, group.distance_m, {**group.members, "reached": reached})
 
 

@@ -55,6 +55,9 @@ class QuerySettings(BaseSettings):
     """Largest request body, bytes."""
     dem_collection: str = "dem"
     """Raster collection holding ground elevation, for the depth of buried assets."""
+    raster_memory_bytes: int = 256 * 2**20
+    """Rasters whose bands fit in this many bytes are read into memory once and sampled there by
+    `at` (0: always read from the file)."""
     network_snap_m: float = 0.5
     """Pipe ends, valves and fittings closer than this are joined into one network node."""
     network_attach_m: float = 30.0

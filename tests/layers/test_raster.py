@@ -13,7 +13,16 @@ import shapely
 from pyproj import Geod, Transformer
 from rasterio.transform import from_origin
 
-from layers.raster import RasterSampleError, ground_step_m, profile, sample, sample_point
+from layers.raster import (
+    MemoryRaster,
+    RasterSampleError,
+    ground_step_m,
+    memory_bytes,
+    profile,
+    read_into_memory,
+    sample,
+    sample_point,
+)
 from tests.conftest import shared
 
 GEOD = Geod(ellps="WGS84")
@@ -240,3 +249,99 @@ def test_unknown_band_and_method_are_refused(ramp_utm):
         sample(ramp_utm[0], [114.3], [30.3], band=2)
     with pytest.raises(RasterSampleError, match="unknown sampling method"):
         sample(ramp_utm[0], [114.3], [30.3], method="cubic")  # type: ignore[arg-type]
+
+
+# -- rasters held in memory ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_bands(tmp_path: Path) -> Path:
+    """Two lon/lat bands: float32 with nodata holes, and int16 with scale and offset."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(30, 5, (70, 90)).astype("float32")
+    z[rng.random(z.shape) < 0.05] = NODATA
+    path = tmp_path / "two.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=90,
+        height=70,
+        count=2,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=from_origin(114.2, 30.5, 0.001, 0.001),
+        nodata=NODATA,
+    ) as dst:
+        dst.write(z, 1)
+        dst.write(np.round(z * 3), 2)
+        dst.scales, dst.offsets = (1.0, 0.25), (0.0, -10.0)
+    return path
+
+
+def _points(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random points over the raster and a margin around it, with a NaN among them."""
+    with rasterio.open(path) as ds:
+        b = ds.bounds
+        to_ll = Transformer.from_crs(ds.crs, "EPSG:4326", always_xy=True)
+    rng = np.random.default_rng(11)
+    w, h = b.right - b.left, b.top - b.bottom
+    x = rng.uniform(b.left - 0.05 * w, b.right + 0.05 * w, n)
+    y = rng.uniform(b.bottom - 0.05 * h, b.top + 0.05 * h, n)
+    lon, lat = (np.asarray(v) for v in to_ll.transform(x, y))
+    lon[0] = np.nan
+    return lon, lat
+
+
+@pytest.mark.parametrize("method", ["nearest", "bilinear"])
+def test_memory_raster_samples_exactly_as_the_file(ramp_utm, two_bands, method):
+    for path in (ramp_utm[0], two_bands):
+        mem = read_into_memory(path)
+        assert isinstance(mem, MemoryRaster)
+        lon, lat = _points(path, 3000)
+        with rasterio.open(path) as ds:
+            assert mem.count == ds.count
+            for band in range(1, ds.count + 1):
+                from_file = sample(ds, lon, lat, method=method, band=band)
+                from_memory = sample(mem, lon, lat, method=method, band=band)
+                assert from_memory == from_file  # the same floats and Nones, not approximately
+                assert 0 < sum(v is None for v in from_file) < len(from_file)
+
+
+def test_memory_raster_nodata_scale_and_profile(two_bands):
+    mem = read_into_memory(two_bands)
+    assert mem is not None
+    with rasterio.open(two_bands) as ds:
+        z = ds.read(1)
+        row, col = map(int, np.argwhere(z == NODATA)[0])
+        lon, lat = ds.xy(row, col)
+        raw = float(ds.read(2)[5, 7])
+        lon2, lat2 = ds.xy(5, 7)
+        # a nodata cell is None from memory too, and band 2 is scaled to physical units
+        assert sample_point(mem, lon, lat, method="nearest") is None
+        assert sample_point(mem, lon2, lat2, method="nearest", band=2) == raw * 0.25 - 10.0
+        line = [(114.201, 30.499), (114.27, 30.45), (114.285, 30.44)]
+        assert profile(mem, line).values == profile(ds, line).values
+        assert ground_step_m(mem) == ground_step_m(ds)
+
+
+def test_memory_raster_byte_limit(two_bands):
+    with rasterio.open(two_bands) as ds:
+        need = memory_bytes(ds)
+    assert need == 70 * 90 * 2 * (4 + 1)
+    assert read_into_memory(two_bands, max_bytes=need - 1) is None
+    mem = read_into_memory(two_bands, max_bytes=need)
+    assert mem is not None and mem.nbytes <= need
+    with pytest.raises(RasterSampleError, match="no band 3"):
+        sample(mem, [114.21], [30.49], band=3)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["dem/pysheds_dem.tif", "dem/osmnx_elevation2.tif"])
+def test_real_dems_sample_the_same_from_memory(name):
+    path = shared(name)
+    mem = read_into_memory(path)
+    assert mem is not None
+    lon, lat = _points(path, 2000)
+    for method in ("nearest", "bilinear"):
+        assert sample(mem, lon, lat, method=method) == sample(path, lon, lat, method=method)

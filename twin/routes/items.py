@@ -144,7 +144,7 @@ def get_item(
     row = layer.row(featureId)
     rows = [row]
     geoms = crs_set.to_crs(layer.geometry[rows], crs)
-    (text,) = features_json(layer, rows, geoms)  # type: ignore[arg-type]
+    (text,) = features_json(layer, rows, geoms)
     body = feature(
         text,
         {

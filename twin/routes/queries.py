@@ -123,7 +123,12 @@ def get_near(
     return _geojson(queries.feature_collection_bytes(groups, limit, members))
 
 
-@router.get("/query/at", summary="What sits at or under a location")
+@router.get(
+    "/query/at",
+    summary="What sits at or under a location",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}, "description": "What is there"}},
+)
 def get_at(
     catalog: CatalogDep,
     scope: Scope,
@@ -137,14 +142,20 @@ def get_at(
         Literal["bilinear", "nearest"],
         Query(description="How raster values are read: bilinear or the cell holding the point."),
     ] = "bilinear",
-) -> JSONResponse:
+) -> Response:
     """Every feature of every visible layer at the point (grouped by layer; buried assets with
     ground elevation and cover depth), the grid cells it falls in, and raster values there."""
     tolerance = queries.check_distance(tolerance, "tolerance", settings.max_radius_m)
     result = queries.at(
-        catalog, scope, point, tolerance, dem=settings.dem_collection, method=sampling
+        catalog,
+        scope,
+        point,
+        tolerance,
+        dem=settings.dem_collection,
+        method=sampling,
+        raster_memory_bytes=settings.raster_memory_bytes,
     )
-    return _json(result.to_json(limit))
+    return Response(result.to_bytes(limit), media_type="application/json")
 
 
 @router.post(
