@@ -29,7 +29,7 @@ from rasterio.io import DatasetReader
 from layers.catalog import Catalog
 from layers.layer import Layer, json_text, json_value
 from layers.models import Access
-from layers.raster import Dataset, Method, memory_bytes, read_into_memory, sample_xy
+from layers.raster import Dataset, MemoryRaster, Method, memory_bytes, read_into_memory, sample_xy
 from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
 from twin import geojson, metric
@@ -347,7 +347,7 @@ def near(
 
 
 _datasets = threading.local()
-_in_memory: dict[Path, tuple[int, Dataset, Transformer]] = {}
+_in_memory: dict[Path, tuple[int, MemoryRaster, Transformer]] = {}
 _in_memory_lock = threading.Lock()
 
 
@@ -357,7 +357,7 @@ def _open(path: Path, max_memory: int = 0) -> tuple[Dataset, Transformer]:
     else an open dataset kept per thread (rasterio handles are not thread-safe)."""
     stamp = os.stat(path).st_mtime_ns
     held = _in_memory.get(path)
-    if held is not None and held[0] == stamp:
+    if held is not None and held[0] == stamp and held[1].nbytes <= max_memory:
         return held[1], held[2]
     cache: dict[Path, tuple[int, DatasetReader, Transformer]] = _datasets.__dict__.setdefault(
         "cache", {}

@@ -212,6 +212,35 @@ def test_at_caps_each_layer_and_survives_an_unreadable_raster(client, layers, tm
     assert queries.raster_values(broken, point, "bilinear") == []
 
 
+def test_at_bytes_equal_the_dict_answer_and_memory_equals_the_file(client, layers) -> None:
+    catalog = client.app.state.catalog
+    line = layers["pipes"].geometry[5]
+    point = shapely.line_interpolate_point(line, 0.3, normalized=True)
+    from_file = queries.at(catalog, Access.RESTRICTED, point, 40.0, raster_memory_bytes=0)
+    in_memory = queries.at(catalog, Access.RESTRICTED, point, 40.0, raster_memory_bytes=2**30)
+    assert from_file.ground_m is not None
+    assert in_memory.rasters == from_file.rasters  # the same floats, not approximately
+    assert "pipes" in {g.collection for g in in_memory.groups}
+    for limit in (None, 2):
+        assert json.loads(in_memory.to_bytes(limit)) == from_file.to_json(limit)
+    # A raster over the byte limit is read from the file again.
+    again = queries.at(catalog, Access.RESTRICTED, point, 40.0, raster_memory_bytes=10)
+    assert again.rasters == from_file.rasters
+
+
+def test_near_bytes_equal_the_dict_answer(client, layers) -> None:
+    catalog = client.app.state.catalog
+    point, _ = _reference_points(layers["lights"])[0]
+    groups = queries.near(catalog, Access.RESTRICTED, point, 400.0)
+    assert len(groups) >= 3
+    for limit in (None, 25):
+        text = queries.feature_collection_bytes(groups, limit, {"radius_m": 400.0})
+        assert json.loads(text) == {
+            **queries.feature_collection(groups, limit),
+            "radius_m": 400.0,
+        }
+
+
 # -- buffer -------------------------------------------------------------------------------------
 
 
