@@ -131,6 +131,9 @@ class TileCache:
     def __len__(self) -> int:
         return len(self._tiles)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._tiles
+
     @property
     def nbytes(self) -> int:
         """Bytes held (raw tiles and their gzip bytes)."""

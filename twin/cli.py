@@ -283,6 +283,17 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to listen on (default 8000, TWIN_PORT).")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            envvar="TWIN_WORKERS",
+            help="Worker processes, forked after loading so they share the layers in memory; "
+            "each renders tiles on its own core. More than one serves a read-only snapshot: "
+            "an edit reaches only the worker that took it.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the store: OGC API Features and Tiles, TileJSON, style, queries."""
     from layers.errors import StoreError
@@ -301,9 +312,11 @@ def serve(
     except ValueError as exc:
         raise fail(f"bad server settings: {exc}") from None
     try:
-        run_server(settings, StoreSettings(store=store))
+        run_server(settings, StoreSettings(store=store), workers=workers)
     except StoreError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot serve on {settings.host}:{settings.port}: {exc}") from None
 
 
 tiles_app = typer.Typer(help="Vector tiles for static hosting.", no_args_is_help=True)

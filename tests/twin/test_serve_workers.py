@@ -1,0 +1,202 @@
+"""`twin serve --workers N`: N real worker processes share the connections, hand each other
+the tiles they render, stop together; sockets get TCP_NODELAY; peers refuse stale tiles."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import morecantile
+import pytest
+
+from layers.gpkg import GeoPackageStore
+from layers.models import Access
+from tests.twin.serve_fixtures import fill_store, free_port, sites_layer, wuhan_pipes
+from tiles.cache import TileCache, TileKey, pack
+from tiles.grid import Tile
+from tiles.render import render_tile
+from tiles.settings import TileSettings
+from twin.peers import TilePeers, mesh
+from twin.server import listener
+
+TMS = morecantile.tms.get("WebMercatorQuad")
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def serving_pid(conn: http.client.HTTPConnection, port: int, pids: list[int]) -> int:
+    """The process holding the server end of `conn` (from /proc/net/tcp and fd links)."""
+    assert conn.sock is not None
+    mine = conn.sock.getsockname()[1]
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            parts = line.split()
+            local, remote = int(parts[1].split(":")[1], 16), int(parts[2].split(":")[1], 16)
+            if local == port and remote == mine:
+                inode = parts[9]
+    assert inode is not None
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError("no worker holds the connection")
+
+
+def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    conn.request("GET", path, headers={"Accept-Encoding": "identity"})
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+def lookups(conn: http.client.HTTPConnection) -> dict[str, float]:
+    _, text = get(conn, "/metrics")
+    found = re.findall(rb'twin_tile_cache_lookups_total\{result="(\w+)"\} ([0-9.e+]+)', text)
+    return {k.decode(): float(v) for k, v in found}
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    store = fill_store(tmp_path_factory.mktemp("workers") / "store", [wuhan_pipes(), sites_layer()])
+    port = free_port()
+    cmd = [sys.executable, "-m", "twin.cli", "serve", "--store", str(store), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "twin serve --workers 2 did not come up"
+        time.sleep(0.2)
+    yield proc, port, store
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_two_processes_share_the_connections_and_the_tiles(two_workers):
+    proc, port, store = two_workers
+    workers = children(proc.pid)
+    assert len(workers) == 2 and proc.pid not in workers
+    by_worker: dict[int, list[http.client.HTTPConnection]] = {w: [] for w in workers}
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(24)]
+    for conn in conns:
+        assert get(conn, "/healthz")[0] == 200  # accepted by now
+        by_worker[serving_pid(conn, port, workers)].append(conn)
+    # The kernel spreads connections over both (all 24 on one: p = 2^-23).
+    assert all(by_worker[w] for w in workers), {w: len(c) for w, c in by_worker.items()}
+
+    t = TMS.tile(114.3025, 30.5025, 15)
+    path = f"/collections/pipes/tiles/WebMercatorQuad/15/{t.y}/{t.x}"
+    first, second = (by_worker[w][0] for w in workers)
+    before = lookups(second)
+    status, body = get(first, path)  # rendered by the first worker ...
+    assert status == 200
+    time.sleep(1.0)  # ... and handed to the second one over its socket pair
+    status, again = get(second, path)
+    after = lookups(second)
+    assert status == 200 and again == body
+    assert after.get("miss", 0) == before.get("miss", 0)  # the second worker did not render
+    assert after["hit"] == before.get("hit", 0) + 1
+    s = GeoPackageStore(store, create=False)
+    try:
+        pipes = s.load("pipes", Access.RESTRICTED)
+    finally:
+        s.close()
+    assert body == render_tile([(pipes, None)], Tile(t.x, t.y, 15), TileSettings())
+    for conn in conns:
+        conn.close()
+
+
+def test_stopping_the_server_stops_every_worker(two_workers):
+    proc, port, _ = two_workers
+    workers = children(proc.pid)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+    for pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )
+    text = out.decode()
+    assert text.count("served") == 2, text  # each worker's closing line
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_accepted_connections_get_tcp_nodelay_even_on_plain_asyncio():
+    """uvicorn#3149: a listener made with protocol 0 leaves Nagle on under asyncio."""
+    sock = listener("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    got: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            s = transport.get_extra_info("socket")
+            got.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.read()
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
+    assert got and got[0] != 0
+    # Two listeners on one port: the SO_REUSEPORT group the workers form.
+    other = listener("127.0.0.1", port)
+    other.close()
+
+
+def test_peers_hand_over_fresh_tiles_and_refuse_stale_ones():
+    a_cache, b_cache = TileCache(level=1), TileCache(level=1)
+    a_ends, b_ends = mesh(2)
+    fresh = TileKey.of(Tile(3, 5, 4), ["pipes"])
+    stale = TileKey.of(Tile(3, 6, 4), ["parks"])
+    tile = pack(b"\x1a\x03abc", 1)
+
+    async def main() -> None:
+        a, b = TilePeers(a_ends), TilePeers(b_ends)
+        await a.start(a_cache)
+        await b.start(b_cache)
+        b_cache.invalidate("parks", None)  # b now serves other parks data than a
+        a.publish(fresh, tile, a_cache.generation(fresh.collections))
+        a.publish(stale, tile, a_cache.generation(stale.collections))
+        for _ in range(200):
+            if b.received:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        await a.close()
+        await b.close()
+        assert a.sent == 2 and b.received == 1
+
+    asyncio.run(main())
+    got = b_cache.get(fresh)
+    assert got is not None and got.raw() == tile.raw() and got.etag == tile.etag
+    assert got.data == tile.data  # the gzip bytes came along
+    assert b_cache.get(stale) is None
