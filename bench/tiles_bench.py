@@ -30,6 +30,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import mapbox_vector_tile
 import numpy as np
@@ -272,6 +273,8 @@ class TwinServer:
                 str(self.store),
                 "--port",
                 str(TWIN_PORT),
+                "--workers",
+                str(self.workers),
             ],
             cwd=ROOT,
             start_new_session=True,
@@ -279,11 +282,35 @@ class TwinServer:
         wait_http(f"http://127.0.0.1:{TWIN_PORT}/healthz")
         return self.proc.pid
 
+    def worker_cpu(self) -> dict[int, float]:
+        """CPU seconds used so far by each serving process (the workers, or the one server)."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids = [int(p) for p in f.read().split()] or [pid]
+        out = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for p in pids:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
+        return out
+
     def stop(self) -> None:
         if self.proc is not None:
             os.kill(self.proc.pid, signal.SIGTERM)  # the parent stops and reaps its workers
             self.proc.wait(timeout=60)
             self.proc = None
+
+
+def balanced(server: TwinServer, *args: Any) -> dict:
+    """`loadgen(*args)` with the CPU seconds each twin worker spent in it: the kernel's
+    spread of wrk's connections over the workers, seen from the server side."""
+    before = server.worker_cpu()
+    res = loadgen(*args)
+    after = server.worker_cpu()
+    res["worker_cpu_s"] = {str(p): round(after[p] - before.get(p, 0.0), 2) for p in after}
+    return res
 
 
 def loadgen(kit: Path, label: str, url: str, procs: dict[str, int], out: Path, *args: str) -> dict:
@@ -301,6 +328,10 @@ def loadgen(kit: Path, label: str, url: str, procs: dict[str, int], out: Path, *
         url,
         "--out",
         str(out),
+        "--repeat",
+        str(REPEAT),
+        "--retry-noisy",
+        str(RETRY_NOISY),
         *args,
     ]
     for name, pid in procs.items():
@@ -328,7 +359,8 @@ def http_runs(kit: Path, gpkg: Path, size: str, skip_tipg: bool, twin_workers: l
         server = TwinServer(twin_store(kit, gpkg, size), workers)
         try:
             pid = server.start()
-            r1 = loadgen(
+            r1 = balanced(
+                server,
                 kit,
                 label,
                 TWIN_URL,
@@ -341,7 +373,8 @@ def http_runs(kit: Path, gpkg: Path, size: str, skip_tipg: bool, twin_workers: l
             )
             server.stop()
             pid = server.start()
-            r8 = loadgen(
+            r8 = balanced(
+                server,
                 kit,
                 f"{label}-c8",
                 TWIN_URL,
@@ -352,7 +385,8 @@ def http_runs(kit: Path, gpkg: Path, size: str, skip_tipg: bool, twin_workers: l
                 "--warm-repeats",
                 "2",
             )
-            rg = loadgen(
+            rg = balanced(
+                server,
                 kit,
                 f"{label}-gzip",
                 TWIN_URL,
@@ -376,6 +410,11 @@ def http_runs(kit: Path, gpkg: Path, size: str, skip_tipg: bool, twin_workers: l
             "warm_c8_gzip": pass_row(rg, "warm", "8"),
             "features_by_z": {z: v["features_mean"] for z, v in r1["validation"]["by_z"].items()},
             "bytes_mean": r1["validation"]["bytes_mean"],
+            "worker_cpu_s": {
+                "cold_c1_and_warm": r1["worker_cpu_s"],
+                "cold_c8_and_warm_c8": r8["worker_cpu_s"],
+                "warm_c8_gzip": rg["worker_cpu_s"],
+            },
         }
     if skip_tipg:
         return out
