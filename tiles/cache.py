@@ -144,6 +144,10 @@ class TileCache:
         tokens in two caches forked from one process mean the same invalidations."""
         return tuple(self._generation.get(c, 0) for c in collections)
 
+    def peek(self, key: TileKey) -> CachedTile | None:
+        """The cached tile, or None, without counting a lookup or refreshing its place."""
+        return self._tiles.get(key)
+
     def get(self, key: TileKey) -> CachedTile | None:
         """The cached tile, or None."""
         with self._lock:
@@ -186,11 +190,12 @@ class TileCache:
             self._evict()
         return True
 
-    def gzip(self, key: TileKey, tile: CachedTile) -> bytes:
-        """The gzip bytes of `tile` (cached under `key`), made once and then kept with it."""
+    def gzip(self, key: TileKey, tile: CachedTile, made: bytes | None = None) -> bytes:
+        """The gzip bytes of `tile` (cached under `key`), made once (or taken from `made`,
+        the same tile compressed elsewhere) and then kept with it."""
         if tile.compressed:
             return tile.data
-        gz = gzip.compress(tile.raw(), compresslevel=self.level, mtime=0)
+        gz = made if made is not None else gzip.compress(tile.raw(), self.level, mtime=0)
         with self._lock:
             if not tile.compressed:
                 held = self._tiles.get(key) is tile

@@ -48,7 +48,7 @@ class TilePeers:
         self.received = 0
         """Tiles taken from other workers."""
         self.sent = 0
-        """Tiles handed to other workers (counted once per tile)."""
+        """Messages sent to the other workers (a rendered tile, or its gzip bytes later)."""
 
     async def start(self, cache: TileCache) -> None:
         """Open the links on the running event loop and take tiles into `cache` from now on."""
@@ -59,8 +59,8 @@ class TilePeers:
             self._tasks.append(asyncio.create_task(self._listen(reader, cache)))
 
     def publish(self, key: TileKey, tile: CachedTile, generation: tuple[int, ...]) -> None:
-        """Hand a tile rendered from data at `generation` to every other worker (call on the
-        event loop; writes are buffered, never awaited)."""
+        """Hand a tile rendered from data at `generation` to every other worker, or its gzip
+        bytes once made (call on the event loop; writes are buffered, never awaited)."""
         if not self._writers:
             return
         gz = tile.data if tile.compressed else None
@@ -76,9 +76,12 @@ class TilePeers:
             while True:
                 (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
                 key, generation, etag, raw, gz = pickle.loads(await reader.readexactly(size))
-                if key not in cache:
+                held = cache.peek(key)
+                if held is None:
                     tile = CachedTile(raw, etag, cache.level, gz)
                     self.received += cache.insert(key, tile, generation=generation)
+                elif gz is not None and not held.compressed and held.etag == etag:
+                    cache.gzip(key, held, gz)  # compressed once, for every worker
 
     async def close(self) -> None:
         """Stop taking tiles and close the links."""

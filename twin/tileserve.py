@@ -101,8 +101,13 @@ class TileServer:
             return Response(status_code=204, headers=headers)
         if gzip_ok:
             headers["Content-Encoding"] = "gzip"
-            # Compressing is a millisecond of CPU: done off the event loop, once per tile.
-            body = got.data if got.compressed else await run_in_threadpool(cache.gzip, key, got)
+            if got.compressed:
+                body = got.data
+            else:
+                # A millisecond of CPU: off the event loop, once per tile for every worker.
+                body = await run_in_threadpool(cache.gzip, key, got)
+                if self.peers is not None and cache is self.cache and cache.peek(key) is got:
+                    self.peers.publish(key, got, cache.generation(key.collections))
             return Response(body, media_type=media_type, headers=headers)
         return Response(got.raw(), media_type=media_type, headers=headers)
 

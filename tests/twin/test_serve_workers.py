@@ -4,6 +4,7 @@ the tiles they render, stop together; sockets get TCP_NODELAY; peers refuse stal
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import os
 import re
@@ -200,3 +201,36 @@ def test_peers_hand_over_fresh_tiles_and_refuse_stale_ones():
     assert got is not None and got.raw() == tile.raw() and got.etag == tile.etag
     assert got.data == tile.data  # the gzip bytes came along
     assert b_cache.get(stale) is None
+
+
+def test_gzip_bytes_made_by_one_worker_reach_the_others():
+    a_cache, b_cache = TileCache(level=1), TileCache(level=1)
+    a_ends, b_ends = mesh(2)
+    key = TileKey.of(Tile(3, 5, 4), ["pipes"])
+    raw = b"\x1a\x10" + b"pipes pipes pipes"
+
+    async def main() -> None:
+        a, b = TilePeers(a_ends), TilePeers(b_ends)
+        await a.start(a_cache)
+        await b.start(b_cache)
+        made = a_cache.put(key, raw)  # rendered for an identity client: no gzip yet
+        a.publish(key, made, a_cache.generation(key.collections))
+        for _ in range(200):
+            if b.received:
+                break
+            await asyncio.sleep(0.01)
+        assert not b_cache.peek(key).compressed
+        a_cache.gzip(key, made)  # a gzip client asked the first worker
+        a.publish(key, made, a_cache.generation(key.collections))
+        for _ in range(200):
+            if b_cache.peek(key).compressed:
+                break
+            await asyncio.sleep(0.01)
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+    held = b_cache.peek(key)
+    assert held.compressed and held.data == a_cache.peek(key).data
+    assert gzip.decompress(held.data) == raw
+    assert b_cache.nbytes == len(raw) + len(held.data)
