@@ -79,14 +79,17 @@ def serve(
     _serve_workers(settings, store_settings, catalog, workers, options)
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def listener(host: str, port: int) -> socket.socket:
     """A listening TCP socket in the SO_REUSEPORT group of `host:port`.
 
     Made with protocol IPPROTO_TCP so that asyncio sets TCP_NODELAY on the connections it
     accepts (uvicorn#3149: with protocol 0 it does not, and every keep-alive request waits
     for a delayed ACK); uvloop sets it regardless."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -99,6 +102,14 @@ def listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _port_is_free(host: str, port: int) -> None:
+    """Raise OSError when something listens on `host:port`, even a SO_REUSEPORT group that
+    our listeners would silently join (an earlier twin server still running)."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
 def _serve_workers(
     settings: ServerSettings,
     store_settings: StoreSettings,
@@ -108,13 +119,18 @@ def _serve_workers(
 ) -> None:
     sockets: list[socket.socket] = []
     try:
+        if settings.port:
+            _port_is_free(settings.host, settings.port)
         for _ in range(n):
-            sockets.append(listener(settings.host, settings.port))
+            # Port 0: the first listener picks a free port and the others join it.
+            port = sockets[0].getsockname()[1] if sockets else settings.port
+            sockets.append(listener(settings.host, port))
     except OSError:
         for s in sockets:
             s.close()
         catalog.store.close()
         raise
+    port = sockets[0].getsockname()[1]
     links = mesh(n)
     # No database connection may cross a fork: each worker opens its own.
     catalog.store.close()
@@ -145,7 +161,7 @@ def _serve_workers(
         for s in ends:
             s.close()
     print(
-        f"twin: serving http://{settings.host}:{settings.port} with {n} workers "
+        f"twin: serving http://{settings.host}:{port} with {n} workers "
         f"(pids {', '.join(map(str, pids))})",
         flush=True,
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import morecantile
 import pytest
+from typer.testing import CliRunner
 
 from layers.gpkg import GeoPackageStore
 from layers.models import Access
@@ -25,6 +26,7 @@ from tiles.cache import TileCache, TileKey, pack
 from tiles.grid import Tile
 from tiles.render import render_tile
 from tiles.settings import TileSettings
+from twin.cli import app
 from twin.peers import TilePeers, mesh
 from twin.server import listener
 
@@ -145,6 +147,20 @@ def test_stopping_the_server_stops_every_worker(two_workers):
     assert text.count("served") == 2, text  # each worker's closing line
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_a_port_in_use_is_refused_even_by_a_reuseport_group(tmp_path):
+    """A server still running on the port must not silently share its connections."""
+    store = fill_store(tmp_path / "store", [sites_layer()])
+    held = listener("127.0.0.1", 0)  # as an earlier `twin serve --workers` would hold it
+    port = held.getsockname()[1]
+    try:
+        args = ["serve", "--store", str(store), "--port", str(port), "--workers", "2"]
+        r = CliRunner().invoke(app, args)
+    finally:
+        held.close()
+    assert r.exit_code != 0
+    assert f"cannot serve on 127.0.0.1:{port}" in r.output
 
 
 def test_accepted_connections_get_tcp_nodelay_even_on_plain_asyncio():
