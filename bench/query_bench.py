@@ -13,20 +13,29 @@ For each city it loads pipes, lights and parks (1M pipes + 1M lights + 10k parks
   sorting, no attributes): the least any in-memory engine can do;
 - `twin`: `twin.queries.near` / `twin.queries.at` as the routes call them: metres on the
   ground, exact geodesic distances, nearest first; `at` also finds the grid cells and reads the
-  DEM; `twin+json` also renders the answer (100 features) as the route does;
+  DEM (held in memory, as the server does under `TWIN_QUERY_RASTER_MEMORY_BYTES`);
+  `twin+json` also writes the answer's JSON bytes (at most 100 features) as the route does;
+- `http`: what a caller gets: `GET /query/near` / `GET /query/at` (limit 100) answered by the
+  real app (`twin.app.create_app` over the same layers, uvicorn, in a process forked after
+  loading) on 127.0.0.1, one keep-alive connection, the whole body read (identity encoding);
 - `postgis`: `ST_DWithin` on geography with a GIST index (PostgreSQL on 127.0.0.1:5432,
-  in a database made for the run and dropped after), one round trip per query.
+  in a database made for the run and dropped after), one round trip per query (ids and
+  distances only: no attributes, no GeoJSON).
 
 Each query point is run through every engine back to back, so load from other processes on
 the machine weighs on all of them alike. Ratios are against the floor measured in this run.
+Run it under `flock /tmp/twin-bench.lock` so that no other benchmark runs at the same time.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import http.client
 import json
 import os
+import signal
+import socket
 import sys
 import tempfile
 import time
@@ -45,6 +54,7 @@ from layers.models import Access, Bounds
 from layers.schemas import GRIDS as GRIDS_SCHEMA
 from layers.store import LayerInfo, RasterInfo
 from twin import queries
+from twin.settings import QuerySettings, ServerSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from city import load_city
@@ -72,6 +82,13 @@ class MemoryStore:
 
     def load(self, name: str, scope: Access) -> Layer:
         return self._layers[name]
+
+
+def as_served(layer: Layer) -> Layer:
+    """The layer with every attribute in its schema's dtype, as a store loads it."""
+    for f in layer.schema.fields:
+        layer.attrs[f.name] = coerce(layer.attrs[f.name], f.type)
+    return layer
 
 
 def grid_layer(bounds: Bounds, cell_m: float = 500.0) -> Layer:
@@ -191,12 +208,67 @@ class PostGIS:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.db}"')
 
 
+# -- the app over HTTP ----------------------------------------------------------------------------
+
+
+class Server:
+    """The real app over `catalog`, served by uvicorn in a child process forked after loading
+    (it shares the loaded layers copy-on-write), and a keep-alive client connection to it."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        pid = os.fork()
+        if pid == 0:  # the server
+            try:
+                import uvicorn
+
+                from twin.app import create_app
+
+                app = create_app(ServerSettings(), catalog=catalog, query_settings=QuerySettings())
+                uvicorn.Server(
+                    uvicorn.Config(
+                        app, host="127.0.0.1", port=self.port, access_log=False, log_level="error"
+                    )
+                ).run()
+            finally:
+                os._exit(0)
+        self.pid = pid
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                self.get("/conformance")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise
+                time.sleep(0.5)
+
+    def get(self, path: str) -> bytes:
+        self.conn.request("GET", path)
+        res = self.conn.getresponse()
+        body = res.read()
+        if res.status != 200:
+            raise RuntimeError(f"{path}: {res.status} {body[:200]!r}")
+        return body
+
+    def close(self) -> None:
+        os.kill(self.pid, signal.SIGTERM)
+        os.waitpid(self.pid, 0)
+
+
 # -- the run ------------------------------------------------------------------------------------
+
+
+ENGINES = ("floor", "twin", "twin+json", "http", "postgis")
 
 
 def run_city(gpkg: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
-    layers = {name: load_city(gpkg, name) for name in LAYERS}
+    layers = {name: as_served(load_city(gpkg, name)) for name in LAYERS}
     for layer in layers.values():
         _ = layer.tree
     load_s = time.perf_counter() - t0
@@ -223,11 +295,7 @@ def run_city(gpkg: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     deg_r = r / (M_PER_DEG * np.cos(np.radians(area[3])))
     deg_t = tol / (M_PER_DEG * np.cos(np.radians(area[3])))
     trees = [layers[name].tree for name in LAYERS]
-
-    pg = None
-    if not args.no_postgis:
-        print(f"  loading PostGIS ({sum(n.values()):,} features)...", flush=True)
-        pg = PostGIS(args.dsn, layers)
+    memory = QuerySettings().raster_memory_bytes
 
     def floor(p: shapely.Point, d: float) -> int:
         return sum(len(t.query(p, predicate="dwithin", distance=d)) for t in trees)
@@ -244,55 +312,73 @@ def run_city(gpkg: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         return queries.feature_collection_bytes(groups, 100, {"radius_m": r, "summary": summary})
 
     def at(p: shapely.Point) -> queries.AtResult:
-        return queries.at(catalog, SCOPE, p, tol)
+        return queries.at(catalog, SCOPE, p, tol, raster_memory_bytes=memory)
 
-    # Warm up every path (first calls build caches and open the DEM).
+    def at_json(p: shapely.Point) -> bytes:
+        return at(p).to_bytes(100)
+
+    # Warm up every path (first calls build caches and read the DEM) before the server forks.
     for p in pts[:20]:
-        floor(p, deg_r), near(p), at(p), near_json(p)
+        floor(p, deg_r), near(p), near_json(p), at(p), at_json(p)
+    print("  starting the app...", flush=True)
+    server = Server(catalog)
+    pg = None
+    runs: dict[str, list[float]] = {f"{q} {e}": [] for q in ("near", "at") for e in ENGINES}
+    counts = {"near twin": 0, "near http": 0, "near postgis": 0, "at twin": 0, "mismatch": 0}
+    bytes_out = {"near": 0, "at": 0}
+    try:
+        if not args.no_postgis:
+            print(f"  loading PostGIS ({sum(n.values()):,} features)...", flush=True)
+            pg = PostGIS(args.dsn, layers)
+
+        def near_http(p: shapely.Point) -> bytes:
+            return server.get(f"/query/near?lon={p.x!r}&lat={p.y!r}&radius={r!r}&limit=100")
+
+        def at_http(p: shapely.Point) -> bytes:
+            return server.get(f"/query/at?lon={p.x!r}&lat={p.y!r}&tolerance={tol!r}&limit=100")
+
+        for p in pts[:20]:
+            near_http(p), at_http(p)
+            if pg:
+                pg.near(p.x, p.y, r)
+        gc.collect()
+        for p in pts:
+            t, _ = timed(lambda p=p: floor(p, deg_r))
+            runs["near floor"].append(t)
+            t, groups = timed(lambda p=p: near(p))
+            runs["near twin"].append(t)
+            t, _ = timed(lambda p=p: near_json(p))
+            runs["near twin+json"].append(t)
+            t, body = timed(lambda p=p: near_http(p))
+            runs["near http"].append(t)
+            bytes_out["near"] += len(body)
+            t, _ = timed(lambda p=p: floor_at(p, deg_t))
+            runs["at floor"].append(t)
+            t, res = timed(lambda p=p: at(p))
+            runs["at twin"].append(t)
+            t, _ = timed(lambda p=p: at_json(p))
+            runs["at twin+json"].append(t)
+            t, body = timed(lambda p=p: at_http(p))
+            runs["at http"].append(t)
+            bytes_out["at"] += len(body)
+            ours = {(g.collection, i) for g in groups for i in g.layer.ids[g.rows].tolist()}
+            counts["near twin"] += len(ours)
+            counts["near http"] += json.loads(near_http(p))["numberMatched"]
+            counts["at twin"] += sum(len(g) for g in res.groups)
+            if pg:
+                t, rows = timed(lambda p=p: pg.near(p.x, p.y, r))
+                runs["near postgis"].append(t)
+                theirs = {(c, i) for c, i, _ in rows}
+                counts["near postgis"] += len(theirs)
+                counts["mismatch"] += len(ours ^ theirs)
+                t, _ = timed(lambda p=p: pg.near(p.x, p.y, tol))
+                runs["at postgis"].append(t)
+    finally:
+        server.close()
+        pg_load = pg.load_seconds if pg else {}
         if pg:
-            pg.near(p.x, p.y, r)
-    runs: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "near floor",
-            "near twin",
-            "near twin+json",
-            "near postgis",
-            "at floor",
-            "at twin",
-            "at postgis",
-        )
-    }
-    counts = {"near twin": 0, "near postgis": 0, "at twin": 0, "mismatch": 0}
-    gc.collect()
-    for p in pts:
-        t, _ = timed(lambda p=p: floor(p, deg_r))
-        runs["near floor"].append(t)
-        t, groups = timed(lambda p=p: near(p))
-        runs["near twin"].append(t)
-        t, _ = timed(lambda p=p: near_json(p))
-        runs["near twin+json"].append(t)
-        t, _ = timed(lambda p=p: floor_at(p, deg_t))
-        runs["at floor"].append(t)
-        t, res = timed(lambda p=p: at(p))
-        runs["at twin"].append(t)
-        ours = {(g.collection, i) for g in groups for i in g.layer.ids[g.rows].tolist()}
-        counts["near twin"] += len(ours)
-        counts["at twin"] += sum(len(g) for g in res.groups)
-        if pg:
-            t, rows = timed(lambda p=p: pg.near(p.x, p.y, r))
-            runs["near postgis"].append(t)
-            theirs = {(c, i) for c, i, _ in rows}
-            counts["near postgis"] += len(theirs)
-            counts["mismatch"] += len(ours ^ theirs)
-            t, _ = timed(lambda p=p: pg.near(p.x, p.y, tol))
-            runs["at postgis"].append(t)
-    if pg:
-        pg_load = pg.load_seconds
-        pg.close()
-    else:
-        pg_load = {}
-    result = {
+            pg.close()
+    return {
         "city": str(gpkg),
         "features": n,
         "queries": args.queries,
@@ -301,9 +387,9 @@ def run_city(gpkg: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "load_s": round(load_s, 1),
         "postgis_load_s": {k: round(v, 1) for k, v in pg_load.items()},
         "counts": counts,
+        "mean_bytes": {k: round(v / len(pts)) for k, v in bytes_out.items()},
         "engines": {k: stats(np.array(v)) for k, v in runs.items() if v},
     }
-    return result
 
 
 def report(res: dict[str, Any]) -> str:
@@ -319,7 +405,7 @@ def report(res: dict[str, Any]) -> str:
     ]
     for kind in ("near", "at"):
         base = e[f"{kind} floor"]
-        for eng in ("floor", "twin", "twin+json", "postgis"):
+        for eng in ENGINES:
             s = e.get(f"{kind} {eng}")
             if s is None:
                 continue
@@ -332,8 +418,10 @@ def report(res: dict[str, Any]) -> str:
     c = res["counts"]
     lines.append("")
     lines.append(
-        f"Features found by `near`: twin {c['near twin']:,}, PostGIS {c['near postgis']:,}, "
-        f"differing {c['mismatch']:,} (features within a few mm of the radius)."
+        f"Features found by `near`: twin {c['near twin']:,} (over HTTP {c['near http']:,}), "
+        f"PostGIS {c['near postgis']:,}, differing {c['mismatch']:,} (features within a few mm "
+        f"of the radius). Mean answer over HTTP: near {res['mean_bytes']['near']:,} bytes, "
+        f"at {res['mean_bytes']['at']:,} bytes."
     )
     if res["postgis_load_s"]:
         lines.append(f"PostGIS load + index, seconds: {res['postgis_load_s']}")
