@@ -165,9 +165,10 @@ def create_app(
     for module in (landing, collections, items, tiles, styles, queries, ops):
         app.include_router(module.router)
     _mount_web_map(app, settings)
-    # Added first, so it runs inside the gzip, CORS and metrics middlewares added next:
-    # plain tile requests skip FastAPI's routing but nothing else.
+    # Added first, so they run inside the gzip, CORS and metrics middlewares added next:
+    # plain tile, near and at requests skip FastAPI's routing but nothing else.
     app.add_middleware(TileFastPath, routes=tiles.router.routes)
+    app.add_middleware(queries.QueryFastPath, routes=queries.router.routes)
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=settings.gzip_level)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"]

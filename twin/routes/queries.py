@@ -1,19 +1,25 @@
-"""The spatial query API: near, at, intersects (dig check), buffer, stats, network traces."""
+"""The spatial query API: near, at, intersects (dig check), buffer, stats, network traces;
+and a lean path answering plain near and at requests without FastAPI's routing."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
+import shapely
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from layers.catalog import Catalog
 from layers.errors import UnknownCollection
 from layers.models import Access
 from twin import network, queries, stats
-from twin.access import Scope
-from twin.dependencies import CatalogDep, Collections, CqlFilter
+from twin.access import Scope, caller_scope
+from twin.dependencies import CatalogDep, Collections, CqlFilter, collections_list
 from twin.errors import BodyTooLarge, InvalidParameter
 from twin.routes.links import GEOJSON
 from twin.settings import QuerySettings
@@ -102,6 +108,48 @@ def _geojson(body: bytes) -> Response:
     return Response(body, media_type=GEOJSON)
 
 
+# -- the answers (shared by the routes and the lean path) ---------------------------------------
+
+
+def near_answer(
+    catalog: Catalog,
+    scope: Access,
+    settings: QuerySettings,
+    point: shapely.Point,
+    radius: float,
+    collections: list[str] | None,
+    limit: int,
+) -> Response:
+    """The `/query/near` answer."""
+    radius = queries.check_distance(radius, "radius", settings.max_radius_m)
+    groups = queries.near(catalog, scope, point, radius, collections)
+    members = {"radius_m": radius, "summary": [g.summary() for g in groups]}
+    return _geojson(queries.feature_collection_bytes(groups, limit, members))
+
+
+def at_answer(
+    catalog: Catalog,
+    scope: Access,
+    settings: QuerySettings,
+    point: shapely.Point,
+    tolerance: float,
+    sampling: Literal["bilinear", "nearest"],
+    limit: int,
+) -> Response:
+    """The `/query/at` answer."""
+    tolerance = queries.check_distance(tolerance, "tolerance", settings.max_radius_m)
+    result = queries.at(
+        catalog,
+        scope,
+        point,
+        tolerance,
+        dem=settings.dem_collection,
+        method=sampling,
+        raster_memory_bytes=settings.raster_memory_bytes,
+    )
+    return Response(result.to_bytes(limit), media_type="application/json")
+
+
 # -- routes -------------------------------------------------------------------------------------
 
 
@@ -117,10 +165,7 @@ def get_near(
 ) -> Response:
     """Features of every visible layer (or of `collections`) within `radius` metres of the
     point, nearest first, each with `collection` and `distance_m`."""
-    radius = queries.check_distance(radius, "radius", settings.max_radius_m)
-    groups = queries.near(catalog, scope, point, radius, collections)
-    members = {"radius_m": radius, "summary": [g.summary() for g in groups]}
-    return _geojson(queries.feature_collection_bytes(groups, limit, members))
+    return near_answer(catalog, scope, settings, point, radius, collections, limit)
 
 
 @router.get(
@@ -145,17 +190,7 @@ def get_at(
 ) -> Response:
     """Every feature of every visible layer at the point (grouped by layer; buried assets with
     ground elevation and cover depth), the grid cells it falls in, and raster values there."""
-    tolerance = queries.check_distance(tolerance, "tolerance", settings.max_radius_m)
-    result = queries.at(
-        catalog,
-        scope,
-        point,
-        tolerance,
-        dem=settings.dem_collection,
-        method=sampling,
-        raster_memory_bytes=settings.raster_memory_bytes,
-    )
-    return Response(result.to_bytes(limit), media_type="application/json")
+    return at_answer(catalog, scope, settings, point, tolerance, sampling, limit)
 
 
 @router.post(
@@ -328,3 +363,125 @@ def get_point_trace(
     net = _network(catalog, scope, settings)
     fid = network.nearest_gravity_pipe(net.pipes, point, settings.trace_snap_m)
     return _json(network.trace(net, fid, direction).to_json())
+
+
+# -- the lean path ------------------------------------------------------------------------------
+
+NEAR_PATH, AT_PATH = "/query/near", "/query/at"
+# Plainly written numbers only: anything else is left to FastAPI's own parsing and errors.
+_NUMBER = re.compile(r"-?\d{1,17}(\.\d{1,17})?([eE][-+]?\d{1,3})?")
+_COUNT = re.compile(r"[1-9]\d{0,8}")
+
+
+def _number(value: str) -> float | None:
+    return float(value) if _NUMBER.fullmatch(value) else None
+
+
+def _count(value: str) -> int | None:
+    return int(value) if _COUNT.fullmatch(value) else None
+
+
+def _sampling(value: str) -> str | None:
+    return value if value in ("bilinear", "nearest") else None
+
+
+def _text(value: str) -> str:
+    return value
+
+
+# Each route's parameters and how a plain value of each is read (None: not plain).
+_PARAMS: dict[str, dict[str, Callable[[str], Any]]] = {
+    NEAR_PATH: {
+        "lon": _number,
+        "lat": _number,
+        "radius": _number,
+        "limit": _count,
+        "collections": _text,
+    },
+    AT_PATH: {
+        "lon": _number,
+        "lat": _number,
+        "tolerance": _number,
+        "limit": _count,
+        "sampling": _sampling,
+    },
+}
+
+
+class QueryFastPath:
+    """ASGI middleware answering plain `GET /query/near` and `GET /query/at` requests without
+    FastAPI's routing and dependency solving, which cost more CPU than the query itself.
+
+    It sits inside the metrics, CORS and gzip middlewares and answers through the same
+    `near_answer` / `at_answer` as the declared routes, in the thread pool as they run, after
+    the same checks; it labels the request with the declared route for the metrics. Anything
+    else (an unknown, repeated or not plainly written parameter) and any request it cannot
+    settle cleanly (every error) goes on to the full app, which gives the answer and error it
+    always gives.
+    """
+
+    def __init__(self, app: Any, routes: Sequence[Any]) -> None:
+        """`routes`: the declared routes, among them `/query/near` and `/query/at`."""
+        self.app = app
+        self._routes = {
+            r.path: r for r in routes if getattr(r, "path", None) in (NEAR_PATH, AT_PATH)
+        }
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        route = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await self._answer(scope)
+        except Exception:
+            response = None  # the full app answers (and reports) whatever went wrong
+        if response is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        await response(scope, receive, send)
+
+    async def _answer(self, scope: dict) -> Response | None:
+        readers = _PARAMS[scope["path"]]
+        params: dict[str, Any] = {}
+        for key, raw in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+            read = readers.get(key)
+            if read is None or key in params:
+                return None
+            value = read(raw)
+            if value is None:
+                return None
+            params[key] = value
+        if "lon" not in params or "lat" not in params:
+            return None
+        app = scope["app"]
+        access = await caller_scope(Request(scope))
+        settings: QuerySettings = app.state.query_settings
+        catalog: Catalog = app.state.catalog
+        point = queries.check_point(params["lon"], params["lat"])
+        limit = queries.check_limit(
+            params.get("limit"), settings.default_results, settings.max_results
+        )
+        if scope["path"] == NEAR_PATH:
+            named = await collections_list(params.get("collections"))
+            return await run_in_threadpool(
+                near_answer,
+                catalog,
+                access,
+                settings,
+                point,
+                params.get("radius", 100.0),
+                named,
+                limit,
+            )
+        return await run_in_threadpool(
+            at_answer,
+            catalog,
+            access,
+            settings,
+            point,
+            params.get("tolerance", 1.0),
+            params.get("sampling", "bilinear"),
+            limit,
+        )
