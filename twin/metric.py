@@ -190,14 +190,16 @@ def frame(geometry: Any) -> tuple[CoordMap, CoordMap]:
 # -- distances and radius searches ------------------------------------------------------------
 
 
-def _check_distance(distance_m: float) -> float:
+def check_distance(distance_m: float) -> float:
+    """`distance_m` as a float; `InvalidParameter` unless it is a finite number >= 0."""
     d = float(distance_m)
     if not math.isfinite(d) or d < 0:
         raise InvalidParameter(f"a distance must be 0 or more metres, not {distance_m!r}")
     return d
 
 
-def _check_geometry(geometry: Any) -> shapely.Geometry:
+def check_geometry(geometry: Any) -> shapely.Geometry:
+    """`geometry`; `InvalidParameter` when it is missing or empty."""
     if not isinstance(geometry, shapely.Geometry) or geometry.is_empty:
         raise InvalidParameter("the query geometry is missing or empty")
     return geometry
@@ -206,7 +208,7 @@ def _check_geometry(geometry: Any) -> shapely.Geometry:
 def distances(geoms: Any, geometry: shapely.Geometry) -> np.ndarray:
     """Geodesic distance in metres from each of `geoms` (lon/lat) to `geometry`; 0 where they
     meet, NaN for missing or empty shapes."""
-    geometry = _check_geometry(geometry)
+    geometry = check_geometry(geometry)
     geoms = np.atleast_1d(np.asarray(geoms, dtype=object))
     out = np.full(len(geoms), np.nan)
     ok = ~shapely.is_missing(geoms)
@@ -288,7 +290,7 @@ def _scales(lat0: float) -> tuple[float, float]:
 
 def distance_m(a: shapely.Geometry, b: shapely.Geometry) -> float:
     """Geodesic distance in metres between two lon/lat shapes (0 when they meet)."""
-    return float(distances(np.array([_check_geometry(a)], dtype=object), b)[0])
+    return float(distances(np.array([check_geometry(a)], dtype=object), b)[0])
 
 
 def search_boxes(geometry: shapely.Geometry, distance_m: float) -> np.ndarray:
@@ -317,11 +319,15 @@ def search_boxes(geometry: shapely.Geometry, distance_m: float) -> np.ndarray:
     return shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
 
 
-def candidates(layer: Layer, geometry: shapely.Geometry, distance_m: float) -> np.ndarray:
-    """Sorted rows of `layer` whose bounding box may lie within `distance_m` of `geometry`."""
+def candidates(
+    layer: Layer, geometry: shapely.Geometry, distance_m: float, boxes: np.ndarray | None = None
+) -> np.ndarray:
+    """Sorted rows of `layer` whose bounding box may lie within `distance_m` of `geometry`
+    (`boxes`: its `search_boxes`, when already made)."""
     if len(layer) == 0:
         return np.array([], dtype=np.int64)
-    boxes = search_boxes(geometry, distance_m)
+    if boxes is None:
+        boxes = search_boxes(geometry, distance_m)
     if len(boxes) == 1:
         return np.sort(layer.tree.query(boxes[0])).astype(np.int64)
     return np.unique(layer.tree.query(boxes)[1]).astype(np.int64)
@@ -332,12 +338,14 @@ def within(
     geometry: shapely.Geometry,
     distance_m: float,
     rows: np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows of `layer` within `distance_m` metres of `geometry` (lon/lat), and their geodesic
-    distances, nearest first (ties by row). `rows` limits the search to those rows."""
-    distance_m = _check_distance(distance_m)
-    geometry = _check_geometry(geometry)
-    cand = candidates(layer, geometry, distance_m)
+    distances, nearest first (ties by row). `rows` limits the search to those rows; `boxes`
+    are the `search_boxes` of the geometry and distance, when several layers are searched."""
+    distance_m = check_distance(distance_m)
+    geometry = check_geometry(geometry)
+    cand = candidates(layer, geometry, distance_m, boxes)
     if rows is not None:
         cand = cand[np.isin(cand, np.asarray(rows, dtype=np.int64))]
     if len(cand) == 0:
@@ -356,8 +364,8 @@ def within(
 def buffer(geometry: shapely.Geometry, distance_m: float, quad_segs: int = 16) -> shapely.Geometry:
     """The lon/lat polygon of everything within `distance_m` metres of `geometry`, drawn in the
     place's transverse Mercator zone at its scale factor there."""
-    distance_m = _check_distance(distance_m)
-    geometry = _check_geometry(geometry)
+    distance_m = check_distance(distance_m)
+    geometry = check_geometry(geometry)
     lon0, lat0 = _centre(geometry)
     p = projection(zone_epsg(lon0, lat0))
     grown = shapely.buffer(

@@ -264,107 +264,169 @@ def _nearest(tree: shapely.STRtree, pts: np.ndarray, max_m: float) -> np.ndarray
     return out
 
 
-def build(
-    pipes: Layer, valves: Layer | None, *, snap_m: float = 0.5, attach_m: float = 30.0
-) -> Network:
-    """The network topology of `pipes` and `valves` (see the module docstring)."""
-    if snap_m <= 0 or attach_m < 0:
-        raise InvalidParameter("network tolerances must be positive metres")
+@dataclass(frozen=True)
+class _Parts:
+    """The live pipes as single-part lines, in lon/lat and in the snapping frame."""
+
+    lines: np.ndarray
+    pipe: np.ndarray
+    """Pipes row of each part."""
+    net: np.ndarray
+    """Network code of each part (an index into `net_names`)."""
+    net_names: np.ndarray
+    origin: tuple[float, float]
+    fwd: metric.CoordMap
+    local: np.ndarray
+    """The parts in the snapping frame: metres, each network shifted far from the others."""
+    frame_len: np.ndarray
+    ground_len: np.ndarray
+
+    def shifted(self, geoms: np.ndarray, net: np.ndarray) -> np.ndarray:
+        """`geoms` (lon/lat, of networks `net`) in the snapping frame."""
+        return _shifted(self.fwd, geoms, net)
+
+
+def _shifted(fwd: metric.CoordMap, geoms: np.ndarray, net: np.ndarray) -> np.ndarray:
+    """`geoms` in the local frame `fwd`, each network shifted far from the others."""
+    _, idx = shapely.get_coordinates(geoms, return_index=True)
+    offset = net[idx] * _NETWORK_OFFSET_M
+
+    def move(c: np.ndarray) -> np.ndarray:
+        xy = fwd(c)
+        xy[:, 0] += offset
+        return xy
+
+    return shapely.transform(geoms, move)
+
+
+def _pipe_parts(pipes: Layer) -> _Parts:
+    """The live pipes' single-part lines of two or more positions, with their networks and
+    their lengths in the frame and on the ground."""
     live = np.flatnonzero(_live(pipes.attrs) & ~shapely.is_missing(pipes.geometry))
-    parts, part_of = shapely.get_parts(pipes.geometry[live], return_index=True)
-    part_pipe = live[part_of]
-    keep = (shapely.get_type_id(parts) == 1) & (shapely.get_num_coordinates(parts) >= 2)
-    parts, part_pipe = parts[keep], part_pipe[keep]
+    lines, part_of = shapely.get_parts(pipes.geometry[live], return_index=True)
+    pipe = live[part_of]
+    keep = (shapely.get_type_id(lines) == 1) & (shapely.get_num_coordinates(lines) >= 2)
+    lines, pipe = lines[keep], pipe[keep]
     nets = pipes.attrs["network"].astype(object).where(pipes.attrs["network"].notna(), "")
     net_codes, net_names = pd.factorize(nets.to_numpy())
-    part_net = net_codes[part_pipe]
-
     origin = (0.0, 0.0)
-    if len(parts):
-        minx, miny, maxx, maxy = shapely.total_bounds(parts)
+    if len(lines):
+        minx, miny, maxx, maxy = shapely.total_bounds(lines)
         origin = ((minx + maxx) / 2, (miny + maxy) / 2)
     fwd, _ = metric.local_frame(*origin)
-
-    def shifted(geoms: np.ndarray, net: np.ndarray) -> np.ndarray:
-        """`geoms` in the local frame, each network shifted far from the others."""
-        _, idx = shapely.get_coordinates(geoms, return_index=True)
-        offset = net[idx] * _NETWORK_OFFSET_M
-
-        def move(c: np.ndarray) -> np.ndarray:
-            xy = fwd(c)
-            xy[:, 0] += offset
-            return xy
-
-        return shapely.transform(geoms, move)
-
-    local = shifted(parts, part_net)
-    frame_len = shapely.length(local)
-    ground_len = metric.length_m(parts)
-
-    # Valves: barriers (kind valve) become nodes; other fittings attach to the nearest pipe.
-    if valves is not None and len(valves):
-        v_ok = _live(valves.attrs) & ~shapely.is_missing(valves.geometry)
-        v_ok &= shapely.get_type_id(valves.geometry) == 0
-        kind = valves.attrs["kind"].astype(object).where(valves.attrs["kind"].notna(), "")
-        barrier = v_ok & np.isin(kind.to_numpy(), list(BARRIER_KINDS))
-        fitting = v_ok & ~barrier
-        stated = valves.attrs["network"].astype(object).where(valves.attrs["network"].notna(), None)
-        v_net = pd.Index(net_names).get_indexer(stated.to_numpy()).astype(np.int64)
-        v_net[stated.isna().to_numpy()] = -1
-        # A fitting of no stated network belongs to the network of the nearest pipe.
-        unknown = np.flatnonzero(v_ok & (v_net < 0))
-        if len(unknown) and len(parts):
-            plain = shapely.transform(parts, fwd)
-            near = _nearest(
-                shapely.STRtree(plain), shapely.transform(valves.geometry[unknown], fwd), attach_m
-            )
-            v_net[unknown] = np.where(near >= 0, part_net[np.maximum(near, 0)], -1)
-        barrier &= v_net >= 0
-        fitting &= v_net >= 0
-        bar_rows = np.flatnonzero(barrier)
-        bar_pts = shifted(valves.geometry[bar_rows], v_net[bar_rows])
-    else:
-        bar_rows = np.array([], dtype=np.int64)
-        bar_pts = np.array([], dtype=object)
-        fitting = np.zeros(0, dtype=bool)
-        v_net = np.zeros(0, dtype=np.int64)
-
-    # Candidate nodes: every part's start and end, then the barrier valves.
-    n_parts = len(parts)
-    starts, ends = shapely.get_point(local, 0), shapely.get_point(local, -1)
-    pts = np.concatenate([starts, ends, bar_pts])
-    lonlat = np.concatenate(
-        [
-            shapely.get_coordinates(shapely.get_point(parts, 0)),
-            shapely.get_coordinates(shapely.get_point(parts, -1)),
-            shapely.get_coordinates(valves.geometry[bar_rows])
-            if valves is not None
-            else np.empty((0, 2)),
-        ]
+    net = net_codes[pipe]
+    local = _shifted(fwd, lines, net)
+    return _Parts(
+        lines,
+        pipe,
+        net,
+        np.asarray(net_names),
+        origin,
+        fwd,
+        local,
+        shapely.length(local),
+        metric.length_m(lines),
     )
+
+
+@dataclass(frozen=True)
+class _Valves:
+    """What each valves row is to the network."""
+
+    net: np.ndarray
+    """Network code of each row (-1: none)."""
+    barrier_rows: np.ndarray
+    """Rows of the barrier valves (kind valve) of a known network."""
+    barrier_pts: np.ndarray
+    """Those valves in the snapping frame."""
+    fitting: np.ndarray
+    """Whether each row is a fitting (hydrant, meter, pump) of a known network."""
+
+
+def _valve_roles(valves: Layer | None, parts: _Parts, attach_m: float) -> _Valves:
+    """Barriers (kind valve) become nodes; other fittings attach to the nearest pipe. A valve of
+    no stated network belongs to the network of the nearest pipe within `attach_m`."""
+    if valves is None or not len(valves):
+        return _Valves(
+            np.zeros(0, dtype=np.int64),
+            np.array([], dtype=np.int64),
+            np.array([], dtype=object),
+            np.zeros(0, dtype=bool),
+        )
+    v_ok = _live(valves.attrs) & ~shapely.is_missing(valves.geometry)
+    v_ok &= shapely.get_type_id(valves.geometry) == 0
+    kind = valves.attrs["kind"].astype(object).where(valves.attrs["kind"].notna(), "")
+    barrier = v_ok & np.isin(kind.to_numpy(), list(BARRIER_KINDS))
+    fitting = v_ok & ~barrier
+    stated = valves.attrs["network"].astype(object).where(valves.attrs["network"].notna(), None)
+    v_net = pd.Index(parts.net_names).get_indexer(stated.to_numpy()).astype(np.int64)
+    v_net[stated.isna().to_numpy()] = -1
+    unknown = np.flatnonzero(v_ok & (v_net < 0))
+    if len(unknown) and len(parts.lines):
+        plain = shapely.transform(parts.lines, parts.fwd)
+        near = _nearest(
+            shapely.STRtree(plain),
+            shapely.transform(valves.geometry[unknown], parts.fwd),
+            attach_m,
+        )
+        v_net[unknown] = np.where(near >= 0, parts.net[np.maximum(near, 0)], -1)
+    barrier &= v_net >= 0
+    fitting &= v_net >= 0
+    bar_rows = np.flatnonzero(barrier)
+    return _Valves(
+        v_net, bar_rows, parts.shifted(valves.geometry[bar_rows], v_net[bar_rows]), fitting
+    )
+
+
+def _snap(pts: np.ndarray, snap_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Node of each point (points within `snap_m` of each other, transitively, are one node,
+    numbered densely) and each node's first point."""
     n_pts = len(pts)
-    tree = shapely.STRtree(pts)
-    i, j = tree.query(pts, predicate="dwithin", distance=snap_m)
+    i, j = shapely.STRtree(pts).query(pts, predicate="dwithin", distance=snap_m)
     _, label = connected_components(
         coo_matrix((np.ones(len(i)), (i, j)), shape=(n_pts, n_pts)), directed=False
     )
-    # Renumber clusters densely; each node sits where its first member is.
-    uniq, first, node_of = np.unique(label, return_index=True, return_inverse=True)
-    node_lonlat = lonlat[first] if n_pts else np.empty((0, 2))
-    n_nodes = len(uniq)
+    _, first, node_of = np.unique(label, return_index=True, return_inverse=True)
+    return node_of, first
 
-    # Ends and valves on another pipe's interior split it there.
-    owner = np.concatenate([np.arange(n_parts), np.arange(n_parts), np.full(len(bar_rows), -1)])
-    k, p = shapely.STRtree(local).query(pts, predicate="dwithin", distance=snap_m)
+
+def _splits(
+    parts: _Parts, pts: np.ndarray, owner: np.ndarray, snap_m: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points (ends and valves) within `snap_m` of another part's interior, which split that
+    part there: the point, the part and where along it (frame metres)."""
+    k, p = shapely.STRtree(parts.local).query(pts, predicate="dwithin", distance=snap_m)
     other = owner[k] != p
     k, p = k[other], p[other]
-    t = shapely.line_locate_point(local[p], pts[k]) if len(k) else np.array([])
-    interior = (t > snap_m) & (t < frame_len[p] - snap_m)
-    k, p, t = k[interior], p[interior], t[interior]
+    t = shapely.line_locate_point(parts.local[p], pts[k]) if len(k) else np.array([])
+    interior = (t > snap_m) & (t < parts.frame_len[p] - snap_m)
+    return k[interior], p[interior], t[interior]
 
-    # Waypoints along each part: start, splits, end; consecutive ones make edges.
+
+@dataclass(frozen=True)
+class _Edges:
+    """Pieces of parts between consecutive waypoints: their nodes, part, span and length."""
+
+    u: np.ndarray
+    v: np.ndarray
+    part: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    length_m: np.ndarray
+
+
+def _edges(
+    parts: _Parts,
+    node_of: np.ndarray,
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+    snap_m: float,
+) -> _Edges:
+    """Waypoints along each part (start, splits, end); consecutive ones make edges. Edges
+    that snapped to nothing (same node, shorter than the tolerance) are dropped."""
+    n_parts = len(parts.lines)
+    k, p, t = splits
     way_part = np.concatenate([np.arange(n_parts), p, np.arange(n_parts)])
-    way_t = np.concatenate([np.zeros(n_parts), t, frame_len])
+    way_t = np.concatenate([np.zeros(n_parts), t, parts.frame_len])
     way_node = np.concatenate([node_of[:n_parts], node_of[k], node_of[n_parts : 2 * n_parts]])
     order = np.lexsort((way_t, way_part))
     way_part, way_t, way_node = way_part[order], way_t[order], way_node[order]
@@ -372,49 +434,104 @@ def build(
     e_part = way_part[:-1][same]
     t0, t1 = way_t[:-1][same], way_t[1:][same]
     u, v = way_node[:-1][same], way_node[1:][same]
+    frame_len = parts.frame_len[e_part]
     with np.errstate(invalid="ignore", divide="ignore"):
-        e_len = ground_len[e_part] * np.where(
-            frame_len[e_part] > 0, (t1 - t0) / frame_len[e_part], 0
-        )
+        e_len = parts.ground_len[e_part] * np.where(frame_len > 0, (t1 - t0) / frame_len, 0)
     real = (u != v) | (t1 - t0 > 2 * snap_m)
-    u, v, e_part, t0, t1, e_len = u[real], v[real], e_part[real], t0[real], t1[real], e_len[real]
+    return _Edges(u[real], v[real], e_part[real], t0[real], t1[real], e_len[real])
 
-    # Barrier valves: on the network when they joined a pipe end or split a pipe.
+
+def _barrier_nodes(
+    valves: Layer | None,
+    roles: _Valves,
+    node_of: np.ndarray,
+    split_points: np.ndarray,
+    n_parts: int,
+    n_nodes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The node of each valves row that is a barrier on the network (-1: none), and each
+    node's kind. A barrier valve is on the network when it joined a pipe end or split a pipe;
+    of several valves on one node, an operable open one can shut it, else a shut one holds."""
     n_valves = len(valves) if valves is not None else 0
     valve_node = np.full(n_valves, -1, dtype=np.int64)
     node_kind = np.zeros(n_nodes, dtype=np.int8)
-    if len(bar_rows) and valves is not None:
-        is_end = np.zeros(n_nodes, dtype=bool)
-        is_end[node_of[: 2 * n_parts]] = True
-        split_by = np.zeros(n_pts, dtype=bool)
-        split_by[k] = True
-        bar_node = node_of[2 * n_parts :]
-        on_net = is_end[bar_node] | split_by[2 * n_parts :]
-        valve_node[bar_rows[on_net]] = bar_node[on_net]
-        attrs = valves.attrs.iloc[bar_rows[on_net]]
-        operable = _flag(attrs["operable"], True)
-        open_ = _flag(attrs["normally_open"], True)
-        kinds = np.where(open_ & operable, CLOSABLE, np.where(~open_, SHUT, INOPERABLE))
-        # Several valves on one node: an operable open one can shut it; else a shut one holds.
-        rank = np.array([0, 3, 2, 1])  # plain < inoperable < shut < closable
-        best = np.zeros(n_nodes, dtype=np.int64)
-        np.maximum.at(best, bar_node[on_net], rank[kinds])
-        node_kind = np.array([PLAIN, INOPERABLE, SHUT, CLOSABLE], dtype=np.int8)[best]
+    bar_rows = roles.barrier_rows
+    if not len(bar_rows) or valves is None:
+        return valve_node, node_kind
+    is_end = np.zeros(n_nodes, dtype=bool)
+    is_end[node_of[: 2 * n_parts]] = True
+    split_by = np.zeros(len(node_of), dtype=bool)
+    split_by[split_points] = True
+    bar_node = node_of[2 * n_parts :]
+    on_net = is_end[bar_node] | split_by[2 * n_parts :]
+    valve_node[bar_rows[on_net]] = bar_node[on_net]
+    attrs = valves.attrs.iloc[bar_rows[on_net]]
+    operable = _flag(attrs["operable"], True)
+    open_ = _flag(attrs["normally_open"], True)
+    kinds = np.where(open_ & operable, CLOSABLE, np.where(~open_, SHUT, INOPERABLE))
+    rank = np.array([0, 3, 2, 1])  # plain < inoperable < shut < closable
+    best = np.zeros(n_nodes, dtype=np.int64)
+    np.maximum.at(best, bar_node[on_net], rank[kinds])
+    node_kind = np.array([PLAIN, INOPERABLE, SHUT, CLOSABLE], dtype=np.int8)[best]
+    return valve_node, node_kind
 
-    # Fittings serve the piece of the nearest pipe of their network.
+
+def _attach_fittings(
+    valves: Layer | None, roles: _Valves, parts: _Parts, edges: _Edges, attach_m: float
+) -> np.ndarray:
+    """The edge each fitting row serves: the piece of the nearest pipe of its network within
+    `attach_m` (-1: none, or not a fitting)."""
+    n_valves = len(valves) if valves is not None else 0
     fitting_edge = np.full(n_valves, -1, dtype=np.int64)
-    f_rows = np.flatnonzero(fitting)
-    if len(f_rows) and len(u) and valves is not None:
-        f_pts = shifted(valves.geometry[f_rows], v_net[f_rows])
-        near = _nearest(shapely.STRtree(local), f_pts, attach_m)
-        hit = near >= 0
-        f_rows, f_pts, near = f_rows[hit], f_pts[hit], near[hit]
-        ft = shapely.line_locate_point(local[near], f_pts)
-        span = frame_len * (1 + 1e-9) + 1e-9
-        edge_key = e_part + t0 / span[e_part]
-        at = np.searchsorted(edge_key, near + ft / span[near], side="right") - 1
-        good = (at >= 0) & (e_part[np.clip(at, 0, None)] == near)
-        fitting_edge[f_rows[good]] = at[good]
+    f_rows = np.flatnonzero(roles.fitting)
+    if not len(f_rows) or not len(edges.u) or valves is None:
+        return fitting_edge
+    f_pts = parts.shifted(valves.geometry[f_rows], roles.net[f_rows])
+    near = _nearest(shapely.STRtree(parts.local), f_pts, attach_m)
+    hit = near >= 0
+    f_rows, f_pts, near = f_rows[hit], f_pts[hit], near[hit]
+    ft = shapely.line_locate_point(parts.local[near], f_pts)
+    span = parts.frame_len * (1 + 1e-9) + 1e-9
+    edge_key = edges.part + edges.t0 / span[edges.part]
+    at = np.searchsorted(edge_key, near + ft / span[near], side="right") - 1
+    good = (at >= 0) & (edges.part[np.clip(at, 0, None)] == near)
+    fitting_edge[f_rows[good]] = at[good]
+    return fitting_edge
+
+
+def build(
+    pipes: Layer, valves: Layer | None, *, snap_m: float = 0.5, attach_m: float = 30.0
+) -> Network:
+    """The network topology of `pipes` and `valves` (see the module docstring)."""
+    if snap_m <= 0 or attach_m < 0:
+        raise InvalidParameter("network tolerances must be positive metres")
+    parts = _pipe_parts(pipes)
+    roles = _valve_roles(valves, parts, attach_m)
+    n_parts = len(parts.lines)
+
+    # Candidate nodes: every part's start and end, then the barrier valves.
+    starts, ends = shapely.get_point(parts.local, 0), shapely.get_point(parts.local, -1)
+    pts = np.concatenate([starts, ends, roles.barrier_pts])
+    lonlat = np.concatenate(
+        [
+            shapely.get_coordinates(shapely.get_point(parts.lines, 0)),
+            shapely.get_coordinates(shapely.get_point(parts.lines, -1)),
+            shapely.get_coordinates(valves.geometry[roles.barrier_rows])
+            if valves is not None
+            else np.empty((0, 2)),
+        ]
+    )
+    node_of, first = _snap(pts, snap_m)
+    node_lonlat = lonlat[first] if len(pts) else np.empty((0, 2))
+    n_nodes = len(first)
+
+    owner = np.concatenate(
+        [np.arange(n_parts), np.arange(n_parts), np.full(len(roles.barrier_rows), -1)]
+    )
+    splits = _splits(parts, pts, owner, snap_m)
+    edges = _edges(parts, node_of, splits, snap_m)
+    valve_node, node_kind = _barrier_nodes(valves, roles, node_of, splits[0], n_parts, n_nodes)
+    fitting_edge = _attach_fittings(valves, roles, parts, edges, attach_m)
 
     return Network(
         pipes=pipes,
@@ -422,24 +539,24 @@ def build(
         snap_m=snap_m,
         node_lonlat=node_lonlat,
         node_kind=node_kind,
-        u=u.astype(np.int64),
-        v=v.astype(np.int64),
-        edge_pipe=part_pipe[e_part].astype(np.int64),
-        edge_length_m=e_len,
+        u=edges.u.astype(np.int64),
+        v=edges.v.astype(np.int64),
+        edge_pipe=parts.pipe[edges.part].astype(np.int64),
+        edge_length_m=edges.length_m,
         valve_node=valve_node,
         fitting_edge=fitting_edge,
-        lines=parts,
-        edge_line=e_part.astype(np.int64),
-        edge_t0=t0,
-        edge_t1=t1,
-        origin=origin,
+        lines=parts.lines,
+        edge_line=edges.part.astype(np.int64),
+        edge_t0=edges.t0,
+        edge_t1=edges.t1,
+        origin=parts.origin,
         report={
-            "pipes": len(np.unique(part_pipe)),
+            "pipes": len(np.unique(parts.pipe)),
             "nodes": int(n_nodes),
-            "edges": len(u),
-            "splits": len(k),
+            "edges": len(edges.u),
+            "splits": len(splits[0]),
             "valves_on_network": int((valve_node >= 0).sum()),
-            "valves_off_network": int(len(bar_rows) - (valve_node >= 0).sum()),
+            "valves_off_network": int(len(roles.barrier_rows) - (valve_node >= 0).sum()),
             "fittings_attached": int((fitting_edge >= 0).sum()),
         },
     )

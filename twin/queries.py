@@ -271,8 +271,12 @@ def _search(
     layers: Iterable[Layer], geometry: shapely.Geometry, distance_m: float
 ) -> list[Matches]:
     groups = []
+    boxes = None
     for layer in layers:
-        rows, d = metric.within(layer, geometry, distance_m)
+        if boxes is None:  # the same boxes for every layer
+            distance_m = metric.check_distance(distance_m)
+            boxes = metric.search_boxes(metric.check_geometry(geometry), distance_m)
+        rows, d = metric.within(layer, geometry, distance_m, boxes=boxes)
         if len(rows):
             groups.append(Matches(layer, rows, d))
     return groups

@@ -345,3 +345,19 @@ def test_real_dems_sample_the_same_from_memory(name):
     lon, lat = _points(path, 2000)
     for method in ("nearest", "bilinear"):
         assert sample(mem, lon, lat, method=method) == sample(path, lon, lat, method=method)
+
+
+def test_a_few_points_give_the_same_values_as_many(ramp_utm, two_bands):
+    # Up to a few points take the one-by-one path; many the array path: same floats.
+    for path in (ramp_utm[0], two_bands):
+        mem = read_into_memory(path)
+        lon, lat = _points(path, 400)
+        with rasterio.open(path) as ds:
+            for src in (ds, mem):
+                for band in range(1, ds.count + 1):
+                    many = sample(src, lon, lat, band=band)
+                    one_by_one = [
+                        sample(src, [a], [b], band=band)[0] for a, b in zip(lon, lat, strict=True)
+                    ]
+                    assert one_by_one == many
+                    assert sample(src, lon[:3], lat[:3], band=band) == many[:3]
