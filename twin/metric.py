@@ -227,7 +227,7 @@ def _distances(geoms: np.ndarray, geometry: shapely.Geometry) -> np.ndarray:
             return geodesic_m(geometry.x, geometry.y, c[:, 0], c[:, 1])
         if (types == 1).all():
             return _point_to_linestrings(geoms, geometry)
-        if np.isin(types, _LINEAR).all():
+        if _LINEAR[types].all():
             return _point_to_linear(geoms, types, geometry)
     fwd, inv = frame(geometry)
     lines = shapely.shortest_line(shapely.transform(geoms, fwd), shapely.transform(geometry, fwd))
@@ -235,15 +235,18 @@ def _distances(geoms: np.ndarray, geometry: shapely.Geometry) -> np.ndarray:
     return geodesic_m(c[0::2, 0], c[0::2, 1], c[1::2, 0], c[1::2, 1])
 
 
-_LINEAR = (1, 2, 3, 5, 6)  # LineString, LinearRing, Polygon, MultiLineString, MultiPolygon
-_POLYGONAL = (3, 6)
+# By shapely type id (0 Point .. 7 GeometryCollection): LineString, LinearRing, Polygon,
+# MultiLineString, MultiPolygon are linear; Polygon and MultiPolygon polygonal. Looked up by
+# indexing, several times cheaper than `np.isin` on the few shapes of a query.
+_LINEAR = np.isin(np.arange(8), (1, 2, 3, 5, 6))
+_POLYGONAL = np.isin(np.arange(8), (3, 6))
 
 
 def _point_to_linear(geoms: np.ndarray, types: np.ndarray, point: shapely.Point) -> np.ndarray:
     """Geodesic distance from a point to lines and polygons (0 inside a polygon): their parts
     and rings measured as lines, the least per shape."""
     parts, part_of = shapely.get_parts(geoms, return_index=True)
-    poly = np.isin(shapely.get_type_id(parts), _POLYGONAL)
+    poly = _POLYGONAL[shapely.get_type_id(parts)]
     pieces, piece_of = parts[~poly], part_of[~poly]
     if poly.any():
         rings, ring_of = shapely.get_rings(parts[poly], return_index=True)
@@ -251,7 +254,7 @@ def _point_to_linear(geoms: np.ndarray, types: np.ndarray, point: shapely.Point)
         piece_of = np.concatenate([piece_of, part_of[poly][ring_of]])
     out = np.full(len(geoms), np.inf)
     np.minimum.at(out, piece_of, _point_to_linestrings(pieces, point))
-    polygons = np.isin(types, _POLYGONAL)
+    polygons = _POLYGONAL[types]
     if polygons.any():
         inside = shapely.intersects_xy(geoms[polygons], point.x, point.y)
         out[np.flatnonzero(polygons)[inside]] = 0.0
