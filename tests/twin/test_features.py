@@ -14,6 +14,7 @@ from tests.twin.serve_fixtures import (
     streetlights_frame,
     wuhan_pipes,
 )
+from twin.app import MAPLIBRE_DIST
 from twin.crs import CRS84, EPSG_URI
 
 
@@ -59,9 +60,31 @@ def test_landing_page_links_what_gdal_and_qgis_need(client):
     conf = client.get("/conformance").json()["conformsTo"]
     assert "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core" in conf
     assert "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs" in conf
-    html = client.get("/", headers={"Accept": "text/html"})
+    html = client.get("/?f=html")
     assert html.headers["content-type"].startswith("text/html")
-    assert "/collections" in html.text
+    assert 'href="http://testserver/collections"' in html.text
+    assert 'href="http://testserver/api"' in html.text
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_browser_at_root_lands_on_the_map_when_it_is_installed(served_store, tmp_path, installed):
+    web = tmp_path / "web"
+    (web / MAPLIBRE_DIST).mkdir(parents=True)
+    (web / "index.html").write_text("<!doctype html><title>map</title>")
+    if installed:
+        (web / MAPLIBRE_DIST / "maplibre-gl.js").write_text("// maplibre")
+    with TestClient(app_for(served_store, web_dir=web)) as c:
+        r = c.get("/", headers={"Accept": "text/html"}, follow_redirects=False)
+        if installed:
+            assert (r.status_code, r.headers["location"]) == (307, "web/")
+            assert c.get("/web/").text == "<!doctype html><title>map</title>"
+        else:
+            # Without the map a browser still gets the links, as HTML.
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/html")
+            assert 'href="http://testserver/collections"' in r.text
+        # Clients asking for JSON (GDAL, QGIS) never get the map.
+        assert c.get("/").json()["title"] == "twin"
 
 
 def test_collections_carry_extent_crs_and_links(client, lights_df):
