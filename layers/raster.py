@@ -275,9 +275,16 @@ def sample_xy(
 _FEW = 4
 
 
+@lru_cache(maxsize=256)
+def _inverse(transform: Affine) -> tuple[float, ...]:
+    """The six coefficients of `~transform` (inverted once per grid, not once per point)."""
+    return tuple((~transform)[:6])
+
+
 def _bilinear_one(ds: Dataset, band: int, x: float, y: float) -> float:
     """`sample_xy`'s bilinear value (before scale and offset; NaN: none) at one point."""
-    fc, fr = ~ds.transform @ (x, y)
+    sa, sb, sc, sd, se, sf = _inverse(ds.transform)
+    fc, fr = x * sa + y * sb + sc, x * sd + y * se + sf  # as `~transform @ (x, y)` does it
     w, h = ds.width, ds.height
     if not (0 <= fr <= h and 0 <= fc <= w and math.isfinite(fc + fr)):
         return math.nan

@@ -296,44 +296,73 @@ def distance_m(a: shapely.Geometry, b: shapely.Geometry) -> float:
     return float(distances(np.array([check_geometry(a)], dtype=object), b)[0])
 
 
-def search_boxes(geometry: shapely.Geometry, distance_m: float) -> np.ndarray:
-    """Lon/lat boxes that surely hold every point within `distance_m` of `geometry` (two boxes
-    when the search crosses the antimeridian)."""
-    minx, miny, maxx, maxy = shapely.bounds(geometry)
+@dataclass(frozen=True)
+class SearchArea:
+    """Where to look for what lies within a distance of a geometry: lon/lat `boxes` that surely
+    hold all of it (two when the search crosses the antimeridian) and, when the search is
+    small enough, `degrees`: a distance on the lon/lat plane that none of it lies beyond."""
+
+    boxes: np.ndarray
+    degrees: float | None = None
+
+
+def search_area(geometry: shapely.Geometry, distance_m: float) -> SearchArea:
+    """The `SearchArea` of everything within `distance_m` metres of `geometry` (lon/lat).
+
+    A degree of latitude is at least `_M_PER_DEG_LAT_MIN` metres long and a degree of longitude
+    at least `_M_PER_DEG_LON_EQ * cos(lat)`, so the boxes grow by `distance_m` over those at the
+    most poleward latitude reached, and a path of `distance_m` inside them moves at most
+    `distance_m / min(both)` degrees on the lon/lat plane (`degrees`, with slack for rounding
+    and for the geodesic bending out of the boxes by a hair)."""
+    minx, miny, maxx, maxy = shapely.bounds(geometry).tolist()
     # 1e-9 relative slack and 1 µ° absolute slack cover rounding; the bounds themselves are exact
     # lower bounds of metres per degree, so the boxes never miss a feature.
     dlat = distance_m / _M_PER_DEG_LAT_MIN * (1 + 1e-9) + 1e-6
     top = min(max(abs(miny - dlat), abs(maxy + dlat)), 90.0)
     cos_top = math.cos(math.radians(top))
     if cos_top < 1e-6 or distance_m / (_M_PER_DEG_LON_EQ * cos_top) >= 180:
-        return shapely.box([-180.0], [max(miny - dlat, -90)], [180.0], [min(maxy + dlat, 90)])
+        world = shapely.box([-180.0], [max(miny - dlat, -90)], [180.0], [min(maxy + dlat, 90)])
+        return SearchArea(world)
     dlon = distance_m / (_M_PER_DEG_LON_EQ * cos_top) * (1 + 1e-9) + 1e-6
     x0, x1, y0, y1 = minx - dlon, maxx + dlon, max(miny - dlat, -90.0), min(maxy + dlat, 90.0)
     if x1 - x0 >= 360:
-        return shapely.box([-180.0], [y0], [180.0], [y1])
+        return SearchArea(shapely.box([-180.0], [y0], [180.0], [y1]))
     if x0 >= -180 and x1 <= 180:
-        return np.array([shapely.box(x0, y0, x1, y1)], dtype=object)
+        box = np.array([shapely.box(x0, y0, x1, y1)], dtype=object)
+        if x1 - x0 >= 90 or cos_top < 1e-3:
+            return SearchArea(box)
+        per_deg = min(_M_PER_DEG_LAT_MIN, _M_PER_DEG_LON_EQ * cos_top)
+        return SearchArea(box, distance_m / per_deg * (1 + 1e-3) + 1e-9)
     boxes = [(x0, y0, x1, y1)]
     if x0 < -180:
         boxes.append((x0 + 360, y0, 180.0, y1))
     if x1 > 180:
         boxes.append((-180.0, y0, x1 - 360, y1))
     b = np.array(boxes)
-    return shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
+    return SearchArea(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]))
 
 
 def candidates(
-    layer: Layer, geometry: shapely.Geometry, distance_m: float, boxes: np.ndarray | None = None
+    layer: Layer,
+    geometry: shapely.Geometry,
+    distance_m: float,
+    area: SearchArea | None = None,
 ) -> np.ndarray:
-    """Sorted rows of `layer` whose bounding box may lie within `distance_m` of `geometry`
-    (`boxes`: its `search_boxes`, when already made)."""
+    """Sorted rows of `layer` that may lie within `distance_m` of `geometry` (`area`: its
+    `search_area`, when already made)."""
     if len(layer) == 0:
         return np.array([], dtype=np.int64)
-    if boxes is None:
-        boxes = search_boxes(geometry, distance_m)
-    if len(boxes) == 1:
-        return np.sort(layer.tree.query(boxes[0])).astype(np.int64)
-    return np.unique(layer.tree.query(boxes)[1]).astype(np.int64)
+    if area is None:
+        area = search_area(geometry, distance_m)
+    if area.degrees is not None:
+        # GEOS drops the shapes farther than `degrees` on the lon/lat plane, none of which can
+        # be within `distance_m` on the ground: the exact distances are then measured for the
+        # few that remain, not for every bounding box the search box meets.
+        rows = layer.tree.query(geometry, predicate="dwithin", distance=area.degrees)
+        return np.sort(rows).astype(np.int64)
+    if len(area.boxes) == 1:
+        return np.sort(layer.tree.query(area.boxes[0])).astype(np.int64)
+    return np.unique(layer.tree.query(area.boxes)[1]).astype(np.int64)
 
 
 def within(
@@ -341,14 +370,14 @@ def within(
     geometry: shapely.Geometry,
     distance_m: float,
     rows: np.ndarray | None = None,
-    boxes: np.ndarray | None = None,
+    area: SearchArea | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows of `layer` within `distance_m` metres of `geometry` (lon/lat), and their geodesic
-    distances, nearest first (ties by row). `rows` limits the search to those rows; `boxes`
-    are the `search_boxes` of the geometry and distance, when several layers are searched."""
+    distances, nearest first (ties by row). `rows` limits the search to those rows; `area` is
+    the `search_area` of the geometry and distance, when several layers are searched."""
     distance_m = check_distance(distance_m)
     geometry = check_geometry(geometry)
-    cand = candidates(layer, geometry, distance_m, boxes)
+    cand = candidates(layer, geometry, distance_m, area)
     if rows is not None:
         cand = cand[np.isin(cand, np.asarray(rows, dtype=np.int64))]
     if len(cand) == 0:

@@ -271,12 +271,12 @@ def _search(
     layers: Iterable[Layer], geometry: shapely.Geometry, distance_m: float
 ) -> list[Matches]:
     groups = []
-    boxes = None
+    area = None
     for layer in layers:
-        if boxes is None:  # the same boxes for every layer
+        if area is None:  # the same search area for every layer
             distance_m = metric.check_distance(distance_m)
-            boxes = metric.search_boxes(metric.check_geometry(geometry), distance_m)
-        rows, d = metric.within(layer, geometry, distance_m, boxes=boxes)
+            area = metric.search_area(metric.check_geometry(geometry), distance_m)
+        rows, d = metric.within(layer, geometry, distance_m, area=area)
         if len(rows):
             groups.append(Matches(layer, rows, d))
     return groups

@@ -116,6 +116,38 @@ def test_within_points_equals_brute_force(
         assert (lons < -72).any() and (lons > -72).any()
 
 
+@pytest.mark.parametrize("lat", [0.0, 30.35, 60.17, 80.0, 88.5, -70.0])
+@pytest.mark.parametrize("radius", [1.0, 100.0, 5_000.0])
+def test_within_finds_everything_just_inside_the_radius_at_every_bearing(
+    lat: float, radius: float
+) -> None:
+    # Points and short east-west and north-south lines whose nearest point lies 1 cm inside
+    # the radius, at 720 bearings: where lon/lat degrees are most unequal (high latitudes,
+    # due east and west) is where a search in degrees would first miss one.
+    lon = 114.3
+    az = np.arange(720) / 2.0
+    n = len(az)
+    x, y, _ = GEOD.fwd(np.full(n, lon), np.full(n, lat), az, np.full(n, radius - 0.01))
+    xo, yo, _ = GEOD.fwd(np.full(n, lon), np.full(n, lat), az, np.full(n, radius + 0.02))
+    pts = shapely.points(np.concatenate([x, xo]), np.concatenate([y, yo]))
+    point = shapely.Point(lon, lat)
+    rows, d = metric.within(make_layer(LIGHTS, pts), point, radius)
+    assert np.all(np.diff(d) >= 0)
+    assert set(rows.tolist()) == set(range(n))
+    np.testing.assert_allclose(d, radius - 0.01, atol=0.005)
+    # Lines through each inside point, across the bearing (their nearest point is that one).
+    bx, by, _ = GEOD.fwd(x, y, az + 90, np.full(n, 0.5 * radius))
+    cx, cy, _ = GEOD.fwd(x, y, az - 90, np.full(n, 0.5 * radius))
+    lines = shapely.linestrings(np.stack([np.stack([bx, x, cx], 1), np.stack([by, y, cy], 1)], 2))
+    ref = geodesic_distance_ref(lines, point, step_m=max(0.2, radius / 500))
+    rows, d = metric.within(make_layer(PIPES, lines), point, radius)
+    assert set(rows.tolist()) == set(np.flatnonzero(ref <= radius).tolist())
+    assert len(rows) == n
+    # Kilometre lines 1.5° from the pole bend in the local frame (its scale changes by 3 %
+    # across them), so there the nearest point found is up to ~0.6 m off; no city lies there.
+    np.testing.assert_allclose(d, ref[rows], atol=0.1 if abs(lat) <= 80 else 1.0)
+
+
 def test_within_across_the_antimeridian() -> None:
     geoms = _ring_of_points(180.0, -16.8, 800, 3_000.0, 3)
     # Normalise to [-180, 180]: points east of the antimeridian get negative longitudes.
