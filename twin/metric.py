@@ -354,15 +354,22 @@ def candidates(
         return np.array([], dtype=np.int64)
     if area is None:
         area = search_area(geometry, distance_m)
-    if area.degrees is not None:
+    if len(area.boxes) > 1:
+        return np.unique(layer.tree.query(area.boxes)[1]).astype(np.int64)
+    rows = np.sort(layer.tree.query(area.boxes[0])).astype(np.int64)
+    if area.degrees is not None and 0 < len(rows) <= _FEW_CANDIDATES:
+        # A few boxes met, as when looking right at a point: most are long lines passing by.
         # GEOS drops the shapes farther than `degrees` on the lon/lat plane, none of which can
-        # be within `distance_m` on the ground: the exact distances are then measured for the
-        # few that remain, not for every bounding box the search box meets.
-        rows = layer.tree.query(geometry, predicate="dwithin", distance=area.degrees)
-        return np.sort(rows).astype(np.int64)
-    if len(area.boxes) == 1:
-        return np.sort(layer.tree.query(area.boxes[0])).astype(np.int64)
-    return np.unique(layer.tree.query(area.boxes)[1]).astype(np.int64)
+        # be within `distance_m` on the ground, so that often nothing is left to measure.
+        rows = rows[shapely.dwithin(layer.geometry[rows], geometry, area.degrees)]
+    return rows
+
+
+# Up to this many candidates are sifted by GEOS before their exact distances are measured: the
+# measuring costs about the same for one shape as for a few, so sifting pays when it often
+# leaves none (`at`: 1 m around a point, -25 % against no sifting), and costs more than it
+# saves on the many candidates of a radius search (`near` 100 m: +7 % when always sifted).
+_FEW_CANDIDATES = 16
 
 
 def within(

@@ -134,6 +134,11 @@ def test_within_finds_everything_just_inside_the_radius_at_every_bearing(
     rows, d = metric.within(make_layer(LIGHTS, pts), point, radius)
     assert np.all(np.diff(d) >= 0)
     assert set(rows.tolist()) == set(range(n))
+    # A few candidates are sifted in degrees first (as `at` does): the same answer.
+    for k in range(0, n, 30):
+        rows, d = metric.within(make_layer(LIGHTS, pts[[k, n + k]]), point, radius)
+        assert rows.tolist() == [0]
+        assert abs(d[0] - (radius - 0.01)) < 0.005
     np.testing.assert_allclose(d, radius - 0.01, atol=0.005)
     # Lines through each inside point, across the bearing (their nearest point is that one).
     bx, by, _ = GEOD.fwd(x, y, az + 90, np.full(n, 0.5 * radius))
