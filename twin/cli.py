@@ -29,6 +29,12 @@ StoreOption = Annotated[
     ),
 ]
 DEFAULT_STORE = Path("twin-data")
+HostOption = Annotated[
+    str | None, typer.Option(help="Address to listen on (default 127.0.0.1, TWIN_HOST).")
+]
+PortOption = Annotated[
+    int | None, typer.Option(help="Port to listen on (default 8000, TWIN_PORT).")
+]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -277,12 +283,8 @@ def export_(
 @app.command()
 def serve(
     store: StoreOption = DEFAULT_STORE,
-    host: Annotated[
-        str | None, typer.Option(help="Address to listen on (default 127.0.0.1, TWIN_HOST).")
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Port to listen on (default 8000, TWIN_PORT).")
-    ] = None,
+    host: HostOption = None,
+    port: PortOption = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -481,12 +483,8 @@ def import_raster_(
 @app.command("demo")
 def demo_(
     store: StoreOption = DEFAULT_STORE,
-    host: Annotated[
-        str | None, typer.Option(help="Address to listen on (default 127.0.0.1, TWIN_HOST).")
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Port to listen on (default 8000, TWIN_PORT).")
-    ] = None,
+    host: HostOption = None,
+    port: PortOption = None,
     size: Annotated[
         str, typer.Option(help="small (a 2 km district), city (8 km) or large (~1M pipes).")
     ] = "small",
