@@ -18,6 +18,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from importers import errors as importer_errors
 from layers import errors as layer_errors
@@ -121,6 +122,28 @@ def _mount_web_map(app: FastAPI, settings: ServerSettings) -> None:
     app.mount("/web", StaticFiles(directory=settings.web_dir, html=True), name="web")
 
 
+class HeadAsGet:
+    """Answers HEAD as GET without the body (status, ETag, Content-Length and all), for every
+    route: link checkers, `curl -I` and load balancers' health checks."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def create_app(
     settings: ServerSettings | None = None,
     store_settings: StoreSettings | None = None,
@@ -174,4 +197,5 @@ def create_app(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"]
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(HeadAsGet)
     return app

@@ -176,7 +176,7 @@ class TileFastPath:
     `TileServer.respond` as the declared routes (`twin.routes.tiles`), so status, body and
     headers are the same; it labels the request with the declared route for the metrics.
     Anything else, and any request it cannot settle cleanly (an unknown or hidden
-    collection, a tile outside the matrix, a filter, HEAD), goes on to the full app, which
+    collection, a tile outside the matrix, a filter), goes on to the full app, which
     gives the answer and error it always gives.
     """
 

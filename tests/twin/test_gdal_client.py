@@ -12,7 +12,9 @@ import pytest
 from importers.options import ImportOptions
 from importers.pipeline import import_file
 from layers.gpkg import GeoPackageStore
+from layers.store import RasterInfo
 from tests.conftest import shared
+from tests.twin.query_fixtures import write_dem
 from tests.twin.serve_fixtures import (
     STREETLIGHTS,
     LiveServer,
@@ -37,6 +39,9 @@ def imported_server(tmp_path_factory):
     store = GeoPackageStore(path)
     report = import_file(store, "lights", shared(STREETLIGHTS), ImportOptions(), user="tests")
     store.write(secret_layer(), source="test", user="tests")
+    # A raster collection too: listed in /collections for its map tiles, not a feature layer.
+    dem = write_dem(path.parent / "dem.tif", (-71.16, 42.35, -71.06, 42.41))
+    store.put_raster(RasterInfo("dem", "Ground elevation", dem), user="tests", source="dem.tif")
     store.close()
     with LiveServer(app_for(path)) as server:
         yield server, report
@@ -47,6 +52,9 @@ def test_ogrinfo_lists_the_layers(imported_server, live_server):
     r = run("ogrinfo", "-ro", "-q", f"OAPIF:{server.url}/")
     assert r.returncode == 0, r.stderr
     assert ": lights" in r.stdout
+    # GDAL leaves the raster out instead of asking for its items (no ERROR on the way).
+    assert ": dem" not in r.stdout
+    assert r.stderr == ""
     assert "secret_valves" not in r.stdout  # above the anonymous caller's scope
     r = run("ogrinfo", "-ro", "-q", f"OAPIF:{live_server.url}/")
     for name in ("lights", "pipes", "sites"):

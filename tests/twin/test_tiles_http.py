@@ -177,6 +177,21 @@ def test_gzip_only_for_clients_that_accept_it(client):
     assert gzip.compress(plain.content)  # sanity: a real MVT, not empty
 
 
+def test_head_answers_like_get_without_the_body(client):
+    t = busy_tile(14)
+    for path in (tile_url(14, t.x, t.y, "pipes"), "/collections", "/style.json"):
+        got = client.get(path, headers={"Accept-Encoding": "identity"})
+        head = client.head(path, headers={"Accept-Encoding": "identity"})
+        assert (head.status_code, head.content) == (200, b""), path
+        assert int(head.headers["content-length"]) == len(got.content) > 0, path
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers.get("etag") == got.headers.get("etag")
+    tile = client.head(tile_url(14, t.x, t.y, "pipes"))
+    assert tile.headers["etag"].startswith('"')
+    assert client.head(tile_url(40, 0, 0, "pipes")).status_code == 404
+    assert client.head("/query/intersects").status_code == 405  # POST only
+
+
 def test_tilejson_and_tilesets(client):
     tj = client.get("/collections/pipes/tiles/WebMercatorQuad/tilejson.json").json()
     assert tj["tilejson"] == "3.0.0"

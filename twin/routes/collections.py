@@ -122,6 +122,9 @@ def raster_collection(request: Request, info: RasterInfo) -> dict[str, Any]:
         "description": str(info.meta.get("description", "")),
         "itemType": "coverage",
         "dataType": "map",
+        # Read by GDAL's OGC API Features client, which otherwise takes every collection for
+        # features and asks for this one's items.
+        "layerDataType": "Coverage",
         "classification": info.classification.label,
     }
     bounds = raster_bounds(info)
