@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,8 @@ _DTYPES: dict[FieldType, Any] = {
     FieldType.DATE: "datetime64[ms]",
     FieldType.DATETIME: "datetime64[ms, UTC]",
 }
+
+T = TypeVar("T")
 
 
 def dtype_of(ftype: FieldType) -> Any:
@@ -254,6 +257,8 @@ class Layer:
     geometry: np.ndarray
     attrs: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+    _derived: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
+    _derived_lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -284,34 +289,32 @@ class Layer:
         """STRtree over `geometry`; query results are row numbers."""
         return shapely.STRtree(self.geometry)
 
-    @cached_property
-    def _json(self) -> dict[str, JsonColumn]:
-        """Columns made ready for JSON, each on first use (like `tree`, this assumes the layer is
-        not changed in place once served: an edit makes a new `Layer`)."""
-        return {}
+    def derived(self, key: Hashable, make: Callable[[], T]) -> T:
+        """`make()`, made once per `key` and kept with this layer, so it goes when the layer
+        goes (like `tree`, this assumes the layer is not changed in place once served: an edit
+        makes a new `Layer`). Threads asking for the same thing at once wait for one `make`."""
+        try:
+            return self._derived[key]
+        except KeyError:
+            pass
+        with self._derived_lock:
+            if key not in self._derived:
+                self._derived[key] = make()
+            return self._derived[key]
 
     def json_column(self, name: str) -> JsonColumn:
         """The attribute column `name` ready to give JSON values and texts of any rows."""
-        held = self._json.get(name)
-        if held is None:
-            # Two threads may both build it: the same result, so the first one stored wins.
-            held = self._json.setdefault(name, JsonColumn(self.attrs[name].array))
-        return held
+        return self.derived(("json", name), lambda: JsonColumn(self.attrs[name].array))
 
     def floats(self, name: str) -> np.ndarray:
         """A numeric attribute column as float64, NaN where missing (made once, read-only)."""
-        key = f"floats:{name}"
-        held = self._cache.get(key)
-        if held is None:
-            held = self.attrs[name].to_numpy(dtype=np.float64, na_value=np.nan)
-            held.flags.writeable = False
-            held = self._cache.setdefault(key, held)
-        return held
 
-    @cached_property
-    def _cache(self) -> dict[Any, Any]:
-        """Things derived from the columns, made once."""
-        return {}
+        def make() -> np.ndarray:
+            out = self.attrs[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            out.flags.writeable = False
+            return out
+
+        return self.derived(("floats", name), make)
 
     @cached_property
     def row_of(self) -> pd.Index:

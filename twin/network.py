@@ -563,7 +563,6 @@ def build(
 
 
 _lock = threading.Lock()
-_CACHE = "_twin_networks"
 
 
 def network_for(
@@ -572,10 +571,10 @@ def network_for(
     """The cached network of this pipes and valves layer pair (built on first use; a layer
     edit makes new `Layer` objects, hence a new network)."""
     key = (id(valves), snap_m, attach_m)
+    # Held with the pipes layer, so it goes when the layer goes: a global map would keep every
+    # old layer alive through its network's reference to it.
+    cache: dict[tuple, tuple[Any, Network]] = pipes.derived(network_for, dict)
     with _lock:
-        # Held on the pipes layer itself, so it goes when the layer goes: a global map would
-        # keep every old layer alive through its network's reference to it.
-        cache: dict[tuple, tuple[Any, Network]] = vars(pipes).setdefault(_CACHE, {})
         held = cache.get(key)
         if held is not None and (held[0] is None if valves is None else held[0]() is valves):
             return held[1]

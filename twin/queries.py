@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import threading
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -291,32 +290,21 @@ class _Cells:
     place: np.ndarray
 
 
-_cells: weakref.WeakKeyDictionary[Layer, _Cells] = weakref.WeakKeyDictionary()
-_cells_lock = threading.Lock()
-
-
 def _grid_cells(grid: Layer) -> _Cells:
-    """The grid's `_Cells`, made once per grid layer (the grid is small and read on every
-    `at`, dig check and buffer)."""
-    with _cells_lock:
-        held = _cells.get(grid)
-    if held is None:
-        props = grid.properties(np.arange(len(grid)))
-        records = [{"id": fid, **p} for fid, p in zip(grid.ids.tolist(), props, strict=True)]
-        rank = {level: i for i, level in enumerate(GRID_LEVELS)}
-        order = sorted(
-            range(len(records)),
-            key=lambda i: (
-                rank.get(str(records[i].get("level")), len(rank)),
-                str(records[i].get("code")),
-            ),
-        )
-        place = np.empty(len(records), dtype=np.int64)
-        place[order] = np.arange(len(records))
-        held = _Cells(records, place)
-        with _cells_lock:
-            _cells[grid] = held
-    return held
+    """The grid's `_Cells` (the grid is small and read on every `at`, dig check and buffer)."""
+    props = grid.properties(np.arange(len(grid)))
+    records = [{"id": fid, **p} for fid, p in zip(grid.ids.tolist(), props, strict=True)]
+    rank = {level: i for i, level in enumerate(GRID_LEVELS)}
+    order = sorted(
+        range(len(records)),
+        key=lambda i: (
+            rank.get(str(records[i].get("level")), len(rank)),
+            str(records[i].get("code")),
+        ),
+    )
+    place = np.empty(len(records), dtype=np.int64)
+    place[order] = np.arange(len(records))
+    return _Cells(records, place)
 
 
 def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> list[dict[str, Any]]:
@@ -328,7 +316,7 @@ def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> lis
     rows = grid.query(geometry, "intersects")
     if not len(rows):
         return []
-    cells = _grid_cells(grid)
+    cells = grid.derived(_Cells, lambda: _grid_cells(grid))
     rows = rows[np.argsort(cells.place[rows], kind="stable")]
     return [dict(cells.records[i]) for i in rows.tolist()]
 

@@ -10,7 +10,6 @@ makes a new `Layer`, so the cache never serves stale numbers.
 from __future__ import annotations
 
 import json
-import threading
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -126,25 +125,21 @@ def layer_stats(layer: Layer, rows: np.ndarray, cells: np.ndarray) -> dict[str, 
     return out
 
 
-_cache: weakref.WeakKeyDictionary[Layer, dict[tuple, Any]] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
-
-
 def _cached_layer_stats(
     layer: Layer, grid: Layer, level: str, cells: np.ndarray, flt: Filter | None
 ) -> dict[str, np.ndarray]:
     key = (id(grid), level, flt.key if flt is not None else None)
-    with _lock:
-        held = _cache.get(layer, {}).get(key)
-    if held is not None and held[0]() is grid:
-        return held[1]
+    # Kept with the layer; the grid is checked by identity, as another grid may take its id.
+    held: dict[tuple, Any] = layer.derived(_cached_layer_stats, dict)
+    found = held.get(key)
+    if found is not None and found[0]() is grid:
+        return found[1]
     if flt is None:
         rows = np.arange(len(layer), dtype=np.int64)
     else:
         rows = np.flatnonzero(evaluate(flt, layer))
     result = layer_stats(layer, rows, grid.geometry[cells])
-    with _lock:
-        _cache.setdefault(layer, {})[key] = (weakref.ref(grid), result)
+    held[key] = (weakref.ref(grid), result)
     return result
 
 

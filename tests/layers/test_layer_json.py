@@ -6,6 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -122,13 +125,19 @@ def _text(expected: dict) -> str:
     return json.dumps(finite, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _coded(layer: Layer, max_distinct: int | None) -> None:
+    """Make the layer's JSON columns with `max_distinct` before anything asks for them."""
+    for c in layer.attrs:
+        col = JsonColumn(layer.attrs[c].array, max_distinct=max_distinct)
+        assert layer.derived(("json", c), lambda col=col: col) is col
+        assert layer.json_column(c) is col
+
+
 @pytest.mark.parametrize("max_distinct", [None, 0])
 def test_values_and_texts_equal_the_expected_json(max_distinct):
     layer = _layer(ROWS)
     # None: every column coded by its distinct values; 0: every column read row by row.
-    layer._json.update(
-        {c: JsonColumn(layer.attrs[c].array, max_distinct=max_distinct) for c in layer.attrs}
-    )
+    _coded(layer, max_distinct)
     rows = np.array([4, 0, 7, 1, 2, 3, 5, 6, 0])
     props = layer.properties(rows)
     texts = layer.properties_json(rows)
@@ -182,9 +191,7 @@ def test_random_columns_equal_a_row_by_row_reference(max_distinct):
     layer = Layer(
         schema, np.arange(n).astype(str).astype(object), shapely.points(np.zeros((n, 2))), attrs
     )
-    layer._json.update(
-        {c: JsonColumn(layer.attrs[c].array, max_distinct=max_distinct) for c in layer.attrs}
-    )
+    _coded(layer, max_distinct)
     rows = rng.integers(0, n, 500)
     for r, text in zip(rows.tolist(), layer.properties_json(rows), strict=True):
         want = {}
@@ -196,3 +203,26 @@ def test_random_columns_equal_a_row_by_row_reference(max_distinct):
             want[name] = v
         want["source"] = None
         assert text == json.dumps(want, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_derived_is_made_once_per_layer_even_when_threads_race():
+    layer, other = _layer(ROWS), _layer(ROWS)
+    calls: list[int] = []
+    started = threading.Barrier(8)
+
+    def make() -> list[int]:
+        calls.append(1)
+        time.sleep(0.05)  # widen the window in which a second make could start
+        return [len(calls)]
+
+    def ask() -> list[int]:
+        started.wait()
+        return layer.derived("thing", make)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: ask(), range(8)))
+    assert len(calls) == 1 and all(g is got[0] for g in got)
+    assert layer.derived("thing", make) is got[0] and len(calls) == 1
+    # Another key, or another layer, is made anew.
+    assert layer.derived("other", make) == [2]
+    assert other.derived("thing", make) == [3]

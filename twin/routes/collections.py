@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,20 +33,19 @@ from twin.routes.links import (
 router = APIRouter(tags=["Collections"])
 
 GREGORIAN = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"
-_temporal: weakref.WeakKeyDictionary[Layer, list[str | None]] = weakref.WeakKeyDictionary()
 
 
 def temporal_extent(layer: Layer) -> list[str | None] | None:
     """[first, last] change time of the layer's features (computed once per layer version)."""
-    if layer not in _temporal:
-        col = layer.attrs[UPDATED].dropna()
-        _temporal[layer] = (
-            [None, None]
-            if col.empty
-            else [t.isoformat().replace("+00:00", "Z") for t in (col.min(), col.max())]
-        )
-    ext = _temporal[layer]
+    ext = layer.derived(temporal_extent, lambda: _change_times(layer))
     return None if ext == [None, None] else ext
+
+
+def _change_times(layer: Layer) -> list[str | None]:
+    col = layer.attrs[UPDATED].dropna()
+    if col.empty:
+        return [None, None]
+    return [t.isoformat().replace("+00:00", "Z") for t in (col.min(), col.max())]
 
 
 @lru_cache(maxsize=256)
