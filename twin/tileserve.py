@@ -10,7 +10,7 @@ workers (`TilePeers`), so every worker's cache holds it.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import Response
@@ -26,6 +26,7 @@ from tiles.render import render_tile
 from tiles.settings import TileSettings
 from twin.access import caller_scope
 from twin.cql2 import Filter
+from twin.leanpath import LeanPath
 from twin.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -161,69 +162,33 @@ class TileServer:
 
 # -- the lean path ---------------------------------------------------------------------------
 
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Any]
-
 _TILE_URL = re.compile(
     rf"^(?:/collections/(?P<collection>[^/]+))?/tiles/{TMS_ID}/(?P<z>\d{{1,2}})/(?P<y>\d{{1,9}})/(?P<x>\d{{1,9}})$"
 )
 
 
-class TileFastPath:
-    """ASGI middleware answering plain vector tile requests (GET, no query string) without
-    FastAPI's routing and dependency solving, which cost more CPU than a cached tile.
+class TileFastPath(LeanPath):
+    """The lean path (`twin.leanpath`) of plain vector tile requests (no query string),
+    answered through the very same `TileServer.respond` as the declared routes
+    (`twin.routes.tiles`); an unknown or hidden collection, a tile outside the matrix or a
+    filter goes on to the full app."""
 
-    It sits inside the metrics, CORS and gzip middlewares and answers through the very same
-    `TileServer.respond` as the declared routes (`twin.routes.tiles`), so status, body and
-    headers are the same; it labels the request with the declared route for the metrics.
-    Anything else, and any request it cannot settle cleanly (an unknown or hidden
-    collection, a tile outside the matrix, a filter), goes on to the full app, which
-    gives the answer and error it always gives.
-    """
+    paths = (COLLECTION_TILE_PATH, DATASET_TILE_PATH)
 
-    def __init__(self, app: ASGIApp, routes: Sequence[Any]) -> None:
-        """`routes`: the declared routes, among them those of `COLLECTION_TILE_PATH` and
-        `DATASET_TILE_PATH` (their requests are labelled with them, as routing would)."""
-        self.app = app
-        self._routes = {
-            r.path: r
-            for r in routes
-            if getattr(r, "path", None) in (COLLECTION_TILE_PATH, DATASET_TILE_PATH)
-        }
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
-            await self.app(scope, receive, send)
-            return
+    async def answer(self, scope: dict) -> tuple[str, Response] | None:
         match = _TILE_URL.match(scope["path"])
-        if match is None:
-            await self.app(scope, receive, send)
-            return
-        try:
-            answer = await self._lookup(scope, match)
-        except Exception:
-            answer = None  # the full app answers (and reports) whatever went wrong
-        if answer is None:
-            await self.app(scope, receive, send)
-            return
-        route, response = answer
-        scope["route"] = route
-        await response(scope, receive, send)
-
-    async def _lookup(self, scope: dict, match: re.Match[str]) -> tuple[Any, Response] | None:
-        app = scope["app"]
-        collection = match["collection"]
-        route = self._routes.get(DATASET_TILE_PATH if collection is None else COLLECTION_TILE_PATH)
-        if route is None:
+        if match is None or scope["query_string"]:
             return None
+        collection = match["collection"]
         tile = grid.tile(int(match["z"]), int(match["x"]), int(match["y"]))
         request = Request(scope)
         access = await caller_scope(request)
-        catalog = app.state.catalog
+        catalog = scope["app"].state.catalog
         if collection is None:
             layers = catalog.layers(access)
         else:
             layers = {collection: catalog.layer(collection, access)}
-        tiles: TileServer = app.state.tiles
+        tiles: TileServer = scope["app"].state.tiles
         headers = request.headers
         response = await tiles.respond(
             layers,
@@ -234,4 +199,4 @@ class TileFastPath:
             headers.get("if-none-match"),
             headers.get("accept-encoding"),
         )
-        return route, response
+        return (DATASET_TILE_PATH if collection is None else COLLECTION_TILE_PATH), response

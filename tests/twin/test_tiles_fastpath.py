@@ -35,15 +35,15 @@ def tile_store(tmp_path_factory):
 def answered(monkeypatch):
     """Paths the lean path answered itself (the rest went on to the full app)."""
     seen: list[str] = []
-    lookup = TileFastPath._lookup
+    answer = TileFastPath.answer
 
-    async def spy(self, scope, match):
-        got = await lookup(self, scope, match)
+    async def spy(self, scope):
+        got = await answer(self, scope)
         if got is not None:
             seen.append(scope["path"])
         return got
 
-    monkeypatch.setattr(TileFastPath, "_lookup", spy)
+    monkeypatch.setattr(TileFastPath, "answer", spy)
     return seen
 
 

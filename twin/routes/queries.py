@@ -4,7 +4,7 @@ and a lean path answering plain near and at requests without FastAPI's routing."
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
@@ -21,6 +21,7 @@ from twin import network, queries, stats
 from twin.access import Scope, caller_scope
 from twin.dependencies import CatalogDep, Collections, CqlFilter, collections_list
 from twin.errors import BodyTooLarge, InvalidParameter
+from twin.leanpath import LeanPath
 from twin.routes.links import GEOJSON
 from twin.settings import QuerySettings
 
@@ -110,6 +111,11 @@ def _geojson(body: bytes) -> Response:
 
 # -- the answers (shared by the routes and the lean path) ---------------------------------------
 
+# Defaults of the parameters the lean path reads too.
+NEAR_RADIUS_M = 100.0
+AT_TOLERANCE_M = 1.0
+AT_SAMPLING: Literal["bilinear", "nearest"] = "bilinear"
+
 
 def near_answer(
     catalog: Catalog,
@@ -161,7 +167,7 @@ def get_near(
     point: Point,
     collections: Collections,
     limit: ResultLimit,
-    radius: Annotated[float, Query(description="Radius, metres on the ground.")] = 100.0,
+    radius: Annotated[float, Query(description="Radius, metres on the ground.")] = NEAR_RADIUS_M,
 ) -> Response:
     """Features of every visible layer (or of `collections`) within `radius` metres of the
     point, nearest first, each with `collection` and `distance_m`."""
@@ -182,11 +188,11 @@ def get_at(
     limit: ResultLimit,
     tolerance: Annotated[
         float, Query(description="Also features passing within this many metres.")
-    ] = 1.0,
+    ] = AT_TOLERANCE_M,
     sampling: Annotated[
         Literal["bilinear", "nearest"],
         Query(description="How raster values are read: bilinear or the cell holding the point."),
-    ] = "bilinear",
+    ] = AT_SAMPLING,
 ) -> Response:
     """Every feature of every visible layer at the point (grouped by layer; buried assets with
     ground elevation and cover depth), the grid cells it falls in, and raster values there."""
@@ -408,42 +414,19 @@ _PARAMS: dict[str, dict[str, Callable[[str], Any]]] = {
 }
 
 
-class QueryFastPath:
-    """ASGI middleware answering plain `GET /query/near` and `GET /query/at` requests without
-    FastAPI's routing and dependency solving, which cost more CPU than the query itself.
+class QueryFastPath(LeanPath):
+    """The lean path (`twin.leanpath`) of plain `GET /query/near` and `GET /query/at`
+    requests, answered through the same `near_answer` / `at_answer` as the declared routes,
+    in the thread pool as they run, after the same checks. An unknown, repeated or not plainly
+    written parameter goes on to the full app."""
 
-    It sits inside the metrics, CORS and gzip middlewares and answers through the same
-    `near_answer` / `at_answer` as the declared routes, in the thread pool as they run, after
-    the same checks; it labels the request with the declared route for the metrics. Anything
-    else (an unknown, repeated or not plainly written parameter) and any request it cannot
-    settle cleanly (every error) goes on to the full app, which gives the answer and error it
-    always gives.
-    """
+    paths = (NEAR_PATH, AT_PATH)
 
-    def __init__(self, app: Any, routes: Sequence[Any]) -> None:
-        """`routes`: the declared routes, among them `/query/near` and `/query/at`."""
-        self.app = app
-        self._routes = {
-            r.path: r for r in routes if getattr(r, "path", None) in (NEAR_PATH, AT_PATH)
-        }
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        route = self._routes.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "GET":
-            await self.app(scope, receive, send)
-            return
-        try:
-            response = await self._answer(scope)
-        except Exception:
-            response = None  # the full app answers (and reports) whatever went wrong
-        if response is None:
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = route
-        await response(scope, receive, send)
-
-    async def _answer(self, scope: dict) -> Response | None:
-        readers = _PARAMS[scope["path"]]
+    async def answer(self, scope: dict) -> tuple[str, Response] | None:
+        path = scope["path"]
+        readers = _PARAMS.get(path)
+        if readers is None:
+            return None
         params: dict[str, Any] = {}
         for key, raw in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
             read = readers.get(key)
@@ -463,25 +446,27 @@ class QueryFastPath:
         limit = queries.check_limit(
             params.get("limit"), settings.default_results, settings.max_results
         )
-        if scope["path"] == NEAR_PATH:
+        if path == NEAR_PATH:
             named = await collections_list(params.get("collections"))
-            return await run_in_threadpool(
+            near = await run_in_threadpool(
                 near_answer,
                 catalog,
                 access,
                 settings,
                 point,
-                params.get("radius", 100.0),
+                params.get("radius", NEAR_RADIUS_M),
                 named,
                 limit,
             )
-        return await run_in_threadpool(
+            return path, near
+        at = await run_in_threadpool(
             at_answer,
             catalog,
             access,
             settings,
             point,
-            params.get("tolerance", 1.0),
-            params.get("sampling", "bilinear"),
+            params.get("tolerance", AT_TOLERANCE_M),
+            params.get("sampling", AT_SAMPLING),
             limit,
         )
+        return path, at
