@@ -193,19 +193,9 @@ class JsonColumn:
         if kind == "float":
             return [_number_text(v) for v in self._data[rows].tolist()]
         if kind == "int":
-            assert self._mask is not None
-            vals = self._data[rows].tolist()
-            return [
-                "null" if m else str(v)
-                for v, m in zip(vals, self._mask[rows].tolist(), strict=True)
-            ]
+            return ["null" if v is None else str(v) for v in self.values(rows)]
         if kind == "bool":
-            assert self._mask is not None
-            vals = self._data[rows].tolist()
-            return [
-                "null" if m else ("true" if v else "false")
-                for v, m in zip(vals, self._mask[rows].tolist(), strict=True)
-            ]
+            return ["null" if v is None else ("true" if v else "false") for v in self.values(rows)]
         return [json_text(v) for v in _json_list(self.array.take(rows))]
 
 

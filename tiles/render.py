@@ -86,6 +86,14 @@ def _expected_hits(layer: Layer, tile_box: Bounds) -> float:
     return len(layer) * (ix / w) * (iy / h) if ix and iy else 0.0
 
 
+def _among(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Whether each of `values` is in `rows` (sorted row numbers)."""
+    if not len(rows):
+        return np.zeros(len(values), dtype=bool)
+    pos = np.searchsorted(rows, values).clip(0, len(rows) - 1)
+    return rows[pos] == values
+
+
 def _within(mb: np.ndarray, b: Bounds) -> np.ndarray:
     return (mb[:, 0] >= b.minx) & (mb[:, 1] >= b.miny) & (mb[:, 2] <= b.maxx) & (mb[:, 3] <= b.maxy)
 
@@ -117,9 +125,7 @@ def _candidates(layer: Layer, rows: np.ndarray | None, tile_box: Bounds) -> np.n
         )
         cand = cand[hit]
     if rows is not None:
-        rows = np.asarray(rows, dtype=np.int64)
-        pos = np.searchsorted(rows, cand).clip(0, max(len(rows) - 1, 0))
-        cand = cand[(rows[pos] == cand)] if len(rows) else cand[:0]
+        cand = cand[_among(cand, np.asarray(rows, dtype=np.int64))]
     return cand.astype(np.int64)
 
 
@@ -159,9 +165,8 @@ def _top_shapes(
             & (b[:, 3] >= box.miny)
         )
         got = prep.order[s : s + _SCAN_CHUNK][hit]
-        if rows is not None and len(got):
-            pos = np.searchsorted(rows, got).clip(0, max(len(rows) - 1, 0))
-            got = got[rows[pos] == got] if len(rows) else got[:0]
+        if rows is not None:
+            got = got[_among(got, rows)]
         found.append(got)
         total += len(got)
         if total >= k:
@@ -249,8 +254,7 @@ def _points_in(
     inside = (x >= box.minx) & (x <= box.maxx) & (y >= box.miny) & (y <= box.maxy)
     pts, x, y = prep.point_rows[inside], x[inside], y[inside]
     if rows is not None:
-        pos = np.searchsorted(rows, pts).clip(0, max(len(rows) - 1, 0))
-        ok = rows[pos] == pts if len(rows) else np.zeros(len(pts), dtype=bool)
+        ok = _among(pts, rows)
         pts, x, y = pts[ok], x[ok], y[ok]
     return pts, x, y
 

@@ -82,7 +82,7 @@ class TileSettings(BaseSettings):
     cache_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=0,
-        description="Memory the tile cache may hold (compressed bytes)",
+        description="Memory the tile cache may hold (raw tiles and, once made, their gzip bytes)",
     )
     cache_control: str = Field(
         default="public, max-age=60",

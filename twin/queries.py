@@ -28,7 +28,7 @@ from rasterio.io import DatasetReader
 from layers.catalog import Catalog
 from layers.layer import Layer, json_text, json_value
 from layers.models import Access
-from layers.raster import Dataset, MemoryRaster, Method, memory_bytes, read_into_memory, sample_xy
+from layers.raster import Dataset, MemoryRaster, Method, read_into_memory, sample_xy
 from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
 from twin import geojson, metric
@@ -270,11 +270,9 @@ def _search(
     layers: Iterable[Layer], geometry: shapely.Geometry, distance_m: float
 ) -> list[Matches]:
     groups = []
-    area = None
+    distance_m = metric.check_distance(distance_m)
+    area = metric.search_area(metric.check_geometry(geometry), distance_m)  # for every layer
     for layer in layers:
-        if area is None:  # the same search area for every layer
-            distance_m = metric.check_distance(distance_m)
-            area = metric.search_area(metric.check_geometry(geometry), distance_m)
         rows, d = metric.within(layer, geometry, distance_m, area=area)
         if len(rows):
             groups.append(Matches(layer, rows, d))
@@ -364,9 +362,8 @@ def _open(path: Path, max_memory: int = 0) -> tuple[Dataset, Transformer]:
             raise InvalidParameter(f"raster {path.name} has no coordinate reference system")
         opened = cache[path] = (stamp, ds, _to_raster(ds.crs.to_wkt()))
     _, ds, to_raster = opened
-    if 0 < memory_bytes(ds) <= max_memory:
-        mem = read_into_memory(ds)
-        assert mem is not None
+    mem = read_into_memory(ds, max_memory) if max_memory > 0 else None
+    if mem is not None:
         with _in_memory_lock:
             _in_memory[path] = (stamp, mem, to_raster)
         # This thread's file handle is not needed any more.

@@ -28,10 +28,8 @@ from typing import Any
 import uvicorn
 
 from layers.catalog import Catalog
-from layers.models import Access
 from layers.settings import StoreSettings, open_store
-from tiles.prepared import prepare
-from twin.app import create_app
+from twin.app import create_app, warm
 from twin.peers import TilePeers, mesh
 from twin.settings import ServerSettings
 
@@ -40,11 +38,7 @@ BACKLOG = 2048
 
 def load_catalog(store_settings: StoreSettings) -> Catalog:
     """The catalog of the store with every layer's tile arrays and spatial index built."""
-    catalog = Catalog(open_store(store_settings, create=False))
-    for layer in catalog.layers(Access.RESTRICTED).values():
-        prepare(layer)
-        _ = layer.tree
-    return catalog
+    return warm(Catalog(open_store(store_settings, create=False)))
 
 
 def _uvicorn_options(settings: ServerSettings, access_log: bool, log_level: str) -> dict[str, Any]:
