@@ -19,6 +19,17 @@ def shared(relative: str) -> Path:
     return path
 
 
+def needs(present: bool, what: str) -> None:
+    """Skip the test when a tool it drives (`what`) is not installed, unless the tools must be
+    there: `.ci/run` sets TWIN_TEST_REQUIRE_TOOLS=1 after installing them, so that a broken
+    install fails instead of passing as skips."""
+    if present:
+        return
+    if os.environ.get("TWIN_TEST_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{what} is not installed (TWIN_TEST_REQUIRE_TOOLS=1)")
+    pytest.skip(f"{what} is not installed (.ci/setup --test installs it)")
+
+
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
     """A fresh, empty store directory."""

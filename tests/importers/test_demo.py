@@ -3,10 +3,8 @@ same seed writes the same bytes, and the networks it lays are sound for traces."
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +23,7 @@ from layers.gpkg import GeoPackageStore
 from layers.models import Access
 from layers.raster import sample
 from layers.schemas import BUILTIN
+from tests.twin.serve_fixtures import free_port, wait_healthy
 from twin.cli import app
 from twin.network import build, isolate
 
@@ -253,14 +252,8 @@ def test_grid_levels_nest_and_cells_cover_the_district(demo):
     assert grids.attrs["responsible_unit"].notna().all()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_twin_demo_builds_and_serves(tmp_path):
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "fresh"
     proc = subprocess.Popen(
         [sys.executable, "-m", "twin.cli", "demo", "--store", str(store), "--port", str(port)],
@@ -269,16 +262,8 @@ def test_twin_demo_builds_and_serves(tmp_path):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300  # a hang, not a speed test: see bench/demo_bench.py
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "twin demo did not come up"
-            time.sleep(0.3)
+        # A hang guard, not a speed test: the speed is bench/demo_bench.py's.
+        wait_healthy(proc, port, "twin demo", timeout_s=300)
         ids = {c["id"] for c in httpx.get(f"{base}/collections").json()["collections"]}
         assert set(BUILTIN) | {"dem"} <= ids
         pipes = httpx.get(f"{base}/collections/pipes/items", params={"limit": 3}).json()

@@ -256,7 +256,7 @@ def test_unknown_band_and_method_are_refused(ramp_utm):
 
 @pytest.fixture
 def two_bands(tmp_path: Path) -> Path:
-    """Two lon/lat bands: float32 with nodata holes, and int16 with scale and offset."""
+    """Two lon/lat float32 bands with nodata holes, the second with a scale and offset."""
     rng = np.random.default_rng(3)
     z = rng.normal(30, 5, (70, 90)).astype("float32")
     z[rng.random(z.shape) < 0.05] = NODATA
@@ -279,6 +279,21 @@ def two_bands(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def int16_scaled(tmp_path: Path) -> Path:
+    """An int16 DEM (decimetres) with nodata holes and a scale and offset to metres, as
+    integer DEMs are stored."""
+    rng = np.random.default_rng(4)
+    z = rng.integers(-2000, 30000, (60, 80)).astype("int16")
+    z[rng.random(z.shape) < 0.05] = -32768
+    path = write_tif(
+        tmp_path / "int16.tif", z, from_origin(114.2, 30.5, 0.001, 0.001), "EPSG:4326", -32768
+    )
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (0.1,), (-5.0,)
+    return path
+
+
 def _points(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Random points over the raster and a margin around it, with a NaN among them."""
     with rasterio.open(path) as ds:
@@ -294,13 +309,14 @@ def _points(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("method", ["nearest", "bilinear"])
-def test_memory_raster_samples_exactly_as_the_file(ramp_utm, two_bands, method):
-    for path in (ramp_utm[0], two_bands):
+def test_memory_raster_samples_exactly_as_the_file(ramp_utm, two_bands, int16_scaled, method):
+    for path in (ramp_utm[0], two_bands, int16_scaled):
         mem = read_into_memory(path)
         assert isinstance(mem, MemoryRaster)
         lon, lat = _points(path, 3000)
         with rasterio.open(path) as ds:
             assert mem.count == ds.count
+            assert [b.dtype for b in mem.bands] == [np.dtype(t) for t in ds.dtypes]
             for band in range(1, ds.count + 1):
                 from_file = sample(ds, lon, lat, method=method, band=band)
                 from_memory = sample(mem, lon, lat, method=method, band=band)

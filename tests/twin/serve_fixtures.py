@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,6 +150,21 @@ def app_for(store: Path, **settings: Any):
         ServerSettings(_env_file=None, **settings),  # type: ignore[call-arg]
         StoreSettings(_env_file=None, store=store),  # type: ignore[call-arg]
     )
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, what: str, timeout_s: float = 60) -> None:
+    """Wait until the server process `proc` answers /healthz on `port`; fail with its output if
+    it exits first, or after `timeout_s` (a guard against a hang, not a speed test)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, f"{what} did not come up"
+        time.sleep(0.2)
 
 
 def free_port() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import httpx
 import numpy as np
 import pyogrio
 import pytest
@@ -13,7 +14,7 @@ from importers.options import ImportOptions
 from importers.pipeline import import_file
 from layers.gpkg import GeoPackageStore
 from layers.store import RasterInfo
-from tests.conftest import shared
+from tests.conftest import needs, shared
 from tests.twin.query_fixtures import write_dem
 from tests.twin.serve_fixtures import (
     STREETLIGHTS,
@@ -25,7 +26,10 @@ from tests.twin.serve_fixtures import (
     streetlights_frame,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("ogr2ogr") is None, reason="needs GDAL's ogr2ogr")
+
+@pytest.fixture(autouse=True)
+def _gdal() -> None:
+    needs(shutil.which("ogr2ogr") is not None, "GDAL's ogr2ogr (Debian gdal-bin)")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -52,9 +56,12 @@ def test_ogrinfo_lists_the_layers(imported_server, live_server):
     r = run("ogrinfo", "-ro", "-q", f"OAPIF:{server.url}/")
     assert r.returncode == 0, r.stderr
     assert ": lights" in r.stdout
-    # GDAL leaves the raster out instead of asking for its items (no ERROR on the way).
+    # GDAL leaves the raster out instead of asking for its items (no ERROR on the way),
+    # though /collections lists it (for its map tiles).
     assert ": dem" not in r.stdout
     assert r.stderr == ""
+    listed = httpx.get(f"{server.url}/collections").json()["collections"]
+    assert [c.get("layerDataType") for c in listed if c["id"] == "dem"] == ["Coverage"]
     assert "secret_valves" not in r.stdout  # above the anonymous caller's scope
     r = run("ogrinfo", "-ro", "-q", f"OAPIF:{live_server.url}/")
     for name in ("lights", "pipes", "sites"):

@@ -19,12 +19,10 @@ import pytest
 import shapely
 from pyproj import Geod
 
+from importers import demo_assets, demo_city
 from layers.schemas import PIPES, VALVES
 from tests.twin.query_fixtures import make_layer
 from twin import network
-
-demo_city = pytest.importorskip("importers.demo_city")
-demo_assets = pytest.importorskip("importers.demo_assets")
 
 GEOD = Geod(ellps="WGS84")
 

@@ -13,10 +13,12 @@ import rasterio
 import shapely
 from fastapi.testclient import TestClient
 from pyproj import Geod, Transformer
+from rasterio.io import DatasetReader
 from scipy.interpolate import RegularGridInterpolator
 
 from layers.gpkg import GeoPackageStore
 from layers.models import Access
+from layers.raster import MemoryRaster
 from layers.store import RasterInfo
 from tests.twin.query_fixtures import (
     DEM_CRS,
@@ -212,12 +214,24 @@ def test_at_caps_each_layer_and_survives_an_unreadable_raster(client, layers, tm
     assert queries.raster_values(broken, point, "bilinear") == []
 
 
-def test_at_bytes_equal_the_dict_answer_and_memory_equals_the_file(client, layers) -> None:
+def test_at_bytes_equal_the_dict_answer_and_memory_equals_the_file(
+    client, layers, monkeypatch
+) -> None:
     catalog = client.app.state.catalog
     line = layers["pipes"].geometry[5]
     point = shapely.line_interpolate_point(line, 0.3, normalized=True)
+    sampled: list[type] = []  # what each `at` sampled: the file or the raster in memory
+    sample_xy = queries.sample_xy
+
+    def spy(ds, *args, **kwargs):
+        sampled.append(type(ds))
+        return sample_xy(ds, *args, **kwargs)
+
+    monkeypatch.setattr(queries, "sample_xy", spy)
     from_file = queries.at(catalog, Access.RESTRICTED, point, 40.0, raster_memory_bytes=0)
+    assert sampled.pop() is DatasetReader
     in_memory = queries.at(catalog, Access.RESTRICTED, point, 40.0, raster_memory_bytes=2**30)
+    assert sampled.pop() is MemoryRaster
     assert from_file.ground_m is not None
     assert in_memory.rasters == from_file.rasters  # the same floats, not approximately
     assert "pipes" in {g.collection for g in in_memory.groups}
@@ -225,6 +239,7 @@ def test_at_bytes_equal_the_dict_answer_and_memory_equals_the_file(client, layer
         assert json.loads(in_memory.to_bytes(limit)) == from_file.to_json(limit)
     # A raster over the byte limit is read from the file again.
     again = queries.at(catalog, Access.RESTRICTED, point, 40.0, raster_memory_bytes=10)
+    assert sampled.pop() is DatasetReader
     assert again.rasters == from_file.rasters
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -143,6 +144,7 @@ def test_plain_requests_are_answered_with_the_routes_bytes(client, path, query):
     passed, body, route = _asgi(client.app, fast, "GET", path, query)
     assert passed == [] and route.path == path
     # An unknown parameter sends the same request through FastAPI's routing (which ignores it).
+    assert _asgi(client.app, fast, "GET", path, f"{query}&unknown=1")[0] == [path]
     full = client.get(f"{path}?{query}&unknown=1")
     assert full.status_code == 200
     assert body == full.content
@@ -197,11 +199,29 @@ def test_errors_keep_their_answers(client):
         assert phrase in res.json()["description"]
 
 
-def test_metrics_label_the_lean_answers_with_their_route(client):
-    client.get(f"/query/at?lon={LON}&lat={LAT}")
-    text = client.get("/metrics").text
-    assert 'path="/query/at"' in text or "/query/at" in text
-    assert f"/query/at?lon={LON}" not in text
+def test_metrics_count_the_lean_answers_under_their_route(client, monkeypatch):
+    pattern = re.compile(
+        r'twin_http_requests_total\{method="GET",route="/query/at",status="200"\} ([0-9.e+]+)'
+    )
+
+    def count() -> float:
+        found = pattern.search(client.get("/metrics").text)
+        return float(found[1]) if found else 0.0
+
+    lean: list[str] = []
+    answer = routes.QueryFastPath.answer
+
+    async def spy(self, scope):
+        got = await answer(self, scope)
+        lean.append(scope["path"] if got is not None else "passed on")
+        return got
+
+    monkeypatch.setattr(routes.QueryFastPath, "answer", spy)
+    before = count()
+    assert client.get(f"/query/at?lon={LON}&lat={LAT}").status_code == 200
+    assert lean[-1] == "/query/at"  # answered by the lean path ...
+    assert count() == before + 1  # ... and counted under the route, not the raw URL
+    assert f"/query/at?lon={LON}" not in client.get("/metrics").text
 
 
 def test_scope_is_respected(client):

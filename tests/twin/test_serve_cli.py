@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import httpx
 from typer.testing import CliRunner
 
-from tests.twin.serve_fixtures import fill_store, free_port, sites_layer, wuhan_pipes
+from tests.twin.serve_fixtures import fill_store, free_port, sites_layer, wait_healthy, wuhan_pipes
 from twin.cli import app
 
 
@@ -29,17 +28,7 @@ def test_serve_answers_over_http(tmp_path):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = httpx.get(f"{base}/healthz", timeout=2)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "twin serve did not come up"
-            time.sleep(0.2)
+        wait_healthy(proc, port, "twin serve")
         body = httpx.get(f"{base}/collections/pipes/items", params={"limit": 5}).json()
         assert body["numberMatched"] == 40 and body["numberReturned"] == 5
         links = httpx.get(f"{base}/").json()["links"]

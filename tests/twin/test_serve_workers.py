@@ -21,7 +21,13 @@ from typer.testing import CliRunner
 
 from layers.gpkg import GeoPackageStore
 from layers.models import Access
-from tests.twin.serve_fixtures import fill_store, free_port, sites_layer, wuhan_pipes
+from tests.twin.serve_fixtures import (
+    fill_store,
+    free_port,
+    sites_layer,
+    wait_healthy,
+    wuhan_pipes,
+)
 from tiles.cache import TileCache, TileKey, pack
 from tiles.grid import Tile
 from tiles.render import render_tile
@@ -82,16 +88,7 @@ def two_workers(tmp_path_factory):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        assert time.monotonic() < deadline, "twin serve --workers 2 did not come up"
-        time.sleep(0.2)
+    wait_healthy(proc, port, "twin serve --workers 2")
     yield proc, port, store
     if proc.poll() is None:
         proc.terminate()
@@ -184,30 +181,44 @@ def test_accepted_connections_get_tcp_nodelay_even_on_plain_asyncio():
 
     asyncio.run(main())
     assert got and got[0] != 0
-    # Two listeners on one port: the SO_REUSEPORT group the workers form.
-    other = listener("127.0.0.1", port)
-    other.close()
+
+
+def test_listeners_on_one_port_form_a_reuseport_group():
+    first = listener("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    try:
+        # The second joins while the first still listens: the group the workers form.
+        second = listener("127.0.0.1", port)
+        second.close()
+        # A plain socket (no SO_REUSEPORT) cannot take the port meanwhile.
+        with socket.socket() as plain, pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    finally:
+        first.close()
 
 
 def test_peers_hand_over_fresh_tiles_and_refuse_stale_ones():
-    a_cache, b_cache = TileCache(level=1), TileCache(level=1)
+    # Other gzip levels on each side: the receiver's bytes can only be the sender's if they
+    # were handed over (the level is in the gzip header).
+    a_cache, b_cache = TileCache(level=9), TileCache(level=1)
     a_ends, b_ends = mesh(2)
     fresh = TileKey.of(Tile(3, 5, 4), ["pipes"])
     stale = TileKey.of(Tile(3, 6, 4), ["parks"])
-    tile = pack(b"\x1a\x03abc", 1)
+    tile = pack(b"\x1a\x03abc" * 20, 9)
 
     async def main() -> None:
         a, b = TilePeers(a_ends), TilePeers(b_ends)
         await a.start(a_cache)
         await b.start(b_cache)
         b_cache.invalidate("parks", None)  # b now serves other parks data than a
-        a.publish(fresh, tile, a_cache.generation(fresh.collections))
+        # Stale first: the stream is ordered, so once the fresh one is in, the stale one
+        # has been read (and refused).
         a.publish(stale, tile, a_cache.generation(stale.collections))
-        for _ in range(200):
-            if b.received:
+        a.publish(fresh, tile, a_cache.generation(fresh.collections))
+        for _ in range(3000):
+            if b_cache.peek(fresh) is not None:
                 break
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
         await a.close()
         await b.close()
         assert a.sent == 2 and b.received == 1
@@ -215,12 +226,13 @@ def test_peers_hand_over_fresh_tiles_and_refuse_stale_ones():
     asyncio.run(main())
     got = b_cache.get(fresh)
     assert got is not None and got.raw() == tile.raw() and got.etag == tile.etag
-    assert got.data == tile.data  # the gzip bytes came along
+    assert got.compressed and got.data == tile.data  # the sender's gzip bytes came along
+    assert got.data != pack(tile.raw(), 1).data
     assert b_cache.get(stale) is None
 
 
 def test_gzip_bytes_made_by_one_worker_reach_the_others():
-    a_cache, b_cache = TileCache(level=1), TileCache(level=1)
+    a_cache, b_cache = TileCache(level=9), TileCache(level=1)  # see the test above
     a_ends, b_ends = mesh(2)
     key = TileKey.of(Tile(3, 5, 4), ["pipes"])
     raw = b"\x1a\x10" + b"pipes pipes pipes"
@@ -231,14 +243,14 @@ def test_gzip_bytes_made_by_one_worker_reach_the_others():
         await b.start(b_cache)
         made = a_cache.put(key, raw)  # rendered for an identity client: no gzip yet
         a.publish(key, made, a_cache.generation(key.collections))
-        for _ in range(200):
+        for _ in range(3000):
             if b.received:
                 break
             await asyncio.sleep(0.01)
         assert not b_cache.peek(key).compressed
         a_cache.gzip(key, made)  # a gzip client asked the first worker
         a.publish(key, made, a_cache.generation(key.collections))
-        for _ in range(200):
+        for _ in range(3000):
             if b_cache.peek(key).compressed:
                 break
             await asyncio.sleep(0.01)
@@ -248,5 +260,6 @@ def test_gzip_bytes_made_by_one_worker_reach_the_others():
     asyncio.run(main())
     held = b_cache.peek(key)
     assert held.compressed and held.data == a_cache.peek(key).data
+    assert held.data != gzip.compress(raw, 1, mtime=0)  # taken, not made again
     assert gzip.decompress(held.data) == raw
     assert b_cache.nbytes == len(raw) + len(held.data)

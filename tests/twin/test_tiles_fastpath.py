@@ -33,14 +33,16 @@ def tile_store(tmp_path_factory):
 
 @pytest.fixture
 def answered(monkeypatch):
-    """Paths the lean path answered itself (the rest went on to the full app)."""
+    """Paths (and query strings) the lean path answered itself (the rest went on to the full
+    app)."""
     seen: list[str] = []
     answer = TileFastPath.answer
 
     async def spy(self, scope):
         got = await answer(self, scope)
         if got is not None:
-            seen.append(scope["path"])
+            query = scope["query_string"].decode()
+            seen.append(scope["path"] + (f"?{query}" if query else ""))
         return got
 
     monkeypatch.setattr(TileFastPath, "answer", spy)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from layers.gpkg import GeoPackageStore
 from layers.models import Access
+from tests.conftest import needs
 from twin.app import web_map_ready
 from twin.cli import app as cli
 from twin.settings import ServerSettings
@@ -46,10 +47,11 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser_page(demo_store: Path) -> Iterator[tuple[object, LiveServer, list]]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (.ci/setup --test installs it)")
-    if not web_map_ready(ServerSettings(_env_file=None)):  # type: ignore[call-arg]
-        pytest.skip("web map packages are not installed (run `npm ci` in web/)")
+    needs(Path(CHROMIUM).exists(), "Debian chromium")
+    needs(
+        web_map_ready(ServerSettings(_env_file=None)),  # type: ignore[call-arg]
+        "the web map's npm packages (`npm ci` in web/)",
+    )
     from playwright.sync_api import sync_playwright
 
     problems: list = []
