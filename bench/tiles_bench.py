@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -349,137 +350,109 @@ def pass_row(res: dict, kind: str, c: str | None = None) -> dict:
     return {"rps": p["rps"], "p95_ms": p["lat_ms"]["p95"], "noisy": p.get("noisy", False)}
 
 
+# The three loadgen passes of each server: label suffix, file suffix, loadgen arguments, and
+# whether the server starts afresh (empty cache) first.
+PASSES: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
+    ("", "c1", ("-c", "1,8", "--warm-repeats", "2"), False),
+    ("-c8", "c8", ("-c", "8", "--warm-repeats", "2"), True),
+    (
+        "-gzip",
+        "gzip",
+        ("-c", "8", "--warm-repeats", "2", "--no-cold", "-H", "Accept-Encoding: gzip"),
+        False,
+    ),
+)
+
+
+def three_passes(
+    run: Callable[[str, str, tuple[str, ...]], dict], restart: Callable[[], None]
+) -> dict:
+    """`run(label_suffix, file_suffix, args)` for each of `PASSES` (restarting the server where
+    a pass needs an empty cache), summed up as rows; the raw results under `passes`."""
+    got = []
+    for suffix, file, args, fresh in PASSES:
+        if fresh:
+            restart()
+        got.append(run(suffix, file, args))
+    r1, r8, rg = got
+    return {
+        "cold_c1": pass_row(r1, "cold"),
+        "warm_c1": pass_row(r1, "warm", "1"),
+        "cold_c8": pass_row(r8, "cold"),
+        "warm_c8": pass_row(r8, "warm", "8"),
+        "warm_c8_gzip": pass_row(rg, "warm", "8"),
+        "features_by_z": {z: v["features_mean"] for z, v in r1["validation"]["by_z"].items()},
+        "bytes_mean": r1["validation"]["bytes_mean"],
+        "passes": got,
+    }
+
+
+def twin_rows(kit: Path, gpkg: Path, size: str, workers: int, results: Path) -> dict:
+    """The three passes against `twin serve --workers N`, with each worker's CPU seconds."""
+    label = f"twin-{size}" + ("" if workers == 1 else f"-w{workers}")
+    server = TwinServer(twin_store(kit, gpkg, size), workers)
+    pids = [server.start()]
+
+    def run(suffix: str, file: str, args: tuple[str, ...]) -> dict:
+        out = results / f"{label}_{file}.json"
+        return balanced(server, kit, label + suffix, TWIN_URL, {"twin": pids[-1]}, out, *args)
+
+    def restart() -> None:
+        server.stop()
+        pids.append(server.start())
+
+    try:
+        rows = three_passes(run, restart)
+    finally:
+        server.stop()
+    r1, r8, rg = rows.pop("passes")
+    rows["worker_cpu_s"] = {
+        "cold_c1_and_warm": r1["worker_cpu_s"],
+        "cold_c8_and_warm_c8": r8["worker_cpu_s"],
+        "warm_c8_gzip": rg["worker_cpu_s"],
+    }
+    return rows
+
+
 def http_runs(kit: Path, gpkg: Path, size: str, skip_tipg: bool, twin_workers: list[int]) -> dict:
     results = kit / "results"
     results.mkdir(exist_ok=True)
     out: dict = {}
     for workers in twin_workers:
         key = "twin" if workers == 1 else f"twin_w{workers}"
-        label = f"twin-{size}" + ("" if workers == 1 else f"-w{workers}")
-        server = TwinServer(twin_store(kit, gpkg, size), workers)
-        try:
-            pid = server.start()
-            r1 = balanced(
-                server,
-                kit,
-                label,
-                TWIN_URL,
-                {"twin": pid},
-                results / f"{label}_c1.json",
-                "-c",
-                "1,8",
-                "--warm-repeats",
-                "2",
-            )
-            server.stop()
-            pid = server.start()
-            r8 = balanced(
-                server,
-                kit,
-                f"{label}-c8",
-                TWIN_URL,
-                {"twin": pid},
-                results / f"{label}_c8.json",
-                "-c",
-                "8",
-                "--warm-repeats",
-                "2",
-            )
-            rg = balanced(
-                server,
-                kit,
-                f"{label}-gzip",
-                TWIN_URL,
-                {"twin": pid},
-                results / f"{label}_gzip.json",
-                "-c",
-                "8",
-                "--warm-repeats",
-                "2",
-                "--no-cold",
-                "-H",
-                "Accept-Encoding: gzip",
-            )
-        finally:
-            server.stop()
-        out[key] = {
-            "cold_c1": pass_row(r1, "cold"),
-            "warm_c1": pass_row(r1, "warm", "1"),
-            "cold_c8": pass_row(r8, "cold"),
-            "warm_c8": pass_row(r8, "warm", "8"),
-            "warm_c8_gzip": pass_row(rg, "warm", "8"),
-            "features_by_z": {z: v["features_mean"] for z, v in r1["validation"]["by_z"].items()},
-            "bytes_mean": r1["validation"]["bytes_mean"],
-            "worker_cpu_s": {
-                "cold_c1_and_warm": r1["worker_cpu_s"],
-                "cold_c8_and_warm_c8": r8["worker_cpu_s"],
-                "warm_c8_gzip": rg["worker_cpu_s"],
-            },
-        }
+        out[key] = twin_rows(kit, gpkg, size, workers, results)
     if skip_tipg:
         return out
 
     pg_pid = lambda: int((kit / "pg/data/postmaster.pid").read_text().split()[0])  # noqa: E731
     tipg_pid = lambda: int((kit / "run/tipg.pid").read_text().strip())  # noqa: E731
+
+    def tipg_run(suffix: str, file: str, args: tuple[str, ...]) -> dict:
+        return loadgen(
+            kit,
+            f"tipg-{size}{suffix}",
+            TIPG_URL,
+            {"tipg": tipg_pid(), "postgres": pg_pid()},
+            results / f"tipg_{size}_{file}.json",
+            *args,
+        )
+
+    def tipg_restart() -> None:
+        sh(kit, "./servers/tipg_down.sh")
+        sh(kit, "./pg_down.sh")
+        sh(kit, "./pg_up.sh")
+        sh(kit, "./servers/tipg_up.sh")
+
     sh(kit, "./servers/tipg_down.sh")
     sh(kit, "./pg_up.sh")
     sh(kit, "./load_pg.sh", str(gpkg))
     try:
-        sh(kit, "./pg_down.sh")
-        sh(kit, "./pg_up.sh")
-        sh(kit, "./servers/tipg_up.sh")
-        t1 = loadgen(
-            kit,
-            f"tipg-{size}",
-            TIPG_URL,
-            {"tipg": tipg_pid(), "postgres": pg_pid()},
-            results / f"tipg_{size}_c1.json",
-            "-c",
-            "1,8",
-            "--warm-repeats",
-            "2",
-        )
-        sh(kit, "./servers/tipg_down.sh")
-        sh(kit, "./pg_down.sh")
-        sh(kit, "./pg_up.sh")
-        sh(kit, "./servers/tipg_up.sh")
-        t8 = loadgen(
-            kit,
-            f"tipg-{size}-c8",
-            TIPG_URL,
-            {"tipg": tipg_pid(), "postgres": pg_pid()},
-            results / f"tipg_{size}_c8.json",
-            "-c",
-            "8",
-            "--warm-repeats",
-            "2",
-        )
-        tg = loadgen(
-            kit,
-            f"tipg-{size}-gzip",
-            TIPG_URL,
-            {"tipg": tipg_pid(), "postgres": pg_pid()},
-            results / f"tipg_{size}_gzip.json",
-            "-c",
-            "8",
-            "--warm-repeats",
-            "2",
-            "--no-cold",
-            "-H",
-            "Accept-Encoding: gzip",
-        )
+        tipg_restart()
+        out["tipg"] = three_passes(tipg_run, tipg_restart)
+        del out["tipg"]["passes"]
     finally:
         sh(kit, "./servers/tipg_down.sh")
         sh(kit, "./pg_down.sh")
-    out["tipg"] = {
-        "cold_c1": pass_row(t1, "cold"),
-        "warm_c1": pass_row(t1, "warm", "1"),
-        "cold_c8": pass_row(t8, "cold"),
-        "warm_c8": pass_row(t8, "warm", "8"),
-        "warm_c8_gzip": pass_row(tg, "warm", "8"),
-        "features_by_z": {z: v["features_mean"] for z, v in t1["validation"]["by_z"].items()},
-        "bytes_mean": t1["validation"]["bytes_mean"],
-    }
     for key in [k for k in out if k.startswith("twin")]:
         out[f"ratio_{key}_over_tipg"] = {
             k: round(out[key][k]["rps"] / out["tipg"][k]["rps"], 2)
