@@ -48,6 +48,7 @@ ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (twin_errors.BodyTooLarge, 413),
     (twin_errors.LimitExceeded, 400),
     (twin_errors.NotAcceptable, 406),
+    (twin_errors.Overloaded, 503),
     (twin_errors.TwinError, 400),
     (tile_errors.TileOutOfMatrix, 404),
     (tile_errors.RasterError, 404),

@@ -19,3 +19,12 @@ class NotAcceptable(TwinError):
 
 class BodyTooLarge(LimitExceeded):
     """A request body over the configured size."""
+
+
+class TimeLimitExceeded(LimitExceeded):
+    """A request that ran past its wall-clock budget (`TWIN_REQUEST_TIMEOUT_S`) and was stopped."""
+
+
+class Overloaded(TwinError):
+    """The worker holds as many requests as it may (`TWIN_MAX_IN_FLIGHT`): answered 503 with
+    `Retry-After`, at once, instead of queueing."""

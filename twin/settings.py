@@ -38,6 +38,31 @@ class ServerSettings(BaseSettings):
         return Access.parse(value).label
 
 
+class GuardSettings(BaseSettings):
+    """What one request may cost a worker, and how many a worker holds at once. Each limit is
+    checked before the expensive part; over it the request is answered 4xx naming the limit
+    (503 with `Retry-After` when the worker is full), within milliseconds."""
+
+    model_config = SettingsConfigDict(env_prefix="TWIN_", extra="ignore")
+
+    request_timeout_s: float = 10.0
+    """Wall-clock budget of one request, seconds: past it the work is stopped and the request
+    answered 400 `TimeLimitExceeded`."""
+    max_in_flight: int = 64
+    """Requests one worker works on at once; more are answered 503 with `Retry-After` at once
+    (`/healthz`, `/metrics` and cached tiles are always answered)."""
+    retry_after_s: int = 1
+    """The `Retry-After` of a 503 answered when the worker is full, seconds."""
+    filter_max_depth: int = 32
+    """Deepest nesting of a CQL2 filter (parentheses, NOTs, JSON levels)."""
+    filter_max_nodes: int = 5_000
+    """Most terms (operators, properties, values) a CQL2 filter may hold."""
+    filter_max_wildcards: int = 32
+    """Most `%` and `_` wildcards of one LIKE pattern."""
+    max_answer_bytes: int = 256 * 2**20
+    """Largest JSON answer, bytes: a bigger one is refused (ask for fewer features)."""
+
+
 class QuerySettings(BaseSettings):
     """Limits of the spatial query API; each answered 4xx with what was too big."""
 
@@ -62,5 +87,10 @@ class QuerySettings(BaseSettings):
     """Pipe ends, valves and fittings closer than this are joined into one network node."""
     network_attach_m: float = 30.0
     """Hydrants and meters serve the nearest pipe of their network within this distance."""
+    max_candidates: int = 2_000_000
+    """Most features one query may examine (summed over the layers searched)."""
+    max_work: int = 200_000_000
+    """Most shape-distance work one query may do: candidates examined times the vertices of
+    the query shape (after merging points that lie closer than a thousandth of the buffer)."""
     trace_snap_m: float = 50.0
     """A trace from a point starts on the nearest gravity pipe within this distance."""
