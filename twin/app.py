@@ -8,7 +8,7 @@ errors are answered here, from one table, as JSON `{"code", "description"}`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -20,59 +20,32 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from importers import errors as importer_errors
-from layers import errors as layer_errors
 from layers.catalog import Catalog
 from layers.models import Access
 from layers.settings import StoreSettings, open_store
-from tiles import errors as tile_errors
 from tiles.prepared import prepare
 from tiles.settings import TileSettings
-from twin import errors as twin_errors
+from twin.cql2 import Limits
 from twin.crs import CrsSet
+from twin.guard import Admission, Guard
 from twin.metrics import Metrics, MetricsMiddleware
+from twin.problems import ERRORS, error_response, problem
 from twin.routes import collections, items, landing, ops, queries, styles, tiles
-from twin.settings import QuerySettings, ServerSettings
+from twin.settings import GuardSettings, QuerySettings, ServerSettings
 from twin.tileserve import TileFastPath, TileServer
 
 log = logging.getLogger("twin.app")
 MAPLIBRE_DIST = "node_modules/maplibre-gl/dist"
 
-ERRORS: tuple[tuple[type[Exception], int], ...] = (
-    (layer_errors.UnknownCollection, 404),
-    (layer_errors.UnknownFeature, 404),
-    (layer_errors.InvalidSchema, 400),
-    (layer_errors.StoreError, 503),
-    (layer_errors.LayersError, 400),
-    (twin_errors.InvalidParameter, 400),
-    (twin_errors.BodyTooLarge, 413),
-    (twin_errors.LimitExceeded, 400),
-    (twin_errors.NotAcceptable, 406),
-    (twin_errors.Overloaded, 503),
-    (twin_errors.TwinError, 400),
-    (tile_errors.TileOutOfMatrix, 404),
-    (tile_errors.RasterError, 404),
-    (tile_errors.InvalidTileRequest, 400),
-    (tile_errors.TilesError, 400),
-    (importer_errors.ImporterError, 400),
-)
-"""Each package's exceptions and the status they are answered with (most specific first)."""
-
-
-def error_response(status: int, code: str, description: str) -> JSONResponse:
-    """The one shape every error takes on the wire."""
-    return JSONResponse({"code": code, "description": description}, status_code=status)
-
 
 def _install_errors(app: FastAPI) -> None:
-    def handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-        async def handle(request: Request, exc: Exception) -> JSONResponse:
-            return error_response(status, type(exc).__name__, str(exc))
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        answer = problem(exc, request.app.state.guard.retry_after_s)
+        assert answer is not None
+        return answer
 
-        return handle
-
-    for exc_type, status in ERRORS:
-        app.add_exception_handler(exc_type, handler(status))
+    for exc_type, _ in ERRORS:
+        app.add_exception_handler(exc_type, handle)
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -161,6 +134,7 @@ def create_app(
     catalog: Catalog | None = None,
     tile_settings: TileSettings | None = None,
     query_settings: QuerySettings | None = None,
+    guard_settings: GuardSettings | None = None,
 ) -> FastAPI:
     """The server over the store the settings name (or over a catalog already built)."""
     settings = settings or ServerSettings()
@@ -190,7 +164,12 @@ def create_app(
     app.state.anonymous_access = Access.parse(settings.anonymous_access)
     app.state.crs = CrsSet(settings.extra_crs)
     app.state.metrics = Metrics()
-    app.state.tiles = TileServer(tile_settings or TileSettings(), app.state.metrics)
+    guard = app.state.guard = guard_settings or GuardSettings()
+    app.state.filter_limits = Limits(
+        guard.filter_max_depth, guard.filter_max_nodes, guard.filter_max_wildcards
+    )
+    admission = Admission(guard, app.state.metrics)
+    app.state.tiles = TileServer(tile_settings or TileSettings(), app.state.metrics, admission)
     app.state.query_settings = query_settings or QuerySettings()
     _install_errors(app)
     for module in (landing, collections, items, tiles, styles, queries, ops):
@@ -200,6 +179,8 @@ def create_app(
     # plain tile, near and at requests skip FastAPI's routing but nothing else.
     app.add_middleware(TileFastPath, routes=tiles.router.routes)
     app.add_middleware(queries.QueryFastPath, routes=queries.router.routes)
+    # Outside the lean paths, so their requests are admitted and get a deadline too.
+    app.add_middleware(Guard, settings=guard, admission=admission, metrics=app.state.metrics)
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=settings.gzip_level)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"]

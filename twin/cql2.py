@@ -17,6 +17,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal, TypeAlias
 
 import cql2 as _cql2
@@ -27,10 +28,16 @@ import shapely.geometry
 
 from layers.layer import SOURCE, Layer
 from layers.models import FieldType, LayerSchema
-from twin.errors import InvalidParameter
+from twin import budget
+from twin.errors import InvalidParameter, LimitExceeded
 
 FilterLang = Literal["cql2-text", "cql2-json"]
 MAX_FILTER_CHARS = 100_000
+LIMIT_SETTINGS = {
+    "depth": "TWIN_FILTER_MAX_DEPTH",
+    "nodes": "TWIN_FILTER_MAX_NODES",
+    "wildcards": "TWIN_FILTER_MAX_WILDCARDS",
+}
 GEOMETRY_NAMES = ("geometry", "geom")
 """Names a filter may use for a feature's geometry."""
 
@@ -80,6 +87,125 @@ _KIND = {
     FieldType.DATETIME: "datetime",
 }
 
+
+@dataclass(frozen=True)
+class Limits:
+    """How big a filter may be: checked on its text before any parser sees it, and again on the
+    tree, so a hostile filter costs a linear scan and a 400 naming the limit."""
+
+    max_depth: int = 32
+    """Deepest nesting: parentheses, chained NOTs, CQL2-JSON operators."""
+    max_nodes: int = 5_000
+    """Most terms: operators, properties and values (a geometry literal's numbers not counted)."""
+    max_wildcards: int = 32
+    """Most `%` and `_` wildcards in one LIKE pattern (after merging runs of `%`)."""
+
+    @staticmethod
+    def over(what: str, limit: int, unit: str, found: int | None = None) -> LimitExceeded:
+        """The error of a filter over one of the limits (`found`: how far over, when known)."""
+        count = f"{found} {unit}, " if found is not None else f"more {unit} than allowed: "
+        return LimitExceeded(
+            f"filter: {count}the maximum is {limit} ({LIMIT_SETTINGS[what]}); simplify the filter"
+        )
+
+
+# cql2-text tokens: quoted strings and identifiers, words, numbers, parentheses, the rest.
+_TEXT_TOKEN = re.compile(
+    r"""'(?:[^']|'')*'?|"(?:[^"]|"")*"?|(?P<word>[A-Za-z_][\w.:]*)|(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<open>\()|(?P<close>\))|[^\s]"""
+)
+_GEOMETRY_WORDS = frozenset(
+    {
+        "POINT",
+        "LINESTRING",
+        "POLYGON",
+        "MULTIPOINT",
+        "MULTILINESTRING",
+        "MULTIPOLYGON",
+        "GEOMETRYCOLLECTION",
+        "BBOX",
+        "ENVELOPE",
+        "Z",
+    }
+)
+
+
+def check_text(text: str, limits: Limits) -> None:
+    """`LimitExceeded` when a cql2-text filter nests deeper or holds more terms than `limits`
+    allow; one pass of a tokenizing regex, before the parser (whose recursion a deep filter
+    would overflow)."""
+    # Per open parenthesis: the depth outside it, and whether it holds a geometry literal.
+    stack: list[tuple[int, bool]] = []
+    depth = nots = nodes = deepest = 0
+    literal = geometry_next = False
+    for m in _TEXT_TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind == "open":
+            stack.append((depth + nots, literal))
+            depth, nots = depth + nots + 1, 0
+            literal = literal or geometry_next
+            deepest = max(deepest, depth)
+            if deepest > limits.max_depth:
+                raise limits.over("depth", limits.max_depth, "levels of nesting")
+        elif kind == "close":
+            if stack:
+                depth, literal = stack.pop()
+            nots = 0
+        else:
+            word = m.group().upper() if kind == "word" else ""
+            geometry_next = word in _GEOMETRY_WORDS
+            if word == "NOT":
+                nots += 1
+                if depth + nots > limits.max_depth:
+                    raise limits.over("depth", limits.max_depth, "levels of nesting")
+            else:
+                nots = 0
+            if not (literal and kind == "num") and m.group() != ",":
+                nodes += 1
+                if nodes > limits.max_nodes:
+                    raise limits.over("nodes", limits.max_nodes, "terms")
+
+
+_JSON_OPEN = frozenset("[{")
+_JSON_CLOSE = frozenset("]}")
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def check_json_text(text: str, limits: Limits) -> None:
+    """`LimitExceeded` when a cql2-json filter's brackets nest deeper than `limits` allow (each
+    CQL2 operator takes two levels, a geometry's coordinates up to four more); one regex pass
+    before any JSON parser recurses into it."""
+    allowed = 2 * limits.max_depth + 6
+    depth = 0
+    for m in _JSON_TOKEN.finditer(text):
+        ch = m.group()
+        if ch in _JSON_OPEN:
+            depth += 1
+            if depth > allowed:
+                raise limits.over("depth", limits.max_depth, "levels of nesting")
+        elif ch in _JSON_CLOSE:
+            depth -= 1
+
+
+def check_tree(tree: Any, limits: Limits) -> None:
+    """`LimitExceeded` when a parsed filter holds more terms (operators, properties, values) or
+    nests deeper than `limits` allow; walked without recursion, a literal (a geometry, a time)
+    is one term."""
+    nodes = 0
+    todo: list[tuple[Any, int]] = [(tree, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, list):
+            todo.extend((v, depth) for v in node)
+            continue
+        nodes += 1
+        if nodes > limits.max_nodes:
+            raise limits.over("nodes", limits.max_nodes, "terms")
+        if depth > limits.max_depth:
+            raise limits.over("depth", limits.max_depth, "levels of nesting")
+        if isinstance(node, dict) and "op" in node:
+            todo.append((node.get("args"), depth + 1))
+
+
 Kleene: TypeAlias = Any
 """A pandas nullable boolean array (Kleene logic: NA & False is False, NA | True is True)."""
 GeometryConverter = Callable[[shapely.Geometry], shapely.Geometry]
@@ -111,29 +237,42 @@ def queryable_names(schema: LayerSchema) -> set[str]:
 
 
 def parse(
-    text: str, lang: str = "cql2-text", *, geometry_to_lonlat: GeometryConverter | None = None
+    text: str,
+    lang: str = "cql2-text",
+    *,
+    geometry_to_lonlat: GeometryConverter | None = None,
+    limits: Limits | None = None,
 ) -> Filter:
-    """Parse a CQL2 filter; `InvalidParameter` naming the problem when it is not valid CQL2.
+    """Parse a CQL2 filter; `InvalidParameter` naming the problem when it is not valid CQL2,
+    `LimitExceeded` when it is bigger than `limits` allow (checked before parsing).
 
     `geometry_to_lonlat` converts geometry literals given in another CRS (`filter-crs`).
     """
+    limits = limits or Limits()
     if lang not in ("cql2-text", "cql2-json"):
         raise InvalidParameter(f"filter-lang {lang!r} is not supported: use cql2-text or cql2-json")
     if len(text) > MAX_FILTER_CHARS:
         raise InvalidParameter(f"filter is longer than {MAX_FILTER_CHARS} characters")
     if not text.strip():
         raise InvalidParameter("filter is empty")
+    if lang == "cql2-text":
+        check_text(text, limits)
+    else:
+        check_json_text(text, limits)
     try:
         if lang == "cql2-text":
             tree = _cql2.parse_text(text).to_json()
         else:
-            _cql2.parse_json(text).validate()
-            # cql2's own JSON can move a coordinate by one ulp; the client's numbers are kept.
+            # Read for its structure only: cql2's `validate` compiles a JSON schema on every
+            # call (35 ms); the evaluator checks operators, arities and types itself. cql2's own
+            # JSON can move a coordinate by one ulp; the client's numbers are kept.
+            _cql2.parse_json(text)
             tree = json.loads(text)
     except Exception as exc:
         raise InvalidParameter(f"filter is not valid {lang}: {_first_lines(str(exc))}") from None
+    check_tree(tree, limits)
     props: set[str] = set()
-    ast = _prepare(tree, props, geometry_to_lonlat or (lambda g: g))
+    ast = _prepare(tree, props, geometry_to_lonlat or (lambda g: g), limits)
     return Filter(ast, json.dumps(tree, sort_keys=True, separators=(",", ":")), frozenset(props))
 
 
@@ -147,8 +286,9 @@ def _first_lines(message: str) -> str:
     return " ".join(lines)[:300]
 
 
-def _prepare(node: Any, props: set[str], convert: GeometryConverter) -> Any:
-    """Lower-case the operators, turn geometry literals into shapely, collect property names."""
+def _prepare(node: Any, props: set[str], convert: GeometryConverter, limits: Limits) -> Any:
+    """Lower-case the operators, turn geometry literals into shapely, collect property names,
+    check LIKE patterns against `limits`."""
     if isinstance(node, dict):
         if "property" in node:
             props.add(str(node["property"]))
@@ -163,9 +303,15 @@ def _prepare(node: Any, props: set[str], convert: GeometryConverter) -> Any:
             if op == "s_dwithin" and len(args) == 4:
                 # The unit is written as a bare word, which the parser reads as a property.
                 unit = args[3].get("property") if isinstance(args[3], dict) else args[3]
-                head = [_prepare(a, props, convert) for a in args[:3]]
+                head = [_prepare(a, props, convert, limits) for a in args[:3]]
                 return {"op": op, "args": [*head, str(unit)]}
-            return {"op": op, "args": [_prepare(a, props, convert) for a in args]}
+            if op == "like" and len(args) == 2:
+                pattern = args[1]
+                while isinstance(pattern, dict) and pattern.get("args"):
+                    pattern = pattern["args"][0]  # CASEI('...'), LOWER('...')
+                if isinstance(pattern, str):
+                    like_regex(pattern, limits.max_wildcards)  # over the limit: refused here
+            return {"op": op, "args": [_prepare(a, props, convert, limits) for a in args]}
         if "bbox" in node:
             return _Geom(convert(_bbox(node["bbox"])))
         if "type" in node and ("coordinates" in node or "geometries" in node):
@@ -182,7 +328,7 @@ def _prepare(node: Any, props: set[str], convert: GeometryConverter) -> Any:
             raise InvalidParameter("filter: temporal intervals are not supported")
         raise InvalidParameter(f"filter holds an expression CQL2 does not define: {node}")
     if isinstance(node, list):
-        return [_prepare(a, props, convert) for a in node]
+        return [_prepare(a, props, convert, limits) for a in node]
     return node
 
 
@@ -329,6 +475,7 @@ class _Evaluator:
         if not (isinstance(node, dict) and "op" in node):
             raise InvalidParameter(f"filter: {node!r} is not a condition")
         op, args = node["op"], node["args"]
+        budget.check("evaluating the filter")
         if op in ("and", "or"):
             if len(args) < 2:
                 raise InvalidParameter(f"filter: {op.upper()} needs at least two conditions")
@@ -438,12 +585,14 @@ class _Evaluator:
         value, pattern = self.operand(args[0]), self.operand(args[1])
         if value.kind != "string" or pattern.kind != "string" or pattern.is_column:
             raise InvalidParameter("filter: LIKE needs a string property and a string pattern")
-        regex = _like_regex(str(pattern.scalar))
+        regex = like_regex(str(pattern.scalar))
         if not value.is_column:
             return self.full(bool(regex.fullmatch(str(value.scalar))))
         assert value.column is not None
-        matched = value.column.str.fullmatch(regex)
-        return self._kleene(matched, value.column)
+        matched, missing = like_mask(value.column, regex)
+        out = pd.array(matched, dtype="boolean")
+        out[missing] = pd.NA
+        return out
 
     def isin(self, args: list) -> Kleene:
         self._arity("IN", args, 2)
@@ -455,6 +604,7 @@ class _Evaluator:
             raise InvalidParameter("filter: the list of IN holds literal values only")
         out = self.full(False)
         for item in items:
+            budget.check("evaluating the filter")
             out = out | self.compare("=", value, item)
         return out
 
@@ -521,21 +671,56 @@ class _Evaluator:
         return self._mask_of(within(self.layer, geom, distance_m, self.rows))
 
 
-def _like_regex(pattern: str) -> re.Pattern[str]:
-    """CQL2 LIKE pattern (`%` any run, `_` one character, `\\` escapes) as a regex."""
-    out, escaped = [], False
+_LIKE_CHUNK = 4096
+"""Distinct values matched by a LIKE between two checks of the request's deadline."""
+
+
+@lru_cache(maxsize=256)
+def like_regex(pattern: str, max_wildcards: int | None = None) -> re.Pattern[str]:
+    """A CQL2 LIKE pattern (`%` any run, `_` one character, `\\` escapes) as a regex that matches
+    in time linear in the value for each part of the pattern, however many `%` it holds.
+
+    Runs of `%` are merged; the parts between them hold no `%` and so have a fixed length, and
+    the leftmost match of each middle part is the one to take (a later one leaves less room
+    for the rest), so each is matched in an atomic group that never backtracks; only the last
+    part is tried against the end. `LimitExceeded` when the pattern holds more than
+    `max_wildcards` wildcards."""
+    parts: list[list[str]] = [[]]
+    wildcards, escaped = 0, False
     for ch in pattern:
         if escaped:
-            out.append(re.escape(ch))
+            parts[-1].append(re.escape(ch))
             escaped = False
         elif ch == "\\":
             escaped = True
         elif ch == "%":
-            out.append(".*")
+            if parts[-1] or len(parts) == 1:
+                parts.append([])
+                wildcards += 1
         elif ch == "_":
-            out.append(".")
+            parts[-1].append(".")
+            wildcards += 1
         else:
-            out.append(re.escape(ch))
+            parts[-1].append(re.escape(ch))
     if escaped:
-        out.append(re.escape("\\"))
-    return re.compile("".join(out), re.S)
+        parts[-1].append(re.escape("\\"))
+    if max_wildcards is not None and wildcards > max_wildcards:
+        raise Limits.over("wildcards", max_wildcards, "wildcards in a LIKE pattern", wildcards)
+    texts = ["".join(p) for p in parts]
+    if len(texts) == 1:
+        return re.compile(texts[0], re.S)
+    middle = "".join(f"(?>.*?{t})" for t in texts[1:-1] if t)
+    return re.compile(f"{texts[0]}{middle}.*{texts[-1]}", re.S)
+
+
+def like_mask(values: pd.Series, regex: re.Pattern[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which `values` match `regex` whole, and which are null: each distinct value matched
+    once, checking the request's deadline between chunks."""
+    codes, uniques = pd.factorize(values)
+    texts = [str(u) for u in uniques]
+    matched = np.zeros(len(texts) + 1, dtype=bool)  # the last entry: null (code -1)
+    for start in range(0, len(texts), _LIKE_CHUNK):
+        budget.check("matching a LIKE pattern")
+        chunk = texts[start : start + _LIKE_CHUNK]
+        matched[start : start + len(chunk)] = [regex.fullmatch(t) is not None for t in chunk]
+    return matched[codes], codes < 0

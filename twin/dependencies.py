@@ -134,7 +134,8 @@ async def datetime_filter(
     return None if datetime is None else parse_datetime(datetime)
 
 
-async def cql2_filter(
+def cql2_filter(
+    request: Request,
     crs_set: CrsSetDep,
     filter: Annotated[
         str | None,
@@ -152,14 +153,20 @@ async def cql2_filter(
         Query(alias="filter-crs", description="CRS of the filter's geometries (default CRS84)."),
     ] = None,
 ) -> Filter | None:
-    """The CQL2 condition, with geometry literals in lon/lat, or None."""
+    """The CQL2 condition, with geometry literals in lon/lat, or None (parsed in the thread
+    pool: a long filter costs milliseconds that the event loop must not wait for)."""
     ref = crs_set.parse(filter_crs, "filter-crs")
     if filter is None:
         if filter_lang is not None and filter_lang not in ("cql2-text", "cql2-json"):
             raise InvalidParameter(f"filter-lang {filter_lang!r}: use cql2-text or cql2-json")
         return None
     convert = None if ref.is_crs84 else (lambda g: crs_set.from_crs(g, ref))
-    return parse(filter, filter_lang or "cql2-text", geometry_to_lonlat=convert)
+    return parse(
+        filter,
+        filter_lang or "cql2-text",
+        geometry_to_lonlat=convert,
+        limits=request.app.state.filter_limits,
+    )
 
 
 OutputCrs = Annotated[CrsRef, Depends(output_crs)]

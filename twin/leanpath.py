@@ -6,8 +6,9 @@ query. The tile and query modules each define one (`twin.tileserve.TileFastPath`
 A lean path sits inside the metrics, CORS and gzip middlewares and answers through the same
 functions as the declared routes, so status, body and headers are the same; it labels the
 request with the declared route for the metrics. Anything else, and any request it cannot
-settle cleanly (every error), goes on to the full app, which gives the answer and error it
-always gives.
+settle cleanly (every other error), goes on to the full app, which gives the answer and error
+it always gives; a request over a limit or refused by a full worker is answered here, as the
+app would, rather than paying for the same work twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi.responses import Response
+
+from twin.errors import LimitExceeded, Overloaded
+from twin.problems import problem
 
 
 class LeanPath:
@@ -36,6 +40,11 @@ class LeanPath:
         if scope["type"] == "http" and scope["method"] == "GET":
             try:
                 answer = await self.answer(scope)
+            except (LimitExceeded, Overloaded) as exc:
+                refusal = problem(exc, scope["app"].state.guard.retry_after_s)
+                assert refusal is not None
+                await refusal(scope, receive, send)
+                return
             except Exception:
                 answer = None  # the full app answers (and reports) whatever went wrong
         if answer is None:

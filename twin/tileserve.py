@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import Response
@@ -30,6 +31,7 @@ from twin.leanpath import LeanPath
 from twin.metrics import Metrics
 
 if TYPE_CHECKING:
+    from twin.guard import Admission
     from twin.peers import TilePeers
 
 MVT = "application/vnd.mapbox-vector-tile"
@@ -69,8 +71,13 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
 class TileServer:
     """Tile settings, the vector and raster tile caches, and the answers built from them."""
 
-    def __init__(self, settings: TileSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: TileSettings, metrics: Metrics, admission: Admission | None = None
+    ) -> None:
         self.settings = settings
+        self.admission = admission
+        """Places for work among the worker's requests: a tile to render takes one (a cached
+        tile is answered whatever the load)."""
         self.cache = TileCache(settings.cache_bytes, settings.gzip_level)
         self.raster_cache = TileCache(RASTER_CACHE_BYTES, 1)
         self.metrics = metrics
@@ -78,6 +85,10 @@ class TileServer:
         """Other worker processes to hand rendered tiles to (set by `twin.server`)."""
         self._hit = metrics.tile_cache.labels("hit")
         self._miss = metrics.tile_cache.labels("miss")
+
+    def _admitted(self) -> AbstractContextManager[None]:
+        """A place for rendering one tile (`Overloaded` when the worker is full)."""
+        return nullcontext() if self.admission is None else self.admission.admit()
 
     def invalidate(self, collection: str, bounds: Any) -> None:
         """Drop the cached tiles a change of `collection` inside `bounds` touches."""
@@ -138,7 +149,8 @@ class TileServer:
                     _ = made.data  # compressed in this thread, not on the event loop
                 return made
 
-            got = await run_in_threadpool(render)
+            with self._admitted():
+                got = await run_in_threadpool(render)
             if self.cache.insert(key, got, generation=generation) and self.peers is not None:
                 self.peers.publish(key, got, generation)
         else:
@@ -155,7 +167,8 @@ class TileServer:
         got = self.raster_cache.get(key)
         if got is None:
             generation = self.raster_cache.generation(key.collections)
-            png = await run_in_threadpool(render_raster_tile, info.path, tile, style)
+            with self._admitted():
+                png = await run_in_threadpool(render_raster_tile, info.path, tile, style)
             got = self.raster_cache.put(key, png or b"", generation=generation)
         return await self._response(self.raster_cache, key, got, PNG, if_none_match, False)
 
