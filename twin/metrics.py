@@ -1,4 +1,4 @@
-"""Prometheus metrics of the server: requests, latency, tile cache hits.
+"""Prometheus metrics of the server: requests, latency, tile cache hits, worker restarts.
 
 Each app owns its registry, so several apps in one process (tests) never collide.
 """
@@ -6,9 +6,11 @@ Each app owns its registry, so several apps in one process (tests) never collide
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -39,9 +41,34 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch_workers(self, restarts: Callable[[], int], live: Callable[[], int]) -> None:
+        """Report the worker processes of a `twin serve --workers` server, read at scrape
+        time from the figures the supervising process keeps (`twin.server`)."""
+        self.registry.register(WorkerPoolCollector(restarts, live))
+
     def render(self) -> bytes:
         """The metrics in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class WorkerPoolCollector:
+    """The worker pool's figures, which its supervising process keeps (the same in every
+    worker)."""
+
+    def __init__(self, restarts: Callable[[], int], live: Callable[[], int]) -> None:
+        self._restarts = restarts
+        self._live = live
+
+    def collect(self) -> Iterator[Metric]:
+        """The current figures as Prometheus metric families."""
+        yield CounterMetricFamily(
+            "twin_worker_restarts",
+            "Worker processes started in place of ones that died, since the server started.",
+            value=self._restarts(),
+        )
+        yield GaugeMetricFamily(
+            "twin_workers", "Worker processes of this server alive now.", value=self._live()
+        )
 
 
 class MetricsMiddleware:

@@ -2,10 +2,16 @@
 others, so every worker's cache holds it and no tile is rendered twice.
 
 The workers are forked from one process (`twin.server`) and joined pairwise by Unix socket
-pairs made before the fork. A message is one pickled `(key, generation, etag, raw, gzip)`
-behind its length; pickle is safe here because both ends are this same program. A worker
-takes a tile only while its cache's generation for the tile's collections equals the
-sender's (`TileCache.insert`), i.e. while both serve the same data.
+pairs (`link`). A message is one pickled `(key, generation, etag, raw, gzip)` behind its
+length; pickle is safe here because both ends are this same program. A worker takes a tile
+only while its cache's generation for the tile's collections equals the sender's
+(`TileCache.insert`), i.e. while both serve the same data.
+
+The set of workers changes: a worker that dies closes its ends, and the others drop those
+links (end of file); a worker started in its place gets new links to every live worker, whose
+other ends reach those workers through their control sockets (`control_pair`, `send_link`).
+A worker that gains a link sends the new peer the tiles it holds, so a restarted worker
+starts with a warm cache.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import pickle
 import socket
 import struct
+from collections.abc import Callable
 
 from tiles.cache import CachedTile, TileCache, TileKey
 
@@ -24,7 +31,13 @@ log = logging.getLogger("twin.peers")
 _LENGTH = struct.Struct("!Q")
 MAX_BACKLOG = 64 * 1024 * 1024
 """Bytes queued for one peer beyond which new tiles are not sent to it (a stuck peer must
-not make this worker hold every tile it renders)."""
+not make this worker hold every tile it renders); also the most a worker sends a new peer
+from its cache."""
+
+
+def link() -> tuple[socket.socket, socket.socket]:
+    """A socket pair joining two workers, one end for each."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
 def mesh(n: int) -> list[list[socket.socket]]:
@@ -32,61 +45,168 @@ def mesh(n: int) -> list[list[socket.socket]]:
     ends: list[list[socket.socket]] = [[] for _ in range(n)]
     for i in range(n):
         for j in range(i + 1, n):
-            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            a, b = link()
             ends[i].append(a)
             ends[j].append(b)
     return ends
 
 
-class TilePeers:
-    """This worker's links to the other workers: `publish` what it renders, take theirs."""
+def control_pair() -> tuple[socket.socket, socket.socket]:
+    """The channel from the supervising process to one worker: (worker's end, supervisor's
+    end). Message-oriented, so each link handed over is one message."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
-    def __init__(self, sockets: list[socket.socket]) -> None:
+
+def send_link(control: socket.socket, end: socket.socket) -> bool:
+    """Hand `end` (of a `link`) to the worker at the other side of `control` (SCM_RIGHTS);
+    whether it went (not when that worker is gone or not reading)."""
+    try:
+        socket.send_fds(control, [b"L"], [end.fileno()])
+    except OSError:
+        return False
+    return True
+
+
+def _frame(key: TileKey, generation: tuple[int, ...], tile: CachedTile) -> bytes:
+    gz = tile.data if tile.compressed else None
+    body = pickle.dumps((key, generation, tile.etag, tile.raw(), gz), pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(body)) + body
+
+
+def _held_keys(cache: TileCache) -> list[TileKey]:
+    """The keys `cache` holds, most recently used first."""
+    # TileCache offers no view of its keys yet; read its LRU order under its lock.
+    with cache._lock:
+        return list(reversed(cache._tiles))
+
+
+class TilePeers:
+    """This worker's links to the other workers: `publish` what it renders, take theirs, and
+    take new links from the supervisor's `control` socket (`on_control_closed` is called when
+    the supervisor is gone)."""
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        control: socket.socket | None = None,
+        on_control_closed: Callable[[], None] | None = None,
+    ) -> None:
         self._sockets = sockets
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._control = control
+        self._on_control_closed = on_control_closed
+        self._cache: TileCache | None = None
+        self._links: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+        self._joining: set[asyncio.Task[None]] = set()
         self.received = 0
         """Tiles taken from other workers."""
         self.sent = 0
         """Messages sent to the other workers (a rendered tile, or its gzip bytes later)."""
+        self.warmed = 0
+        """Tiles from this worker's cache sent to workers that joined later."""
+
+    @property
+    def links(self) -> int:
+        """Live links to other workers."""
+        return len(self._links)
 
     async def start(self, cache: TileCache) -> None:
         """Open the links on the running event loop and take tiles into `cache` from now on."""
+        self._cache = cache
         for sock in self._sockets:
-            sock.setblocking(False)
-            reader, writer = await asyncio.open_unix_connection(sock=sock)
-            self._writers.append(writer)
-            self._tasks.append(asyncio.create_task(self._listen(reader, cache)))
+            await self._join(sock, warm=False)
+        if self._control is not None:
+            self._control.setblocking(False)
+            asyncio.get_running_loop().add_reader(self._control.fileno(), self._take_links)
+
+    async def _join(self, sock: socket.socket, *, warm: bool) -> None:
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        self._links[writer] = asyncio.create_task(self._listen(reader, writer))
+        if warm:
+            await self._warm(writer)
+
+    def _take_links(self) -> None:
+        """Take the link ends waiting on the control socket (called when it is readable)."""
+        assert self._control is not None
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(self._control, 16, 4)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg, fds = b"", []
+            if not msg and not fds:
+                asyncio.get_running_loop().remove_reader(self._control.fileno())
+                self._control.close()
+                self._control = None
+                if self._on_control_closed is not None:
+                    self._on_control_closed()
+                return
+            for fd in fds:
+                task = asyncio.create_task(self._join(socket.socket(fileno=fd), warm=True))
+                self._joining.add(task)
+                task.add_done_callback(self._joining.discard)
+
+    async def _warm(self, writer: asyncio.StreamWriter) -> None:
+        """Send a new peer the tiles this worker holds, most recently used first, up to
+        `MAX_BACKLOG` bytes, paced by how fast the peer reads."""
+        cache = self._cache
+        assert cache is not None
+        queued = 0
+        with contextlib.suppress(ConnectionError):
+            for key in _held_keys(cache):
+                # Generation before tile: an invalidation in between drops the tile (or makes
+                # the receiver refuse it), never sends stale bytes under a fresh generation.
+                generation = cache.generation(key.collections)
+                tile = cache.peek(key)
+                if tile is None:
+                    continue
+                if writer.is_closing() or queued >= MAX_BACKLOG:
+                    return
+                frame = _frame(key, generation, tile)
+                writer.write(frame)
+                queued += len(frame)
+                self.warmed += 1
+                await writer.drain()
 
     def publish(self, key: TileKey, tile: CachedTile, generation: tuple[int, ...]) -> None:
         """Hand a tile rendered from data at `generation` to every other worker, or its gzip
         bytes once made (call on the event loop; writes are buffered, never awaited)."""
-        if not self._writers:
+        if not self._links:
             return
-        gz = tile.data if tile.compressed else None
-        body = pickle.dumps((key, generation, tile.etag, tile.raw(), gz), pickle.HIGHEST_PROTOCOL)
-        frame = _LENGTH.pack(len(body)) + body
-        for writer in self._writers:
+        frame = _frame(key, generation, tile)
+        for writer in self._links:
             if not writer.is_closing() and writer.transport.get_write_buffer_size() < MAX_BACKLOG:
                 writer.write(frame)
         self.sent += 1
 
-    async def _listen(self, reader: asyncio.StreamReader, cache: TileCache) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                key, generation, etag, raw, gz = pickle.loads(await reader.readexactly(size))
-                held = cache.peek(key)
-                if held is None:
-                    tile = CachedTile(raw, etag, cache.level, gz)
-                    self.received += cache.insert(key, tile, generation=generation)
-                elif gz is not None and not held.compressed and held.etag == etag:
-                    cache.gzip(key, held, gz)  # compressed once, for every worker
+    async def _listen(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cache = self._cache
+        assert cache is not None
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+                    key, generation, etag, raw, gz = pickle.loads(await reader.readexactly(size))
+                    held = cache.peek(key)
+                    if held is None:
+                        tile = CachedTile(raw, etag, cache.level, gz)
+                        self.received += cache.insert(key, tile, generation=generation)
+                    elif gz is not None and not held.compressed and held.etag == etag:
+                        cache.gzip(key, held, gz)  # compressed once, for every worker
+        finally:
+            # The peer is gone (or this worker is closing): drop the link.
+            self._links.pop(writer, None)
+            writer.close()
 
     async def close(self) -> None:
-        """Stop taking tiles and close the links."""
-        for task in self._tasks:
+        """Stop taking tiles and links, and close the links."""
+        if self._control is not None:
+            asyncio.get_running_loop().remove_reader(self._control.fileno())
+            self._control.close()
+            self._control = None
+        for task in [*self._joining, *self._links.values()]:
             task.cancel()
-        for writer in self._writers:
+        for writer in list(self._links):
             writer.close()
-        self._tasks, self._writers = [], []
+        self._links, self._joining = {}, set()

@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.client
-import os
-import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,13 +17,8 @@ from typer.testing import CliRunner
 
 from layers.gpkg import GeoPackageStore
 from layers.models import Access
-from tests.twin.serve_fixtures import (
-    fill_store,
-    free_port,
-    sites_layer,
-    wait_healthy,
-    wuhan_pipes,
-)
+from tests.twin.serve_fixtures import fill_store, sites_layer, wuhan_pipes
+from tests.twin.worker_fixtures import children, get, lookups, serving, serving_pid
 from tiles.cache import TileCache, TileKey, pack
 from tiles.grid import Tile
 from tiles.render import render_tile
@@ -39,64 +30,17 @@ from twin.server import listener
 TMS = morecantile.tms.get("WebMercatorQuad")
 
 
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def serving_pid(conn: http.client.HTTPConnection, port: int, pids: list[int]) -> int:
-    """The process holding the server end of `conn` (from /proc/net/tcp and fd links)."""
-    assert conn.sock is not None
-    mine = conn.sock.getsockname()[1]
-    inode = None
-    with open("/proc/net/tcp") as f:
-        for line in f.read().splitlines()[1:]:
-            parts = line.split()
-            local, remote = int(parts[1].split(":")[1], 16), int(parts[2].split(":")[1], 16)
-            if local == port and remote == mine:
-                inode = parts[9]
-    assert inode is not None
-    for pid in pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return pid
-            except OSError:
-                continue
-    raise AssertionError("no worker holds the connection")
-
-
-def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
-    conn.request("GET", path, headers={"Accept-Encoding": "identity"})
-    r = conn.getresponse()
-    return r.status, r.read()
-
-
-def lookups(conn: http.client.HTTPConnection) -> dict[str, float]:
-    _, text = get(conn, "/metrics")
-    found = re.findall(rb'twin_tile_cache_lookups_total\{result="(\w+)"\} ([0-9.e+]+)', text)
-    return {k.decode(): float(v) for k, v in found}
-
-
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
-    store = fill_store(tmp_path_factory.mktemp("workers") / "store", [wuhan_pipes(), sites_layer()])
-    port = free_port()
-    cmd = [sys.executable, "-m", "twin.cli", "serve", "--store", str(store), "--port", str(port)]
-    proc = subprocess.Popen(
-        [*cmd, "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    wait_healthy(proc, port, "twin serve --workers 2")
-    yield proc, port, store
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=30)
+    where = tmp_path_factory.mktemp("workers")
+    store = fill_store(where / "store", [wuhan_pipes(), sites_layer()])
+    with serving(store, 2, where / "serve.log") as served:
+        yield served, store
 
 
 def test_two_processes_share_the_connections_and_the_tiles(two_workers):
-    proc, port, store = two_workers
+    served, store = two_workers
+    proc, port = served.proc, served.port
     workers = children(proc.pid)
     assert len(workers) == 2 and proc.pid not in workers
     by_worker: dict[int, list[http.client.HTTPConnection]] = {w: [] for w in workers}
@@ -130,18 +74,19 @@ def test_two_processes_share_the_connections_and_the_tiles(two_workers):
 
 
 def test_stopping_the_server_stops_every_worker(two_workers):
-    proc, port, _ = two_workers
+    served, _ = two_workers
+    proc, port = served.proc, served.port
     workers = children(proc.pid)
     proc.terminate()
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out.decode()
+    proc.wait(timeout=60)
+    text = served.output()
+    assert proc.returncode == 0, text
     for pid in workers:
         assert (
             not Path(f"/proc/{pid}").exists()
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         )
-    text = out.decode()
-    assert text.count("served") == 2, text  # each worker's closing line
+    assert text.count(" requests; tiles: ") == 2, text  # each worker's closing line
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
