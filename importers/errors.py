@@ -15,6 +15,11 @@ class UnreadableFile(ImporterError):
     """The file is missing, truncated, damaged or not a format GDAL reads."""
 
 
+def damaged(what: str, detail: str) -> UnreadableFile:
+    """`the GeoPackage a.gpkg is damaged or truncated (detail); copy the complete file`."""
+    return UnreadableFile(f"{what} is damaged or truncated ({detail}); copy the complete file")
+
+
 class UnknownLayer(ImporterError):
     """The file holds several layers and none was chosen, or the chosen one is not there."""
 

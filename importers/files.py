@@ -3,7 +3,10 @@
 GeoPackage, Shapefile (zipped too), GeoJSON (a FeatureCollection, a bare array of features,
 with or without a byte-order mark), FlatGeobuf, KML/KMZ, Esri JSON, CSV with lon/lat or WKT
 columns, and whatever else the GDAL build holds. Damage GDAL would read past silently (a
-truncated shapefile) is refused here, before anything is imported.
+truncated shapefile) is refused here, before anything is imported, and damage GDAL or SQLite
+stumbles on (a GeoPackage cut short, a GeoJSON that stops mid-way, a zip without its
+directory) is said in words. A shapefile without its .dbf is read for its geometries, with a
+warning that no attributes came.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pyogrio.errors
 from pyproj import CRS
 
 from importers.encoding import codec_name, describe, fix_text
-from importers.errors import EmptySource, UnknownLayer, UnreadableFile
+from importers.errors import EmptySource, UnknownLayer, UnreadableFile, damaged
 
 # Names GDAL's CSV driver looks for (case-insensitive) to build points or read WKT.
 CSV_X_NAMES = "lon,lng,long,longitude,x,point_x,easting,经度,*_lon,*_lng,lon_*,lng_*"
@@ -53,6 +56,26 @@ RAW = "ISO-8859-1"
 _SINGLE_LAYER = {".geojson", ".json", ".csv", ".tsv", ".fgb", ".shp"}
 # Binary formats read through Arrow (text formats gain little, and some do not fit it).
 _ARROW = {".gpkg", ".fgb"}
+# What a file of each suffix is called when GDAL finds it damaged.
+_KINDS = {
+    ".gpkg": "GeoPackage",
+    ".geojson": "GeoJSON",
+    ".json": "JSON file",
+    ".fgb": "FlatGeobuf",
+    ".shp": "shapefile",
+    ".kml": "KML file",
+}
+# Words of GDAL and SQLite errors that mean the bytes are damaged, not the request.
+_DAMAGE = (
+    "malformed",
+    "not a database",
+    "failed to read geojson",
+    "not recognized as being in a supported file format",
+    "unexpected end",
+    "truncated",
+    "corrupt",
+)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 _GDAL_ERRORS = (
     pyogrio.errors.DataSourceError,
     pyogrio.errors.DataLayerError,
@@ -77,6 +100,8 @@ class SourceFrame:
     fid: np.ndarray | None = None
     """The format's own stored feature ids (a GeoPackage primary key), when it has them."""
     fid_column: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    """What the import should warn of: a part of the file that is missing (the .dbf)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -84,6 +109,21 @@ def _gdal_message(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     # pyogrio adds advice about driver prefixes that means nothing to a city GIS user.
     return text.split("; It might help")[0].rstrip(".")
+
+
+def _unreadable(name: str, suffix: str, exc: BaseException) -> UnreadableFile:
+    """The error for a file GDAL could not read: damage in words where the error means it."""
+    text = _gdal_message(exc)
+    kind = _KINDS.get(suffix)
+    if kind is None or not any(word in text.lower() for word in _DAMAGE):
+        return UnreadableFile(f"cannot read {name}: {text}")
+    if "not recognized" in text:
+        return UnreadableFile(
+            f"the {kind} {name} is damaged or truncated, or not a {kind} at all "
+            "(GDAL does not recognise its format)"
+        )
+    # The last clause says what was wrong; earlier ones repeat it or quote SQL.
+    return damaged(f"the {kind} {name}", text.split(";")[-1].strip().split(" failed: ")[-1])
 
 
 # -- where the dataset is -------------------------------------------------------------------
@@ -120,7 +160,7 @@ def _locate(path: Path, layer: str | None) -> tuple[_Location, str | None]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UnreadableFile(f"{path} is not a readable zip archive: {exc}") from None
+        raise damaged(f"the zip archive {path}", str(exc)) from None
     members = {
         i.filename: i
         for i in archive.infolist()
@@ -203,15 +243,46 @@ def _check_shapefile(loc: _Location, name: str) -> None:
             )
 
 
+def _check_geopackage(loc: _Location, name: str) -> None:
+    """Refuse a GeoPackage shorter than its SQLite header says, in words, before GDAL opens it.
+
+    SQLite would only say "database disk image is malformed" (or, cut in its first page,
+    "file is not a database"); the header's page size and page count tell how long it is.
+    """
+    size = loc.size(loc.suffix) or 0
+    head = loc.head(loc.suffix, 100)
+    if not head.startswith(_SQLITE_MAGIC):
+        return  # not SQLite at all: GDAL says what it is not
+    if len(head) < 100:
+        raise damaged(f"the GeoPackage {name}", f"it holds {size:,} bytes, not even a header")
+    page = struct.unpack(">H", head[16:18])[0]
+    page = 65536 if page == 1 else page
+    pages, counted, valid_for = struct.unpack(">I", head[28:32])[0], head[24:28], head[92:96]
+    declared = page * pages
+    if counted == valid_for and size < declared:  # the page count is trusted when these match
+        raise damaged(
+            f"the GeoPackage {name}",
+            f"it holds {size:,} of the {declared:,} bytes its header declares",
+        )
+
+
+def _missing_parts(loc: _Location) -> list[str]:
+    """Warnings for a shapefile read without its attribute table."""
+    if loc.suffix != ".shp" or loc.size(".dbf") is not None:
+        return []
+    return ["no .dbf beside the .shp: features were imported without attributes"]
+
+
 # -- layers ---------------------------------------------------------------------------------
 
 
-def _choose_layers(src: str | io.BytesIO, name: str, layer: str | None) -> list[str | None]:
+def _choose_layers(loc: _Location, name: str, layer: str | None) -> list[str | None]:
     """The layer(s) to read: the one asked for, the only one, or every layer of a KML file."""
+    src = loc.gdal
     try:
         listed = pyogrio.list_layers(src)
     except _GDAL_ERRORS as exc:
-        raise UnreadableFile(f"cannot read {name}: {_gdal_message(exc)}") from None
+        raise _unreadable(name, loc.suffix, exc) from None
     finally:
         if isinstance(src, io.BytesIO):
             src.seek(0)
@@ -238,7 +309,7 @@ def _choose_layers(src: str | io.BytesIO, name: str, layer: str | None) -> list[
 
 
 def _read_layer(
-    src: str | io.BytesIO,
+    loc: _Location,
     name: str,
     layer: str | None,
     raw: bool,
@@ -252,6 +323,7 @@ def _read_layer(
     decoded by `importers.encoding`; a normal read falls back to it when GDAL's text is not
     valid in the encoding the file declares.
     """
+    src = loc.gdal
 
     def read(enc: str | None) -> tuple[pd.DataFrame, dict[str, Any]]:
         if isinstance(src, io.BytesIO):
@@ -279,10 +351,8 @@ def _read_layer(
         except UnicodeDecodeError:
             raw = True
             frame, info = read(RAW)
-    except _GDAL_ERRORS as exc:
-        raise UnreadableFile(f"cannot read {name}: {_gdal_message(exc)}") from None
-    except (OSError, ValueError) as exc:
-        raise UnreadableFile(f"cannot read {name}: {exc}") from None
+    except (*_GDAL_ERRORS, OSError, ValueError) as exc:
+        raise _unreadable(name, loc.suffix, exc) from None
     return frame, info, raw
 
 
@@ -308,9 +378,11 @@ def read_file(
     if loc.suffix == ".shp":
         _check_shapefile(loc, name)
         raw = raw or (".cpg" not in loc.sidecars and _undeclared_dbf(loc))
+    elif loc.suffix == ".gpkg":
+        _check_geopackage(loc, name)
     layers: list[str | None] = [layer]
     if layer is not None or loc.suffix not in _SINGLE_LAYER:
-        layers = _choose_layers(loc.gdal, name, layer)
+        layers = _choose_layers(loc, name, layer)
     options = {}
     if loc.suffix in (".csv", ".tsv", ".txt"):
         options = {
@@ -320,8 +392,9 @@ def read_file(
             "KEEP_GEOM_COLUMNS": "NO",
         }
     arrow = loc.suffix in _ARROW
-    reads = [_read_layer(loc.gdal, name, lyr, raw, options, arrow=arrow) for lyr in layers]
+    reads = [_read_layer(loc, name, lyr, raw, options, arrow=arrow) for lyr in layers]
     result = _assemble(name, layers, reads, encoding)
+    result.warnings = _missing_parts(loc)
     if isinstance(loc.gdal, io.BytesIO):
         result.layer = None  # GDAL names an in-memory dataset after a random buffer
     return result

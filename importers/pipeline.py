@@ -53,6 +53,7 @@ class _Context:
     declared: CRS | None = None
     fid: np.ndarray | None = None
     fid_column: str | None = None
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -77,6 +78,7 @@ def import_file(
         declared=src.crs,
         fid=src.fid,
         fid_column=src.fid_column,
+        warnings=list(src.warnings),
         notes=list(src.notes),
     )
     if schema is None:
@@ -121,9 +123,15 @@ def _family_of(frame: gpd.GeoDataFrame) -> GeometryFamily:
 
 
 def _row_notes(
-    by_reason: dict[str, np.ndarray], frame: pd.DataFrame, ids: IdChoice
+    by_reason: dict[str, np.ndarray],
+    frame: pd.DataFrame,
+    ids: IdChoice,
+    details: dict[int, str] | None = None,
 ) -> list[RowNote]:
-    """Rejected or repaired rows as report notes, naming each record by its source id."""
+    """Rejected or repaired rows as report notes, naming each record by its source id.
+
+    `details` gives some rows (0-based) their own wording of the reason."""
+    details = details or {}
     column = ids.column if ids.column != CONTENT and ids.column in frame.columns else None
     values = frame[column] if column is not None else None
     out = []
@@ -132,7 +140,7 @@ def _row_notes(
             source_id = None
             if values is not None and pd.notna(values.iloc[r]):
                 source_id = f"{column} {values.iloc[r]}"
-            out.append(RowNote(r + 1, reason, source_id))
+            out.append(RowNote(r + 1, reason, source_id, details.get(r)))
     return sorted(out, key=lambda x: x.row)
 
 
@@ -198,11 +206,12 @@ def _ingest(
         coords=options.coords,
         mode=options.mode,
         read=n,
+        warnings=list(ctx.warnings),
         notes=list(ctx.notes),
     )
-    geometry = np.asarray(frame.geometry.array, dtype=object)
-    choice = choose_crs(ctx.declared, options.crs, geometry)
-    geometry = to_wgs84(geometry, choice)
+    raw = np.asarray(frame.geometry.array, dtype=object)
+    choice = choose_crs(ctx.declared, options.crs, raw)
+    geometry = to_wgs84(raw, choice)
     report.crs = f"{choice.label} ({choice.how})"
     if options.coords != "wgs84":
         geometry = undo_offsets(geometry, options.coords)
@@ -228,13 +237,13 @@ def _ingest(
         list(attrs_frame.columns), also_used=[ids.column] if ids.column != CONTENT else []
     )
 
-    check = repair(geometry, schema.geometry)
+    check = repair(geometry, schema.geometry, raw=raw)
     _refuse_wrong_family(check, schema, name)
     for row, reason in ids.rejected.items():
         check.rejected.setdefault(reason, np.array([], dtype=np.int64))
         check.rejected[reason] = np.append(check.rejected[reason], row)
     keep = check.keep
-    report.rejected = _row_notes(check.rejected, attrs_frame, ids)
+    report.rejected = _row_notes(check.rejected, attrs_frame, ids, check.details)
     report.repaired = _row_notes(check.repaired, attrs_frame, ids)
     report.normalised = dict(check.normalised)
     if not keep.any():

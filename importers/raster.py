@@ -22,7 +22,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 from rasterio.warp import transform_bounds
 
-from importers.errors import EmptySource, InvalidOption, UnknownCRS, UnreadableFile
+from importers.errors import EmptySource, InvalidOption, UnknownCRS, UnreadableFile, damaged
 from layers.errors import InvalidSchema
 from layers.gpkg import RASTER_DIR, GeoPackageStore
 from layers.models import Access
@@ -86,7 +86,7 @@ def gdal_path(path: Path) -> str:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if not n.endswith("/")]
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UnreadableFile(f"{path.name} is not a readable zip archive: {exc}") from None
+        raise damaged(f"the zip archive {path.name}", str(exc)) from None
     for suffix in _RASTER_SUFFIXES:
         for name in names:
             if name.lower().endswith(suffix):

@@ -5,7 +5,8 @@ collections of one kind made multi-part, heights dropped, polygon rings turned
 counter-clockwise as RFC 7946 asks); what cannot is rejected with its row and a reason
 (missing or empty geometry, non-finite or out-of-range coordinates, a geometry of the wrong
 family, a line or polygon that collapses). Multi-part geometries stay whole: one source
-record is one feature.
+record is one feature. A row rejected for its coordinates also names the first number at
+fault, as the file wrote it (`coordinate 1e+308 is out of range`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
+from importers.crs import MAX_COORDINATE
 from layers.models import GeometryFamily
 
 # shapely type ids
@@ -67,6 +69,8 @@ class GeometryCheck:
     """what was made uniform without changing the shape -> how many rows"""
     wrong_family: int = 0
     """rows rejected because their geometry is of another family"""
+    details: dict[int, str] = field(default_factory=dict)
+    """row (0-based) -> that row's own wording of its rejection, where it has one"""
 
     @property
     def keep(self) -> np.ndarray:
@@ -111,9 +115,61 @@ def _of_family(
     return polys[0] if len(polys) == 1 else shapely.multipolygons(polys)
 
 
-def repair(geometry: np.ndarray, family: GeometryFamily) -> GeometryCheck:
-    """Check and repair lon/lat geometries for a layer of `family` (see the module docstring)."""
+# Faults of one coordinate, most telling first, and how a rejection words each.
+_FAULTS = (
+    lambda v: f"coordinate {v} is not a finite number",
+    lambda v: f"coordinate {v:g} is out of range",
+    lambda v: f"longitude {v:g} is outside -180..180",
+    lambda v: f"latitude {v:g} is outside -90..90",
+    lambda v: "coordinates fall outside longitude/latitude once converted",
+)
+
+
+def _coordinate_faults(raw: np.ndarray, lonlat: np.ndarray, rows: np.ndarray) -> dict[int, str]:
+    """For each of `rows`, its first coordinate at fault, in words (see `_FAULTS`).
+
+    Non-finite and absurd numbers are quoted from `raw`, the geometries as the file holds
+    them; longitude and latitude out of range from `lonlat`, the same geometries converted.
+    """
+    if not len(rows):
+        return {}
+    xy, owner = shapely.get_coordinates(lonlat[rows], return_index=True)
+    src = shapely.get_coordinates(raw[rows])
+    if src.shape != xy.shape:  # the conversion changed the vertices: quote lon/lat only
+        src = xy
+    with np.errstate(invalid="ignore"):
+        faults = np.stack(
+            [
+                ~np.isfinite(src),
+                np.abs(src) > MAX_COORDINATE,
+                np.column_stack([np.abs(xy[:, 0]) > 180, np.zeros(len(xy), dtype=bool)]),
+                np.column_stack([np.zeros(len(xy), dtype=bool), np.abs(xy[:, 1]) > 90]),
+                ~np.isfinite(xy),
+            ]
+        )  # fault kind, vertex, axis
+    kind = np.where(faults.any(axis=2), np.arange(len(_FAULTS))[:, None], len(_FAULTS)).min(0)
+    faulty = np.flatnonzero(kind < len(_FAULTS))
+    # the first faulty vertex of each row with the most telling fault among them
+    order = faulty[np.lexsort((faulty, kind[faulty], owner[faulty]))]
+    first = order[np.unique(owner[order], return_index=True)[1]]
+    out = {}
+    for v, k in zip(first.tolist(), kind[first].tolist(), strict=True):
+        axis = int(np.argmax(faults[k, v]))
+        value = float((src if k < 2 else xy)[v, axis])
+        out[int(rows[owner[v]])] = _FAULTS[k](value)
+    return out
+
+
+def repair(
+    geometry: np.ndarray, family: GeometryFamily, *, raw: np.ndarray | None = None
+) -> GeometryCheck:
+    """Check and repair lon/lat geometries for a layer of `family` (see the module docstring).
+
+    `raw` holds the same rows as the file wrote them, before any change of CRS, for
+    rejections to quote the file's own numbers (default: `geometry` itself).
+    """
     g = np.asarray(geometry, dtype=object).copy()
+    source = g if raw is None else np.asarray(raw, dtype=object)
     n = len(g)
     check = GeometryCheck(g)
     rows = np.arange(n)
@@ -130,11 +186,13 @@ def repair(geometry: np.ndarray, family: GeometryFamily) -> GeometryCheck:
     alive &= ~empty
     b = shapely.bounds(g)
     finite = np.isfinite(b).all(axis=1)
-    _add(check.rejected, "coordinates are not finite numbers", rows[alive & ~finite])
+    fault = alive & ~finite
+    _add(check.rejected, "coordinates are not finite numbers", rows[fault])
     alive &= finite
     with np.errstate(invalid="ignore"):
         inside = (b[:, 0] >= -180) & (b[:, 2] <= 180) & (b[:, 1] >= -90) & (b[:, 3] <= 90)
     _add(check.rejected, "coordinates outside longitude/latitude", rows[alive & ~inside])
+    check.details.update(_coordinate_faults(source, g, rows[(alive & ~inside) | fault]))
     alive &= inside
 
     types = shapely.get_type_id(g)
@@ -166,6 +224,7 @@ def repair(geometry: np.ndarray, family: GeometryFamily) -> GeometryCheck:
             why = _COORDS_IN_REASON.sub("", str(reason)) or "invalid"
             if why == "Invalid Coordinate":  # NaN or infinity among the vertices
                 _add(check.rejected, "coordinates are not finite numbers", np.array([i]))
+                check.details.update(_coordinate_faults(source, g, np.array([i])))
                 alive[i] = False
                 continue
             target = (

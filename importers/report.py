@@ -14,16 +14,30 @@ LISTED = 20
 
 @dataclass(frozen=True)
 class RowNote:
-    """One record rejected or repaired: its number in the file (1-based), why, its source id."""
+    """One record rejected or repaired: its number in the file (1-based), why, its source id.
+
+    `reason` is shared by every record rejected for the same cause (the report counts them
+    by it); `detail`, when there is one, says it for this record with its own numbers.
+    """
 
     row: int
     reason: str
     source_id: str | None = None
+    detail: str | None = None
+
+    @property
+    def words(self) -> str:
+        """Why, for this record: `coordinate 1e+308 is out of range`, or the shared reason."""
+        return self.detail or self.reason
 
     def text(self) -> str:
         """`record 12 (FACILITYID SL1477613): empty geometry`."""
         sid = f" ({self.source_id})" if self.source_id else ""
-        return f"record {self.row}{sid}: {self.reason}"
+        return f"record {self.row}{sid}: {self.words}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """`{"row", "reason", "source_id"}`, the reason in this record's own words."""
+        return {"row": self.row, "reason": self.words, "source_id": self.source_id}
 
 
 @dataclass
@@ -55,6 +69,8 @@ class ImportReport:
     """schema field -> how it was computed, for the features that lacked it"""
     cleaned: list[ValueNote] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """what the user should know landed differently from the file (no attributes, ...)"""
     notes: list[str] = field(default_factory=list)
     landed: bool = False
 
@@ -84,6 +100,7 @@ class ImportReport:
             "repaired": len(self.repaired),
             "rejected_by_reason": self.rejected_by_reason(),
             "ignored_columns": self.ignored_columns,
+            "warnings": self.warnings,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,12 +123,8 @@ class ImportReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "removed": self.removed,
-            "rejected": [
-                {"row": r.row, "reason": r.reason, "source_id": r.source_id} for r in self.rejected
-            ],
-            "repaired": [
-                {"row": r.row, "reason": r.reason, "source_id": r.source_id} for r in self.repaired
-            ],
+            "rejected": [r.as_dict() for r in self.rejected],
+            "repaired": [r.as_dict() for r in self.repaired],
             "normalised": dict(self.normalised),
             "fields": dict(self.fields),
             "constants": {k: json_value(v) for k, v in self.constants.items()},
@@ -121,6 +134,7 @@ class ImportReport:
                 for c in self.cleaned
             ],
             "ignored_columns": list(self.ignored_columns),
+            "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
 
@@ -142,6 +156,8 @@ class ImportReport:
             )
         else:
             lines.append("  imported    nothing")
+        for warning in self.warnings:
+            lines.append(f"  warning     {warning}")
         lines.append(f"  rejected    {len(self.rejected):,}")
         lines += _listed(self.rejected)
         lines.append(f"  repaired    {len(self.repaired):,}")

@@ -219,7 +219,7 @@ def test_empty_inputs(tmp_path):
 def test_garbage_is_unreadable(tmp_path):
     path = tmp_path / "notes.geojson"
     path.write_text("this is not json")
-    with pytest.raises(UnreadableFile, match="cannot read"):
+    with pytest.raises(UnreadableFile, match="is damaged or truncated, or not a GeoJSON at all"):
         read_file(path)
     with pytest.raises(UnreadableFile, match="no such file"):
         read_file(Path(tmp_path / "missing.shp"))

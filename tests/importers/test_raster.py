@@ -181,7 +181,7 @@ def _bad_inputs(tmp_path: Path, no_crs: Path) -> dict[str, tuple[Path, str]]:
         "no crs": (no_crs, "declares no coordinate reference system"),
         "zero bytes": (empty, "empty (0 bytes)"),
         "junk": (junk, "cannot read junk.tif as a raster"),
-        "bad zip": (bad_zip, "not a readable zip archive"),
+        "bad zip": (bad_zip, "zip archive N00E000.hgt.zip is damaged or truncated"),
         "not georeferenced": (not_georef, "declares no coordinate reference system"),
         "missing": (tmp_path / "nothere.tif", "no such file"),
     }
