@@ -1,4 +1,5 @@
-"""The wall-clock budget of one request, checked where the work is.
+"""The budget of one request (its wall-clock time and the size of its answer), checked where
+the work is.
 
 A request gets a deadline when it arrives (`twin.guard`); the expensive loops of queries,
 filters and answers call `check` between bounded steps (a chunk of candidates, one node of a
@@ -16,9 +17,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from twin.errors import TimeLimitExceeded
+from twin.errors import LimitExceeded, TimeLimitExceeded
 
 SETTING = "TWIN_REQUEST_TIMEOUT_S"
+ANSWER_SETTING = "TWIN_MAX_ANSWER_BYTES"
 
 
 @dataclass(frozen=True)
@@ -27,11 +29,13 @@ class Deadline:
 
     at: float
     seconds: float
+    answer_bytes: int | None = None
+    """Largest answer the request may be given (`TWIN_MAX_ANSWER_BYTES`)."""
 
     @classmethod
-    def after(cls, seconds: float) -> Deadline:
+    def after(cls, seconds: float, answer_bytes: int | None = None) -> Deadline:
         """The deadline `seconds` from now."""
-        return cls(time.monotonic() + seconds, seconds)
+        return cls(time.monotonic() + seconds, seconds, answer_bytes)
 
     @property
     def passed(self) -> bool:
@@ -62,10 +66,24 @@ def check(doing: str) -> None:
         deadline.check(doing)
 
 
+def check_answer(size: int, what: str = "answer") -> None:
+    """`LimitExceeded` when an answer of `size` bytes (or at least that many) is over the
+    request's answer budget; called before the answer is written out where its size can be
+    foreseen, and again once it is made."""
+    d = _current.get()
+    if d is not None and d.answer_bytes is not None and size > d.answer_bytes:
+        raise LimitExceeded(
+            f"the {what} would be {size / 2**20:.1f}+ MiB, more than the maximum of "
+            f"{d.answer_bytes / 2**20:.1f} MiB ({ANSWER_SETTING}); ask for fewer features "
+            "(limit) or a smaller area"
+        )
+
+
 @contextmanager
-def deadline(seconds: float) -> Iterator[Deadline]:
-    """Run the block (and the thread-pool calls it makes) with a deadline `seconds` away."""
-    d = Deadline.after(seconds)
+def deadline(seconds: float, answer_bytes: int | None = None) -> Iterator[Deadline]:
+    """Run the block (and the thread-pool calls it makes) with a deadline `seconds` away and
+    an answer budget of `answer_bytes`."""
+    d = Deadline.after(seconds, answer_bytes)
     token = _current.set(d)
     try:
         yield d

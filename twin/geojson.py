@@ -10,6 +10,7 @@ import numpy as np
 import shapely
 
 from layers.layer import Layer, json_text, object_template
+from twin import budget
 
 
 @lru_cache(maxsize=256)
@@ -35,6 +36,10 @@ def features_json(
     if len(rows) == 0:
         return []
     rows = np.asarray(rows, dtype=np.int64)
+    # A coordinate takes at least a dozen bytes of text: a page of huge shapes is refused
+    # before it is written.
+    budget.check_answer(int(shapely.get_num_coordinates(geometry).sum()) * 12)
+    budget.check("writing the answer")
     names = layer.property_names()
     template = _template(tuple(names), tuple(name for name, _ in members))
     # Every text is spliced as it is, one `%` per feature: the page is serialised once.
@@ -50,6 +55,7 @@ def features_json(
 def feature_collection(features: list[str], members: dict[str, Any]) -> bytes:
     """A FeatureCollection holding `features` (texts) and the other `members` given."""
     head = json_text({"type": "FeatureCollection", **members})[:-1]
+    budget.check_answer(len(head) + sum(map(len, features)))
     return f'{head},"features":[{",".join(features)}]}}'.encode()
 
 

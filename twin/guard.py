@@ -96,6 +96,7 @@ class Guard:
     ) -> None:
         self.app = app
         self.timeout_s = settings.request_timeout_s
+        self.answer_bytes = settings.max_answer_bytes
         self.admission = admission
         self.timed_out = Counter(
             "twin_http_requests_timed_out",
@@ -113,7 +114,7 @@ class Guard:
             await self._answer(self.admission.refusal(), scope, receive, send)
             return
         try:
-            with budget.deadline(self.timeout_s) as deadline:
+            with budget.deadline(self.timeout_s, self.answer_bytes) as deadline:
                 await self._within(deadline, scope, receive, send)
         finally:
             if admitted:

@@ -27,7 +27,8 @@ import shapely
 from pyproj import CRS, Geod, Proj, Transformer
 
 from layers.layer import Layer
-from twin.errors import InvalidParameter
+from twin import budget
+from twin.errors import InvalidParameter, LimitExceeded
 
 GEOD = Geod(ellps="WGS84")
 _A = 6_378_137.0
@@ -378,23 +379,95 @@ def within(
     distance_m: float,
     rows: np.ndarray | None = None,
     area: SearchArea | None = None,
+    *,
+    cand: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows of `layer` within `distance_m` metres of `geometry` (lon/lat), and their geodesic
     distances, nearest first (ties by row). `rows` limits the search to those rows; `area` is
-    the `search_area` of the geometry and distance, when several layers are searched."""
+    the `search_area` of the geometry and distance, when several layers are searched; `cand`
+    the `candidates`, when already found. Measured in chunks, between which the request's
+    deadline is checked; at distance 0 of a shape, what meets it is found by GEOS alone."""
     distance_m = check_distance(distance_m)
     geometry = check_geometry(geometry)
-    cand = candidates(layer, geometry, distance_m, area)
+    if cand is None:
+        cand = candidates(layer, geometry, distance_m, area)
     if rows is not None:
         cand = cand[np.isin(cand, np.asarray(rows, dtype=np.int64))]
     if len(cand) == 0:
         return cand, np.array([], dtype=np.float64)
+    if distance_m == 0 and not isinstance(geometry, shapely.Point):
+        shapely.prepare(geometry)
+        cand = cand[shapely.intersects(layer.geometry[cand], geometry)]
+        return cand, np.zeros(len(cand))
     # The tree holds no missing or empty shapes, so the candidates need no such check.
-    d = _distances(layer.geometry[cand], geometry)
+    step = max(1, _CHUNK_WORK // shapely.get_num_coordinates(geometry))
+    d = np.empty(len(cand))
+    for start in range(0, len(cand), step):
+        budget.check("measuring distances")
+        part = cand[start : start + step]
+        d[start : start + step] = _distances(layer.geometry[part], geometry)
     keep = d <= distance_m
     cand, d = cand[keep], d[keep]
     order = np.lexsort((cand, d))
     return cand[order], d[order]
+
+
+_CHUNK_WORK = 2_000_000
+"""Candidates times query vertices measured between two checks of the request's deadline."""
+
+
+# -- shapes made fit for their work -----------------------------------------------------------
+
+
+def reduced(geometry: shapely.Geometry, tolerance_m: float) -> shapely.Geometry:
+    """`geometry` with detail finer than `tolerance_m` metres taken out: points of a MultiPoint
+    merged on a grid of that size, lines and rings simplified (topology kept), so that nothing
+    of it moves by more than `tolerance_m`. A shape of a few vertices, or a tolerance of 0, is
+    returned as it is."""
+    if tolerance_m <= 0 or shapely.get_num_coordinates(geometry) <= _FEW_VERTICES:
+        return geometry
+    # A degree is at least this many metres along either axis, for the grid and the tolerance to
+    # stay within `tolerance_m` on the ground (longitude degrees shrink towards the poles).
+    _, bottom, _, top = shapely.bounds(geometry).tolist()
+    lat = min(max(abs(bottom), abs(top)), 89.9)
+    per_deg = max(min(_M_PER_DEG_LAT_MIN, _M_PER_DEG_LON_EQ * math.cos(math.radians(lat))), 1.0)
+    tol_deg = tolerance_m / per_deg
+    if shapely.get_type_id(geometry) in (0, 4):  # Point, MultiPoint
+        # Snapped to cells of `tol_deg / sqrt 2` across, a point moves by at most `tol_deg / 2`.
+        out = shapely.set_precision(geometry, tol_deg / math.sqrt(2))
+        return shapely.extract_unique_points(out) if not out.is_empty else geometry
+    # Polygons keep their topology (valid in, valid out); lines need none, and without it a line
+    # folding onto itself is simplified ten times faster.
+    polygonal = bool(_POLYGONAL[shapely.get_type_id(geometry)])
+    out = shapely.simplify(geometry, tol_deg, preserve_topology=polygonal)
+    return geometry if out.is_empty else out
+
+
+_FEW_VERTICES = 64
+"""Shapes up to this many vertices are used as they are: reducing them saves nothing."""
+DRAWN_VERTICES = 128
+"""Most vertices of a shape a buffer is drawn around (`drawable`): GEOS nodes every offset
+curve against those it meets, so a shape folding back on itself within the buffer (a zig-zag,
+a line back and forth, dense points) costs the square of its vertices."""
+
+
+def drawable(geometry: shapely.Geometry, distance_m: float) -> tuple[shapely.Geometry, float]:
+    """`geometry` reduced (`reduced`) until a buffer of `distance_m` around it is cheap to draw:
+    a thousandth of the distance first, then coarser, up to a tenth of it; with the tolerance
+    used. `LimitExceeded` when even that leaves more than `DRAWN_VERTICES` vertices."""
+    tolerance = distance_m / 1000
+    while True:
+        out = reduced(geometry, tolerance)
+        n = shapely.get_num_coordinates(out)
+        if n <= DRAWN_VERTICES:
+            return out, tolerance if out is not geometry else 0.0
+        if tolerance >= distance_m / 10:
+            raise LimitExceeded(
+                f"a buffer of {distance_m:g} m cannot be drawn around this shape: it keeps {n} "
+                f"vertices when simplified by {tolerance:g} m, more than {DRAWN_VERTICES}; "
+                "send a simpler shape or a smaller buffer"
+            )
+        tolerance = min(tolerance * 4, distance_m / 10)
 
 
 # -- buffers, lengths, areas ------------------------------------------------------------------

@@ -31,7 +31,7 @@ from layers.models import Access
 from layers.raster import Dataset, MemoryRaster, Method, read_into_memory, sample_xy
 from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
-from twin import geojson, metric
+from twin import budget, geojson, metric
 from twin.errors import InvalidParameter, LimitExceeded
 
 log = logging.getLogger("twin.queries")
@@ -266,14 +266,45 @@ def layers_for(
     return out
 
 
+@dataclass(frozen=True)
+class Caps:
+    """How much one query may examine (`TWIN_QUERY_MAX_CANDIDATES`, `TWIN_QUERY_MAX_WORK`)."""
+
+    max_candidates: int = 2_000_000
+    max_work: int = 20_000_000
+
+    def check(self, candidates: int, vertices: int) -> None:
+        """`LimitExceeded` naming the cap when a search would examine `candidates` features
+        against a shape of `vertices` vertices, before any distance is measured."""
+        if candidates > self.max_candidates:
+            raise LimitExceeded(
+                f"the query would examine {candidates} features, more than the maximum of "
+                f"{self.max_candidates} (TWIN_QUERY_MAX_CANDIDATES); search a smaller area "
+                "or fewer collections"
+            )
+        if candidates * vertices > self.max_work:
+            raise LimitExceeded(
+                f"the query would measure {candidates} features against a shape of {vertices} "
+                f"vertices, {candidates * vertices:.3g} distance pairs, more than the maximum "
+                f"of {self.max_work:.3g} (TWIN_QUERY_MAX_WORK); send a simpler shape, a smaller "
+                "buffer or fewer collections"
+            )
+
+
 def _search(
-    layers: Iterable[Layer], geometry: shapely.Geometry, distance_m: float
+    layers: Iterable[Layer],
+    geometry: shapely.Geometry,
+    distance_m: float,
+    caps: Caps | None = None,
 ) -> list[Matches]:
-    groups = []
     distance_m = metric.check_distance(distance_m)
     area = metric.search_area(metric.check_geometry(geometry), distance_m)  # for every layer
-    for layer in layers:
-        rows, d = metric.within(layer, geometry, distance_m, area=area)
+    found = [(layer, metric.candidates(layer, geometry, distance_m, area)) for layer in layers]
+    vertices = 1 if distance_m == 0 else shapely.get_num_coordinates(geometry)
+    (caps or Caps()).check(sum(len(c) for _, c in found), vertices)
+    groups = []
+    for layer, cand in found:
+        rows, d = metric.within(layer, geometry, distance_m, cand=cand)
         if len(rows):
             groups.append(Matches(layer, rows, d))
     return groups
@@ -328,9 +359,10 @@ def near(
     point: shapely.Point,
     radius_m: float,
     collections: Iterable[str] | None = None,
+    caps: Caps | None = None,
 ) -> list[Matches]:
     """Features within `radius_m` metres of `point`, one group per layer, nearest first."""
-    return _search(layers_for(catalog, scope, collections), point, radius_m)
+    return _search(layers_for(catalog, scope, collections), point, radius_m, caps)
 
 
 # -- at / under ---------------------------------------------------------------------------------
@@ -474,6 +506,7 @@ def at(
     dem: str = "dem",
     method: Method = "bilinear",
     raster_memory_bytes: int = 0,
+    caps: Caps | None = None,
 ) -> AtResult:
     """Everything at `point`: features of every visible layer that contain it or pass within
     `tolerance_m`, the grid cells it falls in, and every visible raster's values there; buried
@@ -486,7 +519,7 @@ def at(
     ground = (rasters.get(dem) or [None])[0]
     groups = [
         _underground(g, ground) if is_buried(g.layer) else g
-        for g in _search(layers_for(catalog, scope, None), point, tolerance_m)
+        for g in _search(layers_for(catalog, scope, None), point, tolerance_m, caps)
     ]
     return AtResult(
         point,
@@ -512,6 +545,11 @@ class DigCheck:
     groups: list[Matches]
     cells: list[dict[str, Any]]
     dig_depth_m: float | None
+    shape_tolerance_m: float = 0.0
+    """How far the posted shape was simplified before distances were measured (0: not at all;
+    a thousandth of the buffer for a shape of many vertices)."""
+    area_tolerance_m: float = 0.0
+    """How far the shape was simplified before the area was drawn around it."""
 
     def to_bytes(self, limit: int | None = None) -> bytes:
         """A FeatureCollection of every conflict nearest first, with the conflicts by layer, the
@@ -521,6 +559,8 @@ class DigCheck:
             limit,
             {
                 "buffer_m": self.buffer_m,
+                "shape_tolerance_m": self.shape_tolerance_m,
+                "area_tolerance_m": self.area_tolerance_m,
                 "dig_depth_m": self.dig_depth_m,
                 "area": json.loads(shapely.to_geojson(self.area)),
                 "area_m2": round(float(metric.area_m2(self.area)), 2),
@@ -546,14 +586,35 @@ def intersects(
     collections: Iterable[str] | None = None,
     *,
     dig_depth_m: float | None = None,
+    caps: Caps | None = None,
 ) -> DigCheck:
     """Features that meet `geometry` or lie within `buffer_m` metres of it, by layer, each with
-    its nearest distance; buried ones say whether a dig to `dig_depth_m` reaches them."""
-    groups = _search(layers_for(catalog, scope, collections), geometry, buffer_m)
+    its nearest distance; buried ones say whether a dig to `dig_depth_m` reaches them.
+
+    A shape of many vertices is first simplified by a thousandth of the buffer (points closer
+    than that merged), which moves no distance by more than that, and the area is drawn around
+    a shape simplified as far as needed to draw it cheaply (`metric.drawable`); both tolerances
+    are in the answer. `LimitExceeded` before any work when the search would be too big."""
+    searched = metric.reduced(geometry, buffer_m / 1000)
+    shape_tolerance = buffer_m / 1000 if searched is not geometry else 0.0
+    groups = _search(layers_for(catalog, scope, collections), searched, buffer_m, caps)
     if dig_depth_m is not None:
         groups = [_dig_depth(g, dig_depth_m) if is_buried(g.layer) else g for g in groups]
-    area = metric.buffer(geometry, buffer_m) if buffer_m > 0 else geometry
-    return DigCheck(geometry, buffer_m, area, groups, cells_at(catalog, scope, area), dig_depth_m)
+    area, area_tolerance = geometry, 0.0
+    if buffer_m > 0:
+        budget.check("drawing the buffer")
+        drawn, area_tolerance = metric.drawable(geometry, buffer_m)
+        area = metric.buffer(drawn, buffer_m)
+    return DigCheck(
+        geometry,
+        buffer_m,
+        area,
+        groups,
+        cells_at(catalog, scope, area),
+        dig_depth_m,
+        shape_tolerance,
+        area_tolerance,
+    )
 
 
 # -- asset buffer -------------------------------------------------------------------------------
@@ -618,6 +679,7 @@ def asset_buffer(
     fid: str,
     distance_m: float,
     collections: Iterable[str] | None = None,
+    caps: Caps | None = None,
 ) -> AssetBuffer:
     """The lon/lat polygon `distance_m` metres around feature `fid` of `collection`, and the
     features of the other layers (or of `collections`) within that distance of the asset, each
@@ -627,10 +689,12 @@ def asset_buffer(
     geom = layer.geometry[row]
     if geom is None or geom.is_empty:
         raise InvalidParameter(f"feature {fid!r} of {collection!r} has no geometry to buffer")
-    polygon = metric.buffer(geom, distance_m, quad_segs=32)
     searched = layers_for(catalog, scope, collections, skip=(GRIDS, collection))
+    found = _search(searched, geom, distance_m, caps)
+    budget.check("drawing the buffer")
+    polygon = metric.buffer(metric.drawable(geom, distance_m)[0], distance_m, quad_segs=32)
     groups = []
-    for g in _search(searched, geom, distance_m):
+    for g in found:
         if g.layer is layer:  # the asset is not in its own buffer's answer
             keep = g.rows != row
             g = Matches(g.layer, g.rows[keep], g.distance_m[keep])

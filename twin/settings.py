@@ -89,7 +89,7 @@ class QuerySettings(BaseSettings):
     """Hydrants and meters serve the nearest pipe of their network within this distance."""
     max_candidates: int = 2_000_000
     """Most features one query may examine (summed over the layers searched)."""
-    max_work: int = 200_000_000
+    max_work: int = 20_000_000
     """Most shape-distance work one query may do: candidates examined times the vertices of
     the query shape (after merging points that lie closer than a thousandth of the buffer)."""
     trace_snap_m: float = 50.0

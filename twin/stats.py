@@ -22,7 +22,7 @@ from layers.catalog import Catalog
 from layers.layer import Layer
 from layers.models import Access
 from layers.schemas import GRID_LEVELS
-from twin import metric
+from twin import budget, metric
 from twin.cql2 import Filter, evaluate
 from twin.errors import InvalidParameter
 from twin.queries import GRIDS, layers_for
@@ -166,6 +166,7 @@ def cell_stats(
     for layer in layers:
         if layer.name == GRIDS:
             raise InvalidParameter("statistics are per grid cell; name other collections")
+        budget.check(f"counting {layer.name} per cell")
         for stat, values in _cached_layer_stats(layer, grid, level, cells, flt).items():
             columns[f"{layer.name}_{stat}"] = values
     return CellStats(
