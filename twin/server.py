@@ -47,6 +47,7 @@ from layers.catalog import Catalog
 from layers.settings import StoreSettings, open_store
 from twin.app import create_app, warm
 from twin.peers import TilePeers, control_pair, link, send_link
+from twin.protocol import JsonErrorsProtocol
 from twin.settings import ServerSettings
 
 BACKLOG = 2048
@@ -72,6 +73,7 @@ def _uvicorn_options(settings: ServerSettings, access_log: bool, log_level: str)
         "proxy_headers": True,
         "server_header": False,
         "timeout_graceful_shutdown": GRACE_S,
+        "http": JsonErrorsProtocol,
     }
 
 
