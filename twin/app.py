@@ -31,6 +31,7 @@ from twin.guard import Admission, Guard
 from twin.metrics import Metrics, MetricsMiddleware
 from twin.problems import ERRORS, error_response, problem
 from twin.routes import collections, items, landing, ops, queries, styles, tiles
+from twin.routes.responses import answer_validation_errors_400
 from twin.settings import GuardSettings, QuerySettings, ServerSettings
 from twin.tileserve import TileFastPath, TileServer
 
@@ -172,6 +173,7 @@ def create_app(
     app.state.tiles = TileServer(tile_settings or TileSettings(), app.state.metrics, admission)
     app.state.query_settings = query_settings or QuerySettings()
     _install_errors(app)
+    answer_validation_errors_400(app)
     for module in (landing, collections, items, tiles, styles, queries, ops):
         app.include_router(module.router)
     _mount_web_map(app, settings)

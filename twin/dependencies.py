@@ -1,20 +1,24 @@
 """Request parsing: small typed dependencies that return domain values.
 
 Each documents its parameters in the OpenAPI description and raises `InvalidParameter`
-(answered 400, naming the parameter) for a value it cannot use.
+(answered 400, naming the parameter) for a value it cannot use. The values a parameter may take
+(bounds, patterns, choices) are declared in its schema (`json_schema_extra`) and checked by the
+code that names the parameter in its error, so the document and the answers agree and the lean
+paths answer as the routes do.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated
+import re
+from typing import Annotated, Any, get_args
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 
 from layers.catalog import Catalog
 from layers.models import Bounds
-from twin.cql2 import Filter, parse
-from twin.crs import CrsRef, CrsSet
+from twin.cql2 import Filter, FilterLang, parse
+from twin.crs import CORE_EPSG, CRS84, EPSG_URI, CrsRef, CrsSet
 from twin.errors import InvalidParameter
 from twin.select import Interval, parse_datetime
 from twin.settings import ServerSettings
@@ -39,6 +43,31 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 CrsSetDep = Annotated[CrsSet, Depends(get_crs_set)]
 
+# Schemas of the values parameters may take (see the module docstring).
+LONGITUDE: dict[str, Any] = {"minimum": -180, "maximum": 180}
+LATITUDE: dict[str, Any] = {"minimum": -90, "maximum": 90}
+AT_LEAST_ONE: dict[str, Any] = {"minimum": 1}
+NOT_NEGATIVE: dict[str, Any] = {"minimum": 0}
+CRS_VALUE: dict[str, Any] = {
+    "pattern": rf"^({re.escape(CRS84)}|({re.escape(EPSG_URI.format(''))}|EPSG:)"
+    rf"({'|'.join(str(c) for c in CORE_EPSG)}))$"
+}
+"""CRS84 or an EPSG code every server offers (`TWIN_EXTRA_CRS` adds more: see a collection's
+`crs`), as a URI or EPSG:n."""
+_NUMBER = r" *-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,2})? *"
+BBOX_VALUE: dict[str, Any] = {"pattern": rf"^{_NUMBER}(,{_NUMBER}){{3}}(,{_NUMBER},{_NUMBER})?$"}
+"""4 or 6 comma-separated numbers (each minimum not above its maximum: checked, not declared)."""
+NAMES_VALUE: dict[str, Any] = {"pattern": r"[^,\s\x1c-\x1f\x85]"}
+"""Comma-separated names, at least one of them not blank (whitespace as Python strips it)."""
+NOT_BLANK: dict[str, Any] = {"pattern": r"[^\s\x1c-\x1f\x85]"}
+"""Text holding more than whitespace."""
+
+
+CollectionId = Annotated[
+    str, Path(description="Collection id, e.g. `lights`.", examples=["lights", "pipes"])
+]
+FeatureId = Annotated[str, Path(description="Feature id.")]
+
 
 async def output_crs(
     crs_set: CrsSetDep,
@@ -48,6 +77,7 @@ async def output_crs(
             description="CRS of the answer's coordinates, as a URI "
             "(http://www.opengis.net/def/crs/EPSG/0/4547) or EPSG:n; axis order is the CRS's own "
             "(EPSG:4326 latitude first). Default: CRS84 (longitude, latitude).",
+            json_schema_extra=CRS_VALUE,
         ),
     ] = None,
 ) -> CrsRef:
@@ -63,11 +93,16 @@ async def bbox_filter(
             description="minx,miny,maxx,maxy (or 6 numbers with heights), in bbox-crs axis order; "
             "features that intersect it are returned.",
             examples=["-71.12,42.36,-71.10,42.38"],
+            json_schema_extra=BBOX_VALUE,
         ),
     ] = None,
     bbox_crs: Annotated[
         str | None,
-        Query(alias="bbox-crs", description="CRS of bbox (default CRS84, longitude first)."),
+        Query(
+            alias="bbox-crs",
+            description="CRS of bbox (default CRS84, longitude first); only with a bbox.",
+            json_schema_extra=CRS_VALUE,
+        ),
     ] = None,
 ) -> Bounds | None:
     """The bbox condition, as lon/lat bounds, or None."""
@@ -100,7 +135,10 @@ async def page_limit(
     settings: SettingsDep,
     limit: Annotated[
         int | None,
-        Query(description="Features per page (1 or more); values above the maximum are clamped."),
+        Query(
+            description="Features per page (1 or more); values above the maximum are clamped.",
+            json_schema_extra=AT_LEAST_ONE,
+        ),
     ] = None,
 ) -> int:
     """Page size: the default when absent, clamped to the configured maximum."""
@@ -112,7 +150,9 @@ async def page_limit(
 
 
 async def page_offset(
-    offset: Annotated[int, Query(description="Features to skip (for paging).")] = 0,
+    offset: Annotated[
+        int, Query(description="Features to skip (for paging).", json_schema_extra=NOT_NEGATIVE)
+    ] = 0,
 ) -> int:
     """Features to skip."""
     if offset < 0:
@@ -142,15 +182,24 @@ def cql2_filter(
         Query(
             description="CQL2 filter, e.g. `status = 'fault' AND S_DWITHIN(geometry, "
             "POINT(-71.1 42.37), 50)` (distances in metres).",
+            json_schema_extra=NOT_BLANK,
         ),
     ] = None,
     filter_lang: Annotated[
         str | None,
-        Query(alias="filter-lang", description="cql2-text (default) or cql2-json."),
+        Query(
+            alias="filter-lang",
+            description="cql2-text (default) or cql2-json.",
+            json_schema_extra={"enum": list(get_args(FilterLang))},
+        ),
     ] = None,
     filter_crs: Annotated[
         str | None,
-        Query(alias="filter-crs", description="CRS of the filter's geometries (default CRS84)."),
+        Query(
+            alias="filter-crs",
+            description="CRS of the filter's geometries (default CRS84).",
+            json_schema_extra=CRS_VALUE,
+        ),
     ] = None,
 ) -> Filter | None:
     """The CQL2 condition, with geometry literals in lon/lat, or None (parsed in the thread
@@ -169,6 +218,23 @@ def cql2_filter(
     )
 
 
+GEOJSON_FORMATS = ("json", "geojson")
+
+
+async def geojson_format(
+    f: Annotated[
+        str | None,
+        Query(
+            description="json or geojson: GeoJSON, the only format offered (the default).",
+            json_schema_extra={"enum": list(GEOJSON_FORMATS)},
+        ),
+    ] = None,
+) -> None:
+    """Checks that the format asked for (if any) is GeoJSON."""
+    if f is not None and f.lower() not in GEOJSON_FORMATS:
+        raise InvalidParameter(f"f={f!r}: only json (GeoJSON) is offered")
+
+
 OutputCrs = Annotated[CrsRef, Depends(output_crs)]
 BBox = Annotated[Bounds | None, Depends(bbox_filter)]
 Limit = Annotated[int, Depends(page_limit)]
@@ -180,7 +246,10 @@ CqlFilter = Annotated[Filter | None, Depends(cql2_filter)]
 async def collections_list(
     collections: Annotated[
         str | None,
-        Query(description="Comma-separated collection ids (default: all you may see)."),
+        Query(
+            description="Comma-separated collection ids (default: all you may see).",
+            json_schema_extra=NAMES_VALUE,
+        ),
     ] = None,
 ) -> list[str] | None:
     """Collection ids named by the request, or None for all."""

@@ -18,7 +18,7 @@ from layers.store import RasterInfo
 from twin.access import Scope
 from twin.cql2 import GEOMETRY_NAMES
 from twin.crs import CRS84
-from twin.dependencies import CatalogDep, CrsSetDep
+from twin.dependencies import CatalogDep, CollectionId, CrsSetDep
 from twin.routes.links import (
     GEOJSON,
     JSON,
@@ -29,6 +29,7 @@ from twin.routes.links import (
     link,
     url,
 )
+from twin.routes.responses import responses
 
 router = APIRouter(tags=["Collections"])
 
@@ -137,7 +138,7 @@ def raster_collection(request: Request, info: RasterInfo) -> dict[str, Any]:
     return doc
 
 
-@router.get("/collections", summary="The collections")
+@router.get("/collections", summary="The collections", responses=responses())
 def list_collections(
     request: Request, catalog: CatalogDep, scope: Scope, crs_set: CrsSetDep
 ) -> JSONResponse:
@@ -153,9 +154,13 @@ def list_collections(
     )
 
 
-@router.get("/collections/{collectionId}", summary="One collection")
+@router.get("/collections/{collectionId}", summary="One collection", responses=responses(404))
 def get_collection(
-    request: Request, collectionId: str, catalog: CatalogDep, scope: Scope, crs_set: CrsSetDep
+    request: Request,
+    collectionId: CollectionId,
+    catalog: CatalogDep,
+    scope: Scope,
+    crs_set: CrsSetDep,
 ) -> JSONResponse:
     """Metadata of one collection: extent, CRSs, links to items, queryables and tiles."""
     if collectionId in catalog.rasters(scope):
@@ -185,8 +190,11 @@ _GEOMETRY_FORMATS = {
     "/collections/{collectionId}/queryables",
     summary="Queryables",
     response_class=JSONResponse,
+    responses=responses(404, what="A JSON Schema of the queryables", media=SCHEMA),
 )
-def queryables(request: Request, collectionId: str, catalog: CatalogDep, scope: Scope) -> Any:
+def queryables(
+    request: Request, collectionId: CollectionId, catalog: CatalogDep, scope: Scope
+) -> Any:
     """The properties a filter may use, as a JSON Schema."""
     if collectionId in catalog.rasters(scope):
         raise UnknownCollection(collectionId)

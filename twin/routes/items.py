@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from layers.layer import Layer
@@ -13,16 +12,21 @@ from twin.access import Scope
 from twin.dependencies import (
     BBox,
     CatalogDep,
+    CollectionId,
     CqlFilter,
     CrsSetDep,
     Datetime,
+    FeatureId,
     Limit,
     Offset,
     OutputCrs,
+    geojson_format,
 )
 from twin.errors import InvalidParameter
 from twin.geojson import feature, feature_collection, features_json
 from twin.routes.links import GEOJSON, JSON, link, request_url, url
+from twin.routes.responses import responses
+from twin.routes.schemas import FEATURE, FEATURE_COLLECTION
 from twin.select import Selection, select
 
 router = APIRouter(tags=["Features"])
@@ -42,7 +46,6 @@ KNOWN_PARAMS = frozenset(
         "f",
     }
 )
-CollectionId = Annotated[str, Path(description="Collection id, e.g. `lights`.")]
 
 
 def _check_params(request: Request, layer: Layer) -> dict[str, str]:
@@ -61,9 +64,6 @@ def _check_params(request: Request, layer: Layer) -> dict[str, str]:
         if key in equals:
             raise InvalidParameter(f"{key!r} is given twice")
         equals[key] = value
-    f = request.query_params.get("f")
-    if f is not None and f.lower() not in ("json", "geojson"):
-        raise InvalidParameter(f"f={f!r}: only json (GeoJSON) is offered")
     return equals
 
 
@@ -71,7 +71,10 @@ def _check_params(request: Request, layer: Layer) -> dict[str, str]:
     "/collections/{collectionId}/items",
     summary="Features",
     response_class=Response,
-    responses={200: {"content": {GEOJSON: {}}, "description": "A GeoJSON FeatureCollection"}},
+    responses=responses(
+        404, what="A GeoJSON FeatureCollection", media=GEOJSON, schema=FEATURE_COLLECTION
+    ),
+    dependencies=[Depends(geojson_format)],
 )
 def get_items(
     request: Request,
@@ -125,22 +128,20 @@ def get_items(
     "/collections/{collectionId}/items/{featureId}",
     summary="One feature",
     response_class=Response,
-    responses={200: {"content": {GEOJSON: {}}, "description": "A GeoJSON Feature"}},
+    responses=responses(404, what="A GeoJSON Feature", media=GEOJSON, schema=FEATURE),
+    dependencies=[Depends(geojson_format)],
 )
 def get_item(
     request: Request,
     collectionId: CollectionId,
-    featureId: Annotated[str, Path(description="Feature id")],
+    featureId: FeatureId,
     catalog: CatalogDep,
     scope: Scope,
     crs_set: CrsSetDep,
     crs: OutputCrs,
-    f: Annotated[str | None, Query(description="json (GeoJSON)")] = None,
 ) -> Response:
     """One feature by id."""
     layer = catalog.layer(collectionId, scope)
-    if f is not None and f.lower() not in ("json", "geojson"):
-        raise InvalidParameter(f"f={f!r}: only json (GeoJSON) is offered")
     row = layer.row(featureId)
     rows = [row]
     geoms = crs_set.to_crs(layer.geometry[rows], crs)

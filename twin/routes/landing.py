@@ -20,6 +20,7 @@ from twin.routes.links import (
     link,
     url,
 )
+from twin.routes.responses import responses
 
 router = APIRouter(tags=["Capabilities"])
 
@@ -63,11 +64,16 @@ def _wants_html(accept: str | None, f: str | None) -> bool:
     return "text/html" in types and "application/json" not in types
 
 
-@router.get("/", summary="Landing page", response_model=None)
+@router.get(
+    "/", summary="Landing page", response_model=None, responses=responses(307, media=(JSON, HTML))
+)
 def landing_page(
     request: Request,
     accept: Annotated[str | None, Header()] = None,
-    f: Annotated[str | None, Query(description="json (default) or html")] = None,
+    f: Annotated[
+        str | None,
+        Query(description="json (default) or html", json_schema_extra={"enum": ["json", "html"]}),
+    ] = None,
 ) -> JSONResponse | HTMLResponse | RedirectResponse:
     """Links to the API description, the conformance classes, the collections and the tiles."""
     links = [
@@ -109,7 +115,7 @@ def _landing_html(doc: dict) -> str:
     )
 
 
-@router.get("/conformance", summary="Conformance classes")
+@router.get("/conformance", summary="Conformance classes", responses=responses())
 def conformance() -> dict:
     """The OGC conformance classes this server implements."""
     return {"conformsTo": list(CONFORMANCE)}

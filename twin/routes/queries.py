@@ -17,19 +17,37 @@ from starlette.concurrency import run_in_threadpool
 from layers.catalog import Catalog
 from layers.errors import UnknownCollection
 from layers.models import Access
+from layers.schemas import GRID_LEVELS
 from twin import network, queries, stats
 from twin.access import Scope, caller_scope
-from twin.dependencies import CatalogDep, Collections, CqlFilter, collections_list
+from twin.dependencies import (
+    AT_LEAST_ONE,
+    LATITUDE,
+    LONGITUDE,
+    NOT_NEGATIVE,
+    CatalogDep,
+    Collections,
+    CqlFilter,
+    collections_list,
+)
 from twin.errors import BodyTooLarge, InvalidParameter
 from twin.leanpath import LeanPath
 from twin.routes.links import GEOJSON
+from twin.routes.responses import responses
+from twin.routes.schemas import FEATURE_COLLECTION, GEOMETRY
 from twin.settings import QuerySettings
 
 router = APIRouter(tags=["Spatial queries"])
-_FC: dict[str, Any] = {
-    "response_class": Response,
-    "responses": {200: {"content": {GEOJSON: {}}, "description": "A GeoJSON FeatureCollection"}},
-}
+
+
+def _fc(*statuses: int) -> dict[str, Any]:
+    """Decorator arguments of a route answering a GeoJSON FeatureCollection or `statuses`."""
+    return {
+        "response_class": Response,
+        "responses": responses(
+            *statuses, what="A GeoJSON FeatureCollection", media=GEOJSON, schema=FEATURE_COLLECTION
+        ),
+    }
 
 
 async def get_query_settings(request: Request) -> QuerySettings:
@@ -44,8 +62,13 @@ QuerySettingsDep = Annotated[QuerySettings, Depends(get_query_settings)]
 
 
 async def query_point(
-    lon: Annotated[float, Query(description="Longitude, degrees east (-180..180).")],
-    lat: Annotated[float, Query(description="Latitude, degrees north (-90..90).")],
+    lon: Annotated[
+        float,
+        Query(description="Longitude, degrees east (-180..180).", json_schema_extra=LONGITUDE),
+    ],
+    lat: Annotated[
+        float, Query(description="Latitude, degrees north (-90..90).", json_schema_extra=LATITUDE)
+    ],
 ) -> Any:
     """The query point (lon/lat)."""
     return queries.check_point(lon, lat)
@@ -58,7 +81,10 @@ async def result_limit(
     settings: QuerySettingsDep,
     limit: Annotated[
         int | None,
-        Query(description="Most features to return, nearest first (default 100)."),
+        Query(
+            description="Most features to return, nearest first (default 100).",
+            json_schema_extra=AT_LEAST_ONE,
+        ),
     ] = None,
 ) -> int:
     """How many features to return."""
@@ -83,21 +109,38 @@ async def limited_body(request: Request, settings: QuerySettingsDep) -> bytes:
     return b"".join(chunks)
 
 
+MAX_DIG_DEPTH_M = 200.0
+"""The deepest dig `POST /query/intersects` checks (as `post_intersects` does)."""
+
+
 class IntersectsBody(BaseModel):
     """A drawn shape to check: what does it meet, or pass within `buffer_m` metres of?"""
 
     model_config = ConfigDict(extra="forbid")
 
     geometry: dict[str, Any] = Field(
-        description="GeoJSON geometry (lon/lat): Point, LineString, Polygon or their Multi forms."
+        description="GeoJSON geometry (lon/lat): Point, LineString, Polygon or their Multi forms.",
+        json_schema_extra=GEOMETRY,
     )
-    buffer_m: float = Field(0.0, description="Also report what lies within this many metres.")
+    buffer_m: float = Field(
+        0.0,
+        description="Also report what lies within this many metres.",
+        json_schema_extra=NOT_NEGATIVE,
+    )
     collections: list[str] | None = Field(
-        None, description="Collections to check (default: all you may see)."
+        None,
+        description="Collections to check (default: all you may see).",
+        json_schema_extra={"minItems": 1},
     )
-    limit: int | None = Field(None, description="Most features to return, nearest first.")
+    limit: int | None = Field(
+        None,
+        description="Most features to return, nearest first.",
+        json_schema_extra=AT_LEAST_ONE,
+    )
     depth_m: float | None = Field(
-        None, description="Dig depth, metres: buried assets say whether the dig reaches them."
+        None,
+        description="Dig depth, metres: buried assets say whether the dig reaches them.",
+        json_schema_extra={"minimum": 0, "maximum": MAX_DIG_DEPTH_M},
     )
 
 
@@ -159,7 +202,7 @@ def at_answer(
 # -- routes -------------------------------------------------------------------------------------
 
 
-@router.get("/query/near", summary="What lies within a radius of a point", **_FC)
+@router.get("/query/near", summary="What lies within a radius of a point", **_fc(404))
 def get_near(
     catalog: CatalogDep,
     scope: Scope,
@@ -167,7 +210,9 @@ def get_near(
     point: Point,
     collections: Collections,
     limit: ResultLimit,
-    radius: Annotated[float, Query(description="Radius, metres on the ground.")] = NEAR_RADIUS_M,
+    radius: Annotated[
+        float, Query(description="Radius, metres on the ground.", json_schema_extra=NOT_NEGATIVE)
+    ] = NEAR_RADIUS_M,
 ) -> Response:
     """Features of every visible layer (or of `collections`) within `radius` metres of the
     point, nearest first, each with `collection` and `distance_m`."""
@@ -178,7 +223,7 @@ def get_near(
     "/query/at",
     summary="What sits at or under a location",
     response_class=Response,
-    responses={200: {"content": {"application/json": {}}, "description": "What is there"}},
+    responses=responses(what="What is there"),
 )
 def get_at(
     catalog: CatalogDep,
@@ -187,7 +232,11 @@ def get_at(
     point: Point,
     limit: ResultLimit,
     tolerance: Annotated[
-        float, Query(description="Also features passing within this many metres.")
+        float,
+        Query(
+            description="Also features passing within this many metres.",
+            json_schema_extra=NOT_NEGATIVE,
+        ),
     ] = AT_TOLERANCE_M,
     sampling: Annotated[
         Literal["bilinear", "nearest"],
@@ -202,7 +251,7 @@ def get_at(
 @router.post(
     "/query/intersects",
     summary="What a drawn shape meets (dig check)",
-    **_FC,
+    **_fc(404, 413),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -246,7 +295,7 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-@router.get("/query/buffer", summary="The buffer of one asset and what lies in it", **_FC)
+@router.get("/query/buffer", summary="The buffer of one asset and what lies in it", **_fc(404))
 def get_buffer(
     catalog: CatalogDep,
     scope: Scope,
@@ -255,7 +304,10 @@ def get_buffer(
     limit: ResultLimit,
     collection: Annotated[str, Query(description="Collection of the asset, e.g. `pipes`.")],
     id: Annotated[str, Query(description="Feature id of the asset.")],
-    distance: Annotated[float, Query(description="Buffer distance, metres on the ground.")],
+    distance: Annotated[
+        float,
+        Query(description="Buffer distance, metres on the ground.", json_schema_extra=NOT_NEGATIVE),
+    ],
 ) -> Response:
     """The buffer polygon `distance` metres around the asset, and everything of the other
     layers (or of `collections`) in it, with each line's length inside."""
@@ -264,14 +316,22 @@ def get_buffer(
     return _geojson(result.to_bytes(limit))
 
 
-@router.get("/query/stats", summary="Statistics per management grid cell")
+@router.get(
+    "/query/stats",
+    summary="Statistics per management grid cell",
+    responses=responses(404, what="A FeatureCollection of the cells", schema=FEATURE_COLLECTION),
+)
 def get_stats(
     catalog: CatalogDep,
     scope: Scope,
     collections: Collections,
     cql: CqlFilter,
     level: Annotated[
-        str, Query(description="Grid level: district, street, community or cell.")
+        str,
+        Query(
+            description="Grid level: district, street, community or cell.",
+            json_schema_extra={"enum": list(GRID_LEVELS)},
+        ),
     ] = "cell",
 ) -> JSONResponse:
     """Per grid cell at `level`: counts of points, lengths of lines (metres) and areas of
@@ -300,6 +360,7 @@ def _network(catalog: Catalog, scope: Access, settings: QuerySettings) -> networ
     "/collections/pipes/items/{featureId}/isolation",
     summary="Valves to close to isolate a broken pipe",
     tags=["Network traces"],
+    responses=responses(404),
 )
 def get_isolation(
     catalog: CatalogDep,
@@ -307,9 +368,16 @@ def get_isolation(
     settings: QuerySettingsDep,
     featureId: PipeId,
     lon: Annotated[
-        float | None, Query(description="Longitude of the break (default: middle of the pipe).")
+        float | None,
+        Query(
+            description="Longitude of the break (default: middle of the pipe); give lat too.",
+            json_schema_extra=LONGITUDE,
+        ),
     ] = None,
-    lat: Annotated[float | None, Query(description="Latitude of the break.")] = None,
+    lat: Annotated[
+        float | None,
+        Query(description="Latitude of the break; give lon too.", json_schema_extra=LATITUDE),
+    ] = None,
 ) -> JSONResponse:
     """The operable valves to close (inoperable ones are skipped for the next ones out), the
     pipes and length cut off (isolated, or left without supply), and the affected assets:
@@ -351,10 +419,16 @@ for _direction in ("downstream", "upstream"):
         summary=f"Gravity trace {_direction} of a pipe",
         tags=["Network traces"],
         name=f"pipe_{_direction}",
+        responses=responses(404),
     )
 
 
-@router.get("/query/trace", summary="Gravity trace from a point", tags=["Network traces"])
+@router.get(
+    "/query/trace",
+    summary="Gravity trace from a point",
+    tags=["Network traces"],
+    responses=responses(404),
+)
 def get_point_trace(
     catalog: CatalogDep,
     scope: Scope,

@@ -8,13 +8,14 @@ from tiles.generalise import minzoom
 from twin.access import Scope
 from twin.dependencies import CatalogDep
 from twin.routes.links import url
+from twin.routes.responses import responses
 from twin.routes.tiles import TMS_ID, TilesDep
 from twin.style import style
 
 router = APIRouter(tags=["Styles"])
 
 
-@router.get("/style.json", summary="MapLibre style")
+@router.get("/style.json", summary="MapLibre style", responses=responses())
 def style_json(request: Request, catalog: CatalogDep, scope: Scope, tiles: TilesDep) -> dict:
     """A MapLibre style drawing every layer the caller may see, coloured by kind and status."""
     return style(

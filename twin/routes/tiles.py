@@ -15,9 +15,11 @@ from tiles import grid
 from tiles.errors import TileOutOfMatrix
 from twin.access import Scope
 from twin.cql2 import Filter, queryable_names
-from twin.dependencies import CatalogDep, Collections, CqlFilter
+from twin.dependencies import NOT_NEGATIVE, CatalogDep, CollectionId, Collections, CqlFilter
 from twin.routes.collections import raster_bounds
 from twin.routes.links import JSON, MVT, PNG, REL_TILING_SCHEMES, base_url, link, url
+from twin.routes.responses import responses
+from twin.routes.schemas import BINARY
 from twin.select import Selection, select
 from twin.tilejson import tilejson, tileset_document
 from twin.tileserve import COLLECTION_TILE_PATH, DATASET_TILE_PATH, TMS_ID, TileServer
@@ -35,10 +37,37 @@ async def get_tile_server(request: Request) -> TileServer:
 TilesDep = Annotated[TileServer, Depends(get_tile_server)]
 
 
+TileMatrixSetId = Annotated[
+    str,
+    Path(
+        description=f"Tile matrix set id: {TMS_ID} (any other is answered 404).",
+        json_schema_extra={"enum": [TMS_ID]},
+    ),
+]
+
+
 async def tile_of(
-    z: Annotated[int, Path(description="Zoom level (tile matrix), 0..24")],
-    y: Annotated[int, Path(description="Row, counted from the top (north)")],
-    x: Annotated[int, Path(description="Column, counted from the left (west)")],
+    z: Annotated[
+        int,
+        Path(
+            description=f"Zoom level (tile matrix), 0..{grid.MAXZOOM}",
+            json_schema_extra={"minimum": 0, "maximum": grid.MAXZOOM},
+        ),
+    ],
+    y: Annotated[
+        int,
+        Path(
+            description="Row, counted from the top (north): 0..2^z-1, beyond answered 404",
+            json_schema_extra=NOT_NEGATIVE,
+        ),
+    ],
+    x: Annotated[
+        int,
+        Path(
+            description="Column, counted from the left (west): 0..2^z-1, beyond answered 404",
+            json_schema_extra=NOT_NEGATIVE,
+        ),
+    ],
 ) -> grid.Tile:
     """The tile at zoom `z`, row `y`, column `x` (`TileOutOfMatrix`, answered 404, otherwise)."""
     return grid.tile(z, x, y)
@@ -59,7 +88,7 @@ def _tms_check(tms: str) -> None:
 # -- tile matrix sets -------------------------------------------------------------------------
 
 
-@router.get("/tileMatrixSets", summary="Tile matrix sets")
+@router.get("/tileMatrixSets", summary="Tile matrix sets", responses=responses())
 def tile_matrix_sets(request: Request) -> dict:
     """The tiling schemes offered (WebMercatorQuad)."""
     return {
@@ -74,8 +103,10 @@ def tile_matrix_sets(request: Request) -> dict:
     }
 
 
-@router.get("/tileMatrixSets/{tileMatrixSetId}", summary="One tile matrix set")
-def tile_matrix_set(tileMatrixSetId: str) -> JSONResponse:
+@router.get(
+    "/tileMatrixSets/{tileMatrixSetId}", summary="One tile matrix set", responses=responses(404)
+)
+def tile_matrix_set(tileMatrixSetId: TileMatrixSetId) -> JSONResponse:
     """The definition of WebMercatorQuad (OGC Two Dimensional Tile Matrix Set 2.0)."""
     _tms_check(tileMatrixSetId)
     return JSONResponse(grid.TMS.model_dump(mode="json", exclude_none=True, by_alias=True))
@@ -132,9 +163,13 @@ def _tilesets(request: Request, path: str, base: str, title: str) -> dict:
     }
 
 
-@router.get("/collections/{collectionId}/tiles", summary="Vector tilesets of a collection")
+@router.get(
+    "/collections/{collectionId}/tiles",
+    summary="Vector tilesets of a collection",
+    responses=responses(404),
+)
 def collection_tilesets(
-    request: Request, collectionId: str, catalog: CatalogDep, scope: Scope
+    request: Request, collectionId: CollectionId, catalog: CatalogDep, scope: Scope
 ) -> dict:
     """The tilesets of one collection (WebMercatorQuad vector tiles)."""
     layer = catalog.layer(collectionId, scope)
@@ -143,12 +178,14 @@ def collection_tilesets(
 
 
 @router.get(
-    "/collections/{collectionId}/tiles/{tileMatrixSetId}", summary="Vector tileset of a collection"
+    "/collections/{collectionId}/tiles/{tileMatrixSetId}",
+    summary="Vector tileset of a collection",
+    responses=responses(404),
 )
 def collection_tileset(
     request: Request,
-    collectionId: str,
-    tileMatrixSetId: str,
+    collectionId: CollectionId,
+    tileMatrixSetId: TileMatrixSetId,
     catalog: CatalogDep,
     scope: Scope,
     tiles: TilesDep,
@@ -170,11 +207,12 @@ def collection_tileset(
 @router.get(
     "/collections/{collectionId}/tiles/{tileMatrixSetId}/tilejson.json",
     summary="TileJSON of a collection",
+    responses=responses(404),
 )
 def collection_tilejson(
     request: Request,
-    collectionId: str,
-    tileMatrixSetId: str,
+    collectionId: CollectionId,
+    tileMatrixSetId: TileMatrixSetId,
     catalog: CatalogDep,
     scope: Scope,
     tiles: TilesDep,
@@ -191,16 +229,18 @@ def collection_tilejson(
     )
 
 
-@router.get("/tiles", summary="Vector tilesets of all layers")
+@router.get("/tiles", summary="Vector tilesets of all layers", responses=responses())
 def dataset_tilesets(request: Request) -> dict:
     """The composite tilesets (every layer the caller may see in one tile)."""
     return _tilesets(request, "/tiles", f"/tiles/{TMS_ID}", "All layers")
 
 
-@router.get("/tiles/{tileMatrixSetId}", summary="Vector tileset of all layers")
+@router.get(
+    "/tiles/{tileMatrixSetId}", summary="Vector tileset of all layers", responses=responses(404)
+)
 def dataset_tileset(
     request: Request,
-    tileMatrixSetId: str,
+    tileMatrixSetId: TileMatrixSetId,
     catalog: CatalogDep,
     scope: Scope,
     tiles: TilesDep,
@@ -220,10 +260,14 @@ def dataset_tileset(
     )
 
 
-@router.get("/tiles/{tileMatrixSetId}/tilejson.json", summary="TileJSON of all layers")
+@router.get(
+    "/tiles/{tileMatrixSetId}/tilejson.json",
+    summary="TileJSON of all layers",
+    responses=responses(404),
+)
 def dataset_tilejson(
     request: Request,
-    tileMatrixSetId: str,
+    tileMatrixSetId: TileMatrixSetId,
     catalog: CatalogDep,
     scope: Scope,
     tiles: TilesDep,
@@ -235,12 +279,7 @@ def dataset_tilejson(
     return tilejson(base_url(request), layers, f"/tiles/{TMS_ID}", tiles.settings, name="twin")
 
 
-TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {MVT: {}}, "description": "A Mapbox Vector Tile"},
-    204: {"description": "Nothing to draw in this tile"},
-    304: {"description": "The tile is unchanged since the ETag given in If-None-Match"},
-    404: {"description": "The tile is outside the tile matrix, or no such collection"},
-}
+TILE_RESPONSES = responses(204, 304, 404, what="A Mapbox Vector Tile", media=MVT, schema=BINARY)
 
 
 @router.get(
@@ -250,8 +289,8 @@ TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=TILE_RESPONSES,
 )
 async def collection_tile(
-    collectionId: str,
-    tileMatrixSetId: str,
+    collectionId: CollectionId,
+    tileMatrixSetId: TileMatrixSetId,
     tile: Annotated[grid.Tile, Depends(tile_of)],
     catalog: CatalogDep,
     scope: Scope,
@@ -283,7 +322,7 @@ async def collection_tile(
     responses=TILE_RESPONSES,
 )
 async def dataset_tile(
-    tileMatrixSetId: str,
+    tileMatrixSetId: TileMatrixSetId,
     tile: Annotated[grid.Tile, Depends(tile_of)],
     catalog: CatalogDep,
     scope: Scope,
@@ -318,8 +357,14 @@ def _names(layer: Layer) -> set[str]:
 # -- raster map tiles -------------------------------------------------------------------------
 
 
-@router.get("/collections/{collectionId}/map/tiles", summary="Map tilesets of a raster")
-def map_tilesets(request: Request, collectionId: str, catalog: CatalogDep, scope: Scope) -> dict:
+@router.get(
+    "/collections/{collectionId}/map/tiles",
+    summary="Map tilesets of a raster",
+    responses=responses(404),
+)
+def map_tilesets(
+    request: Request, collectionId: CollectionId, catalog: CatalogDep, scope: Scope
+) -> dict:
     """The map tilesets of a raster collection (hillshade and colour relief PNG)."""
     info = catalog.raster(collectionId, scope)
     base = f"/collections/{collectionId}/map/tiles/{TMS_ID}"
@@ -357,14 +402,11 @@ def map_tilesets(request: Request, collectionId: str, catalog: CatalogDep, scope
     "/collections/{collectionId}/map/tiles/{tileMatrixSetId}/{z}/{y}/{x}",
     summary="A map tile of a raster",
     response_class=Response,
-    responses={
-        200: {"content": {PNG: {}}, "description": "A PNG map tile"},
-        204: {"description": "The raster does not reach this tile"},
-    },
+    responses=responses(204, 304, 404, what="A PNG map tile", media=PNG, schema=BINARY),
 )
 async def map_tile(
-    collectionId: str,
-    tileMatrixSetId: str,
+    collectionId: CollectionId,
+    tileMatrixSetId: TileMatrixSetId,
     tile: Annotated[grid.Tile, Depends(tile_of)],
     catalog: CatalogDep,
     scope: Scope,
