@@ -44,6 +44,9 @@ import pytest
 
 from tests.twin.serve_fixtures import free_port
 
+# One server for the whole module: its cases run in one xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("hostile-server")
+
 ANSWER_WITHIN_S = 1.0
 """Issue 8's contract: every hostile request is answered (a 4xx) within this many seconds."""
 HEALTHZ_WITHIN_S = 0.050
