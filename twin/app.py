@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -94,7 +95,24 @@ def _mount_web_map(app: FastAPI, settings: ServerSettings) -> None:
         StaticFiles(directory=settings.web_dir / MAPLIBRE_DIST),
         name="maplibre",
     )
-    app.mount("/web", StaticFiles(directory=settings.web_dir, html=True), name="web")
+    app.mount("/web", MapFiles(directory=settings.web_dir, html=True), name="web")
+
+
+MAP_SUFFIXES = frozenset({".html", ".js", ".css", ".svg", ".png", ".ico", ".woff2"})
+"""Kinds of file the web map is made of; `package.json`, lock files and `node_modules/` are
+the build's, not the map's, and are never served."""
+
+
+class MapFiles(StaticFiles):
+    """The web map's own files only: those directly in its folder with a suffix of
+    `MAP_SUFFIXES` (and its index at `/web/`); anything else under /web/ is a 404."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        """The file at `path`, when it is one of the map's files."""
+        name = path.strip("/")
+        if name not in ("", ".") and ("/" in name or Path(name).suffix not in MAP_SUFFIXES):
+            raise StarletteHTTPException(404, f"{path} is not a file of the web map")
+        return await super().get_response(path, scope)
 
 
 class HeadAsGet:

@@ -58,6 +58,11 @@ async def get_query_settings(request: Request) -> QuerySettings:
 QuerySettingsDep = Annotated[QuerySettings, Depends(get_query_settings)]
 
 
+def caps(settings: QuerySettings) -> queries.Caps:
+    """How much one query may examine, from the settings."""
+    return queries.Caps(settings.max_candidates, settings.max_work)
+
+
 # -- typed request parts ------------------------------------------------------------------------
 
 
@@ -171,7 +176,7 @@ def near_answer(
 ) -> Response:
     """The `/query/near` answer."""
     radius = queries.check_distance(radius, "radius", settings.max_radius_m)
-    groups = queries.near(catalog, scope, point, radius, collections)
+    groups = queries.near(catalog, scope, point, radius, collections, caps(settings))
     members = {"radius_m": radius, "summary": [g.summary() for g in groups]}
     return _geojson(queries.feature_collection_bytes(groups, limit, members))
 
@@ -195,6 +200,7 @@ def at_answer(
         dem=settings.dem_collection,
         method=sampling,
         raster_memory_bytes=settings.raster_memory_bytes,
+        caps=caps(settings),
     )
     return Response(result.to_bytes(limit), media_type="application/json")
 
@@ -282,7 +288,13 @@ def post_intersects(
     if body.depth_m is not None:
         queries.check_distance(body.depth_m, "depth_m", 200.0)
     check = queries.intersects(
-        catalog, scope, geometry, buffer_m, body.collections, dig_depth_m=body.depth_m
+        catalog,
+        scope,
+        geometry,
+        buffer_m,
+        body.collections,
+        dig_depth_m=body.depth_m,
+        caps=caps(settings),
     )
     return _geojson(check.to_bytes(limit))
 
@@ -312,7 +324,9 @@ def get_buffer(
     """The buffer polygon `distance` metres around the asset, and everything of the other
     layers (or of `collections`) in it, with each line's length inside."""
     distance = queries.check_distance(distance, "distance", settings.max_radius_m)
-    result = queries.asset_buffer(catalog, scope, collection, id, distance, collections)
+    result = queries.asset_buffer(
+        catalog, scope, collection, id, distance, collections, caps(settings)
+    )
     return _geojson(result.to_bytes(limit))
 
 
