@@ -206,7 +206,7 @@ def parse_geometry(data: Any, *, max_vertices: int, what: str = "geometry") -> s
     if not isinstance(data, dict) or "type" not in data:
         raise InvalidParameter(f"{what} must be a GeoJSON geometry object with a type")
     kind = data["type"]
-    if kind not in _GEOMETRY_TYPES:
+    if not isinstance(kind, str) or kind not in _GEOMETRY_TYPES:
         raise InvalidParameter(
             f"{what} has GeoJSON type {kind!r}; send one Point, MultiPoint, LineString, "
             "MultiLineString, Polygon or MultiPolygon"

@@ -286,7 +286,7 @@ def post_intersects(
     buffer_m = queries.check_distance(body.buffer_m, "buffer_m", settings.max_radius_m)
     limit = queries.check_limit(body.limit, settings.default_results, settings.max_results)
     if body.depth_m is not None:
-        queries.check_distance(body.depth_m, "depth_m", 200.0)
+        queries.check_distance(body.depth_m, "depth_m", MAX_DIG_DEPTH_M)
     check = queries.intersects(
         catalog,
         scope,
