@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -164,6 +165,8 @@ def create_app(
         own = catalog is None
         cat = catalog if catalog is not None else Catalog(open_store(store_settings))
         app.state.catalog = cat
+        # The thread pool of this event loop: as many threads as `work_threads`, no more.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = guard.work_threads
         cat.subscribe(app.state.tiles.invalidate)
         warm(cat)
         yield

@@ -416,6 +416,122 @@ _CHUNK_WORK = 2_000_000
 """Candidates times query vertices measured between two checks of the request's deadline."""
 
 
+# -- a shape of many vertices, searched piece by piece -----------------------------------------
+
+PIECE_VERTICES = 32
+"""Most vertices of one piece of a shape searched piece by piece (`Pieces`)."""
+_PIECES_AT_ONCE = 16
+"""Pieces whose features are looked up in one query of a layer's tree."""
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A shape of many vertices cut into pieces of at most `PIECE_VERTICES` vertices (runs of a
+    line or ring, neighbouring points), each with a lon/lat box holding everything within the
+    search distance of it: a feature is measured only against the pieces whose boxes it meets
+    (a spatial join), so a long corridor costs its features times a few pieces, not times all
+    its vertices. The nearest point of the shape to a feature lies on one of those pieces, so
+    the distances are the same as measured against the whole shape."""
+
+    geometry: shapely.Geometry
+    parts: np.ndarray
+    projected: np.ndarray
+    """The parts in the metric frame of the whole shape (`frame`)."""
+    boxes: np.ndarray
+    vertices: np.ndarray
+    fwd: CoordMap
+    inv: CoordMap
+
+    @classmethod
+    def cut(cls, geometry: shapely.Geometry, distance_m: float) -> Pieces | None:
+        """The pieces of `geometry` for a search `distance_m` around it; None when a box would
+        reach a pole or cross the antimeridian (such a shape is searched whole)."""
+        parts = shapely.get_parts(geometry)
+        types = shapely.get_type_id(parts)
+        pieces: list[Any] = []
+        points = shapely.get_coordinates(parts[types == 0])
+        if len(points):
+            points = points[np.lexsort((points[:, 1], points[:, 0]))]
+            groups = np.arange(len(points)) // PIECE_VERTICES
+            pieces.extend(shapely.multipoints(points, indices=groups))
+        lines = list(parts[(types == 1) | (types == 2)])
+        if _POLYGONAL[types].any():
+            lines.extend(shapely.get_rings(parts[_POLYGONAL[types]]))
+        for line in lines:
+            c = shapely.get_coordinates(line)
+            for start in range(0, max(len(c) - 1, 1), PIECE_VERTICES - 1):
+                pieces.append(shapely.linestrings(c[start : start + PIECE_VERTICES]))
+        if not pieces:
+            return None
+        arr = np.array(pieces, dtype=object)
+        b = shapely.bounds(arr)
+        dlat = distance_m / _M_PER_DEG_LAT_MIN * (1 + 1e-9) + 1e-6
+        top = max(abs(b[:, 1].min() - dlat), abs(b[:, 3].max() + dlat))
+        if top >= 89.0:
+            return None
+        dlon = distance_m / (_M_PER_DEG_LON_EQ * math.cos(math.radians(top))) * (1 + 1e-9) + 1e-6
+        x0, x1 = b[:, 0] - dlon, b[:, 2] + dlon
+        if x0.min() < -180 or x1.max() > 180:
+            return None
+        boxes = shapely.box(x0, b[:, 1] - dlat, x1, b[:, 3] + dlat)
+        fwd, inv = frame(geometry)
+        projected = shapely.transform(arr, fwd)
+        return cls(geometry, arr, projected, boxes, shapely.get_num_coordinates(arr), fwd, inv)
+
+    @property
+    def polygonal(self) -> bool:
+        """Whether the shape covers ground (what meets it lies at 0 m, however far inside)."""
+        return bool(_POLYGONAL[shapely.get_type_id(shapely.get_parts(self.geometry))].any())
+
+    def pairs(self, layer: Layer, most: float = math.inf) -> tuple[np.ndarray, np.ndarray] | None:
+        """(piece, row) of every feature of `layer` whose box meets a piece's box; None as soon
+        as measuring them would take more than `most` vertex pairs (found a batch of pieces
+        at a time, so a shape meeting everything is given up on early)."""
+        empty = np.array([], dtype=np.int64)
+        if len(layer) == 0:
+            return empty, empty
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        work = 0
+        for start in range(0, len(self.boxes), _PIECES_AT_ONCE):
+            piece, row = layer.tree.query(self.boxes[start : start + _PIECES_AT_ONCE])
+            piece = piece.astype(np.int64) + start
+            work += int(self.vertices[piece].sum())
+            if work > most:
+                return None
+            found.append((piece, row.astype(np.int64)))
+        if not found:
+            return empty, empty
+        return np.concatenate([p for p, _ in found]), np.concatenate([r for _, r in found])
+
+    def within(
+        self, layer: Layer, pairs: tuple[np.ndarray, np.ndarray], distance_m: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of `layer` within `distance_m` metres of the shape, and their distances, nearest
+        first (ties by row), from the `pairs` of pieces and features."""
+        piece, row = pairs
+        rows, pos = np.unique(row, return_inverse=True)
+        best = np.full(len(rows), np.inf)
+        if len(rows):
+            geoms = shapely.transform(layer.geometry[rows], self.fwd)
+            step = max(1, _CHUNK_WORK // PIECE_VERTICES)
+            for start in range(0, len(piece), step):
+                budget.check("measuring distances")
+                at, of = pos[start : start + step], piece[start : start + step]
+                lines = shapely.shortest_line(geoms[at], self.projected[of])
+                c = self.inv(shapely.get_coordinates(lines))
+                np.minimum.at(best, at, geodesic_m(c[0::2, 0], c[0::2, 1], c[1::2, 0], c[1::2, 1]))
+        if self.polygonal:
+            inside = layer.tree.query(self.geometry, predicate="intersects").astype(np.int64)
+            rows = np.concatenate([rows, inside])
+            best = np.concatenate([best, np.zeros(len(inside))])
+            rows, first = np.unique(rows, return_index=True)
+            best = np.minimum(best[first], np.where(np.isin(rows, inside), 0.0, np.inf))
+        keep = best <= distance_m
+        rows, best = rows[keep], best[keep]
+        order = np.lexsort((rows, best))
+        return rows[order], best[order]
+
+
 # -- shapes made fit for their work -----------------------------------------------------------
 
 
@@ -451,10 +567,31 @@ curve against those it meets, so a shape folding back on itself within the buffe
 a line back and forth, dense points) costs the square of its vertices."""
 
 
+def folds(geometry: shapely.Geometry, distance_m: float) -> float:
+    """How often the shape comes back within `distance_m` of itself: for each of its pieces
+    (`Pieces`), the pieces other than itself and its neighbours whose search boxes meet its own,
+    on average (0 for a shape of few vertices)."""
+    if shapely.get_num_coordinates(geometry) <= PIECE_VERTICES:
+        return 0.0
+    pieces = Pieces.cut(geometry, distance_m)
+    if pieces is None:
+        return math.inf
+    a, b = shapely.STRtree(pieces.boxes).query(pieces.boxes)
+    return float((np.abs(a - b) > 1).sum()) / len(pieces.boxes)
+
+
+_FOLDS_DRAWN_WHOLE = 2.0
+"""A shape coming back near itself at most this often (per piece) is buffered as it is."""
+
+
 def drawable(geometry: shapely.Geometry, distance_m: float) -> tuple[shapely.Geometry, float]:
-    """`geometry` reduced (`reduced`) until a buffer of `distance_m` around it is cheap to draw:
-    a thousandth of the distance first, then coarser, up to a tenth of it; with the tolerance
-    used. `LimitExceeded` when even that leaves more than `DRAWN_VERTICES` vertices."""
+    """`geometry` as it is when it does not fold back on itself within `distance_m` (drawing the
+    buffer of a long winding road costs about its vertices), else reduced (`reduced`) until a
+    buffer around it is cheap to draw: a thousandth of the distance first, then coarser, up to
+    a tenth of it; with the tolerance used. `LimitExceeded` when even that leaves more than
+    `DRAWN_VERTICES` vertices."""
+    if folds(geometry, distance_m) <= _FOLDS_DRAWN_WHOLE:
+        return geometry, 0.0
     tolerance = distance_m / 1000
     while True:
         out = reduced(geometry, tolerance)

@@ -273,22 +273,27 @@ class Caps:
     max_candidates: int = 2_000_000
     max_work: int = 20_000_000
 
-    def check(self, candidates: int, vertices: int) -> None:
-        """`LimitExceeded` naming the cap when a search would examine `candidates` features
-        against a shape of `vertices` vertices, before any distance is measured."""
+    def check(self, candidates: int, pairs: int) -> None:
+        """`LimitExceeded` naming the cap when a search would examine `candidates` features or
+        measure `pairs` distance pairs (features times the vertices of the shape near them),
+        before any distance is measured."""
         if candidates > self.max_candidates:
             raise LimitExceeded(
                 f"the query would examine {candidates} features, more than the maximum of "
                 f"{self.max_candidates} (TWIN_QUERY_MAX_CANDIDATES); search a smaller area "
                 "or fewer collections"
             )
-        if candidates * vertices > self.max_work:
+        if pairs > self.max_work:
             raise LimitExceeded(
-                f"the query would measure {candidates} features against a shape of {vertices} "
-                f"vertices, {candidates * vertices:.3g} distance pairs, more than the maximum "
-                f"of {self.max_work:.3g} (TWIN_QUERY_MAX_WORK); send a simpler shape, a smaller "
+                f"the query would measure {pairs:.3g} distance pairs (features times the "
+                f"vertices of the shape near them), more than the maximum of "
+                f"{self.max_work:.3g} (TWIN_QUERY_MAX_WORK); send a simpler shape, a smaller "
                 "buffer or fewer collections"
             )
+
+
+_CALL = 50
+"""The cost of measuring one pair of shapes, in vertices measured (choosing how to search)."""
 
 
 def _search(
@@ -298,11 +303,41 @@ def _search(
     caps: Caps | None = None,
 ) -> list[Matches]:
     distance_m = metric.check_distance(distance_m)
-    area = metric.search_area(metric.check_geometry(geometry), distance_m)  # for every layer
+    geometry = metric.check_geometry(geometry)
+    caps = caps or Caps()
+    vertices = shapely.get_num_coordinates(geometry)
+    layers = list(layers)
+    area = metric.search_area(geometry, distance_m)  # for every layer
     found = [(layer, metric.candidates(layer, geometry, distance_m, area)) for layer in layers]
-    vertices = 1 if distance_m == 0 else shapely.get_num_coordinates(geometry)
-    (caps or Caps()).check(sum(len(c) for _, c in found), vertices)
+    candidates = sum(len(c) for _, c in found)
+    pairs = candidates * (1 if distance_m == 0 else vertices)
     groups = []
+    pieces = None
+    if distance_m > 0 and vertices > metric.PIECE_VERTICES:
+        pieces = metric.Pieces.cut(geometry, distance_m)
+    if pieces is not None:
+        # Worth it when cheaper than measuring the whole shape, and within the cap; each call
+        # measures one pair of shapes, its overhead counted as `_CALL` vertices.
+        most = min(pairs + _CALL * candidates, caps.max_work)
+        joined = []
+        for layer in layers:
+            found_pairs = pieces.pairs(layer, most)
+            if found_pairs is None:
+                break
+            joined.append((layer, found_pairs))
+            most -= int(pieces.vertices[found_pairs[0]].sum()) + _CALL * len(found_pairs[0])
+        else:
+            # A long shape: each feature measured against the pieces near it only.
+            caps.check(
+                sum(len(np.unique(rows)) for _, (_, rows) in joined),
+                sum(int(pieces.vertices[p].sum()) for _, (p, _) in joined),
+            )
+            for layer, joined_layer in joined:
+                rows, d = pieces.within(layer, joined_layer, distance_m)
+                if len(rows):
+                    groups.append(Matches(layer, rows, d))
+            return groups
+    caps.check(candidates, pairs)
     for layer, cand in found:
         rows, d = metric.within(layer, geometry, distance_m, cand=cand)
         if len(rows):

@@ -48,9 +48,14 @@ class GuardSettings(BaseSettings):
     request_timeout_s: float = 10.0
     """Wall-clock budget of one request, seconds: past it the work is stopped and the request
     answered 400 `TimeLimitExceeded`."""
-    max_in_flight: int = 64
+    max_in_flight: int = 32
     """Requests one worker works on at once; more are answered 503 with `Retry-After` at once
     (`/healthz`, `/metrics` and cached tiles are always answered)."""
+    work_threads: int = 4
+    """Threads one worker runs request work in at once (queries, filters, tile rendering);
+    admitted requests beyond them wait their turn without holding the GIL. GEOS and numpy
+    release it, Python does not: more threads than this only take it from the event loop,
+    which answers cached tiles and /healthz."""
     retry_after_s: int = 1
     """The `Retry-After` of a 503 answered when the worker is full, seconds."""
     filter_max_depth: int = 32
