@@ -89,6 +89,11 @@ def serve(
     catalog = load_catalog(store_settings)
     options = _uvicorn_options(settings, access_log, log_level)
     if workers <= 1:
+        # The loaded layers never become garbage: out of the collector's way, a full
+        # collection does not walk them (measured: 75–95 ms pauses every few seconds under
+        # load on the demo district, none after).
+        gc.collect()
+        gc.freeze()
         try:
             uvicorn.run(create_app(settings, store_settings, catalog=catalog), **options)
         finally:
