@@ -1,17 +1,20 @@
 """Statistics per management grid cell: counts of points, lengths of lines, areas of polygons.
 
-For the web map's management view and dashboards. A point is counted in one cell (the first
-it falls in, so a point on a shared edge is not counted twice and totals add up); a line or
-polygon counts in every cell it meets, with the length or area of its part inside each cell,
-in metres on the ground. Results are cached per layer, grid, level and filter: a layer edit
-makes a new `Layer`, so the cache never serves stale numbers.
+For the web map's management view and dashboards. At every level the cells' numbers add up to
+what lies inside that level's cells: the cells are made a partition first (a cell keeps what its
+earlier cells, in grid order, do not already hold, so an edge shared by two cells belongs to the
+earlier one), then each line's length and each polygon's area is split between the cells it
+crosses (clipped by each cell, measured on the ground in metres), each point is counted in one
+cell (the first it falls in), and each line or polygon is counted once, in the cell holding the
+largest part of it. Results are cached per layer, grid, level and filter: a layer edit makes a
+new `Layer`, so the cache never serves stale numbers.
 """
 
 from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +45,7 @@ class CellStats:
     filter: str | None
 
     def totals(self) -> dict[str, float | int]:
-        """Each statistic summed over the cells (counts of lines and polygons meeting several
-        cells are counted once per cell)."""
+        """Each statistic summed over the cells: what lies inside the level's cells."""
         return {k: _number(v.sum(), k) for k, v in self.columns.items()}
 
     def to_json(self) -> dict[str, Any]:
@@ -90,9 +92,32 @@ def grid_cells(grid: Layer, level: str) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+def earlier_cells(cells: np.ndarray) -> np.ndarray:
+    """For each cell polygon, the union of the cells before it that it meets (None when it meets
+    none): what of the cell already belongs to an earlier one."""
+    out = np.full(len(cells), None, dtype=object)
+    if not len(cells):
+        return out
+    late, early = shapely.STRtree(cells).query(cells, predicate="intersects")
+    keep = early < late
+    if not keep.any():
+        return out
+    order = np.argsort(late[keep], kind="stable")
+    late, early = late[keep][order], early[keep][order]
+    starts = np.flatnonzero(np.r_[True, late[1:] != late[:-1]])
+    for lo, hi in zip(starts, [*starts[1:], len(late)], strict=True):
+        out[late[lo]] = shapely.union_all(cells[early[lo:hi]])
+    return out
+
+
 def layer_stats(layer: Layer, rows: np.ndarray, cells: np.ndarray) -> dict[str, np.ndarray]:
     """Statistics of `layer`'s `rows` over the cell polygons `cells` (lon/lat): `count` always,
-    `length_m` when it holds lines, `area_m2` when it holds polygons; one value per cell."""
+    `length_m` when it holds lines, `area_m2` when it holds polygons; one value per cell.
+
+    The values add up to what lies inside the cells' union: lengths and areas are split between
+    the cells (a piece on an edge two cells share goes to the earlier cell), a point is counted
+    in the first cell it falls in, a line or polygon in the cell holding the largest part of it
+    (the first of equals; the first it meets when it only touches the cells)."""
     n = len(cells)
     geoms = layer.geometry[rows]
     types = shapely.get_type_id(geoms)
@@ -101,28 +126,52 @@ def layer_stats(layer: Layer, rows: np.ndarray, cells: np.ndarray) -> dict[str, 
     feat, cell = tree.query(geoms, predicate="intersects")
     order = np.lexsort((cell, feat))
     feat, cell = feat[order], cell[order]
-    points = np.isin(types[feat], _POINT)
-    first = np.ones(len(feat), dtype=bool)
-    first[1:] = feat[1:] != feat[:-1]
-    counted = ~points | first  # a point in the first cell it falls in; others in every cell
-    out["count"] = np.bincount(cell[counted], minlength=n)
+    share = np.zeros(len(feat))  # the length or area of each (feature, cell) piece
+    earlier = earlier_cells(cells)
     for family, name, measure in (
         (_LINE, "length_m", metric.length_m),
         (_POLYGON, "area_m2", metric.area_m2),
     ):
         if not np.isin(types, family).any():
             continue
-        sel = np.isin(types[feat], family)
+        sel = np.flatnonzero(np.isin(types[feat], family))
         f, c = feat[sel], cell[sel]
-        shapely.prepare(cells)
-        whole = shapely.contains_properly(cells[c], geoms[f])
-        value = np.empty(len(f))
-        if whole.any():
-            value[whole] = measure(geoms[f[whole]])
-        if (~whole).any():
-            value[~whole] = measure(shapely.intersection(geoms[f[~whole]], cells[c[~whole]]))
+        value = _pieces(geoms[f], cells, c, earlier, measure)
+        share[sel] = value
         out[name] = np.bincount(c, weights=value, minlength=n)
-    return out
+    # One cell per feature: sorted by feature, then largest share, then grid order.
+    order = np.lexsort((cell, -share, feat))
+    first = np.ones(len(feat), dtype=bool)
+    first[1:] = feat[order][1:] != feat[order][:-1]
+    out["count"] = np.bincount(cell[order][first], minlength=n)
+    return {"count": out.pop("count"), **out}
+
+
+def _pieces(
+    geoms: np.ndarray,
+    cells: np.ndarray,
+    cell: np.ndarray,
+    earlier: np.ndarray,
+    measure: Callable[[Any], Any],
+) -> np.ndarray:
+    """The measure of each shape's part inside its cell, less what earlier cells hold."""
+    value = np.empty(len(geoms))
+    shapely.prepare(cells)
+    # Inside the cell's interior and clear of every earlier cell: measured whole.
+    whole = shapely.contains_properly(cells[cell], geoms)
+    prior = earlier[cell]
+    shared = np.flatnonzero(whole & (prior != None))  # noqa: E711  (elementwise)
+    whole[shared] = ~shapely.intersects(prior[shared], geoms[shared])
+    if whole.any():
+        value[whole] = measure(geoms[whole])
+    cut = np.flatnonzero(~whole)
+    if len(cut):
+        piece = shapely.intersection(geoms[cut], cells[cell[cut]])
+        has = np.flatnonzero(prior[cut] != None)  # noqa: E711  (elementwise)
+        if len(has):
+            piece[has] = shapely.difference(piece[has], prior[cut][has])
+        value[cut] = measure(piece)
+    return value
 
 
 def _cached_layer_stats(

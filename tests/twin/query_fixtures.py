@@ -168,3 +168,16 @@ def query_app(store: Path, scope: str = "public", **query: Any) -> Any:
 def cambridge_store_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Cambridge store, built once per test session (skips without ../shared/data)."""
     return build_cambridge_store(tmp_path_factory.mktemp("cambridge"))
+
+
+@pytest.fixture(scope="session", name="demo_store")
+def demo_store_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small demo city (`twin demo --no-serve`), built once per test session."""
+    from typer.testing import CliRunner
+
+    from twin.cli import app
+
+    root = tmp_path_factory.mktemp("demo") / "store"
+    result = CliRunner().invoke(app, ["demo", "--store", str(root), "--no-serve"])
+    assert result.exit_code == 0, result.output
+    return root

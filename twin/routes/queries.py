@@ -350,7 +350,10 @@ def get_stats(
 ) -> JSONResponse:
     """Per grid cell at `level`: counts of points, lengths of lines (metres) and areas of
     polygons (square metres) of the layers named (default: all you may see), counting only the
-    features the CQL2 `filter` selects (e.g. `status = 'fault'`, `install_year < 1980`)."""
+    features the CQL2 `filter` selects (e.g. `status = 'fault'`, `install_year < 1980`). The
+    cells add up to what lies inside them: lengths and areas are split between the cells, each
+    feature is counted in one cell (a point in the first it falls in, a line or polygon in the
+    one holding most of it), and an edge two cells share is the earlier cell's."""
     return _json(stats.cell_stats(catalog, scope, level, collections, cql).to_json())
 
 
