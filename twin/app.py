@@ -36,9 +36,9 @@ from twin.routes import collections, items, landing, ops, queries, styles, tiles
 from twin.routes.responses import answer_validation_errors_400
 from twin.settings import GuardSettings, QuerySettings, ServerSettings
 from twin.tileserve import TileFastPath, TileServer
+from twin.webmap import MAP_SUFFIXES, MAPLIBRE_DIST
 
 log = logging.getLogger("twin.app")
-MAPLIBRE_DIST = "node_modules/maplibre-gl/dist"
 
 
 def _install_errors(app: FastAPI) -> None:
@@ -97,11 +97,6 @@ def _mount_web_map(app: FastAPI, settings: ServerSettings) -> None:
         name="maplibre",
     )
     app.mount("/web", MapFiles(directory=settings.web_dir, html=True), name="web")
-
-
-MAP_SUFFIXES = frozenset({".html", ".js", ".css", ".svg", ".png", ".ico", ".woff2"})
-"""Kinds of file the web map is made of; `package.json`, lock files and `node_modules/` are
-the build's, not the map's, and are never served."""
 
 
 class MapFiles(StaticFiles):

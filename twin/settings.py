@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from layers.models import Access
+from twin.webmap import default_web_dir
 
 
 class ServerSettings(BaseSettings):
@@ -29,8 +30,9 @@ class ServerSettings(BaseSettings):
     """gzip level of JSON answers (tiles are compressed once by the tile cache)."""
     extra_crs: list[int] = []
     """EPSG codes offered besides CRS84, 4326, 4490, 3857 and the CGCS2000 GK zones."""
-    web_dir: Path = Path(__file__).resolve().parents[1] / "web"
-    """The planners' web map (static files, MapLibre installed there by `npm ci`)."""
+    web_dir: Path = Field(default_factory=default_web_dir)
+    """The planners' web map: the checkout's `web/` (MapLibre installed there by `npm ci`), else
+    the copy the installed package carries."""
 
     @field_validator("anonymous_access")
     @classmethod
