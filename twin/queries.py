@@ -347,8 +347,9 @@ def _search(
 
 @dataclass(frozen=True)
 class _Cells:
-    """Every cell of a grid as `{id, level, code, ...}`, and each row's place in the answer's
-    order (district first, then by code)."""
+    """Every cell of a grid as `{collection, id, level, code, ...}` (a client follows it to
+    `/collections/{collection}/items/{id}`), and each row's place in the answer's order
+    (district first, then by code)."""
 
     records: list[dict[str, Any]]
     place: np.ndarray
@@ -357,7 +358,10 @@ class _Cells:
 def _grid_cells(grid: Layer) -> _Cells:
     """The grid's `_Cells` (the grid is small and read on every `at`, dig check and buffer)."""
     props = grid.properties(np.arange(len(grid)))
-    records = [{"id": fid, **p} for fid, p in zip(grid.ids.tolist(), props, strict=True)]
+    records = [
+        {"collection": grid.name, "id": fid, **p}
+        for fid, p in zip(grid.ids.tolist(), props, strict=True)
+    ]
     rank = {level: i for i, level in enumerate(GRID_LEVELS)}
     order = sorted(
         range(len(records)),
