@@ -186,6 +186,10 @@ def _worker(
     control: socket.socket,
 ) -> int:
     """Serve on `sock` in this forked worker process until asked to stop; the exit code."""
+    # A stop asked for while the worker is still starting is kept, and honoured once it serves.
+    asked: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: asked.append(signum))
     try:
         catalog.store = open_store(store_settings, create=False)
     except Exception as exc:
@@ -200,6 +204,7 @@ def _worker(
         # (it re-raises the signal that stopped it): shut down, or let the worker report.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: setattr(server, "should_exit", True))
+        server.should_exit = bool(asked)
         # Without its supervisor a worker stops: a new supervisor could not take the port.
         peers = TilePeers(peer_sockets, control, lambda: signal.raise_signal(signal.SIGTERM))
         app.state.tiles.peers = peers
