@@ -3,29 +3,73 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from layers.gpkg import GeoPackageStore
+    from layers.models import LayerSchema
+
+
+class _Commands(TyperGroup):
+    """`twin --help` listing each command with its whole first sentence, wrapped (click would
+    cut it at the terminal's width)."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:  # typer's own click types
+        """The Commands section of the help."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=300)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 app = typer.Typer(
     name="twin",
+    cls=_Commands,
     help="Digital-twin map server for a city's municipal assets.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags shown as flags, not as `--json <bool>`
 )
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
+"""A store given as a URL (`postgresql://...`); a `Path` has already folded its `//`."""
+
+
+def _store_path(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """The store a command works on: its own `--store`, else the one given before the command
+    (`twin --store PATH COMMAND`), else `TWIN_STORE` or the default; a URL is refused."""
+    if value is not None and (url := _URL.match(str(value))):
+        raise fail(
+            f"--store {url.group(1)}://...: this build serves only a directory store "
+            "(a folder holding twin.gpkg); give a directory path"
+        )
+    source = ctx.get_parameter_source(param.name or "store")
+    if ctx.parent is not None and source is not None and source.name in ("DEFAULT", "ENVIRONMENT"):
+        given = ctx.find_root().params.get("store")
+        if given is not None:
+            return Path(given)
+    return value
+
 
 StoreOption = Annotated[
     Path,
     typer.Option(
         "--store",
         envvar="TWIN_STORE",
-        help="Store directory (holds twin.gpkg and rasters/).",
+        help="Store directory (holds twin.gpkg and rasters/); also `twin --store PATH COMMAND`.",
         show_default=True,
+        callback=_store_path,
     ),
 ]
 DEFAULT_STORE = Path("twin-data")
@@ -41,6 +85,21 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear message to stderr and return the Exit to raise."""
     typer.echo(f"twin: {message}", err=True)
     return typer.Exit(code)
+
+
+@app.callback()
+def main(
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store",
+            help="Store directory for the command (its own --store wins; default TWIN_STORE "
+            "or twin-data).",
+            callback=_store_path,
+        ),
+    ] = None,
+) -> None:
+    """Digital-twin map server for a city's municipal assets."""
 
 
 @app.command("import")
@@ -84,6 +143,14 @@ def import_(
         str | None, typer.Option(help="Column of stable feature ids (default: found by name).")
     ] = None,
     schema: Annotated[Path | None, typer.Option(help="TOML schema of a custom layer.")] = None,
+    new_layer: Annotated[
+        bool,
+        typer.Option(
+            "--new-layer",
+            help="COLLECTION may be a new custom layer, its fields taken from the file's columns "
+            "(without it, a name that is neither built in nor in the store is refused).",
+        ),
+    ] = False,
     classification: Annotated[
         str | None, typer.Option(help="Layer classification: public, internal or restricted.")
     ] = None,
@@ -116,14 +183,20 @@ def import_(
             classification=classification,
         )
         if not path.exists():
-            raise fail(f"{path}: no such file")
+            raise fail(f"no such file: {path}")
+        if not (new_layer or schema is not None):
+            _check_collection(store, collection)
         db = open_store(StoreSettings(store=store))
         try:
             report = import_file(db, collection, path, options, user=user or _login())
         finally:
             db.close()
+    except typer.Exit:  # a user mistake already told in one line
+        raise
     except (ImporterError, LayersError) as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # the file or the store cannot be read or written: say which
+        raise fail(f"{exc.filename or path}: {exc.strerror or exc}") from None
     except Exception as exc:  # a bug, not bad input: still one line, and the store is intact
         if os.environ.get("TWIN_DEBUG"):
             raise
@@ -135,6 +208,49 @@ def import_(
     typer.echo(
         json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if as_json else report.text()
     )
+
+
+def _check_collection(store: Path, collection: str) -> None:
+    """Refuse an import into a layer that is neither built in nor in the store (which is left
+    untouched): most likely a typo or another word for a built-in one (`lamps` for `lights`)."""
+    from layers.models import Access
+    from layers.schemas import BUILTIN
+
+    known = dict(BUILTIN)
+    if collection not in known and (store / "twin.gpkg").is_file():
+        db = _existing_store(store)
+        try:
+            known |= {name: info.schema for name, info in db.layers(Access.RESTRICTED).items()}
+        finally:
+            db.close()
+    if collection in known:
+        return
+    guess = suggest_layer(collection, known.values())
+    raise fail(
+        f"no layer {collection!r}: "
+        + (f"did you mean {guess}? " if guess else f"the layers are {', '.join(known)}. ")
+        + "To make a new layer add --new-layer (fields from the file's columns) "
+        "or --schema FILE.toml"
+    )
+
+
+def suggest_layer(name: str, schemas: Iterable[LayerSchema]) -> str | None:
+    """The known layer `name` most likely means: the one whose name is spelt nearly so, else
+    one with such a word in its title or description (`lamps` -> lights, `hydrants` -> valves);
+    None when nothing is close."""
+    import difflib
+
+    schemas = list(schemas)
+    words = {re.sub(r"[^a-z]", "", s.title.lower()): s.name for s in schemas}  # streetlights
+    for text in ("title", "description"):
+        for s in schemas:
+            for word in re.findall(r"[a-z]{4,}", getattr(s, text).lower()):
+                words.setdefault(word, s.name)
+    for vocabulary in ({s.name: s.name for s in schemas}, words):
+        close = difflib.get_close_matches(name.lower(), list(vocabulary), n=1, cutoff=0.75)
+        if close:
+            return vocabulary[close[0]]
+    return None
 
 
 def _login() -> str:
@@ -321,7 +437,9 @@ def serve(
         raise fail(f"cannot serve on {settings.host}:{settings.port}: {exc}") from None
 
 
-tiles_app = typer.Typer(help="Vector tiles for static hosting.", no_args_is_help=True)
+tiles_app = typer.Typer(
+    cls=_Commands, help="Vector tiles for static hosting.", no_args_is_help=True
+)
 app.add_typer(tiles_app, name="tiles")
 
 
@@ -509,6 +627,8 @@ def demo_(
             if is_empty(db):
                 report = build_demo(db, size=size, seed=seed, user=_login(), progress=typer.echo)
                 typer.echo(report.text())
+            elif no_serve:
+                typer.echo(f"{store} already holds data: left as it is")
             else:
                 typer.echo(f"{store} already holds data: serving it as it is")
         finally:
