@@ -421,17 +421,20 @@ _CHUNK_WORK = 2_000_000
 PIECE_VERTICES = 32
 """Most vertices of one piece of a shape searched piece by piece (`Pieces`)."""
 _PIECES_AT_ONCE = 16
-"""Pieces whose features are looked up in one query of a layer's tree."""
+"""Pieces whose nearby features are looked up in one query of a layer's tree."""
+_NEAREST_AT_ONCE = 1024
+"""Candidates measured against their nearest pieces between two checks of the deadline."""
 
 
 @dataclass(frozen=True)
 class Pieces:
     """A shape of many vertices cut into pieces of at most `PIECE_VERTICES` vertices (runs of a
-    line or ring, neighbouring points), each with a lon/lat box holding everything within the
-    search distance of it: a feature is measured only against the pieces whose boxes it meets
-    (a spatial join), so a long corridor costs its features times a few pieces, not times all
-    its vertices. The nearest point of the shape to a feature lies on one of those pieces, so
-    the distances are the same as measured against the whole shape."""
+    line or ring, neighbouring points), indexed in the metric frame of the whole shape: a
+    feature is measured against its nearest piece only, so a search costs its candidates times
+    a piece, not times all the shape's vertices. The nearest point of the shape to a feature
+    lies on its nearest piece, so the distances are the same as measured against the whole
+    shape. Each piece also has a lon/lat box holding everything within the search distance of
+    it (`folds` counts how often they meet: how costly a buffer is to draw)."""
 
     geometry: shapely.Geometry
     parts: np.ndarray
@@ -483,51 +486,59 @@ class Pieces:
         """Whether the shape covers ground (what meets it lies at 0 m, however far inside)."""
         return bool(_POLYGONAL[shapely.get_type_id(shapely.get_parts(self.geometry))].any())
 
-    def pairs(self, layer: Layer, most: float = math.inf) -> tuple[np.ndarray, np.ndarray] | None:
-        """(piece, row) of every feature of `layer` whose box meets a piece's box; None as soon
-        as measuring them would take more than `most` vertex pairs (found a batch of pieces
-        at a time, so a shape meeting everything is given up on early)."""
-        empty = np.array([], dtype=np.int64)
-        if len(layer) == 0:
-            return empty, empty
-        found: list[tuple[np.ndarray, np.ndarray]] = []
-        work = 0
+    @property
+    def folds(self) -> float:
+        """How often the shape comes back within the search distance of itself: for each piece,
+        the pieces other than itself and its neighbours whose boxes meet its own, on average."""
+        a, b = shapely.STRtree(self.boxes).query(self.boxes)
+        return float((np.abs(a - b) > 1).sum()) / len(self.boxes)
+
+    def near(self, layer: Layer, cand: np.ndarray, most: int) -> np.ndarray | None:
+        """The `cand` rows whose boxes meet a piece's box (the others lie farther than the
+        search distance from every piece), looked up a few pieces at a time; None as soon as
+        more than `most` (piece, feature) pairs have met."""
+        met: list[np.ndarray] = []
+        pairs = 0
         for start in range(0, len(self.boxes), _PIECES_AT_ONCE):
-            piece, row = layer.tree.query(self.boxes[start : start + _PIECES_AT_ONCE])
-            piece = piece.astype(np.int64) + start
-            work += int(self.vertices[piece].sum())
-            if work > most:
+            rows = layer.tree.query(self.boxes[start : start + _PIECES_AT_ONCE])[1]
+            pairs += len(rows)
+            if pairs > most:
                 return None
-            found.append((piece, row.astype(np.int64)))
-        if not found:
-            return empty, empty
-        return np.concatenate([p for p, _ in found]), np.concatenate([r for _, r in found])
+            met.append(rows)
+        return np.intersect1d(cand, np.concatenate(met)) if met else cand[:0]
+
+    @property
+    def tree(self) -> shapely.STRtree:
+        """The pieces in the metric frame, indexed."""
+        return shapely.STRtree(self.projected)
 
     def within(
-        self, layer: Layer, pairs: tuple[np.ndarray, np.ndarray], distance_m: float
+        self, layer: Layer, cand: np.ndarray, distance_m: float, tree: shapely.STRtree | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of `layer` within `distance_m` metres of the shape, and their distances, nearest
-        first (ties by row), from the `pairs` of pieces and features."""
-        piece, row = pairs
-        rows, pos = np.unique(row, return_inverse=True)
-        best = np.full(len(rows), np.inf)
-        if len(rows):
-            geoms = shapely.transform(layer.geometry[rows], self.fwd)
-            step = max(1, _CHUNK_WORK // PIECE_VERTICES)
-            for start in range(0, len(piece), step):
-                budget.check("measuring distances")
-                at, of = pos[start : start + step], piece[start : start + step]
-                lines = shapely.shortest_line(geoms[at], self.projected[of])
-                c = self.inv(shapely.get_coordinates(lines))
-                np.minimum.at(best, at, geodesic_m(c[0::2, 0], c[0::2, 1], c[1::2, 0], c[1::2, 1]))
-        if self.polygonal:
-            inside = layer.tree.query(self.geometry, predicate="intersects").astype(np.int64)
-            rows = np.concatenate([rows, inside])
-            best = np.concatenate([best, np.zeros(len(inside))])
-            rows, first = np.unique(rows, return_index=True)
-            best = np.minimum(best[first], np.where(np.isin(rows, inside), 0.0, np.inf))
+        """Rows of `layer` among `cand` (those `near` the pieces) within `distance_m` metres of
+        the shape, and their distances, nearest first (ties by row): each measured against its
+        nearest piece on the frame's plane (found through the pieces' tree), the plane on
+        which `within` measures against the whole shape, so the same distances; what lies
+        inside a polygonal shape at 0, however far from its rings. In chunks, between which
+        the request's deadline is checked."""
+        tree = tree if tree is not None else self.tree
+        if self.polygonal and len(cand):
+            inside = layer.tree.query(self.geometry, predicate="intersects")
+            cand = np.union1d(cand, inside.astype(np.int64))
+        best = np.full(len(cand), np.inf)
+        step = _NEAREST_AT_ONCE
+        for start in range(0, len(cand), step):
+            budget.check("measuring distances")
+            part = shapely.transform(layer.geometry[cand[start : start + step]], self.fwd)
+            which, piece = tree.query_nearest(part, all_matches=False)
+            lines = shapely.shortest_line(part[which], self.projected[piece])
+            c = self.inv(shapely.get_coordinates(lines))
+            best[start + which] = geodesic_m(c[0::2, 0], c[0::2, 1], c[1::2, 0], c[1::2, 1])
+        if self.polygonal and len(cand):
+            shapely.prepare(self.geometry)
+            best[shapely.intersects(layer.geometry[cand], self.geometry)] = 0.0
         keep = best <= distance_m
-        rows, best = rows[keep], best[keep]
+        rows, best = cand[keep], best[keep]
         order = np.lexsort((rows, best))
         return rows[order], best[order]
 
@@ -568,16 +579,12 @@ a line back and forth, dense points) costs the square of its vertices."""
 
 
 def folds(geometry: shapely.Geometry, distance_m: float) -> float:
-    """How often the shape comes back within `distance_m` of itself: for each of its pieces
-    (`Pieces`), the pieces other than itself and its neighbours whose search boxes meet its own,
-    on average (0 for a shape of few vertices)."""
+    """`Pieces.folds` of the shape for a search of `distance_m` (0 for a shape of few vertices,
+    infinite for one whose pieces cannot be boxed)."""
     if shapely.get_num_coordinates(geometry) <= PIECE_VERTICES:
         return 0.0
     pieces = Pieces.cut(geometry, distance_m)
-    if pieces is None:
-        return math.inf
-    a, b = shapely.STRtree(pieces.boxes).query(pieces.boxes)
-    return float((np.abs(a - b) > 1).sum()) / len(pieces.boxes)
+    return math.inf if pieces is None else pieces.folds
 
 
 _FOLDS_DRAWN_WHOLE = 2.0

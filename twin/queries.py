@@ -292,10 +292,6 @@ class Caps:
             )
 
 
-_CALL = 50
-"""The cost of measuring one pair of shapes, in vertices measured (choosing how to search)."""
-
-
 def _search(
     layers: Iterable[Layer],
     geometry: shapely.Geometry,
@@ -312,31 +308,29 @@ def _search(
     candidates = sum(len(c) for _, c in found)
     pairs = candidates * (1 if distance_m == 0 else vertices)
     groups = []
-    pieces = None
     if distance_m > 0 and vertices > metric.PIECE_VERTICES:
         pieces = metric.Pieces.cut(geometry, distance_m)
-    if pieces is not None:
-        # Worth it when cheaper than measuring the whole shape, and within the cap; each call
-        # measures one pair of shapes, its overhead counted as `_CALL` vertices.
-        most = min(pairs + _CALL * candidates, caps.max_work)
-        joined = []
-        for layer in layers:
-            found_pairs = pieces.pairs(layer, most)
-            if found_pairs is None:
-                break
-            joined.append((layer, found_pairs))
-            most -= int(pieces.vertices[found_pairs[0]].sum()) + _CALL * len(found_pairs[0])
-        else:
-            # A long shape: each feature measured against the pieces near it only.
-            caps.check(
-                sum(len(np.unique(rows)) for _, (_, rows) in joined),
-                sum(int(pieces.vertices[p].sum()) for _, (p, _) in joined),
-            )
-            for layer, joined_layer in joined:
-                rows, d = pieces.within(layer, joined_layer, distance_m)
-                if len(rows):
-                    groups.append(Matches(layer, rows, d))
-            return groups
+        if pieces is not None:
+            # A shape of many vertices: only the candidates near a piece are measured, each
+            # against its nearest piece, which may mean trying every piece the shape folds
+            # back near it: each costs about `folds` pieces.
+            per_candidate = (pieces.folds + 3) * metric.PIECE_VERTICES
+            most = int(caps.max_work / per_candidate)
+            near = []
+            for layer, cand in found:
+                rows = pieces.near(layer, cand, most)
+                if rows is None:
+                    break
+                near.append((layer, rows))
+            else:
+                n = sum(len(rows) for _, rows in near)
+                caps.check(candidates, int(n * per_candidate))
+                tree = pieces.tree
+                for layer, cand in near:
+                    rows, d = pieces.within(layer, cand, distance_m, tree)
+                    if len(rows):
+                        groups.append(Matches(layer, rows, d))
+                return groups
     caps.check(candidates, pairs)
     for layer, cand in found:
         rows, d = metric.within(layer, geometry, distance_m, cand=cand)

@@ -60,7 +60,8 @@ def test_pieces_find_what_the_whole_shape_finds(name, distance_m):
     assert (pieces.vertices <= metric.PIECE_VERTICES).all()
     for layer in city():
         expected_rows, expected_d = metric.within(layer, shape, distance_m)
-        rows, d = pieces.within(layer, pieces.pairs(layer), distance_m)
+        cand = metric.candidates(layer, shape, distance_m)
+        rows, d = pieces.within(layer, cand, distance_m)
         assert len(expected_rows) > 0
         np.testing.assert_array_equal(np.sort(rows), np.sort(expected_rows))
         order = np.argsort(rows)
@@ -77,24 +78,33 @@ def test_features_deep_inside_a_polygon_are_at_zero():
     layer = make_layer(LIGHTS, [shapely.Point(LON, LAT)], ["centre"])
     pieces = metric.Pieces.cut(big, 3.0)
     assert pieces is not None
-    rows, d = pieces.within(layer, pieces.pairs(layer), 3.0)
+    rows, d = pieces.within(layer, metric.candidates(layer, big, 3.0), 3.0)
     assert rows.tolist() == [0] and d.tolist() == [0.0]
 
 
-def test_caps_count_the_pairs_the_join_measures(monkeypatch):
-    """The road's corridor measures each feature against the pieces near it (allowed); a
-    zig-zag folding over the whole town with a wide buffer meets every feature with every piece
-    (refused before any distance is measured)."""
+def test_a_long_shape_costs_its_nearby_candidates_and_a_folded_one_is_refused():
+    """A 2,000-vertex road's 40 m corridor is measured piece by piece, the candidates near it
+    against their nearest piece, within a cap that measuring every candidate against every
+    vertex would break a hundredfold, and finds what the whole-shape measurement finds. A
+    zig-zag folding over the whole town within its 2 km buffer brings every piece near every
+    feature: refused under the same cap before any distance is measured."""
     layers = city()
     road = shapes()["road"]
-    caps = queries.Caps(max_candidates=10**6, max_work=2_000_000)
-    found = queries._search(layers, road, 10.0, caps)
-    assert sum(len(g) for g in found) > 0
+    candidates = sum(len(metric.candidates(lyr, road, 40.0)) for lyr in layers)
+    caps = queries.Caps(max_candidates=10**6, max_work=candidates * metric.PIECE_VERTICES * 4)
+    assert candidates * shapely.get_num_coordinates(road) > 10 * caps.max_work
+    found = {g.collection: g for g in queries._search(layers, road, 40.0, caps)}
+    for layer in layers:
+        rows, d = metric.within(layer, road, 40.0)
+        np.testing.assert_array_equal(found[layer.name].rows, rows)
+        np.testing.assert_allclose(found[layer.name].distance_m, d, rtol=0, atol=1e-6)
     ang = np.linspace(0, 2 * np.pi, 4000, endpoint=False)
     r = 0.01 + 0.01 * (np.arange(4000) % 2)
     zigzag = shapely.Polygon(np.c_[LON + r * np.cos(ang), LAT + r * np.sin(ang)])
     with pytest.raises(LimitExceeded, match="TWIN_QUERY_MAX_WORK"):
         queries._search(layers, zigzag, 2000.0, caps)
+    with pytest.raises(LimitExceeded, match="TWIN_QUERY_MAX_CANDIDATES"):
+        queries._search(layers, road, 40.0, queries.Caps(max_candidates=candidates - 1))
 
 
 def test_a_buffer_is_drawn_around_a_long_road_as_it_is_and_a_folded_shape_is_simplified():
