@@ -77,6 +77,10 @@ class MetricsMiddleware:
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled series, found once (prometheus_client's `labels` costs more than the
+        # increment): by (route, method, status), and by route.
+        self._counts: dict[tuple[str, str, int], Any] = {}
+        self._times: dict[str, Any] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -99,5 +103,14 @@ class MetricsMiddleware:
                 # Plain Starlette routes (/api, /api.html) set no route; unknown paths (404)
                 # stay one label so they cannot grow the label set.
                 template = scope["path"] if status[0] < 400 else "unmatched"
-            self.metrics.requests.labels(template, scope["method"], str(status[0])).inc()
-            self.metrics.latency.labels(template).observe(time.perf_counter() - start)
+            key = (template, scope["method"], status[0])
+            count = self._counts.get(key)
+            if count is None:
+                count = self._counts[key] = self.metrics.requests.labels(
+                    template, key[1], str(key[2])
+                )
+            count.inc()
+            timer = self._times.get(template)
+            if timer is None:
+                timer = self._times[template] = self.metrics.latency.labels(template)
+            timer.observe(time.perf_counter() - start)
