@@ -9,6 +9,11 @@ class InvalidParameter(TwinError):
     """A request parameter or body that cannot be used, with what was wrong."""
 
 
+class GravityNetwork(InvalidParameter):
+    """An isolation asked of a gravity pipe (sewer, storm): no valves isolate it; the upstream
+    and downstream traces say what drains into it and where it drains."""
+
+
 class LimitExceeded(TwinError):
     """A request over a configured limit (radius, result count, vertices, body size)."""
 

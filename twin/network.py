@@ -14,9 +14,11 @@ inoperable valves and stops at operable open valves (those to close) and normall
 valves (already shut). Everything reached is cut off; then, with those valves shut, any part
 of the network left without a path to a source is cut off too ("unsupplied"). Sources are the
 pumps (`kind = pump`); on a network with none, the largest remaining part is taken as the one
-still fed, and the answer says so. Affected assets are
-the hydrants, meters and pumps served by cut-off pipes, and street lights standing on them
-(within the snap tolerance) together with every light of the same circuit.
+still fed, and the answer says so. Affected assets are the assets the cut-off part of the same
+network serves: the hydrants, meters and pumps attached to cut-off pipes (never assets of other
+kinds that merely stand near them, such as street lights). Gravity networks (sewer, storm) are
+not isolated by valves: an isolation asked of one is refused (`GravityNetwork`), pointing at the
+upstream and downstream traces.
 
 Gravity traces follow sewer and storm pipes in their digitised direction (upstream to
 downstream, the usual convention of sewer GIS data).
@@ -27,7 +29,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -39,7 +41,7 @@ from shapely.ops import substring
 
 from layers.layer import Layer
 from twin import metric
-from twin.errors import InvalidParameter
+from twin.errors import GravityNetwork, InvalidParameter
 from twin.queries import Matches, feature_collection
 
 BARRIER_KINDS = frozenset({"valve"})
@@ -608,7 +610,6 @@ class Isolation:
     """Hydrant, meter and pump rows served by cut-off pipes."""
     supply: str = "sources"
     """How fed parts were told from unsupplied ones: `sources` (pumps) or `largest part`."""
-    lights: Matches | None = None
 
     @property
     def length_m(self) -> float:
@@ -628,7 +629,7 @@ class Isolation:
             broken,
             {"cut_length_m": [round(float(v), 3) for v in length], "cause": cause},
         )
-        groups: dict[str, Matches | None] = {"pipes": pipes, "lights": self.lights}
+        groups: dict[str, Matches | None] = {"pipes": pipes}
         valves = net.valves
         if valves is not None:
             groups["to_close"] = _from(valves, self.to_close, broken)
@@ -663,7 +664,7 @@ class Isolation:
                     )
                 )
             ),
-            "affected": fc("fittings", "lights"),
+            "affected": fc("fittings"),
             "summary": {
                 "valves_to_close": len(self.to_close),
                 "inoperable_valves_skipped": len(self.inoperable),
@@ -672,7 +673,6 @@ class Isolation:
                 "supply": self.supply,
                 "length_m": round(self.length_m, 3),
                 "fittings": {str(k): int(v) for k, v in kinds.items()},
-                "lights": 0 if self.lights is None else len(self.lights),
             },
         }
 
@@ -690,15 +690,22 @@ class Isolation:
 def isolate(
     net: Network,
     fid: str,
-    lights: Layer | None = None,
     *,
     at: shapely.Point | None = None,
     max_m: float = 50.0,
 ) -> Isolation:
     """Valves to close to isolate a break on pipe `fid` (at the point `at`, within `max_m`
-    metres of the pipe; by default the middle of the pipe), what is cut off, and what it
-    serves."""
+    metres of the pipe; by default the middle of the pipe), what is cut off, and the assets the
+    cut-off part serves. `GravityNetwork` for a sewer or storm pipe."""
     row = net.pipes.row(fid)
+    kind = _text(net.pipes.attrs["network"].iloc[row])
+    if kind in GRAVITY_NETWORKS:
+        base = f"/collections/{net.pipes.name}/items/{fid}"
+        raise GravityNetwork(
+            f"pipe {fid!r} is on the {kind} network, which flows by gravity: no valves isolate "
+            f"it. Trace what drains into it ({base}/upstream) or where it drains "
+            f"({base}/downstream) instead"
+        )
     edges = net.pipe_edges(row)
     if not len(edges):
         raise InvalidParameter(
@@ -753,32 +760,9 @@ def isolate(
         to_close = to_close[usable]
     shut_rows = valves_at(shut_nodes)
     inop_rows = valves_at(inoperable_nodes)
-    result = Isolation(
+    return Isolation(
         net, row, broken, to_close, shut_rows, inop_rows, region, unsupplied, served, supply
     )
-    if lights is not None:
-        result = replace(result, lights=_lights_on(net, result, lights))
-    return result
-
-
-def _lights_on(net: Network, result: Isolation, lights: Layer) -> Matches | None:
-    """Lights standing on the cut-off pipes, and every light of the same circuits."""
-    rows, _, _ = result.pipes_cut()
-    if not len(rows) or not len(lights):
-        return None
-    e = np.concatenate([result.isolated, result.unsupplied])
-    cut = shapely.multilinestrings(net.segments(e))
-    on, _ = metric.within(lights, cut, net.snap_m)
-    if not len(on):
-        return None
-    rows_l = on
-    if "circuit" in lights.attrs:
-        circuits = lights.attrs["circuit"].iloc[on].dropna().unique().tolist()
-        same = lights.attrs["circuit"].isin(circuits).fillna(False)
-        rows_l = np.union1d(on, np.flatnonzero(np.asarray(same, dtype=bool)))
-    d = metric.distances(lights.geometry[rows_l], net.pipes.geometry[result.pipe])
-    order = np.lexsort((rows_l, d))
-    return Matches(lights, rows_l[order], d[order])
 
 
 # -- gravity traces -----------------------------------------------------------------------------

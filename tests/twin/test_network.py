@@ -20,7 +20,7 @@ from layers.models import Access
 from layers.schemas import LIGHTS, PIPES, VALVES
 from tests.twin.query_fixtures import make_layer, query_app
 from twin import network
-from twin.errors import InvalidParameter
+from twin.errors import GravityNetwork, InvalidParameter
 
 GEOD = Geod(ellps="WGS84")
 LON0, LAT0 = 114.30, 30.50
@@ -149,7 +149,7 @@ def _length(x0, y0, x1, y1) -> float:
 
 
 def test_isolating_the_broken_main(net) -> None:
-    iso = network.isolate(net, "p2", lights_layer())
+    iso = network.isolate(net, "p2")
     valves = net.valves
     assert _ids(valves, iso.to_close) == {"V2", "V4", "V5", "V6"}
     assert _ids(valves, iso.inoperable) == {"V3"}
@@ -169,8 +169,6 @@ def test_isolating_the_broken_main(net) -> None:
         assert got[fid][1] == ref_cause, fid
     assert iso.length_m == pytest.approx(sum(v[0] for v in expected.values()), abs=0.05)
     assert _ids(valves, iso.fittings) == {"H1", "H2"}
-    assert iso.lights is not None
-    assert set(iso.lights.layer.ids[iso.lights.rows].tolist()) == {"L1", "L2", "L3"}
 
 
 def test_a_break_near_a_junction_uses_the_valves_around_it(net) -> None:
@@ -275,14 +273,10 @@ def test_isolation_over_http(client) -> None:
     assert pipes.keys() == {"p2", "p3", "p5", "p9", "p11"}
     assert pipes["p11"]["cause"] == "unsupplied"
     assert pipes["p3"]["cut_length_m"] == pytest.approx(_length(200, 0, 250, 0), abs=0.01)
+    # Affected: the hydrants the cut-off water mains serve; not the street light L1 standing
+    # on p3, nor its circuit: lights are not served by the water network.
     affected = {(f["collection"], f["id"]) for f in body["affected"]["features"]}
-    assert affected == {
-        ("valves", "H1"),
-        ("valves", "H2"),
-        ("lights", "L1"),
-        ("lights", "L2"),
-        ("lights", "L3"),
-    }
+    assert affected == {("valves", "H1"), ("valves", "H2")}
     d = [f["distance_m"] for f in body["affected"]["features"]]
     assert d == sorted(d)
     assert body["summary"]["fittings"] == {"hydrant": 2}
@@ -325,6 +319,45 @@ def test_isolation_needs_valves_the_caller_may_see(tmp_path: Path) -> None:
     with TestClient(query_app(root, scope="restricted")) as admin:
         body = admin.get("/collections/pipes/items/p2/isolation").json()
     assert {f["id"] for f in body["valves_to_close"]["features"]} == {"V2", "V4", "V5", "V6"}
+
+
+def test_gravity_pipes_are_not_isolated_but_traced(net, client) -> None:
+    with pytest.raises(GravityNetwork, match="gravity"):
+        network.isolate(net, "s2")
+    r = client.get("/collections/pipes/items/s2/isolation")
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == "GravityNetwork" and "sewer" in body["description"]
+    for direction in ("upstream", "downstream"):
+        path = f"/collections/pipes/items/s2/{direction}"
+        assert path in body["description"]
+        assert client.get(path).status_code == 200
+
+
+def test_only_the_cut_off_networks_assets_are_affected() -> None:
+    # A gas main and a water main side by side, 3 m apart, each with two in-line valves; a
+    # hydrant on the water main and a gas meter on the gas main between them.
+    pipes = make_layer(
+        PIPES,
+        [line((-50, 0), (150, 0)), line((-50, 3), (150, 3))],
+        ["w", "g"],
+        network=["water", "gas"],
+    )
+    valves = make_layer(
+        VALVES,
+        [pt(0, 0), pt(100, 0), pt(0, 3), pt(100, 3), pt(50, -1), pt(50, 4)],
+        ["VW0", "VW1", "VG0", "VG1", "H", "GM"],
+        kind=["valve", "valve", "valve", "valve", "hydrant", "meter"],
+        network=["water", "water", "gas", "gas", "water", "gas"],
+    )
+    net = network.build(pipes, valves, snap_m=0.5, attach_m=30.0)
+    water = network.isolate(net, "w")
+    assert _ids(net.valves, water.to_close) == {"VW0", "VW1"}
+    assert _ids(net.valves, water.fittings) == {"H"}
+    body = water.to_json()
+    assert [f["id"] for f in body["affected"]["features"]] == ["H"]
+    gas = network.isolate(net, "g")
+    assert _ids(net.valves, gas.fittings) == {"GM"}
 
 
 @pytest.mark.parametrize(

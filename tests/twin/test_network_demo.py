@@ -9,6 +9,7 @@ the valves to close, the inoperable valves skipped, and the lengths isolated and
 from __future__ import annotations
 
 import itertools
+import json
 from collections import defaultdict
 
 import geopandas as gpd
@@ -22,7 +23,8 @@ from pyproj import Geod
 from importers import demo_assets, demo_city
 from layers.schemas import PIPES, VALVES
 from tests.twin.query_fixtures import make_layer
-from twin import network
+from twin import metric, network
+from twin.errors import GravityNetwork
 
 GEOD = Geod(ellps="WGS84")
 
@@ -245,3 +247,32 @@ def test_demo_hydrants_are_served_by_the_cut_pipes(demo, net) -> None:
         assert {h for h, p in serves.items() if p in whole} <= hyd, fid
         found += len(hyd)
     assert found >= 5
+
+
+def test_demo_affected_assets_belong_to_the_cut_off_network(demo, net) -> None:
+    pipes, _ = demo
+    valves = net.valves
+    assert valves is not None
+    for kind in ("water", "gas", "heat"):
+        chosen = pipes[(pipes["network"] == kind) & (pipes["status"] == "in_service")]
+        for fid in chosen["pipe_id"].tolist()[::150]:
+            body = network.isolate(net, fid).to_json()
+            for f in body["affected"]["features"]:
+                # Only fittings of the same network, served by (near) the cut-off pipes.
+                assert f["collection"] == "valves", (fid, f["id"])
+                assert f["properties"]["network"] in (kind, None), (fid, f["id"])
+                assert f["properties"]["kind"] != "valve"
+            cut = shapely.from_geojson(json.dumps(body["cut"]))
+            for f in body["affected"]["features"]:
+                pt = shapely.from_geojson(json.dumps(f["geometry"]))
+                far = metric.distance_m(pt, cut)
+                assert far <= 30.0 + 0.01, (fid, f["id"], far)
+
+
+def test_demo_sewer_and_storm_pipes_are_not_isolated(demo, net) -> None:
+    pipes, _ = demo
+    for kind in sorted(network.GRAVITY_NETWORKS):
+        fid = pipes[pipes["network"] == kind]["pipe_id"].iloc[0]
+        with pytest.raises(GravityNetwork, match=f"{kind} network.*upstream.*downstream"):
+            network.isolate(net, fid)
+        assert len(network.trace(net, fid, "downstream").pipes()[0]) >= 1

@@ -72,6 +72,7 @@ BEYOND_OPENAPI: tuple[tuple[str, str, str], ...] = (
     ("InvalidParameter", r"^statistics are per grid cell", "which collections are grids"),
     ("InvalidParameter", r"^no sewer or storm pipe lies within", "no pipe near that point"),
     ("InvalidParameter", r"traces follow gravity networks|not part of the live network", "data"),
+    ("GravityNetwork", r"flows by gravity: no valves isolate it", "a sewer or storm pipe"),
 )
 """(code, description pattern, why): refusals of an allowed request that the document cannot
 rule out, because they depend on the data, the settings or two parameters together."""

@@ -397,14 +397,15 @@ def get_isolation(
     ] = None,
 ) -> JSONResponse:
     """The operable valves to close (inoperable ones are skipped for the next ones out), the
-    pipes and length cut off (isolated, or left without supply), and the affected assets:
-    hydrants, meters and pumps on those pipes, and street lights on them with their circuits."""
+    pipes and length cut off (isolated, or left without supply), and the affected assets: the
+    hydrants, meters and pumps the cut-off part of that network serves. A sewer or storm pipe
+    (gravity, no valves) is answered 400 `GravityNetwork`, pointing at its upstream and
+    downstream traces."""
     if (lon is None) != (lat is None):
         raise InvalidParameter("give both lon and lat of the break, or neither")
     at = None if lon is None or lat is None else queries.check_point(lon, lat)
     net = _network(catalog, scope, settings)
-    lights = catalog.layers(scope).get("lights")
-    result = network.isolate(net, featureId, lights, at=at, max_m=settings.trace_snap_m)
+    result = network.isolate(net, featureId, at=at, max_m=settings.trace_snap_m)
     return _json(result.to_json())
 
 
