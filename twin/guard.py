@@ -7,7 +7,8 @@
   queue that only grows under overload. `/healthz` and `/metrics` are always answered, and so
   are tiles held in the cache: a tile request is admitted (`Admission.admit`) only when it
   must be rendered.
-- **A deadline per request** (`TWIN_REQUEST_TIMEOUT_S`, `twin.budget`): the work checks it and
+- **A deadline per request** (`TWIN_REQUEST_TIMEOUT_S`, `twin.budget`; a plain tile request,
+  bounded by the tile budgets, has none): the work checks it and
   stops itself with a 400 `TimeLimitExceeded`. Should some step not check it in time, the
   guard answers that 400 itself a moment after the deadline and drops whatever the work
   answers later; the request keeps its place among those admitted until its work has ended,
@@ -110,6 +111,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         admitted = _TILE.search(scope["path"]) is None
+        if not admitted and not scope["query_string"]:
+            # A plain tile: answered from the cache, or rendered within the tile budgets once
+            # the tile server admits it; no deadline to keep (the cheapest answer there is).
+            await self.app(scope, receive, send)
+            return
         if admitted and not self.admission.try_enter():
             await self._answer(self.admission.refusal(), scope, receive, send)
             return
