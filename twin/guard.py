@@ -98,6 +98,7 @@ class Guard:
         self.app = app
         self.timeout_s = settings.request_timeout_s
         self.answer_bytes = settings.max_answer_bytes
+        self._full: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
         self.admission = admission
         self.timed_out = Counter(
             "twin_http_requests_timed_out",
@@ -117,7 +118,14 @@ class Guard:
             await self.app(scope, receive, send)
             return
         if admitted and not self.admission.try_enter():
-            await self._answer(self.admission.refusal(), scope, receive, send)
+            # The same few bytes every time, made once: a full worker spends least on them.
+            if self._full is None:
+                full = problem(self.admission.refusal(), self.admission.retry_after_s)
+                assert full is not None
+                self._full = (full.status_code, full.raw_headers, bytes(full.body))
+            status, headers, body = self._full
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         try:
             with budget.deadline(self.timeout_s, self.answer_bytes) as deadline:
