@@ -4,8 +4,11 @@ Column names are compared case-insensitively, with spaces, dots and hyphens read
 (`Install Date` finds `install_date`). A field takes the first of its aliases the file has,
 skipping columns that are empty throughout; for an enumerated field (network, status, ...)
 the candidate whose values the field recognises best wins, so Ottawa's `FUNCTION`
-(LOCAL, COLLECTOR) loses `network` to a column of real network codes. Each source column
-feeds at most one field; what no field takes is reported as ignored.
+(LOCAL, COLLECTOR) loses `network` to a column of real network codes. Among levels of one
+name (`NAME`, `NAME_1`, `NAME_2`), the one that tells features apart best wins: the most
+distinct values, then the most specific level (the highest number). Each source column
+feeds at most one field; `--map` always wins, and `--map COLUMN=` or `--drop COLUMN` drops
+a column on purpose. What no field takes is kept as an extra attribute (`importers.extras`).
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ class MappingPlan:
     dropped: list[str] = field(default_factory=list)
     """source columns dropped on purpose (`--map COLUMN=`)"""
 
-    def ignored(self, columns: Sequence[str], *, also_used: Sequence[str] = ()) -> list[str]:
-        """Source columns no field takes, in file order."""
+    def unmapped(self, columns: Sequence[str], *, also_used: Sequence[str] = ()) -> list[str]:
+        """Source columns no field takes and none dropped, in file order."""
         used = set(self.columns.values()) | set(self.dropped) | set(also_used)
         return [c for c in columns if c not in used]
 
@@ -73,11 +76,21 @@ def plan_mapping(
     schema: LayerSchema,
     mapping: Mapping[str, str],
     constants: Mapping[str, str],
+    drop: Sequence[str] = (),
 ) -> MappingPlan:
-    """Decide which column feeds which field; `InvalidOption` for a bad `--map`/`--set`."""
+    """Decide which column feeds which field; `InvalidOption` for a bad `--map`/`--set`/`--drop`."""
     columns = [str(c) for c in frame.columns if c != "geometry"]
     names = schema.field_names
     plan = MappingPlan()
+    for src in drop:
+        col = _find(columns, src)
+        if col is None:
+            raise InvalidOption(
+                f"--drop {src}: the file has no column {src!r}; its columns are "
+                + ", ".join(columns)
+            )
+        if col not in plan.dropped:
+            plan.dropped.append(col)
     for src, dst in mapping.items():
         col = _find(columns, src)
         if col is None:
@@ -86,7 +99,8 @@ def plan_mapping(
                 + ", ".join(columns)
             )
         if dst == "":
-            plan.dropped.append(col)
+            if col not in plan.dropped:
+                plan.dropped.append(col)
             continue
         if dst not in names:
             raise InvalidOption(
@@ -121,9 +135,31 @@ def plan_mapping(
             best = max(range(len(candidates)), key=lambda i: (scores[i], -i))
             if scores[best] > 0:
                 chosen = candidates[best]
+        else:
+            chosen = _most_telling(frame, chosen, candidates)
         plan.columns[f.name] = chosen
         taken.add(chosen)
     return plan
+
+
+_LEVEL = re.compile(r"^(.*?)_?(\d+)$")
+
+
+def _level(column: str) -> tuple[str, int]:
+    """A column's name stem and level: `NAME_2` -> (`name`, 2), `NAME` -> (`name`, 0)."""
+    key = column_key(column)
+    m = _LEVEL.match(key)
+    return (m.group(1), int(m.group(2))) if m and m.group(1) else (key, 0)
+
+
+def _most_telling(frame: pd.DataFrame, chosen: str, candidates: Sequence[str]) -> str:
+    """Among `chosen` and the other levels of its name (`NAME`, `NAME_1`, `NAME_2`), the one
+    with the most distinct values; on a tie the most specific level (the highest number)."""
+    stem = _level(chosen)[0]
+    levels = [c for c in candidates if _level(c)[0] == stem]
+    if len(levels) < 2:
+        return chosen
+    return max(levels, key=lambda c: (frame[c].nunique(dropna=True), _level(c)[1]))
 
 
 def build_attrs(

@@ -29,6 +29,8 @@ class ImportOptions:
     - `layer`: which layer of a multi-layer file (GeoPackage, KML, a zip) to read.
     - `mapping`: source column -> schema field, on top of the schema's aliases (an empty
       field name drops the column).
+    - `drop`: source columns left out on purpose (every other column no field takes is kept
+      as an extra attribute).
     - `constants`: schema field -> value given to every feature (`network=sewer`).
     - `mode`: `upsert` adds and updates by id; `replace` also removes this source's features
       that the new file no longer has.
@@ -46,6 +48,7 @@ class ImportOptions:
     encoding: str | None = None
     layer: str | None = None
     mapping: Mapping[str, str] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()
     constants: Mapping[str, str] = field(default_factory=dict)
     mode: WriteMode = "upsert"
     source: str | None = None

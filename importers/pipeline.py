@@ -27,6 +27,7 @@ from pyproj import CRS
 from importers.coords import undo_offsets
 from importers.crs import choose_crs, to_wgs84
 from importers.errors import EmptySource, NothingImported, WrongGeometryType
+from importers.extras import keep_extras
 from importers.files import read_file
 from importers.ids import CONTENT, IdChoice, choose_ids
 from importers.mapping import build_attrs, plan_mapping
@@ -35,8 +36,10 @@ from importers.options import ImportOptions
 from importers.repair import GeometryCheck, repair
 from importers.report import ImportReport, RowNote
 from importers.schema import infer_schema, schema_for, with_classification
+from layers.errors import UnknownCollection
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of
-from layers.models import FieldType, GeometryFamily, LayerSchema
+from layers.models import Access, FieldType, GeometryFamily, LayerSchema
+from layers.schemas import RESERVED
 from layers.store import Store
 
 # Fields computed on the ground where a file leaves them empty, for polygon layers.
@@ -83,7 +86,10 @@ def import_file(
     )
     if schema is None:
         schema = infer_schema(
-            collection, src.frame, geometry=_family_of(src.frame), skip=tuple(options.mapping)
+            collection,
+            src.frame,
+            geometry=_family_of(src.frame),
+            skip=(*options.mapping, *options.drop),
         )
         schema = with_classification(schema, options.classification)
         ctx.notes.append(f"new custom layer: {len(schema.fields)} fields from the file's columns")
@@ -111,6 +117,14 @@ def ingest(
     ctx = _Context(declared=CRS.from_user_input(crs) if crs is not None else None)
     schema = with_classification(schema, options.classification)
     return _ingest(store, schema, frame, options, source=source, user=user, meta=meta, ctx=ctx)
+
+
+def _stored_schema(store: Store, name: str) -> LayerSchema | None:
+    """The layer's schema as stored, extras included; None for a new layer."""
+    try:
+        return store.schema(name, Access.RESTRICTED)
+    except UnknownCollection:
+        return None
 
 
 def _family_of(frame: gpd.GeoDataFrame) -> GeometryFamily:
@@ -217,7 +231,11 @@ def _ingest(
         geometry = undo_offsets(geometry, options.coords)
 
     attrs_frame = frame.drop(columns=[frame.geometry.name])
-    plan = plan_mapping(attrs_frame, schema, options.mapping, options.constants)
+    stored = _stored_schema(store, schema.name)
+    declared = schema.declared()
+    plan = plan_mapping(
+        attrs_frame, declared, options.mapping, options.constants, drop=options.drop
+    )
     prefix = source if options.id_prefix is None else options.id_prefix
     ids = choose_ids(
         attrs_frame,
@@ -230,12 +248,21 @@ def _ingest(
     )
     report.id_column = ids.column
     report.notes += ids.notes
-    attrs, report.cleaned = build_attrs(attrs_frame, schema, plan)
+    attrs, report.cleaned = build_attrs(attrs_frame, declared, plan)
     report.fields = dict(plan.columns)
     report.constants = dict(plan.constants)
-    report.ignored_columns = plan.ignored(
-        list(attrs_frame.columns), also_used=[ids.column] if ids.column != CONTENT else []
+    # The id column is kept too, unless it is named like the feature id itself.
+    used = [ids.column] if ids.column in attrs_frame.columns and ids.column in RESERVED else []
+    extras = keep_extras(
+        attrs_frame,
+        plan.unmapped([str(c) for c in attrs_frame.columns], also_used=used),
+        declared,
+        stored,
     )
+    schema = declared.with_extras(extras.fields)
+    attrs = pd.concat([attrs, pd.DataFrame(extras.values, index=attrs.index)], axis=1)
+    report.extra_columns = {column: name for name, column in extras.columns.items()}
+    report.dropped_columns = list(plan.dropped)
 
     check = repair(geometry, schema.geometry, raw=raw)
     _refuse_wrong_family(check, schema, name)

@@ -1,4 +1,4 @@
-"""The import report: what was read, what landed, what was repaired, rejected or ignored."""
+"""The import report: what was read, what landed, what was repaired or rejected, what was kept."""
 
 from __future__ import annotations
 
@@ -68,7 +68,10 @@ class ImportReport:
     computed: dict[str, str] = field(default_factory=dict)
     """schema field -> how it was computed, for the features that lacked it"""
     cleaned: list[ValueNote] = field(default_factory=list)
-    ignored_columns: list[str] = field(default_factory=list)
+    extra_columns: dict[str, str] = field(default_factory=dict)
+    """source column -> the extra attribute keeping it (its own name unless it had to change)"""
+    dropped_columns: list[str] = field(default_factory=list)
+    """source columns dropped on purpose (`--drop`, `--map COLUMN=`)"""
     warnings: list[str] = field(default_factory=list)
     """what the user should know landed differently from the file (no attributes, ...)"""
     notes: list[str] = field(default_factory=list)
@@ -99,7 +102,8 @@ class ImportReport:
             "rejected": len(self.rejected),
             "repaired": len(self.repaired),
             "rejected_by_reason": self.rejected_by_reason(),
-            "ignored_columns": self.ignored_columns,
+            "extra_columns": dict(self.extra_columns),
+            "dropped_columns": list(self.dropped_columns),
             "warnings": self.warnings,
         }
 
@@ -133,7 +137,8 @@ class ImportReport:
                 {"field": c.field, "message": c.message, "count": c.count, "examples": c.examples}
                 for c in self.cleaned
             ],
-            "ignored_columns": list(self.ignored_columns),
+            "extra_columns": dict(self.extra_columns),
+            "dropped_columns": list(self.dropped_columns),
             "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
@@ -182,8 +187,15 @@ class ImportReport:
             lines.append(f"  computed    {k}: {how}")
         for c in self.cleaned:
             lines.append(f"  cleaned     {c.text()}")
-        if self.ignored_columns:
-            lines.append("  ignored     " + ", ".join(self.ignored_columns))
+        if self.extra_columns:
+            lines.append(
+                "  kept as extra: "
+                + ", ".join(
+                    c if c == name else f"{c} as {name}" for c, name in self.extra_columns.items()
+                )
+            )
+        if self.dropped_columns:
+            lines.append("  dropped     " + ", ".join(self.dropped_columns))
         for note in self.notes:
             lines.append(f"  note        {note}")
         return "\n".join(lines)

@@ -382,7 +382,10 @@ class GeoPackageStore:
     # -- writes -----------------------------------------------------------------------------
 
     def register(self, schema: LayerSchema, meta: dict[str, Any] | None = None) -> None:
-        """Create the layer's table (or add columns for new fields) and record its schema."""
+        """Create the layer's table (or add columns for new fields) and record its schema.
+
+        The extra attributes recorded before and absent from `schema` stay, as do their columns.
+        """
         with self._transaction() as db:
             self._register(db, schema, meta)
 
@@ -390,9 +393,15 @@ class GeoPackageStore:
         self, db: sqlite3.Connection, schema: LayerSchema, meta: dict[str, Any] | None
     ) -> None:
         name = check_name(schema.name)
-        kind = db.execute("SELECT kind, meta FROM twin_layers WHERE name = ?", (name,)).fetchone()
+        kind = db.execute(
+            "SELECT kind, meta, schema FROM twin_layers WHERE name = ?", (name,)
+        ).fetchone()
         if kind is not None and kind[0] != "vector":
             raise StoreError(f"{name!r} is a {kind[0]} collection")
+        if kind is not None:
+            # Extra attributes are a union over imports: a column is never dropped by a
+            # later file that lacks it.
+            schema = schema.keeping_extras(LayerSchema.from_json(json.loads(kind[2])))
         merged = {**(json.loads(kind[1]) if kind else {}), **(meta or {})}
         exists = db.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
@@ -415,9 +424,10 @@ class GeoPackageStore:
                 (name, GEOM, SRS_ID),
             )
         else:
-            have = {r[1] for r in db.execute(f"PRAGMA table_info({_q(name)})")}
+            # SQLite column names are case-insensitive.
+            have = {r[1].casefold() for r in db.execute(f"PRAGMA table_info({_q(name)})")}
             for f in schema.fields:
-                if f.name not in have:
+                if f.name.casefold() not in have:
                     db.execute(
                         f"ALTER TABLE {_q(name)} ADD COLUMN {_q(f.name)} {_SQL_TYPES[f.type]}"
                     )

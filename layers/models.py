@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -78,10 +79,14 @@ class Field:
     minimum: float | None = None
     maximum: float | None = None
     aliases: tuple[str, ...] = ()
+    extra: bool = False
+    """A source column no schema field took, kept under its own name (typed from its values)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form, as stored in the store's layer table and custom schema files."""
         out: dict[str, Any] = {"name": self.name, "type": self.type.value}
+        if self.extra:
+            out["extra"] = True
         if self.description:
             out["description"] = self.description
         if self.choices is not None:
@@ -106,6 +111,7 @@ class Field:
             minimum=data.get("minimum"),
             maximum=data.get("maximum"),
             aliases=tuple(str(a) for a in data.get("aliases", ())),
+            extra=bool(data.get("extra", False)),
         )
 
 
@@ -133,6 +139,27 @@ class LayerSchema:
     def field_names(self) -> list[str]:
         """Attribute names in schema order."""
         return [f.name for f in self.fields]
+
+    @property
+    def extras(self) -> tuple[Field, ...]:
+        """The extra attributes: source columns kept beside the declared fields."""
+        return tuple(f for f in self.fields if f.extra)
+
+    def declared(self) -> LayerSchema:
+        """This schema without its extra attributes."""
+        return dataclasses.replace(self, fields=tuple(f for f in self.fields if not f.extra))
+
+    def with_extras(self, extras: Iterable[Field]) -> LayerSchema:
+        """The declared fields of this schema followed by `extras` (replacing its own)."""
+        own = tuple(f for f in self.fields if not f.extra)
+        return dataclasses.replace(self, fields=own + tuple(extras))
+
+    def keeping_extras(self, stored: LayerSchema) -> LayerSchema:
+        """This schema with the extras of `stored` (the same layer as stored) that it lacks
+        appended: a file without a column keeps the column, and its values, in the layer."""
+        have = {f.name.casefold() for f in self.fields}
+        kept = tuple(f for f in stored.extras if f.name.casefold() not in have)
+        return dataclasses.replace(self, fields=self.fields + kept) if kept else self
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form of the schema."""

@@ -360,7 +360,7 @@ GRIDS = LayerSchema(
             "Code of the enclosing cell",
             aliases=("parent_code", "parent", "parentcode"),
         ),
-        Field("name", S, "Name", aliases=("name", "cell_name", "name_1")),
+        Field("name", S, "Name", aliases=("name", "cell_name", "name_1", "name_2", "name_3")),
         Field(
             "responsible_unit",
             S,

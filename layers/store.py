@@ -73,7 +73,9 @@ class Store(Protocol):
     ) -> WriteResult:
         """Apply `layer`'s features atomically: all land, or nothing changes.
 
-        `meta` (attribution, licence, ...) is merged into the layer's stored metadata.
+        `meta` (attribution, licence, ...) is merged into the layer's stored metadata. The
+        layer's extra attributes are a union over writes: extras stored before that
+        `layer.schema` lacks stay in the schema, with their values (null on new features).
         """
         ...
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,6 +347,13 @@ class Properties:
     def take(self, rows: np.ndarray) -> Properties:
         """The properties of the given feature rows."""
         return Properties(self.keys, self.codes[rows], self.table)
+
+    def select(self, keys: Collection[str]) -> Properties:
+        """Only the properties named in `keys`, in their order here."""
+        cols = [j for j, k in enumerate(self.keys) if k in keys]
+        if len(cols) == len(self.keys):
+            return self
+        return Properties(tuple(self.keys[j] for j in cols), self.codes[:, cols], self.table)
 
 
 # -- geometry ----------------------------------------------------------------------------------

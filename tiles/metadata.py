@@ -46,12 +46,14 @@ class VectorLayer:
 
 
 def vector_layer(layer: Layer, settings: TileSettings | None = None) -> VectorLayer:
-    """The `vector_layers` entry of a collection: `id` first, then the schema fields, and
+    """The `vector_layers` entry of a collection: `id` first, then the fields its tiles carry
+    (extras included, as `TileSettings.properties` narrows them), and
     `point_count` for point layers (cluster points below the detail zoom carry it)."""
     settings = settings or TileSettings()
     schema = layer.schema
     fields = {ID_PROPERTY: "String"}
-    fields.update({f.name: MVT_TYPES[f.type] for f in schema.fields})
+    carried = set(settings.tile_keys(schema.name, schema.field_names))
+    fields.update({f.name: MVT_TYPES[f.type] for f in schema.fields if f.name in carried})
     if schema.geometry in (GeometryFamily.POINT, GeometryFamily.ANY):
         fields[COUNT_PROPERTY] = "Number"
     lo = minzoom(layer, settings)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
@@ -21,7 +21,7 @@ from layers.models import Bounds
 from tiles import generalise
 from tiles.encode import Properties, encode_layer
 from tiles.grid import Tile, mercator_box, to_lonlat, to_mercator, xy_bounds
-from tiles.prepared import COUNT_PROPERTY, PreparedLayer, prepare
+from tiles.prepared import COUNT_PROPERTY, ID_PROPERTY, PreparedLayer, prepare
 from tiles.settings import TileSettings
 
 R = 6378137.0  # sphere radius of EPSG:3857, metres
@@ -46,6 +46,15 @@ class _Cut:
     ids: np.ndarray
     properties: Properties
     rank: np.ndarray
+    extras: frozenset[str] = frozenset()
+    """Keys of the extra attributes among `properties`: the first left out over budget."""
+
+    def without_extras(self) -> _Cut:
+        """This cut without its extra attributes."""
+        if not self.extras:
+            return self
+        keys = [k for k in self.properties.keys if k not in self.extras]
+        return replace(self, properties=self.properties.select(keys), extras=frozenset())
 
     def encode(self, bounds: Bounds, extent: int, keep: int | None = None) -> bytes:
         """The MVT layer, holding only the `keep` most important features when given."""
@@ -269,13 +278,17 @@ def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettin
     pad = width * settings.buffer / settings.extent
     clip_box = Bounds(b.minx - pad, b.miny - pad, b.maxx + pad, b.maxy + pad)
     props = prep.properties
+    # Narrowed after the rows are taken: never a copy of a whole layer's codes per tile.
+    carried = [ID_PROPERTY, *settings.tile_keys(layer.name, props.keys[1:])]
+    extras = frozenset(f.name for f in layer.schema.extras) & set(carried)
     if z >= settings.detail_zoom:
         found = _candidates(layer, rows, b)
         if len(found) == 0:
             return None
         found.sort()
         geoms, kept = _shapes(layer, found, b, clip_box)
-        return _Cut(layer.name, geoms, prep.ids[kept], props.take(kept), prep.rank[kept])
+        taken = props.take(kept).select(carried)
+        return _Cut(layer.name, geoms, prep.ids[kept], taken, prep.rank[kept], extras)
 
     px = generalise.pixel(width)
     budget = settings.max_features
@@ -314,8 +327,9 @@ def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettin
     geoms = generalise.simplify(geoms, np.degrees(settings.simplify_px * px * np.cos(lat) / R))
     ids = prep.ids[kept]
     rank = prep.rank[kept]
-    codes = props.codes[kept]
-    keys = props.keys
+    narrowed = props.take(kept).select(carried)
+    codes = narrowed.codes
+    keys = narrowed.keys
     if len(counts):
         keys = (*keys, COUNT_PROPERTY)
         distinct, where = np.unique(counts, return_inverse=True)
@@ -327,7 +341,7 @@ def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettin
         ids = np.concatenate([ids, np.full(len(counts), -1)])
         # Clusters outrank lone features, busier clusters first.
         rank = np.concatenate([rank + len(counts), np.argsort(np.argsort(-counts, kind="stable"))])
-    return _Cut(layer.name, geoms, ids, Properties(keys, codes, props.table), rank)
+    return _Cut(layer.name, geoms, ids, Properties(keys, codes, props.table), rank, extras)
 
 
 def render_tile(
@@ -362,6 +376,11 @@ def _render(layers: Sequence[LayerRequest], tile: Tile, settings: TileSettings) 
     encoded = [c.encode(b, settings.extent) for c in cuts]
     kept = [len(c.geoms) for c in cuts]
     total = sum(map(len, encoded))
+    if total > settings.max_bytes and any(c.extras for c in cuts):
+        # Over budget, the extra attributes go before any feature does.
+        cuts = [c.without_extras() for c in cuts]
+        encoded = [c.encode(b, settings.extent) for c in cuts]
+        total = sum(map(len, encoded))
     for _ in range(_BUDGET_ROUNDS):
         if total <= settings.max_bytes:
             break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -72,6 +74,13 @@ class TileSettings(BaseSettings):
         default_factory=dict,
         description="Per-collection minzoom overrides, e.g. TWIN_TILES_MINZOOM='{\"pipes\": 8}'",
     )
+    properties: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per-collection attributes tiles carry besides `id`, e.g. "
+        'TWIN_TILES_PROPERTIES=\'{"lights": ["status", "lamp_type"]}\'; a collection not named '
+        "carries every attribute, the extras kept from its source files included (these are "
+        "the first left out of a tile over max_bytes)",
+    )
     gzip_level: int = Field(
         default=1,
         ge=1,
@@ -88,3 +97,8 @@ class TileSettings(BaseSettings):
         default="public, max-age=60",
         description="Cache-Control header for tiles (the HTTP layer uses it)",
     )
+
+    def tile_keys(self, collection: str, names: Iterable[str]) -> list[str]:
+        """Which of a collection's attribute `names` its tiles carry (`properties` narrows)."""
+        wanted = self.properties.get(collection)
+        return [n for n in names if wanted is None or n in wanted]

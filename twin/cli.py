@@ -133,6 +133,13 @@ def import_(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="FIELD=VALUE for every imported feature.")
     ] = None,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--drop",
+            help="COLUMN to leave out (every other column no field takes is kept as an extra).",
+        ),
+    ] = None,
     replace: Annotated[
         bool, typer.Option("--replace", help="Also remove this source's features the file lacks.")
     ] = False,
@@ -176,6 +183,7 @@ def import_(
             layer=layer,
             mapping=parse_pairs(map_ or [], "--map"),
             constants=parse_pairs(set_ or [], "--set"),
+            drop=tuple(drop or ()),
             mode="replace" if replace else "upsert",
             source=source,
             id_column=id_column,

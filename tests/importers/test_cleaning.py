@@ -129,7 +129,7 @@ def test_mapping_by_alias_case_insensitive_with_map_and_set():
     attrs, _ = build_attrs(frame, PIPES, plan)
     assert attrs["network"].tolist() == ["storm", "sewer"]
     assert attrs["status"].tolist() == ["in_service", "in_service"]
-    assert plan.ignored(list(frame.columns)) == ["FUNCTION"]
+    assert plan.unmapped(list(frame.columns)) == ["FUNCTION"]
     assert plan.dropped == ["junk"]
 
 

@@ -137,7 +137,7 @@ def test_wuhan_districts_with_the_broken_field_name(store):
         store, "grids", path, mapping={"NAME_1": "name"}, constants={"level": "district"}
     )
     assert (report.read, report.added, len(report.rejected)) == (13, 13, 0)
-    assert any(c.startswith("FID_") and c != "FID_Wuhan" for c in report.ignored_columns)
+    assert any(c.startswith("FID_") and c != "FID_Wuhan" for c in report.extra_columns)
     layer = load(store, "grids")
     assert set(layer.attrs["name"]) == WUHAN_DISTRICTS == set(ref_names)
     assert (layer.attrs["level"] == "district").all()

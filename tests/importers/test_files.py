@@ -69,8 +69,8 @@ def test_zipped_shapefile_in_a_subfolder(store, tmp_path):
     assert report.added == 3 and report.driver == "ESRI Shapefile"
     assert_lights_landed(store, src, "poles")
     names = set(load(store, "lights").attrs["lamp_type"].dropna())
-    assert names == set()  # NAME is no lamp type; it is listed as ignored
-    assert "NAME" in report.ignored_columns
+    assert names == set()  # NAME is no lamp type; it is kept as an extra attribute
+    assert "NAME" in report.extra_columns
 
 
 def test_zip_with_two_datasets_needs_a_layer(store, tmp_path):
@@ -126,7 +126,7 @@ def test_kml_placemarks(store, tmp_path):
     got = np.asarray(load(store, "lights").geometry)
     got = got[np.argsort(shapely.get_x(got))]
     assert shapely.equals_exact(got, np.asarray(src.geometry.array), 1e-9).all()
-    assert "Name" in report.ignored_columns  # a placemark's name is no lamp type
+    assert "Name" in report.extra_columns  # a placemark's name is no lamp type
     assert report.layer == "poles"
 
 

@@ -9,6 +9,7 @@ import pytest
 import shapely
 
 from layers.layer import Layer
+from layers.models import Field, FieldType
 from layers.schemas import PARKS, PIPES, VALVES
 from tests.tiles.conftest import make_layer
 from tiles.grid import TMS, Tile, tile, xy_bounds
@@ -163,3 +164,45 @@ def test_empty_tile_and_minzoom(city) -> None:
     )
     assert set(decoded) == {"pipes"}
     assert render_tile([(Layer.empty(PIPES), None)], Tile(t.x, t.y, 11), SETTINGS) == b""
+
+
+def _with_extras() -> Layer:
+    """Valves with two extra attributes (text and integer) kept from a source file."""
+    extras = (
+        Field("Street", FieldType.STRING, extra=True),
+        Field("Lamps", FieldType.INTEGER, extra=True),
+    )
+    schema = VALVES.with_extras(extras)
+    pts = shapely.points(LON + np.arange(200) * 2e-5, np.full(200, LAT))
+    return make_layer(
+        schema,
+        list(pts),
+        ids=[f"V{i}" for i in range(200)],
+        Street=[f"Street number {i} of a long list of street names" for i in range(200)],
+        Lamps=list(range(200)),
+        kind=["valve"] * 200,
+    )
+
+
+def _decode(raw: bytes) -> dict:
+    return mapbox_vector_tile.decode(raw) if raw else {}
+
+
+def test_extras_ride_in_tiles_narrowed_by_setting_and_go_first_over_budget() -> None:
+    layer = _with_extras()
+    t = Tile(*TMS.tile(LON + 2e-3, LAT, 14)[:2], 14)
+    full = _decode(render_tile([(layer, None)], t, SETTINGS))["valves"]["features"]
+    assert full and all({"Street", "Lamps", "kind"} <= set(f["properties"]) for f in full)
+    by_id = {f["properties"]["id"]: f["properties"] for f in full}
+    assert by_id["V50"]["Lamps"] == 50 and by_id["V50"]["Street"].startswith("Street number 50 ")
+    narrow = TileSettings(_env_file=None, properties={"valves": ["kind"]})
+    got = _decode(render_tile([(layer, None)], t, narrow))["valves"]["features"]
+    assert len(got) == len(full)
+    assert all(set(f["properties"]) == {"id", "kind"} for f in got)
+    # A budget the features fit without their extras: every feature stays, the extras go.
+    lean = render_tile([(layer, None)], t, narrow)
+    budget = TileSettings(_env_file=None, max_bytes=len(lean) + 200)
+    raw = render_tile([(layer, None)], t, budget)
+    kept = _decode(raw)["valves"]["features"]
+    assert len(kept) == len(full) and len(raw) <= budget.max_bytes
+    assert all("Street" not in f["properties"] and "kind" in f["properties"] for f in kept)

@@ -155,7 +155,7 @@ def test_import_report_and_reimport(tmp_path):
     report = json.loads(first.stdout)
     assert (report["read"], report["added"], report["rejected"]) == (5, 5, [])
     assert report["fields"]["install_year"] == "INSTALLDATE"
-    assert report["ignored_columns"] == ["NOTE"]
+    assert report["extra_columns"] == {"FACILITYID": "FACILITYID", "NOTE": "NOTE"}
     again = twin("import", "pipes", path, "--store", store)
     assert again.exit_code == 0
     assert "imported    5: 0 added, 0 updated, 5 unchanged" in again.stdout
