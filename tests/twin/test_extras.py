@@ -303,6 +303,8 @@ def test_tiles_carry_scalar_extras_and_the_setting_narrows_them(tmp_path):
     z, x, y = tile_of(lon, lat, 16)
     url = f"/collections/lights/tiles/WebMercatorQuad/{z}/{y}/{x}"
 
+    fields: dict[str, set[str]] = {}
+
     def decode(settings: TileSettings) -> list[dict]:
         app = create_app(
             ServerSettings(_env_file=None),  # type: ignore[call-arg]
@@ -313,6 +315,8 @@ def test_tiles_carry_scalar_extras_and_the_setting_narrows_them(tmp_path):
             r = client.get(url)
             assert r.status_code == 200, r.text
             layers = mapbox_vector_tile.decode(r.content, default_options={"y_coord_down": True})
+            tj = client.get("/collections/lights/tiles/WebMercatorQuad/tilejson.json").json()
+        fields[repr(settings.properties)] = set(tj["vector_layers"][0]["fields"])
         return [f["properties"] for f in layers["lights"]["features"]]
 
     full = decode(TileSettings(_env_file=None))  # type: ignore[call-arg]
@@ -326,6 +330,10 @@ def test_tiles_carry_scalar_extras_and_the_setting_narrows_them(tmp_path):
     assert len(narrow) == len(full)
     assert set().union(*(p.keys() for p in narrow)) <= {"id", "status", "lamp_type"}
     assert any("lamp_type" in p for p in narrow)
+    # TileJSON announces what the tiles carry.
+    wide, lean = fields.values()
+    assert {"StreetName", "Owner", "NumLamps"} <= wide
+    assert lean == {"id", "status", "lamp_type", "point_count"}
 
 
 def test_exports_and_pmtiles_carry_the_extras(tmp_path):
