@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio.to_thread
+import shapely
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -27,6 +28,7 @@ from layers.models import Access
 from layers.settings import StoreSettings, open_store
 from tiles.prepared import prepare
 from tiles.settings import TileSettings
+from twin import metric
 from twin.cql2 import Limits
 from twin.crs import CrsSet
 from twin.guard import Admission, Guard
@@ -139,6 +141,12 @@ def warm(catalog: Catalog) -> Catalog:
     for layer in catalog.layers(Access.RESTRICTED).values():
         prepare(layer)
         _ = layer.tree
+        if layer.bounds is not None:
+            # The transverse Mercator zone buffers and shapes around its features are drawn
+            # in (a projection costs ~0.4 s to make the first time).
+            minx, miny, maxx, maxy = layer.bounds
+            metric.projection(metric.zone_epsg((minx + maxx) / 2, (miny + maxy) / 2))
+    metric.area_m2(shapely.box(0.0, 0.0, 1e-3, 1e-3))  # its equal-area transformer, made once
     return catalog
 
 
