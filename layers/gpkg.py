@@ -209,6 +209,23 @@ def _insert_many(db: sqlite3.Connection, head: str, columns: list[list[Any]]) ->
         db.executemany(head + one, zip(*(c[full:] for c in columns), strict=True))
 
 
+def _retype(db: sqlite3.Connection, table: str, column: str, old: str, ftype: FieldType) -> None:
+    """Give a column a wider type (an extra attribute whose values grew: integer -> float,
+    anything -> text), its values converted, so that GDAL reads the column as what it holds."""
+    tmp = f"{column}__retyped"
+    value = _q(column)
+    if ftype is FieldType.FLOAT:
+        value = f"CAST({value} AS REAL)"
+    elif ftype is FieldType.STRING and old == _SQL_TYPES[FieldType.BOOLEAN]:
+        value = f"CASE {value} WHEN 1 THEN 'true' WHEN 0 THEN 'false' ELSE {value} END"
+    elif ftype is FieldType.STRING:
+        value = f"CAST({value} AS TEXT)"
+    db.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(tmp)} {_SQL_TYPES[ftype]}")
+    db.execute(f"UPDATE {_q(table)} SET {_q(tmp)} = {value}")
+    db.execute(f"ALTER TABLE {_q(table)} DROP COLUMN {_q(column)}")
+    db.execute(f"ALTER TABLE {_q(table)} RENAME COLUMN {_q(tmp)} TO {_q(column)}")
+
+
 class GeoPackageStore:
     """The embedded store: `<dir>/twin.gpkg` for vector layers, `<dir>/rasters/*.tif` for rasters."""
 
@@ -425,12 +442,18 @@ class GeoPackageStore:
             )
         else:
             # SQLite column names are case-insensitive.
-            have = {r[1].casefold() for r in db.execute(f"PRAGMA table_info({_q(name)})")}
+            have = {
+                r[1].casefold(): (r[1], str(r[2]).upper())
+                for r in db.execute(f"PRAGMA table_info({_q(name)})")
+            }
             for f in schema.fields:
-                if f.name.casefold() not in have:
+                got = have.get(f.name.casefold())
+                if got is None:
                     db.execute(
                         f"ALTER TABLE {_q(name)} ADD COLUMN {_q(f.name)} {_SQL_TYPES[f.type]}"
                     )
+                elif f.extra and got[1] != _SQL_TYPES[f.type]:
+                    _retype(db, name, got[0], got[1], f.type)
         db.execute(
             "INSERT INTO twin_layers (name, kind, schema, meta) VALUES (?, 'vector', ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET schema = excluded.schema, meta = excluded.meta",

@@ -127,19 +127,33 @@ def test_extras_round_trip_through_the_store_and_a_reopen(store_dir, tmp_path):
 
 def test_a_later_file_widens_types_and_adds_columns(store, tmp_path):
     first = tmp_path / "a.geojson"
-    points(2, PoleID=["p1", "p2"], Lamps=[1, 2], Zone=["N", "S"]).to_file(first, driver="GeoJSON")
+    points(2, PoleID=["p1", "p2"], Lamps=[1, 2], Zone=["N", "S"], Code=[10, 11]).to_file(
+        first, driver="GeoJSON"
+    )
     run_import(store, "lights", first, source="cam")
     later = tmp_path / "b.geojson"
-    points(2, PoleID=["p2", "p3"], LAMPS=[2.5, 3.0], Ward=[7, 8]).to_file(later, driver="GeoJSON")
+    points(2, PoleID=["p2", "p3"], LAMPS=[2.5, 3.0], Ward=[7, 8], Code=["B-1", None]).to_file(
+        later, driver="GeoJSON"
+    )
     report = run_import(store, "lights", later, source="cam")
     assert report.extra_columns["LAMPS"] == "Lamps"  # the stored column, case-insensitively
     layer = load(store, "lights")
     types = {f.name: f.type for f in layer.schema.extras}
     assert types["Lamps"] is FieldType.FLOAT and types["Zone"] is FieldType.STRING
+    assert types["Code"] is FieldType.STRING and types["Ward"] is FieldType.INTEGER
     props = dict(zip(layer.ids.tolist(), layer.properties(np.arange(len(layer))), strict=True))
     assert props["cam:p1"]["Lamps"] == 1 and props["cam:p1"]["Zone"] == "N"
+    assert props["cam:p1"]["Code"] == "10" and props["cam:p2"]["Code"] == "B-1"
     assert props["cam:p2"]["Lamps"] == 2.5 and props["cam:p2"]["Zone"] == "S"
     assert props["cam:p3"]["Zone"] is None and props["cam:p3"]["Ward"] == 8
+    # The widened columns are retyped in the GeoPackage too, as GDAL reads them.
+    import pyogrio
+
+    info = pyogrio.read_info(store.file, layer="lights")
+    dtypes = dict(zip(info["fields"], info["dtypes"], strict=True))
+    assert dtypes["Lamps"] == "float64" and dtypes["Code"] == "object"
+    codes = pyogrio.read_dataframe(store.file, layer="lights")["Code"].tolist()
+    assert [None if pd.isna(c) else c for c in codes] == ["10", "B-1", None]
 
 
 def test_drop_needs_a_column_the_file_has(store, tmp_path):
