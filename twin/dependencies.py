@@ -165,7 +165,8 @@ async def datetime_filter(
         str | None,
         Query(
             description="Instant or interval (RFC 3339, `start/end`, `../end`, `start/..`), "
-            "matched against the features' last change, or a site's start and end dates.",
+            "matched against each feature's life: an asset's installation (install_year) to "
+            "its removal, a site's start and end dates, or else the feature's last change.",
             examples=["2024-01-01T00:00:00Z/.."],
         ),
     ] = None,

@@ -15,7 +15,7 @@ import pandas as pd
 import shapely
 
 from layers.layer import UPDATED, Layer
-from layers.models import Bounds, FieldType, LayerSchema
+from layers.models import Bounds, Field, FieldType, LayerSchema
 from twin.cql2 import Filter, evaluate
 from twin.errors import InvalidParameter
 
@@ -77,16 +77,101 @@ def _instant(text: str, *, end: bool) -> pd.Timestamp | None:
     return t
 
 
-def temporal_columns(schema: LayerSchema) -> tuple[str, str]:
-    """The (start, end) columns `datetime` is matched against.
+INSTALL_YEAR = "install_year"
+START_NAMES = ("start_date", "install_date", "installed", "installation_date", "date_installed")
+"""Fields (dates) a feature's life starts at, besides `install_year`; first found wins."""
+END_NAMES = (
+    "end_date",
+    "removed_date",
+    "removal_date",
+    "date_removed",
+    "abandoned_date",
+    "abandon_date",
+    "date_abandoned",
+    "decommissioned_date",
+    "removed_year",
+    "removal_year",
+    "year_removed",
+    "abandoned_year",
+    "year_abandoned",
+)
+"""Fields (dates, or years) a feature's life ends at; first found wins."""
+ENDED = ("abandoned", "removed")
+"""Statuses of an asset whose life has ended."""
 
-    A layer with `start_date` and `end_date` fields (construction sites) is matched by the
-    period it covers; any other by the time of its last change (`_updated`).
+
+@dataclass(frozen=True)
+class Life:
+    """When each feature of a layer existed, as `datetime` matches it (UTC; NaT: unknown)."""
+
+    start: pd.Series
+    end: pd.Series
+    kind: str
+    """`life` (installed to removed), `period` (start and end dates) or `changed` (the time
+    of the feature's last change, for layers that record no life)."""
+
+
+def _field(schema: LayerSchema, names: tuple[str, ...]) -> Field | None:
+    by_name = {f.name.lower(): f for f in schema.fields}
+    for name in names:
+        f = by_name.get(name)
+        if f is not None and f.type in (FieldType.DATE, FieldType.DATETIME, FieldType.INTEGER):
+            return f
+    return None
+
+
+def _times(col: pd.Series, ftype: FieldType, *, end: bool) -> pd.Series:
+    """A date, date-time or year column as UTC timestamps (a year ends on its last instant)."""
+    if ftype is FieldType.INTEGER:
+        years = pd.to_numeric(col, errors="coerce").astype("float64")
+        years = years.where((years >= 1678) & (years <= 2261))  # what timestamps hold
+        days = pd.DataFrame({"year": years, "month": 1, "day": 1}, index=col.index)
+        t = _as_utc(pd.to_datetime(days, errors="coerce"))
+        return t + pd.DateOffset(years=1) - pd.Timedelta(milliseconds=1) if end else t
+    t = _as_utc(pd.to_datetime(col, errors="coerce", utc=ftype is FieldType.DATETIME))
+    if ftype is FieldType.DATE and end:
+        t = t + pd.Timedelta(days=1) - pd.Timedelta(milliseconds=1)
+    return t
+
+
+def life(layer: Layer) -> Life:
+    """When each feature of `layer` existed, as `datetime` (OGC API Features) matches it.
+
+    An asset's life runs from its installation (`install_year`, from the first instant of that
+    year, or an install date) to its removal (a removal or abandonment date or year, when the
+    schema has one); an asset whose status says it was abandoned or removed, with no date for
+    it, ended at an unknown time before its last change, taken as its end. A layer with
+    `start_date` and `end_date` (construction sites) is matched by the period it covers; any
+    other by the time of its last change (`_updated`). Made once per layer.
     """
+    return layer.derived(life, lambda: _life(layer))
+
+
+def _life(layer: Layer) -> Life:
+    schema = layer.schema
     names = schema.field_names
     if "start_date" in names and "end_date" in names:
-        return "start_date", "end_date"
-    return UPDATED, UPDATED
+        first, last = schema.field("start_date"), schema.field("end_date")
+        return Life(
+            _times(layer.attrs["start_date"], first.type, end=False),
+            _times(layer.attrs["end_date"], last.type, end=True),
+            "period",
+        )
+    start_f = _field(schema, (INSTALL_YEAR, *START_NAMES))
+    if start_f is None:
+        changed = _as_utc(pd.to_datetime(layer.attrs[UPDATED], utc=True))
+        return Life(changed, changed, "changed")
+    start = _times(layer.attrs[start_f.name], start_f.type, end=False)
+    end_f = _field(schema, END_NAMES)
+    if end_f is not None:
+        end = _times(layer.attrs[end_f.name], end_f.type, end=True)
+    else:
+        end = pd.Series(pd.NaT, index=layer.attrs.index, dtype="datetime64[ns, UTC]")
+    if "status" in names:
+        ended = np.asarray(layer.attrs["status"].isin(ENDED).fillna(False), dtype=bool)
+        changed = _as_utc(pd.to_datetime(layer.attrs[UPDATED], utc=True))
+        end = end.where(~(ended & end.isna().to_numpy()), changed)
+    return Life(start, end, "life")
 
 
 def coerce_value(schema: LayerSchema, name: str, raw: str) -> Any:
@@ -151,9 +236,9 @@ def select(
         col = layer.attrs[name] if whole else layer.attrs[name].iloc[rows]
         mask &= np.asarray((col == value).fillna(False), dtype=bool)
     if sel.interval is not None:
-        start_name, end_name = temporal_columns(layer.schema)
-        start = _as_utc(layer.attrs[start_name] if whole else layer.attrs[start_name].iloc[rows])
-        end = _as_utc(layer.attrs[end_name] if whole else layer.attrs[end_name].iloc[rows])
+        lived = life(layer)
+        start = lived.start if whole else lived.start.iloc[rows]
+        end = lived.end if whole else lived.end.iloc[rows]
         lo, hi = sel.interval
         known = (start.notna() | end.notna()).to_numpy()
         if lo is not None:

@@ -181,3 +181,27 @@ def demo_store_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = CliRunner().invoke(app, ["demo", "--store", str(root), "--no-serve"])
     assert result.exit_code == 0, result.output
     return root
+
+
+@pytest.fixture(scope="module", name="demo_client")
+def demo_client_fixture(demo_store: Path) -> Any:
+    """The real app over the demo city, for a caller who may see every layer."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(query_app(demo_store, scope="restricted")) as client:
+        yield client
+
+
+def demo_layer(store: Path, name: str) -> Layer:
+    """Layer `name` of the store at `store`, as a caller who may see everything."""
+    opened = GeoPackageStore(store, create=False)
+    try:
+        return opened.load(name, Access.RESTRICTED)
+    finally:
+        opened.close()
+
+
+@pytest.fixture(scope="module", name="demo_pipes")
+def demo_pipes_fixture(demo_store: Path) -> Layer:
+    """The demo city's pipes."""
+    return demo_layer(demo_store, "pipes")

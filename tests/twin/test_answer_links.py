@@ -4,33 +4,18 @@ following it to `/collections/{collection}/items/{id}` gives the same feature.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import shapely
 from fastapi.testclient import TestClient
 from shapely.geometry import shape
 
-from layers.gpkg import GeoPackageStore
-from layers.models import Access
-from tests.twin.query_fixtures import demo_store_fixture, query_app  # noqa: F401  (fixture)
-
-
-@pytest.fixture(scope="module")
-def client(demo_store: Path) -> Iterator[TestClient]:
-    with TestClient(query_app(demo_store, scope="restricted")) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def pipes(demo_store: Path):
-    store = GeoPackageStore(demo_store, create=False)
-    try:
-        return store.load("pipes", Access.RESTRICTED)
-    finally:
-        store.close()
+from tests.twin.query_fixtures import (  # noqa: F401  (fixtures)
+    demo_client_fixture,
+    demo_pipes_fixture,
+    demo_store_fixture,
+)
 
 
 def _linked(answer: Any, key: str = "") -> Iterator[dict[str, Any]]:
@@ -88,9 +73,9 @@ def _answers(client: TestClient, pipes) -> dict[str, dict[str, Any]]:
     return {name: r.json() for name, r in asked.items()}
 
 
-def test_every_feature_of_every_answer_resolves_to_its_item(client, pipes) -> None:
+def test_every_feature_of_every_answer_resolves_to_its_item(demo_client, demo_pipes) -> None:
     seen: set[str] = set()
-    for name, answer in _answers(client, pipes).items():
+    for name, answer in _answers(demo_client, demo_pipes).items():
         linked = list(_linked(answer))
         assert linked, name
         for i, f in enumerate(linked):
@@ -98,7 +83,7 @@ def test_every_feature_of_every_answer_resolves_to_its_item(client, pipes) -> No
             if i % max(1, len(linked) // 25):
                 continue  # a sample of each answer's features is followed
             seen.add(f["collection"])
-            r = client.get(f"/collections/{f['collection']}/items/{f['id']}")
+            r = demo_client.get(f"/collections/{f['collection']}/items/{f['id']}")
             assert r.status_code == 200, (name, f["collection"], f["id"])
             item = r.json()
             assert item["id"] == f["id"]

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from rasterio.warp import transform_bounds
 
 from layers.errors import UnknownCollection
-from layers.layer import UPDATED, Layer
+from layers.layer import Layer
 from layers.models import FieldType, GeometryFamily
 from layers.store import RasterInfo
 from twin.access import Scope
@@ -30,6 +30,7 @@ from twin.routes.links import (
     url,
 )
 from twin.routes.responses import responses
+from twin.select import life
 
 router = APIRouter(tags=["Collections"])
 
@@ -37,16 +38,23 @@ GREGORIAN = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"
 
 
 def temporal_extent(layer: Layer) -> list[str | None] | None:
-    """[first, last] change time of the layer's features (computed once per layer version)."""
-    ext = layer.derived(temporal_extent, lambda: _change_times(layer))
+    """[first, last] instant of the features' lives, as `datetime` matches them (`select.life`:
+    installed to removed for assets, start to end for sites, last change otherwise); the end is
+    open (None) while a feature of known start has no end. Computed once per layer version."""
+    ext = layer.derived(temporal_extent, lambda: _life_span(layer))
     return None if ext == [None, None] else ext
 
 
-def _change_times(layer: Layer) -> list[str | None]:
-    col = layer.attrs[UPDATED].dropna()
-    if col.empty:
+def _life_span(layer: Layer) -> list[str | None]:
+    lived = life(layer)
+    known = lived.start.notna() | lived.end.notna()
+    if not known.any():
         return [None, None]
-    return [t.isoformat().replace("+00:00", "Z") for t in (col.min(), col.max())]
+    first = lived.start.min() if lived.start.notna().any() else None
+    last = lived.end.max() if lived.end.notna().any() else None
+    if lived.kind != "changed" and (lived.end.isna() & lived.start.notna()).any():
+        last = None  # still in service
+    return [None if t is None else t.isoformat().replace("+00:00", "Z") for t in (first, last)]
 
 
 @lru_cache(maxsize=256)
