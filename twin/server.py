@@ -74,6 +74,7 @@ def _uvicorn_options(settings: ServerSettings, access_log: bool, log_level: str)
         "server_header": False,
         "timeout_graceful_shutdown": GRACE_S,
         "http": JsonErrorsProtocol,
+        "loop": settings.loop,
     }
 
 
