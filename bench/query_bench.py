@@ -317,7 +317,7 @@ def run_city(gpkg: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     def near_json(p: shapely.Point) -> bytes:
         groups = queries.near(catalog, SCOPE, p, r)
         summary = [g.summary() for g in groups]
-        return queries.feature_collection_bytes(groups, 100, {"radius_m": r, "summary": summary})
+        return queries.feature_collection_bytes(groups, 100, {"radius": r, "summary": summary})
 
     def at(p: shapely.Point) -> queries.AtResult:
         return queries.at(catalog, SCOPE, p, tol, raster_memory_bytes=memory)

@@ -665,14 +665,16 @@ class Isolation:
                 )
             ),
             "affected": fc("fittings"),
+            # Counts of the answer's members, by the same names.
             "summary": {
                 "valves_to_close": len(self.to_close),
-                "inoperable_valves_skipped": len(self.inoperable),
-                "pipes_cut": len(rows),
+                "closed_valves": len(self.shut),
+                "inoperable_valves": len(self.inoperable),
+                "pipes": len(rows),
                 "pipes_unsupplied": cause.count("unsupplied"),
                 "supply": self.supply,
                 "length_m": round(self.length_m, 3),
-                "fittings": {str(k): int(v) for k, v in kinds.items()},
+                "affected": {str(k): int(v) for k, v in kinds.items()},
             },
         }
 

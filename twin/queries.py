@@ -474,7 +474,7 @@ class AtResult:
     def _head(self) -> dict[str, Any]:
         return {
             "location": {"lon": self.point.x, "lat": self.point.y},
-            "tolerance_m": self.tolerance_m,
+            "tolerance": self.tolerance_m,
             "ground_elevation_m": self.ground_m,
             "dem": self.dem,
             "cells": self.cells,
@@ -520,7 +520,7 @@ def _underground(group: Matches, ground_m: float | None) -> Matches:
     under = [
         {
             "ground_elevation_m": ground_m,
-            "cover_depth_m": d,
+            "depth_m": d,
             "top_elevation_m": None if ground_m is None or d is None else round(ground_m - d, 3),
         }
         for d in depths
@@ -597,7 +597,7 @@ class DigCheck:
                 "dig_depth_m": self.dig_depth_m,
                 "area": json.loads(shapely.to_geojson(self.area)),
                 "area_m2": round(float(metric.area_m2(self.area)), 2),
-                "conflicts": [g.summary() for g in self.groups],
+                "summary": [g.summary() for g in self.groups],
                 "cells": self.cells,
             },
         )
@@ -675,7 +675,7 @@ class AssetBuffer:
                     "collection": self.layer.name,
                     "id": json_value(self.layer.ids[self.row]),
                 },
-                "distance_m": self.distance_m,
+                "distance": self.distance_m,
                 "buffer": json.loads(shapely.to_geojson(self.polygon)),
                 "buffer_area_m2": round(float(metric.area_m2(self.polygon)), 2),
                 "summary": [g.summary() for g in self.groups],

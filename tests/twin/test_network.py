@@ -279,7 +279,7 @@ def test_isolation_over_http(client) -> None:
     assert affected == {("valves", "H1"), ("valves", "H2")}
     d = [f["distance_m"] for f in body["affected"]["features"]]
     assert d == sorted(d)
-    assert body["summary"]["fittings"] == {"hydrant": 2}
+    assert body["summary"]["affected"] == {"hydrant": 2}
     cut = shapely.from_geojson(json.dumps(body["cut"]))
     assert GEOD.geometry_length(cut) == pytest.approx(body["length_m"], abs=0.05)
     at = client.get(

@@ -189,7 +189,7 @@ def test_at_a_buried_pipe_gives_its_depth_below_ground(client, cambridge_store, 
     _, ground = _dem_reference(cambridge_store / "rasters" / "dem.tif", point.x, point.y)
     under = hit["underground"]
     assert under["ground_elevation_m"] == pytest.approx(ground, abs=1e-4)
-    assert under["cover_depth_m"] == 1.5
+    assert under["depth_m"] == hit["properties"]["depth_m"] == 1.5
     assert under["top_elevation_m"] == pytest.approx(ground - 1.5, abs=1e-3)
     assert hit["distance_m"] < 0.01
 
@@ -249,10 +249,10 @@ def test_near_bytes_equal_the_dict_answer(client, layers) -> None:
     groups = queries.near(catalog, Access.RESTRICTED, point, 400.0)
     assert len(groups) >= 3
     for limit in (None, 25):
-        text = queries.feature_collection_bytes(groups, limit, {"radius_m": 400.0})
+        text = queries.feature_collection_bytes(groups, limit, {"radius": 400.0})
         assert json.loads(text) == {
             **queries.feature_collection(groups, limit),
-            "radius_m": 400.0,
+            "radius": 400.0,
         }
 
 
@@ -320,7 +320,7 @@ def test_dig_check_conflicts_by_layer(client, layers) -> None:
     body = {
         "geometry": shapely.geometry.mapping(site),
         "buffer_m": 15,
-        "depth_m": 2.0,
+        "dig_depth_m": 2.0,
         "limit": 10_000,
     }
     r = client.post("/query/intersects", json=body)
@@ -333,7 +333,8 @@ def test_dig_check_conflicts_by_layer(client, layers) -> None:
         d = _utm(layer.geometry).distance(site_utm).to_numpy()
         ref.update({(name, i): v for i, v in zip(layer.ids.tolist(), d, strict=True)})
     _assert_matches_reference(_by_key(out), ref, 15.0)
-    conflicts = {c["collection"]: c for c in out["conflicts"]}
+    assert out["dig_depth_m"] == 2.0 and out["buffer_m"] == 15
+    conflicts = {c["collection"]: c for c in out["summary"]}
     assert conflicts["pipes"]["count"] >= 1 and conflicts["pipes"]["nearest_m"] == 0.0
     assert conflicts["pipes"]["shallowest_depth_m"] == 1.5
     assert all(f["reached"] is True for f in out["features"] if f["collection"] == "pipes")

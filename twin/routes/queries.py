@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 import shapely
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from layers.catalog import Catalog
@@ -142,11 +142,19 @@ class IntersectsBody(BaseModel):
         description="Most features to return, nearest first.",
         json_schema_extra=AT_LEAST_ONE,
     )
-    depth_m: float | None = Field(
+    dig_depth_m: float | None = Field(
         None,
-        description="Dig depth, metres: buried assets say whether the dig reaches them.",
+        description="Dig depth, metres: buried assets say whether the dig reaches them (the "
+        "answer's `dig_depth_m`; `depth_m` is each buried asset's own depth).",
         json_schema_extra={"minimum": 0, "maximum": MAX_DIG_DEPTH_M},
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "depth_m" in data:
+            raise ValueError("the dig depth is `dig_depth_m` (`depth_m` is an asset's own depth)")
+        return data
 
 
 def _json(content: Any) -> JSONResponse:
@@ -177,7 +185,7 @@ def near_answer(
     """The `/query/near` answer."""
     radius = queries.check_distance(radius, "radius", settings.max_radius_m)
     groups = queries.near(catalog, scope, point, radius, collections, caps(settings))
-    members = {"radius_m": radius, "summary": [g.summary() for g in groups]}
+    members = {"radius": radius, "summary": [g.summary() for g in groups]}
     return _geojson(queries.feature_collection_bytes(groups, limit, members))
 
 
@@ -271,9 +279,9 @@ def post_intersects(
     settings: QuerySettingsDep,
     raw: Annotated[bytes, Depends(limited_body)],
 ) -> Response:
-    """Features meeting the shape or within `buffer_m` metres of it, nearest first, with the
-    conflicts grouped by layer (count, nearest distance, shallowest pipe), the area searched
-    and the management cells it touches."""
+    """Features meeting the shape or within `buffer_m` metres of it, nearest first, with a
+    `summary` by layer (count, nearest distance, shallowest pipe), the area searched and the
+    management cells it touches; with `dig_depth_m`, buried assets say whether it reaches them."""
     if not raw.strip():
         raise InvalidParameter('the body is empty: send {"geometry": <GeoJSON>, ...}')
     try:
@@ -285,15 +293,15 @@ def post_intersects(
     geometry = queries.parse_geometry(body.geometry, max_vertices=settings.max_vertices)
     buffer_m = queries.check_distance(body.buffer_m, "buffer_m", settings.max_radius_m)
     limit = queries.check_limit(body.limit, settings.default_results, settings.max_results)
-    if body.depth_m is not None:
-        queries.check_distance(body.depth_m, "depth_m", MAX_DIG_DEPTH_M)
+    if body.dig_depth_m is not None:
+        queries.check_distance(body.dig_depth_m, "dig_depth_m", MAX_DIG_DEPTH_M)
     check = queries.intersects(
         catalog,
         scope,
         geometry,
         buffer_m,
         body.collections,
-        dig_depth_m=body.depth_m,
+        dig_depth_m=body.dig_depth_m,
         caps=caps(settings),
     )
     return _geojson(check.to_bytes(limit))
