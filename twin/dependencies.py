@@ -219,21 +219,52 @@ def cql2_filter(
     )
 
 
-GEOJSON_FORMATS = ("json", "geojson")
+def wants_html(f: str | None, accept: str | None, offered: tuple[str, ...]) -> bool:
+    """Whether the caller asks for the HTML page: `f=html`, or (without `f`) an Accept header
+    naming text/html and no JSON type, as browsers send; any other `f` than `offered` is
+    `InvalidParameter`."""
+    if f is not None:
+        if f.lower() not in offered:
+            raise InvalidParameter(f"f={f!r}: use {' or '.join(offered)}")
+        return f.lower() == "html"
+    if not accept:
+        return False
+    types = {t.split(";")[0].strip().lower() for t in accept.split(",")}
+    return "text/html" in types and not any(t.endswith("json") for t in types)
 
 
-async def geojson_format(
+JSON_FORMATS = ("json", "html")
+GEOJSON_FORMATS = ("json", "geojson", "html")
+
+
+async def json_or_html(
+    request: Request,
     f: Annotated[
         str | None,
         Query(
-            description="json or geojson: GeoJSON, the only format offered (the default).",
+            description="json (the default) or html (a page for browsers; also chosen by an "
+            "Accept header naming text/html and no JSON type).",
+            json_schema_extra={"enum": list(JSON_FORMATS)},
+        ),
+    ] = None,
+) -> bool:
+    """Whether to answer the HTML page rather than the JSON document."""
+    return wants_html(f, request.headers.get("accept"), JSON_FORMATS)
+
+
+async def geojson_or_html(
+    request: Request,
+    f: Annotated[
+        str | None,
+        Query(
+            description="json or geojson (GeoJSON, the default) or html (a page for browsers; "
+            "also chosen by an Accept header naming text/html and no JSON type).",
             json_schema_extra={"enum": list(GEOJSON_FORMATS)},
         ),
     ] = None,
-) -> None:
-    """Checks that the format asked for (if any) is GeoJSON."""
-    if f is not None and f.lower() not in GEOJSON_FORMATS:
-        raise InvalidParameter(f"f={f!r}: only json (GeoJSON) is offered")
+) -> bool:
+    """Whether to answer the HTML page rather than GeoJSON."""
+    return wants_html(f, request.headers.get("accept"), GEOJSON_FORMATS)
 
 
 OutputCrs = Annotated[CrsRef, Depends(output_crs)]
@@ -242,6 +273,10 @@ Limit = Annotated[int, Depends(page_limit)]
 Offset = Annotated[int, Depends(page_offset)]
 Datetime = Annotated[Interval | None, Depends(datetime_filter)]
 CqlFilter = Annotated[Filter | None, Depends(cql2_filter)]
+HtmlOrJson = Annotated[bool, Depends(json_or_html)]
+"""Whether to answer HTML (`f=html` or a browser's Accept) rather than JSON."""
+HtmlOrGeoJson = Annotated[bool, Depends(geojson_or_html)]
+"""Whether to answer HTML rather than GeoJSON."""
 
 
 async def collections_list(

@@ -16,6 +16,9 @@ MAPLIBRE_DIST = "node_modules/maplibre-gl/dist"
 """Where `npm ci` puts MapLibre's distribution, relative to the web map's folder; the installed
 copy keeps the same layout."""
 
+MAPLIBRE_URL = "/web/vendor/maplibre-gl"
+"""Where the server serves `MAPLIBRE_DIST` (the web map and the HTML pages load it there)."""
+
 MAPLIBRE_FILES = ("maplibre-gl.js", "maplibre-gl.css", "LICENSE.txt")
 """MapLibre's files the map loads (see `web/index.html`), and its licence."""
 

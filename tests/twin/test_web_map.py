@@ -54,32 +54,38 @@ def browser_page(demo_store: Path) -> Iterator[tuple[object, LiveServer, list]]:
     )
     from playwright.sync_api import sync_playwright
 
-    problems: list = []
     with LiveServer(app_for(demo_store)) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 800})
-        page.on("pageerror", lambda e: problems.append(("pageerror", str(e))))
-        page.on(
-            "console",
-            lambda m: problems.append(("console", m.text)) if m.type == "error" else None,
-        )
-        page.on(
-            "response",
-            lambda r: problems.append(("http", r.status, r.url)) if r.status >= 400 else None,
-        )
-        # Nothing may come from outside the server: the map must work offline.
-        page.route(
-            "**/*",
-            lambda route: (
-                route.continue_()
-                if route.request.url.startswith(server.url)
-                else (problems.append(("external", route.request.url)), route.abort())
-            ),
-        )
+        problems = watch(page, server.url)
         page.goto(server.url + "/")
         wait_for_map(page)
         yield page, server, problems
         browser.close()
+
+
+def watch(page, origin: str) -> list:
+    """The problems `page` meets from now on: script errors, console errors, HTTP errors, and
+    requests to anywhere but `origin` (refused: the map must work offline)."""
+    problems: list = []
+    page.on("pageerror", lambda e: problems.append(("pageerror", str(e))))
+    page.on(
+        "console",
+        lambda m: problems.append(("console", m.text)) if m.type == "error" else None,
+    )
+    page.on(
+        "response",
+        lambda r: problems.append(("http", r.status, r.url)) if r.status >= 400 else None,
+    )
+    page.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(origin)
+            else (problems.append(("external", route.request.url)), route.abort())
+        ),
+    )
+    return problems
 
 
 def wait_for_map(page) -> None:

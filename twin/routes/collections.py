@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import rasterio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from rasterio.warp import transform_bounds
 
 from layers.errors import UnknownCollection
@@ -18,9 +19,19 @@ from layers.store import RasterInfo
 from twin.access import Scope
 from twin.cql2 import GEOMETRY_NAMES
 from twin.crs import CRS84
-from twin.dependencies import CatalogDep, CollectionId, CrsSetDep
+from twin.dependencies import CatalogDep, CollectionId, CrsSetDep, HtmlOrJson
+from twin.routes.html import (
+    VARY,
+    alternate,
+    collection_crumbs,
+    collections_page,
+    html_answer,
+    html_url,
+    negotiate,
+)
 from twin.routes.links import (
     GEOJSON,
+    HTML,
     JSON,
     REL_QUERYABLES,
     REL_TILESETS_MAP,
@@ -146,36 +157,56 @@ def raster_collection(request: Request, info: RasterInfo) -> dict[str, Any]:
     return doc
 
 
-@router.get("/collections", summary="The collections", responses=responses())
+@router.get("/collections", summary="The collections", responses=responses(media=(JSON, HTML)))
 def list_collections(
-    request: Request, catalog: CatalogDep, scope: Scope, crs_set: CrsSetDep
-) -> JSONResponse:
+    request: Request, catalog: CatalogDep, scope: Scope, crs_set: CrsSetDep, html: HtmlOrJson
+) -> Response:
     """Every layer and raster the caller may see."""
     docs = [vector_collection(request, lyr, crs_set.uris) for lyr in catalog.layers(scope).values()]
     docs += [raster_collection(request, r) for r in catalog.rasters(scope).values()]
-    return JSONResponse(
-        {
-            "links": [link(url(request, "/collections"), "self", JSON, "The collections")],
-            "crs": crs_set.uris,
-            "collections": docs,
-        }
-    )
+    doc = {
+        "links": [
+            link(url(request, "/collections"), "self", JSON, "The collections"),
+            alternate(request, html),
+        ],
+        "crs": crs_set.uris,
+        "collections": docs,
+    }
+    if html:
+        return html_answer(collections_page(request, doc))
+    return JSONResponse(doc, headers=VARY)
 
 
-@router.get("/collections/{collectionId}", summary="One collection", responses=responses(404))
+@router.get(
+    "/collections/{collectionId}",
+    summary="One collection",
+    responses=responses(404, media=(JSON, HTML)),
+)
 def get_collection(
     request: Request,
     collectionId: CollectionId,
     catalog: CatalogDep,
     scope: Scope,
     crs_set: CrsSetDep,
-) -> JSONResponse:
+    html: HtmlOrJson,
+) -> Response:
     """Metadata of one collection: extent, CRSs, links to items, queryables and tiles."""
     if collectionId in catalog.rasters(scope):
-        return JSONResponse(raster_collection(request, catalog.raster(collectionId, scope)))
-    return JSONResponse(
-        vector_collection(request, catalog.layer(collectionId, scope), crs_set.uris)
-    )
+        doc = raster_collection(request, catalog.raster(collectionId, scope))
+        pages = [("Map tilesets", html_url(request, f"{_path(collectionId)}/map/tiles"))]
+    else:
+        doc = vector_collection(request, catalog.layer(collectionId, scope), crs_set.uris)
+        pages = [
+            ("The features", html_url(request, f"{_path(collectionId)}/items")),
+            ("Queryables", html_url(request, f"{_path(collectionId)}/queryables")),
+            ("Vector tilesets", html_url(request, f"{_path(collectionId)}/tiles")),
+        ]
+    crumbs = [("Collections", html_url(request, "/collections"))]
+    return negotiate(request, html, doc, doc["title"] or collectionId, crumbs, pages)
+
+
+def _path(collection: str) -> str:
+    return f"/collections/{quote(collection, safe='')}"
 
 
 _JSON_TYPES: dict[FieldType, dict[str, str]] = {
@@ -198,10 +229,14 @@ _GEOMETRY_FORMATS = {
     "/collections/{collectionId}/queryables",
     summary="Queryables",
     response_class=JSONResponse,
-    responses=responses(404, what="A JSON Schema of the queryables", media=SCHEMA),
+    responses=responses(404, what="A JSON Schema of the queryables", media=(SCHEMA, HTML)),
 )
 def queryables(
-    request: Request, collectionId: CollectionId, catalog: CatalogDep, scope: Scope
+    request: Request,
+    collectionId: CollectionId,
+    catalog: CatalogDep,
+    scope: Scope,
+    html: HtmlOrJson,
 ) -> Any:
     """The properties a filter may use, as a JSON Schema."""
     if collectionId in catalog.rasters(scope):
@@ -227,14 +262,16 @@ def queryables(
             p["maximum"] = f.maximum
         props[f.name] = p
     props["source"] = {"title": "source", "type": "string", "description": "Dataset of origin"}
-    return JSONResponse(
-        {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": url(request, f"/collections/{collectionId}/queryables"),
-            "type": "object",
-            "title": schema.title,
-            "properties": props,
-            "additionalProperties": False,
-        },
-        media_type=SCHEMA,
-    )
+    doc = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": url(request, f"/collections/{collectionId}/queryables"),
+        "type": "object",
+        "title": schema.title,
+        "properties": props,
+        "additionalProperties": False,
+        "links": [
+            link(url(request, f"/collections/{collectionId}/queryables"), "self", SCHEMA),
+        ],
+    }
+    crumbs = collection_crumbs(request, collectionId, schema.title)
+    return negotiate(request, html, doc, f"{schema.title}: queryables", crumbs, media_type=SCHEMA)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from layers.layer import Layer
@@ -17,14 +18,15 @@ from twin.dependencies import (
     CrsSetDep,
     Datetime,
     FeatureId,
+    HtmlOrGeoJson,
     Limit,
     Offset,
     OutputCrs,
-    geojson_format,
 )
 from twin.errors import InvalidParameter
 from twin.geojson import feature, feature_collection, features_json
-from twin.routes.links import GEOJSON, JSON, link, request_url, url
+from twin.routes.html import VARY, alternate, html_answer, item_page, items_page
+from twin.routes.links import GEOJSON, HTML, JSON, link, request_url, url
 from twin.routes.responses import responses
 from twin.routes.schemas import FEATURE, FEATURE_COLLECTION
 from twin.select import Selection, select
@@ -72,9 +74,8 @@ def _check_params(request: Request, layer: Layer) -> dict[str, str]:
     summary="Features",
     response_class=Response,
     responses=responses(
-        404, what="A GeoJSON FeatureCollection", media=GEOJSON, schema=FEATURE_COLLECTION
+        404, what="A GeoJSON FeatureCollection", media=(GEOJSON, HTML), schema=FEATURE_COLLECTION
     ),
-    dependencies=[Depends(geojson_format)],
 )
 def get_items(
     request: Request,
@@ -88,6 +89,7 @@ def get_items(
     interval: Datetime,
     crs: OutputCrs,
     cql: CqlFilter,
+    html: HtmlOrGeoJson,
 ) -> Response:
     """Features of the collection meeting every condition, one page at a time.
 
@@ -101,15 +103,22 @@ def get_items(
     geoms = crs_set.to_crs(layer.geometry[page], crs)
     features = features_json(layer, page, geoms)
     links = [
-        link(request_url(request), "self", GEOJSON, "This page"),
+        link(request_url(request, drop=("f",)), "self", GEOJSON, "This page"),
+        alternate(request, html, GEOJSON),
         link(url(request, f"/collections/{collectionId}"), "collection", JSON, "The collection"),
     ]
+    # The next and previous pages: HTML pages from an HTML page, GeoJSON from GeoJSON.
+    kind = HTML if html else GEOJSON
+
+    def page_at(start: int) -> str:
+        if html:
+            return request_url(request, offset=start, f="html")
+        return request_url(request, offset=start)
+
     if offset + len(page) < matched:
-        links.append(link(request_url(request, offset=offset + limit), "next", GEOJSON, "Next"))
+        links.append(link(page_at(offset + limit), "next", kind, "Next"))
     if offset > 0:
-        links.append(
-            link(request_url(request, offset=max(0, offset - limit)), "prev", GEOJSON, "Previous")
-        )
+        links.append(link(page_at(max(0, offset - limit)), "prev", kind, "Previous"))
     body = feature_collection(
         features,
         {
@@ -121,15 +130,20 @@ def get_items(
             "links": links,
         },
     )
-    return Response(body, media_type=GEOJSON, headers={"Content-Crs": crs.header})
+    if html:
+        title = layer.schema.title
+        doc = json.loads(body)
+        return html_answer(
+            items_page(request, collectionId, title, doc, layer.geometry[page], offset)
+        )
+    return Response(body, media_type=GEOJSON, headers={"Content-Crs": crs.header, **VARY})
 
 
 @router.get(
     "/collections/{collectionId}/items/{featureId}",
     summary="One feature",
     response_class=Response,
-    responses=responses(404, what="A GeoJSON Feature", media=GEOJSON, schema=FEATURE),
-    dependencies=[Depends(geojson_format)],
+    responses=responses(404, what="A GeoJSON Feature", media=(GEOJSON, HTML), schema=FEATURE),
 )
 def get_item(
     request: Request,
@@ -139,20 +153,26 @@ def get_item(
     scope: Scope,
     crs_set: CrsSetDep,
     crs: OutputCrs,
+    html: HtmlOrGeoJson,
 ) -> Response:
     """One feature by id."""
     layer = catalog.layer(collectionId, scope)
     row = layer.row(featureId)
     rows = [row]
-    geoms = crs_set.to_crs(layer.geometry[rows], crs)
-    (text,) = features_json(layer, rows, geoms)
+    geoms_lonlat = layer.geometry[rows]
+    (text,) = features_json(layer, rows, crs_set.to_crs(geoms_lonlat, crs))
     body = feature(
         text,
         {
             "links": [
-                link(request_url(request), "self", GEOJSON, "This feature"),
+                link(request_url(request, drop=("f",)), "self", GEOJSON, "This feature"),
+                alternate(request, html, GEOJSON),
                 link(url(request, f"/collections/{collectionId}"), "collection", JSON),
+                link(url(request, f"/collections/{collectionId}/items"), "items", GEOJSON),
             ]
         },
     )
-    return Response(body, media_type=GEOJSON, headers={"Content-Crs": crs.header})
+    if html:
+        doc = json.loads(body)
+        return html_answer(item_page(request, collectionId, layer.schema.title, doc, geoms_lonlat))
+    return Response(body, media_type=GEOJSON, headers={"Content-Crs": crs.header, **VARY})

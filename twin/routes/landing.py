@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import html
-from typing import Annotated
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
 
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-
+from twin.dependencies import HtmlOrJson
+from twin.routes.html import VARY, html_url, negotiate
 from twin.routes.links import (
-    GEOJSON,
     HTML,
     JSON,
     OPENAPI,
@@ -28,6 +26,7 @@ FEATURES = "http://www.opengis.net/spec/ogcapi-features"
 CONFORMANCE: tuple[str, ...] = (
     f"{FEATURES}-1/1.0/conf/core",
     f"{FEATURES}-1/1.0/conf/geojson",
+    f"{FEATURES}-1/1.0/conf/html",
     f"{FEATURES}-2/1.0/conf/crs",
     f"{FEATURES}-3/1.0/conf/queryables",
     f"{FEATURES}-3/1.0/conf/queryables-query-parameters",
@@ -55,30 +54,13 @@ CONFORMANCE: tuple[str, ...] = (
 """Conformance classes of what this server implements (and nothing more)."""
 
 
-def _wants_html(accept: str | None, f: str | None) -> bool:
-    if f is not None:
-        return f.lower() == "html"
-    if not accept:
-        return False
-    types = [t.split(";")[0].strip().lower() for t in accept.split(",")]
-    return "text/html" in types and "application/json" not in types
-
-
 @router.get(
     "/", summary="Landing page", response_model=None, responses=responses(307, media=(JSON, HTML))
 )
-def landing_page(
-    request: Request,
-    accept: Annotated[str | None, Header()] = None,
-    f: Annotated[
-        str | None,
-        Query(description="json (default) or html", json_schema_extra={"enum": ["json", "html"]}),
-    ] = None,
-) -> JSONResponse | HTMLResponse | RedirectResponse:
+def landing_page(request: Request, html: HtmlOrJson) -> Response:
     """Links to the API description, the conformance classes, the collections and the tiles."""
     links = [
         link(url(request, "/"), "self", JSON, "This document"),
-        link(url(request, "/?f=html"), "alternate", HTML, "This document as HTML"),
         link(url(request, "/api"), "service-desc", OPENAPI, "The API definition (OpenAPI)"),
         link(url(request, "/api.html"), "service-doc", HTML, "The API documentation"),
         link(url(request, "/conformance"), "conformance", JSON, "Conformance classes"),
@@ -94,28 +76,29 @@ def landing_page(
         "description": "Digital twin of the city's municipal assets.",
         "links": links,
     }
-    if _wants_html(accept, f):
-        if f is None and getattr(request.app.state, "web_map", False):
-            return RedirectResponse("web/", status_code=307)
-        return HTMLResponse(_landing_html(doc))
-    return JSONResponse(doc)
+    if html and "f" not in request.query_params and getattr(request.app.state, "web_map", False):
+        return RedirectResponse("web/", status_code=307, headers=VARY)
+    pages = [
+        ("The collections", html_url(request, "/collections")),
+        ("The web map", url(request, "/web/")),
+        ("The API documentation", url(request, "/api.html")),
+        ("Conformance classes", html_url(request, "/conformance")),
+        ("Vector tiles of all layers", html_url(request, "/tiles")),
+    ]
+    if not getattr(request.app.state, "web_map", False):
+        del pages[1]
+    return negotiate(request, html, doc, "twin", pages=pages)
 
 
-def _landing_html(doc: dict) -> str:
-    items = "".join(
-        f'<li><a href="{html.escape(lk["href"])}">{html.escape(lk.get("title") or lk["rel"])}</a>'
-        f" <small>({html.escape(lk['type'])})</small></li>"
-        for lk in doc["links"]
-        if lk["type"] in (JSON, HTML, GEOJSON, OPENAPI)
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>twin</title></head><body>"
-        f"<h1>{html.escape(doc['title'])}</h1><p>{html.escape(doc['description'])}</p>"
-        f"<ul>{items}</ul></body></html>"
-    )
-
-
-@router.get("/conformance", summary="Conformance classes", responses=responses())
-def conformance() -> dict:
+@router.get(
+    "/conformance",
+    summary="Conformance classes",
+    responses=responses(media=(JSON, HTML), schema={"type": "object"}),
+)
+def conformance(request: Request, html: HtmlOrJson) -> Response:
     """The OGC conformance classes this server implements."""
-    return {"conformsTo": list(CONFORMANCE)}
+    doc = {
+        "links": [link(url(request, "/conformance"), "self", JSON, "This document")],
+        "conformsTo": list(CONFORMANCE),
+    }
+    return negotiate(request, html, doc, "Conformance classes")

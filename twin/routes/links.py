@@ -32,9 +32,11 @@ def url(request: Request, path: str) -> str:
     return base_url(request) + path
 
 
-def request_url(request: Request, **replace: Any) -> str:
-    """This request's own URL (on the public base), with some query parameters replaced."""
-    u = request.url.include_query_params(**replace) if replace else request.url
+def request_url(request: Request, *, drop: tuple[str, ...] = (), **replace: Any) -> str:
+    """This request's own URL (on the public base), with some query parameters replaced and
+    those named in `drop` left out."""
+    u = request.url.remove_query_params(drop) if drop else request.url
+    u = u.include_query_params(**replace) if replace else u
     path = u.path + (f"?{u.query}" if u.query else "")
     root = request.scope.get("root_path", "")
     return base_url(request) + path.removeprefix(root)

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from twin.routes.links import JSON
+from twin.routes.links import HTML, JSON
 
 
 class ErrorBody(BaseModel):
@@ -60,9 +60,10 @@ def responses(
     guarded: bool = True,
 ) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of a route answering 200 (`what`, in `media`, with body `schema` when
-    given) and each of `statuses`. A guarded route (every route but /healthz and /metrics, see
-    `twin.guard`) also answers 400 once past its time budget and 503 when the worker is full."""
-    content = {m: {} if schema is None else {"schema": schema} for m in _tuple(media)}
+    given: the JSON types' schema, not the HTML page's) and each of `statuses`. A guarded route
+    (every route but /healthz and /metrics, see `twin.guard`) also answers 400 once past its
+    time budget and 503 when the worker is full."""
+    content = {m: {} if schema is None or m == HTML else {"schema": schema} for m in _tuple(media)}
     out: dict[int | str, dict[str, Any]] = {200: {"description": what, "content": content}}
     for status in sorted({*statuses, *((400, 503) if guarded else ())}):
         answer: dict[str, Any] = {"description": STATUSES[status]}

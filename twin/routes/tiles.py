@@ -15,9 +15,17 @@ from tiles import grid
 from tiles.errors import TileOutOfMatrix
 from twin.access import Scope
 from twin.cql2 import Filter, queryable_names
-from twin.dependencies import NOT_NEGATIVE, CatalogDep, CollectionId, Collections, CqlFilter
+from twin.dependencies import (
+    NOT_NEGATIVE,
+    CatalogDep,
+    CollectionId,
+    Collections,
+    CqlFilter,
+    HtmlOrJson,
+)
 from twin.routes.collections import raster_bounds
-from twin.routes.links import JSON, MVT, PNG, REL_TILING_SCHEMES, base_url, link, url
+from twin.routes.html import collection_crumbs, html_url, negotiate
+from twin.routes.links import HTML, JSON, MVT, PNG, REL_TILING_SCHEMES, base_url, link, url
 from twin.routes.responses import responses
 from twin.routes.schemas import BINARY
 from twin.select import Selection, select
@@ -85,13 +93,19 @@ def _tms_check(tms: str) -> None:
         raise UnknownTileMatrixSet(tms)
 
 
+LISTING = responses(media=(JSON, HTML), schema={"type": "object"})
+"""What a listing of tile matrix sets or tilesets answers: JSON, or its page for browsers."""
+LISTING_404 = responses(404, media=(JSON, HTML), schema={"type": "object"})
+
+
 # -- tile matrix sets -------------------------------------------------------------------------
 
 
-@router.get("/tileMatrixSets", summary="Tile matrix sets", responses=responses())
-def tile_matrix_sets(request: Request) -> dict:
+@router.get("/tileMatrixSets", summary="Tile matrix sets", responses=LISTING)
+def tile_matrix_sets(request: Request, html: HtmlOrJson) -> Response:
     """The tiling schemes offered (WebMercatorQuad)."""
-    return {
+    doc = {
+        "links": [link(url(request, "/tileMatrixSets"), "self", JSON, "Tile matrix sets")],
         "tileMatrixSets": [
             {
                 "id": TMS_ID,
@@ -99,8 +113,9 @@ def tile_matrix_sets(request: Request) -> dict:
                 "uri": TMS_URI,
                 "links": [link(url(request, f"/tileMatrixSets/{TMS_ID}"), "self", JSON, TMS_ID)],
             }
-        ]
+        ],
     }
+    return negotiate(request, html, doc, "Tile matrix sets")
 
 
 @router.get(
@@ -166,21 +181,27 @@ def _tilesets(request: Request, path: str, base: str, title: str) -> dict:
 @router.get(
     "/collections/{collectionId}/tiles",
     summary="Vector tilesets of a collection",
-    responses=responses(404),
+    responses=LISTING_404,
 )
 def collection_tilesets(
-    request: Request, collectionId: CollectionId, catalog: CatalogDep, scope: Scope
-) -> dict:
+    request: Request,
+    collectionId: CollectionId,
+    catalog: CatalogDep,
+    scope: Scope,
+    html: HtmlOrJson,
+) -> Response:
     """The tilesets of one collection (WebMercatorQuad vector tiles)."""
-    layer = catalog.layer(collectionId, scope)
+    title = catalog.layer(collectionId, scope).schema.title
     base = f"/collections/{collectionId}/tiles/{TMS_ID}"
-    return _tilesets(request, f"/collections/{collectionId}/tiles", base, layer.schema.title)
+    doc = _tilesets(request, f"/collections/{collectionId}/tiles", base, title)
+    crumbs = collection_crumbs(request, collectionId, title)
+    return negotiate(request, html, doc, f"{title}: vector tilesets", crumbs)
 
 
 @router.get(
     "/collections/{collectionId}/tiles/{tileMatrixSetId}",
     summary="Vector tileset of a collection",
-    responses=responses(404),
+    responses=LISTING_404,
 )
 def collection_tileset(
     request: Request,
@@ -189,12 +210,13 @@ def collection_tileset(
     catalog: CatalogDep,
     scope: Scope,
     tiles: TilesDep,
-) -> dict:
+    html: HtmlOrJson,
+) -> Response:
     """Tileset metadata (OGC API Tiles): tile URL template, zooms, bounds, layers."""
     _tms_check(tileMatrixSetId)
     layer = catalog.layer(collectionId, scope)
     base = f"/collections/{collectionId}/tiles/{TMS_ID}"
-    return tileset_document(
+    doc = tileset_document(
         base_url(request),
         {collectionId: layer},
         base,
@@ -202,6 +224,8 @@ def collection_tileset(
         title=layer.schema.title,
         links=_tileset_links(request, base),
     )
+    crumbs = collection_crumbs(request, collectionId, layer.schema.title)
+    return negotiate(request, html, doc, f"{layer.schema.title}: vector tileset", crumbs)
 
 
 @router.get(
@@ -229,14 +253,15 @@ def collection_tilejson(
     )
 
 
-@router.get("/tiles", summary="Vector tilesets of all layers", responses=responses())
-def dataset_tilesets(request: Request) -> dict:
+@router.get("/tiles", summary="Vector tilesets of all layers", responses=LISTING)
+def dataset_tilesets(request: Request, html: HtmlOrJson) -> Response:
     """The composite tilesets (every layer the caller may see in one tile)."""
-    return _tilesets(request, "/tiles", f"/tiles/{TMS_ID}", "All layers")
+    doc = _tilesets(request, "/tiles", f"/tiles/{TMS_ID}", "All layers")
+    return negotiate(request, html, doc, "Vector tilesets of all layers")
 
 
 @router.get(
-    "/tiles/{tileMatrixSetId}", summary="Vector tileset of all layers", responses=responses(404)
+    "/tiles/{tileMatrixSetId}", summary="Vector tileset of all layers", responses=LISTING_404
 )
 def dataset_tileset(
     request: Request,
@@ -245,12 +270,13 @@ def dataset_tileset(
     scope: Scope,
     tiles: TilesDep,
     collections: Collections,
-) -> dict:
+    html: HtmlOrJson,
+) -> Response:
     """Tileset metadata of the composite tiles."""
     _tms_check(tileMatrixSetId)
     layers = _visible(catalog, scope, collections)
     base = f"/tiles/{TMS_ID}"
-    return tileset_document(
+    doc = tileset_document(
         base_url(request),
         layers,
         base,
@@ -258,6 +284,8 @@ def dataset_tileset(
         title="twin",
         links=_tileset_links(request, base),
     )
+    crumbs = [("Vector tilesets of all layers", html_url(request, "/tiles"))]
+    return negotiate(request, html, doc, "Vector tileset of all layers", crumbs)
 
 
 @router.get(
@@ -360,11 +388,15 @@ def _names(layer: Layer) -> set[str]:
 @router.get(
     "/collections/{collectionId}/map/tiles",
     summary="Map tilesets of a raster",
-    responses=responses(404),
+    responses=LISTING_404,
 )
 def map_tilesets(
-    request: Request, collectionId: CollectionId, catalog: CatalogDep, scope: Scope
-) -> dict:
+    request: Request,
+    collectionId: CollectionId,
+    catalog: CatalogDep,
+    scope: Scope,
+    html: HtmlOrJson,
+) -> Response:
     """The map tilesets of a raster collection (hillshade and colour relief PNG)."""
     info = catalog.raster(collectionId, scope)
     base = f"/collections/{collectionId}/map/tiles/{TMS_ID}"
@@ -392,10 +424,12 @@ def map_tilesets(
             "upperRight": [bounds[2], bounds[3]],
             "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84",
         }
-    return {
+    doc = {
         "links": [link(url(request, f"/collections/{collectionId}/map/tiles"), "self", JSON)],
         "tilesets": [tileset],
     }
+    crumbs = collection_crumbs(request, collectionId, info.title)
+    return negotiate(request, html, doc, f"{info.title}: map tilesets", crumbs)
 
 
 @router.get(
