@@ -29,6 +29,7 @@ from rasterio.transform import rowcol
 from rasterio.windows import Window
 
 from layers.errors import LayersError
+from layers.transform import transformer
 
 Method = Literal["nearest", "bilinear"]
 
@@ -158,9 +159,7 @@ def _dataset(src: RasterSource) -> Iterator[Dataset]:
 
 @lru_cache(maxsize=64)
 def _transformer(src_crs: str, dst_crs: str) -> Transformer:
-    return Transformer.from_crs(
-        CRS.from_user_input(src_crs), CRS.from_user_input(dst_crs), always_xy=True
-    )
+    return transformer(CRS.from_user_input(src_crs), CRS.from_user_input(dst_crs))
 
 
 def _to_raster_xy(

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio.to_thread
-import shapely
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,9 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from layers.catalog import Catalog
 from layers.models import Access
 from layers.settings import StoreSettings, open_store
-from tiles.prepared import prepare
 from tiles.settings import TileSettings
-from twin import metric
 from twin.cql2 import Limits
 from twin.crs import CrsSet
 from twin.guard import Admission, Guard
@@ -38,6 +35,7 @@ from twin.routes import collections, items, landing, ops, queries, styles, tiles
 from twin.routes.responses import answer_validation_errors_400
 from twin.settings import GuardSettings, QuerySettings, ServerSettings
 from twin.tileserve import TileFastPath, TileServer
+from twin.warmup import warm
 from twin.webmap import MAP_SUFFIXES, MAPLIBRE_DIST
 
 log = logging.getLogger("twin.app")
@@ -135,21 +133,6 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
-def warm(catalog: Catalog) -> Catalog:
-    """`catalog` with every layer's tile arrays and spatial index built, now rather than on the
-    first request that needs them (seconds at 1M features); already built ones are kept."""
-    for layer in catalog.layers(Access.RESTRICTED).values():
-        prepare(layer)
-        _ = layer.tree
-        if layer.bounds is not None:
-            # The transverse Mercator zone buffers and shapes around its features are drawn
-            # in (a projection costs ~0.4 s to make the first time).
-            minx, miny, maxx, maxy = layer.bounds
-            metric.projection(metric.zone_epsg((minx + maxx) / 2, (miny + maxy) / 2))
-    metric.area_m2(shapely.box(0.0, 0.0, 1e-3, 1e-3))  # its equal-area transformer, made once
-    return catalog
-
-
 def create_app(
     settings: ServerSettings | None = None,
     store_settings: StoreSettings | None = None,
@@ -171,7 +154,7 @@ def create_app(
         # The thread pool of this event loop: as many threads as `work_threads`, no more.
         anyio.to_thread.current_default_thread_limiter().total_tokens = guard.work_threads
         cat.subscribe(app.state.tiles.invalidate)
-        warm(cat)
+        warm(cat, app.state.query_settings)
         yield
         if own:
             cat.store.close()

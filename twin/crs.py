@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pyproj
@@ -20,6 +21,7 @@ import shapely
 from pyproj.exceptions import CRSError
 
 from layers.models import Bounds
+from layers.transform import transformer
 from twin.errors import InvalidParameter
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -114,7 +116,7 @@ class CrsSet:
         if t is None:
             other = pyproj.CRS.from_epsg(ref.epsg)
             src, dst = ("OGC:CRS84", other) if forward else (other, "OGC:CRS84")
-            t = cache[ref.epsg] = _Transform(pyproj.Transformer.from_crs(src, dst))
+            t = cache[ref.epsg] = _Transform(pyproj.Transformer.from_crs(src, dst), src, dst)
         return t
 
     def to_crs(self, geoms: np.ndarray, ref: CrsRef) -> np.ndarray:
@@ -158,11 +160,14 @@ class CrsSet:
 class _Transform:
     """A pyproj transformer applied to whole shapely arrays at once."""
 
-    def __init__(self, transformer: pyproj.Transformer) -> None:
-        self.transformer = transformer
+    def __init__(self, searched: pyproj.Transformer, src: Any, dst: Any) -> None:
+        self.transformer = searched
+        """For bounds (a pipeline has no CRSs to tell `transform_bounds` what is geographic)."""
+        self.points = transformer(src, dst, always_xy=False)
+        """For coordinates: cheap to use from every thread."""
 
     def _xy(self, xy: np.ndarray) -> np.ndarray:
-        x, y = self.transformer.transform(xy[:, 0], xy[:, 1])
+        x, y = self.points.transform(xy[:, 0], xy[:, 1])
         return np.column_stack([x, y])
 
     def geometries(self, geoms: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import shapely
 from pyproj import CRS, Geod, Proj, Transformer
 
 from layers.layer import Layer
+from layers.transform import transformer
 from twin import budget
 from twin.errors import InvalidParameter, LimitExceeded
 
@@ -131,8 +132,8 @@ def projection(epsg: int) -> Projection:
     return Projection(
         epsg,
         crs.name,
-        Transformer.from_crs(4326, crs, always_xy=True),
-        Transformer.from_crs(crs, 4326, always_xy=True),
+        transformer(4326, crs),
+        transformer(crs, 4326),
         Proj(crs),
     )
 
@@ -152,7 +153,7 @@ def projection_for(geometry: Any) -> Projection:
 @lru_cache(maxsize=1)
 def _equal_area() -> Transformer:
     # Lambert cylindrical equal-area on the WGS 84 ellipsoid (EASE-Grid 2.0): areas are exact.
-    return Transformer.from_crs(4326, 6933, always_xy=True)
+    return transformer(4326, 6933)
 
 
 # -- the local frame in which nearest points are found ----------------------------------------

@@ -31,6 +31,7 @@ from layers.models import Access
 from layers.raster import Dataset, MemoryRaster, Method, read_into_memory, sample_xy
 from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
+from layers.transform import transformer
 from twin import budget, geojson, metric
 from twin.errors import InvalidParameter, LimitExceeded
 
@@ -369,6 +370,11 @@ def _grid_cells(grid: Layer) -> _Cells:
     return _Cells(records, place)
 
 
+def cell_records(grid: Layer) -> _Cells:
+    """The grid's cells as answers give them, made once per grid layer."""
+    return grid.derived(_Cells, lambda: _grid_cells(grid))
+
+
 def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> list[dict[str, Any]]:
     """The management cells (every level, district first) that `geometry` meets, when the
     caller may see the grid."""
@@ -378,7 +384,7 @@ def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> lis
     rows = grid.query(geometry, "intersects")
     if not len(rows):
         return []
-    cells = grid.derived(_Cells, lambda: _grid_cells(grid))
+    cells = cell_records(grid)
     rows = rows[np.argsort(cells.place[rows], kind="stable")]
     return [dict(cells.records[i]) for i in rows.tolist()]
 
@@ -440,7 +446,7 @@ def _open(path: Path, max_memory: int = 0) -> tuple[Dataset, Transformer]:
 
 @lru_cache(maxsize=64)
 def _to_raster(crs_wkt: str) -> Transformer:
-    return Transformer.from_crs("OGC:CRS84", crs_wkt, always_xy=True)
+    return transformer("OGC:CRS84", crs_wkt)
 
 
 def raster_values(

@@ -45,10 +45,11 @@ import uvicorn
 
 from layers.catalog import Catalog
 from layers.settings import StoreSettings, open_store
-from twin.app import create_app, warm
+from twin.app import create_app
 from twin.peers import TilePeers, control_pair, link, send_link
 from twin.protocol import JsonErrorsProtocol
 from twin.settings import ServerSettings
+from twin.warmup import warm
 
 BACKLOG = 2048
 GRACE_S = 10

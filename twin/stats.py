@@ -110,14 +110,17 @@ def earlier_cells(cells: np.ndarray) -> np.ndarray:
     return out
 
 
-def layer_stats(layer: Layer, rows: np.ndarray, cells: np.ndarray) -> dict[str, np.ndarray]:
+def layer_stats(
+    layer: Layer, rows: np.ndarray, cells: np.ndarray, earlier: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Statistics of `layer`'s `rows` over the cell polygons `cells` (lon/lat): `count` always,
     `length_m` when it holds lines, `area_m2` when it holds polygons; one value per cell.
 
     The values add up to what lies inside the cells' union: lengths and areas are split between
     the cells (a piece on an edge two cells share goes to the earlier cell), a point is counted
     in the first cell it falls in, a line or polygon in the cell holding the largest part of it
-    (the first of equals; the first it meets when it only touches the cells)."""
+    (the first of equals; the first it meets when it only touches the cells). `earlier` is
+    `earlier_cells(cells)` when already made."""
     n = len(cells)
     geoms = layer.geometry[rows]
     types = shapely.get_type_id(geoms)
@@ -127,7 +130,8 @@ def layer_stats(layer: Layer, rows: np.ndarray, cells: np.ndarray) -> dict[str, 
     order = np.lexsort((cell, feat))
     feat, cell = feat[order], cell[order]
     share = np.zeros(len(feat))  # the length or area of each (feature, cell) piece
-    earlier = earlier_cells(cells)
+    if earlier is None:
+        earlier = earlier_cells(cells)
     for family, name, measure in (
         (_LINE, "length_m", metric.length_m),
         (_POLYGON, "area_m2", metric.area_m2),
@@ -187,7 +191,9 @@ def _cached_layer_stats(
         rows = np.arange(len(layer), dtype=np.int64)
     else:
         rows = np.flatnonzero(evaluate(flt, layer))
-    result = layer_stats(layer, rows, grid.geometry[cells])
+    polygons = grid.geometry[cells]
+    earlier = grid.derived(("earlier cells", level), lambda: earlier_cells(polygons))
+    result = layer_stats(layer, rows, polygons, earlier)
     held[key] = (weakref.ref(grid), result)
     return result
 
