@@ -107,6 +107,7 @@ def earlier_cells(cells: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(np.r_[True, late[1:] != late[:-1]])
     for lo, hi in zip(starts, [*starts[1:], len(late)], strict=True):
         out[late[lo]] = shapely.union_all(cells[early[lo:hi]])
+    shapely.prepare(out[out != None])  # noqa: E711  (elementwise)
     return out
 
 
@@ -125,8 +126,15 @@ def layer_stats(
     geoms = layer.geometry[rows]
     types = shapely.get_type_id(geoms)
     out: dict[str, np.ndarray] = {}
-    tree = shapely.STRtree(cells)
-    feat, cell = tree.query(geoms, predicate="intersects")
+    # The layer's own tree asked with each (prepared) cell: a few large polygons tested
+    # against many small shapes, rather than each shape against unprepared cells.
+    shapely.prepare(cells)
+    cell, feat = layer.tree.query(cells, predicate="intersects")
+    if len(rows) != len(layer):
+        place = np.full(len(layer), -1, dtype=np.int64)
+        place[rows] = np.arange(len(rows))
+        keep = place[feat] >= 0
+        cell, feat = cell[keep], place[feat[keep]]
     order = np.lexsort((cell, feat))
     feat, cell = feat[order], cell[order]
     share = np.zeros(len(feat))  # the length or area of each (feature, cell) piece
