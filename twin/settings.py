@@ -55,7 +55,7 @@ class GuardSettings(BaseSettings):
     request_timeout_s: float = 10.0
     """Wall-clock budget of one request, seconds: past it the work is stopped and the request
     answered 400 `TimeLimitExceeded`."""
-    max_in_flight: int = 32
+    max_in_flight: int = 16
     """Requests one worker works on at once; more are answered 503 with `Retry-After` at once
     (`/healthz`, `/metrics` and cached tiles are always answered)."""
     work_threads: int = 4
