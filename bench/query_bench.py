@@ -86,6 +86,9 @@ class MemoryStore:
     def load(self, name: str, scope: Access) -> Layer:
         return self._layers[name]
 
+    def revision(self) -> int:
+        return 0
+
 
 def as_served(layer: Layer) -> Layer:
     """The layer with every attribute in its schema's dtype, as a store loads it."""

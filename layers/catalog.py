@@ -1,4 +1,5 @@
-"""The catalog: every layer of a store held in memory for serving, built once at start-up."""
+"""The catalog: every layer of a store held in memory for serving, loaded at start-up and kept
+in step with the store by its change log (`follow`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from collections.abc import Callable
 
 from layers.errors import UnknownCollection
 from layers.layer import Layer
-from layers.models import Access, Bounds
+from layers.models import Access, Bounds, Change
 from layers.store import RasterInfo, Store
 
 ChangeListener = Callable[[str, Bounds | None], None]
 """Called with a collection name and the box that changed (None: the whole layer)."""
+LayerHook = Callable[[Layer], None]
+"""Called with a layer about to be served in place of another (to make its derived data)."""
 
 
 class Catalog:
@@ -20,17 +23,26 @@ class Catalog:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
+        self._following = threading.Lock()
         self._layers: dict[str, Layer] = {}
         self._rasters: dict[str, RasterInfo] = {}
         self._revisions: dict[str, int] = {}
         self._listeners: list[ChangeListener] = []
+        self.prepare: LayerHook | None = None
+        """Made ready before a changed layer is served (the server's warm-up of one layer)."""
+        self.seq = 0
+        """The newest change-log entry applied: what is held is the store as of then (or
+        later)."""
         self.reload()
 
     def reload(self, name: str | None = None) -> None:
         """Re-read one collection (or all) from the store and tell the listeners."""
         everything = Access.RESTRICTED
         if name is None:
+            # Read before the layers: a change landing meanwhile is applied again by `follow`.
+            seq = self.store.revision()
             layers = {n: self.store.load(n, everything) for n in self.store.layers(everything)}
+            self.seq = max(self.seq, seq)
             rasters = self.store.rasters(everything)
             with self._lock:
                 self._layers, self._rasters = layers, rasters
@@ -39,11 +51,16 @@ class Catalog:
             changed = [*layers, *rasters]
         else:
             rasters = self.store.rasters(everything)
+            loaded = None
+            if name not in rasters and name in self.store.layers(everything):
+                loaded = self.store.load(name, everything)
+                if self.prepare is not None:
+                    self.prepare(loaded)
             with self._lock:
                 if name in rasters:
                     self._rasters[name] = rasters[name]
-                elif name in self.store.layers(everything):
-                    self._layers[name] = self.store.load(name, everything)
+                elif loaded is not None:
+                    self._layers[name] = loaded
                 else:
                     self._layers.pop(name, None)
                     self._rasters.pop(name, None)
@@ -51,6 +68,38 @@ class Catalog:
             changed = [name]
         for n in changed:
             self.notify(n, None)
+
+    def follow(self) -> list[Change]:
+        """Apply the store's changes since the last one applied, feature by feature: each
+        collection's changed features are read from the store and patched into its layer (a
+        `LAYER` change reloads the collection), the new layer made ready (`prepare`) and
+        swapped in, then the listeners told the old and new box of every change. Threads
+        calling at once apply each change once."""
+        with self._following:
+            changes = self.store.changes(self.seq)
+            if not changes:
+                return []
+            groups: dict[str, list[Change]] = {}
+            for c in changes:
+                groups.setdefault(c.collection, []).append(c)
+            for name, group in groups.items():
+                held = self._layers.get(name)
+                if held is None or any(c.id is None for c in group):
+                    self.reload(name)
+                    continue
+                ids = [c.id for c in group if c.id is not None]
+                now = self.store.features(name, ids, Access.RESTRICTED)
+                layer = held.patched(now, set(ids) - set(now.ids.tolist()))
+                if self.prepare is not None:
+                    self.prepare(layer)
+                with self._lock:
+                    self._layers[name] = layer
+                    self._revisions[name] = self._revisions.get(name, 0) + 1
+                boxes = dict.fromkeys(b for c in group for b in (c.old, c.new) if b is not None)
+                for box in boxes:
+                    self.notify(name, box)
+            self.seq = changes[-1].seq
+            return changes
 
     def put(self, layer: Layer, changed: Bounds | None = None) -> None:
         """Replace a layer held in memory (after an edit) and tell the listeners what changed."""
@@ -62,6 +111,10 @@ class Catalog:
     def subscribe(self, listener: ChangeListener) -> None:
         """Call `listener` on every change of a collection."""
         self._listeners.append(listener)
+
+    def unsubscribe(self, listener: ChangeListener) -> None:
+        """Stop calling `listener` (an app that stops serving this catalog)."""
+        self._listeners.remove(listener)
 
     def notify(self, name: str, changed: Bounds | None) -> None:
         """Tell every listener that `changed` of collection `name` changed."""

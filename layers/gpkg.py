@@ -14,8 +14,9 @@ import shutil
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empt
 from layers.models import (
     Access,
     Bounds,
+    Change,
+    ChangeKind,
     FieldType,
     GeometryFamily,
     ImportRecord,
@@ -44,6 +47,9 @@ CACHE_KIB = 65536  # SQLite page cache per connection
 _ROWS_PER_INSERT = 200
 _CHUNK = 50_000  # features encoded and written at a time
 _MAX_PARAMS = 30_000  # under SQLite's limit of 32,766 bound parameters per statement
+FEED_FEATURES_MAX = 10_000
+"""A write changing more features than this is one `LAYER` entry of the change log (followers
+reload the collection) instead of one entry per feature."""
 RASTER_DIR = "rasters"
 SRS_ID = 4326
 GEOM = "geom"
@@ -96,6 +102,11 @@ CREATE TABLE IF NOT EXISTS twin_imports (
   added INTEGER NOT NULL, updated INTEGER NOT NULL, unchanged INTEGER NOT NULL,
   removed INTEGER NOT NULL, rejected INTEGER NOT NULL, repaired INTEGER NOT NULL,
   details TEXT NOT NULL DEFAULT '{{}}');
+CREATE TABLE IF NOT EXISTS twin_changes (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT, kind TEXT NOT NULL,
+  old_min_x REAL, old_min_y REAL, old_max_x REAL, old_max_y REAL,
+  new_min_x REAL, new_min_y REAL, new_max_x REAL, new_max_y REAL,
+  user TEXT NOT NULL, time DATETIME NOT NULL, why TEXT NOT NULL);
 """
 
 
@@ -111,6 +122,78 @@ def _iso(t: dt.datetime) -> str:
 def _q(name: str) -> str:
     """A quoted SQL identifier (names are checked identifiers, quoting is belt and braces)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+_CHANGE_COLUMNS = (
+    "collection, id, kind, old_min_x, old_min_y, old_max_x, old_max_y, "
+    "new_min_x, new_min_y, new_max_x, new_max_y, user, time, why"
+)
+
+
+def _boxes(geoms: np.ndarray) -> list[tuple[float | None, ...]]:
+    """Each geometry's bounds as four numbers (four None for a missing or empty one)."""
+    b = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
+    return [tuple(None if v != v else v for v in row) for row in b.tolist()]
+
+
+@dataclass(frozen=True)
+class _Log:
+    """Change-log entries of one write, inside its transaction."""
+
+    db: sqlite3.Connection
+    name: str
+    user: str
+    stamp: str
+    why: str
+
+    def layer(self) -> None:
+        """One entry for the whole collection."""
+        self.db.execute(
+            f"INSERT INTO twin_changes ({_CHANGE_COLUMNS}) VALUES "
+            "(?, NULL, 'layer', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?, ?, ?)",
+            (self.name, self.user, self.stamp, self.why),
+        )
+
+    def features(
+        self,
+        kind: ChangeKind,
+        ids: list[str],
+        old: list[tuple[float | None, ...]] | None = None,
+        new: list[tuple[float | None, ...]] | None = None,
+    ) -> None:
+        """One entry per feature, with its boxes before and after."""
+        none = (None,) * 4
+        self.db.executemany(
+            f"INSERT INTO twin_changes ({_CHANGE_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    self.name,
+                    fid,
+                    kind.value,
+                    *(old[i] if old else none),
+                    *(new[i] if new else none),
+                    self.user,
+                    self.stamp,
+                    self.why,
+                )
+                for i, fid in enumerate(ids)
+            ),
+        )
+
+
+def _stored_boxes(db: sqlite3.Connection, name: str, ids: list[str]) -> dict[str, tuple]:
+    """The boxes of the stored geometries of `ids` (before a change)."""
+    out: dict[str, tuple] = {}
+    for lo in range(0, len(ids), 500):
+        part = ids[lo : lo + 500]
+        rows = db.execute(
+            f"SELECT id, {GEOM} FROM {_q(name)} WHERE id IN ({', '.join('?' * len(part))})", part
+        ).fetchall()
+        if rows:
+            boxes = _boxes(decode_geometries([r[1] for r in rows]))
+            out.update(zip((r[0] for r in rows), boxes, strict=True))
+    return out
 
 
 _HEADER = np.dtype(
@@ -241,9 +324,7 @@ class GeoPackageStore:
         self.file = self.root / GPKG_FILE
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(
-                self.file, isolation_level=None, check_same_thread=False, timeout=30
-            )
+            self._connect()
             with self._lock:
                 # Large pages make bulk imports ~40% faster (fewer B-tree splits); a no-op on
                 # an existing file, whose page size is fixed.
@@ -252,10 +333,25 @@ class GeoPackageStore:
                 # itself, where GDAL reads it.
                 self._db.executescript(f"BEGIN IMMEDIATE; {_BOOTSTRAP} COMMIT;")
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.file}: {exc}") from None
+
+    def _connect(self) -> None:
+        self._pid = os.getpid()
+        self._db = sqlite3.connect(
+            self.file, isolation_level=None, check_same_thread=False, timeout=30
+        )
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+
+    def _forked(self) -> None:
+        """A process forked from the one that opened the store (a `--workers` worker) opens a
+        connection of its own: an SQLite connection must not cross a fork."""
+        if os.getpid() != self._pid:
+            # The parent's connection is left unclosed: closing it here could undo its locks.
+            self._inherited = self._db
+            self._lock = threading.RLock()
+            self._connect()
 
     def __repr__(self) -> str:
         return f"GeoPackageStore({self.location!r})"
@@ -264,6 +360,7 @@ class GeoPackageStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._forked()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -275,6 +372,7 @@ class GeoPackageStore:
                 self._db.execute("COMMIT")
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        self._forked()
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
@@ -336,10 +434,25 @@ class GeoPackageStore:
 
     def load(self, name: str, scope: Access) -> Layer:
         """Read a whole vector layer into memory."""
+        return self._read(name, scope)
+
+    def features(self, name: str, ids: Sequence[str], scope: Access) -> Layer:
+        """The stored features of `ids` (those that exist), in the layer's stored order."""
+        ids = list(dict.fromkeys(ids))
+        parts = [
+            self._read(name, scope, ids[lo : lo + 500]) for lo in range(0, max(len(ids), 1), 500)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return Layer.concat(parts)
+
+    def _read(self, name: str, scope: Access, ids: list[str] | None = None) -> Layer:
         schema, meta = self._entry(name, scope)
         cols = [*schema.field_names, SOURCE, VERSION, UPDATED]
-        sql = f"SELECT id, {GEOM}, {', '.join(_q(c) for c in cols)} FROM {_q(name)} ORDER BY fid"
-        rows = self._rows(sql)
+        sql = f"SELECT id, {GEOM}, {', '.join(_q(c) for c in cols)} FROM {_q(name)}"
+        if ids is not None:
+            sql += f" WHERE id IN ({', '.join('?' * len(ids))})"
+        rows = self._rows(sql + " ORDER BY fid", tuple(ids or ()))
         if not rows:
             return Layer(
                 schema,
@@ -349,7 +462,7 @@ class GeoPackageStore:
                 meta,
             )
         columns = list(zip(*rows, strict=True))
-        ids = np.array(columns[0], dtype=object)
+        fids = np.array(columns[0], dtype=object)
         geometry = decode_geometries(list(columns[1]))
         data: dict[str, pd.Series] = {}
         for f, values in zip(schema.fields, columns[2:], strict=False):
@@ -365,7 +478,37 @@ class GeoPackageStore:
         data[UPDATED] = pd.to_datetime(pd.Series(columns[4 + n_fields]), utc=True).astype(
             "datetime64[ms, UTC]"
         )
-        return Layer(schema, ids, geometry, pd.DataFrame(data), meta)
+        return Layer(schema, fids, geometry, pd.DataFrame(data), meta)
+
+    def revision(self) -> int:
+        """The sequence number of the newest change-log entry (0: none yet)."""
+        (seq,) = self._rows("SELECT max(seq) FROM twin_changes")[0]
+        return int(seq or 0)
+
+    def changes(self, since: int, limit: int = 100_000) -> list[Change]:
+        """Change-log entries after `since`, oldest first, at most `limit`."""
+        rows = self._rows(
+            f"SELECT seq, {_CHANGE_COLUMNS} FROM twin_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (since, limit),
+        )
+
+        def box(values: tuple) -> Bounds | None:
+            return None if None in values else Bounds(*values)
+
+        return [
+            Change(
+                seq=r[0],
+                collection=r[1],
+                id=r[2],
+                kind=ChangeKind(r[3]),
+                old=box(r[4:8]),
+                new=box(r[8:12]),
+                user=r[12],
+                time=dt.datetime.fromisoformat(r[13].replace("Z", "+00:00")),
+                why=r[14],
+            )
+            for r in rows
+        ]
 
     def history(self, collection: str | None = None) -> list[ImportRecord]:
         """Import history, newest first."""
@@ -495,7 +638,9 @@ class GeoPackageStore:
         hashes = feature_hashes(layer, wkb)
         now = _now()
         with self._transaction() as db:
+            before = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
             self._register(db, schema, meta)
+            after = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
             old = db.execute(f"SELECT id, {HASH}, {SOURCE} FROM {_q(name)}").fetchall()
             ids = layer.ids.tolist()
             # Matching by id with a pandas index, not a Python loop per feature.
@@ -520,6 +665,26 @@ class GeoPackageStore:
             rows_upd = np.flatnonzero(changed)
             stamp = _iso(now)
             id_array = np.asarray(layer.ids, dtype=object)
+            n_changed = len(rows_new) + len(rows_upd) + len(removed)
+            log = _Log(db, name, user, stamp, f"{mode} from {source}")
+            if before is None or before != after or n_changed > FEED_FEATURES_MAX:
+                if n_changed or before != after:
+                    log.layer()
+            elif n_changed:
+                upd_ids = id_array[rows_upd].tolist()
+                was = _stored_boxes(db, name, upd_ids + removed)
+                log.features(
+                    ChangeKind.ADDED,
+                    id_array[rows_new].tolist(),
+                    new=_boxes(layer.geometry[rows_new]),
+                )
+                log.features(
+                    ChangeKind.UPDATED,
+                    upd_ids,
+                    [was[i] for i in upd_ids],
+                    _boxes(layer.geometry[rows_upd]),
+                )
+                log.features(ChangeKind.REMOVED, removed, [was[i] for i in removed])
 
             def columns(rows: np.ndarray) -> list[list[Any]]:
                 sub = layer.attrs.iloc[rows]
@@ -648,10 +813,14 @@ class GeoPackageStore:
         """Remove features by id in one transaction; returns how many were removed."""
         self._entry(name, Access.RESTRICTED)
         with self._transaction() as db:
-            n = 0
-            for fid in ids:
-                n += db.execute(f"DELETE FROM {_q(name)} WHERE id = ?", (fid,)).rowcount
             stamp = _iso(_now())
+            was = _stored_boxes(db, name, list(dict.fromkeys(ids)))
+            n = 0
+            for fid in was:
+                n += db.execute(f"DELETE FROM {_q(name)} WHERE id = ?", (fid,)).rowcount
+            gone = list(was)
+            log = _Log(db, name, user, stamp, f"delete by {source}")
+            log.features(ChangeKind.REMOVED, gone, [was[i] for i in gone])
             self._touch(db, name, stamp)
             db.execute(
                 "INSERT INTO twin_imports (collection, time, user, source, mode, added, updated, "
@@ -672,6 +841,7 @@ class GeoPackageStore:
                 db.execute("DELETE FROM gpkg_geometry_columns WHERE table_name = ?", (name,))
                 db.execute("DELETE FROM gpkg_contents WHERE table_name = ?", (name,))
             db.execute("DELETE FROM twin_layers WHERE name = ?", (name,))
+            _Log(db, name, "twin", _iso(_now()), "dropped").layer()
         raster = self.root / RASTER_DIR / f"{name}.tif"
         if raster.exists():
             raster.unlink()
@@ -721,6 +891,7 @@ class GeoPackageStore:
                         json.dumps(info.meta, default=str),
                     ),
                 )
+                _Log(db, name, user, stamp, f"raster from {source}").layer()
                 # The file swap is the last step inside the transaction: if it fails, the
                 # registration rolls back and the previous raster stays in place.
                 os.replace(staged, target)

@@ -353,6 +353,41 @@ class Layer:
             dict(self.meta),
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[Layer]) -> Layer:
+        """The features of `parts` (one schema) one after another."""
+        first = parts[0]
+        return cls(
+            first.schema,
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.geometry for p in parts]),
+            pd.concat([p.attrs for p in parts], ignore_index=True),
+            dict(first.meta),
+        )
+
+    def patched(self, current: Layer, gone: Iterable[str] = ()) -> Layer:
+        """A new layer: this one with the features of `current` (same schema and columns) in
+        place of those of the same ids, the others of `current` appended in its order, and the
+        features `gone` removed; the layer's order stays the store's (an update keeps its row,
+        a new feature comes last)."""
+        n = len(self)
+        pos = self.row_of.get_indexer(current.ids) if n else np.full(len(current), -1)
+        take = np.arange(n)
+        known = pos >= 0
+        take[pos[known]] = n + np.flatnonzero(known)
+        keep = np.ones(n, dtype=bool)
+        drop = self.row_of.get_indexer(list(gone)) if n else np.array([], dtype=np.int64)
+        keep[drop[drop >= 0]] = False
+        take = np.concatenate([take[keep], n + np.flatnonzero(~known)])
+        both = pd.concat([self.attrs, current.attrs], ignore_index=True)
+        return Layer(
+            self.schema,
+            np.concatenate([self.ids, current.ids])[take],
+            np.concatenate([self.geometry, current.geometry])[take],
+            both.iloc[take].reset_index(drop=True),
+            dict(self.meta),
+        )
+
     def query(self, geometry: Any, predicate: str | None = "intersects") -> np.ndarray:
         """Sorted row numbers of features meeting `geometry` (or its bbox when predicate is None)."""
         if len(self) == 0:

@@ -221,6 +221,34 @@ class WriteResult:
     removed: int = 0
 
 
+class ChangeKind(StrEnum):
+    """What one entry of the change log did."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    REMOVED = "removed"
+    LAYER = "layer"
+    """The whole collection: a large import, a new schema, a raster, a dropped layer."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of a store's change log: the one source of "what changed since N".
+
+    Feature entries name the feature (`id`) with the box of its geometry before (`old`) and
+    after (`new`) the change; a `LAYER` entry has no id and no boxes: the whole collection."""
+
+    seq: int
+    collection: str
+    id: str | None
+    kind: ChangeKind
+    old: Bounds | None
+    new: Bounds | None
+    user: str
+    time: dt.datetime
+    why: str
+
+
 @dataclass(frozen=True)
 class ImportRecord:
     """One entry of a store's import history."""

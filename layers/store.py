@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from layers.layer import Layer
-from layers.models import Access, Bounds, ImportRecord, LayerSchema, WriteResult
+from layers.models import Access, Bounds, Change, ImportRecord, LayerSchema, WriteResult
 
 WriteMode = Literal["upsert", "replace"]
 """`upsert` adds and updates by id; `replace` also removes the source's features absent from it."""
@@ -81,6 +82,18 @@ class Store(Protocol):
 
     def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:
         """Move a finished COG into the store and register it atomically."""
+        ...
+
+    def features(self, name: str, ids: Sequence[str], scope: Access) -> Layer:
+        """The stored features of `ids` (those that exist), in the layer's stored order."""
+        ...
+
+    def revision(self) -> int:
+        """The sequence number of the newest change-log entry (0: none yet)."""
+        ...
+
+    def changes(self, since: int, limit: int = 100_000) -> list[Change]:
+        """Change-log entries after `since`, oldest first, at most `limit`."""
         ...
 
     def history(self, collection: str | None = None) -> list[ImportRecord]:

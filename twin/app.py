@@ -28,6 +28,7 @@ from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
 from twin.cql2 import Limits
 from twin.crs import CrsSet
+from twin.follow import Follower
 from twin.guard import Admission, Guard
 from twin.metrics import Metrics, MetricsMiddleware
 from twin.problems import ERRORS, error_response, problem
@@ -35,7 +36,7 @@ from twin.routes import collections, items, landing, ops, queries, styles, tiles
 from twin.routes.responses import answer_validation_errors_400
 from twin.settings import GuardSettings, QuerySettings, ServerSettings
 from twin.tileserve import TileFastPath, TileServer
-from twin.warmup import warm
+from twin.warmup import warm, warm_layer, warm_queries
 from twin.webmap import MAP_SUFFIXES, MAPLIBRE_DIST
 
 log = logging.getLogger("twin.app")
@@ -155,9 +156,21 @@ def create_app(
         anyio.to_thread.current_default_thread_limiter().total_tokens = guard.work_threads
         cat.subscribe(app.state.tiles.invalidate)
         warm(cat, app.state.query_settings)
-        yield
-        if own:
-            cat.store.close()
+        cat.prepare = warm_layer
+        follower = app.state.follower = Follower(
+            cat,
+            settings.follow_interval_s,
+            app.state.metrics,
+            lambda _: warm_queries(cat, app.state.query_settings),
+        )
+        follower.start()
+        try:
+            yield
+        finally:
+            follower.stop()
+            cat.unsubscribe(app.state.tiles.invalidate)
+            if own:
+                cat.store.close()
 
     app = FastAPI(
         title="twin",

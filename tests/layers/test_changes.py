@@ -1,0 +1,142 @@
+"""The store's change log and a catalog following it: every write is logged feature by feature
+(or as one whole-layer entry), and a catalog over another connection applies the changes so its
+layers equal a fresh load of the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from layers.catalog import Catalog
+from layers.gpkg import FEED_FEATURES_MAX, GeoPackageStore
+from layers.layer import Layer
+from layers.models import Access, Bounds, ChangeKind
+from layers.schemas import LIGHTS, VALVES
+from tests.twin.serve_fixtures import make_layer
+
+ALL = Access.RESTRICTED
+
+
+def lights(ids: list[str], xs: list[float], status: list[str | None]) -> Layer:
+    return make_layer(
+        LIGHTS, shapely.points(np.array(xs), np.full(len(xs), 30.35)), ids, status=status
+    )
+
+
+def same_layer(a: Layer, b: Layer) -> None:
+    """Two layers hold the same features, in the same order, with the same values."""
+    assert a.ids.tolist() == b.ids.tolist()
+    assert shapely.equals_exact(a.geometry, b.geometry, tolerance=0).all()
+    pd.testing.assert_frame_equal(a.attrs, b.attrs)
+    assert a.schema == b.schema
+
+
+def test_each_write_logs_its_features_with_their_boxes(tmp_path: Path) -> None:
+    store = GeoPackageStore(tmp_path)
+    assert store.revision() == 0 and store.changes(0) == []
+    first = lights(["a", "b", "c"], [114.30, 114.31, 114.32], ["on", "on", "on"])
+    store.write(first, source="f1", user="ann")
+    (created,) = store.changes(0)  # a new layer: one entry for the whole collection
+    assert created.kind is ChangeKind.LAYER and created.id is None and created.user == "ann"
+    seq = store.revision()
+    assert seq == created.seq
+    # b moves east and fails, c is left alone, d is new; with replace, a (absent) is removed.
+    second = lights(["b", "c", "d"], [114.35, 114.32, 114.40], ["fault", "on", "on"])
+    result = store.write(second, source="f1", user="bob", mode="replace")
+    assert (result.added, result.updated, result.unchanged, result.removed) == (1, 1, 1, 1)
+    got = {c.id: c for c in store.changes(seq)}
+    assert set(got) == {"a", "b", "d"}
+    assert got["b"].kind is ChangeKind.UPDATED
+    assert got["b"].old == Bounds(114.31, 30.35, 114.31, 30.35)
+    assert got["b"].new == Bounds(114.35, 30.35, 114.35, 30.35)
+    assert got["d"].kind is ChangeKind.ADDED and got["d"].old is None
+    assert got["d"].new == Bounds(114.40, 30.35, 114.40, 30.35)
+    assert got["a"].kind is ChangeKind.REMOVED and got["a"].new is None
+    assert got["a"].old == Bounds(114.30, 30.35, 114.30, 30.35)
+    assert all(c.user == "bob" and "f1" in c.why for c in got.values())
+    assert [c.seq for c in store.changes(seq)] == sorted(c.seq for c in got.values())
+    # The same file again changes nothing and logs nothing.
+    before = store.revision()
+    store.write(second, source="f1", user="bob", mode="replace")
+    assert store.revision() == before
+    # Deleting by id logs each feature that was there.
+    assert store.delete_features("lights", ["c", "zz"], user="eve", source="api") == 1
+    (gone,) = store.changes(before)
+    assert (gone.id, gone.kind, gone.old) == (
+        "c",
+        ChangeKind.REMOVED,
+        Bounds(114.32, 30.35, 114.32, 30.35),
+    )
+    store.close()
+
+
+def test_a_large_write_is_one_whole_layer_entry(tmp_path: Path) -> None:
+    store = GeoPackageStore(tmp_path)
+    n = FEED_FEATURES_MAX + 1
+    xs = np.linspace(114.3, 114.4, n).tolist()
+    store.write(lights([f"l{i}" for i in range(n)], xs, ["on"] * n), source="s", user="u")
+    seq = store.revision()
+    store.write(lights([f"l{i}" for i in range(n)], xs, ["off"] * n), source="s", user="u")
+    (entry,) = store.changes(seq)
+    assert entry.kind is ChangeKind.LAYER and entry.id is None
+    store.close()
+
+
+def test_patched_layer_equals_a_fresh_load(tmp_path: Path) -> None:
+    store = GeoPackageStore(tmp_path)
+    store.write(
+        lights(["a", "b", "c", "d"], [114.30, 114.31, 114.32, 114.33], ["on", None, "on", "off"]),
+        source="s",
+        user="u",
+    )
+    held = store.load("lights", ALL)
+    seq = store.revision()
+    store.write(lights(["b", "e"], [114.50, 114.60], ["fault", "on"]), source="s", user="u")
+    store.delete_features("lights", ["c"], user="u", source="api")
+    ids = [c.id for c in store.changes(seq) if c.id is not None]
+    now = store.features("lights", ids, ALL)
+    assert sorted(now.ids.tolist()) == ["b", "e"]
+    patched = held.patched(now, set(ids) - set(now.ids.tolist()))
+    same_layer(patched, store.load("lights", ALL))
+    store.close()
+
+
+def test_a_catalog_follows_writes_from_another_connection(tmp_path: Path) -> None:
+    GeoPackageStore(tmp_path).write(
+        lights(["a", "b", "c"], [114.30, 114.31, 114.32], ["on", "on", "on"]),
+        source="s",
+        user="u",
+    )
+    catalog = Catalog(GeoPackageStore(tmp_path))
+    heard: list[tuple[str, Bounds | None]] = []
+    catalog.subscribe(lambda name, box: heard.append((name, box)))
+    prepared: list[int] = []
+    catalog.prepare = lambda layer: prepared.append(len(layer))
+    assert catalog.follow() == []
+    other = GeoPackageStore(tmp_path)  # as `twin import` in another process
+    other.write(lights(["b"], [114.35], ["fault"]), source="s", user="u")
+    held = catalog.layer("lights", ALL)
+    applied = catalog.follow()
+    assert [c.id for c in applied] == ["b"]
+    assert catalog.seq == other.revision()
+    served = catalog.layer("lights", ALL)
+    assert served is not held  # a new layer swapped in; the one being served is untouched
+    assert held.attrs["status"].tolist() == ["on", "on", "on"]
+    same_layer(served, other.load("lights", ALL))
+    assert prepared == [3]
+    assert heard == [
+        ("lights", Bounds(114.31, 30.35, 114.31, 30.35)),
+        ("lights", Bounds(114.35, 30.35, 114.35, 30.35)),
+    ]
+    # A new collection (a whole-layer entry) is loaded; nothing is applied twice.
+    valves = make_layer(VALVES, shapely.points([114.3], [30.36]), ["v1"], kind=["gate"])
+    other.write(valves, source="s", user="u")
+    (entry,) = catalog.follow()
+    assert entry.kind is ChangeKind.LAYER
+    same_layer(catalog.layer("valves", ALL), other.load("valves", ALL))
+    assert catalog.follow() == []
+    other.close()
+    catalog.store.close()

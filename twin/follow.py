@@ -1,0 +1,85 @@
+"""Every server process follows the store's change log, so an import by `twin import` in
+another process, or an edit taken by another worker, is served here within a second, without
+a restart.
+
+`Follower` is one thread per process (started in the app's lifespan, so in each `--workers`
+worker after the fork): every `TWIN_FOLLOW_INTERVAL_S` it asks the store for its revision and,
+when it has moved, has the catalog apply the changes (`Catalog.follow`: the changed features
+patched into their layers, made ready, swapped in, the tiles their old and new boxes touch
+dropped), then remakes what queries derive from the changed layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge
+
+from layers.catalog import Catalog
+from layers.models import Change
+from twin.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+JOIN_S = 5.0
+"""How long stopping waits for a change being applied."""
+
+
+class Follower:
+    """The thread keeping one process's catalog in step with the store's change log."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        interval_s: float,
+        metrics: Metrics,
+        after: Callable[[list[Change]], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.interval_s = interval_s
+        self.after = after
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.applied = Counter(
+            "twin_changes_applied",
+            "Change-log entries this process has applied to the layers it serves.",
+            registry=metrics.registry,
+        )
+        Gauge(
+            "twin_store_revision",
+            "The newest change-log entry this process serves.",
+            registry=metrics.registry,
+        ).set_function(lambda: self.catalog.seq)
+
+    def start(self) -> None:
+        """Follow from now on (no thread when the interval is 0)."""
+        if self.interval_s > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="twin-follow", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following (waits for a change being applied)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(JOIN_S)
+            self._thread = None
+
+    def step(self) -> list[Change]:
+        """Apply what changed since the last step (what the thread does every interval)."""
+        if self.catalog.store.revision() <= self.catalog.seq:
+            return []
+        changes = self.catalog.follow()
+        if changes:
+            self.applied.inc(len(changes))
+            if self.after is not None:
+                self.after(changes)
+        return changes
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.step()
+            except Exception:  # the store busy or broken: say so, try again next time
+                log.exception("applying the store's changes failed; trying again")
