@@ -36,6 +36,7 @@ from layers.models import (
     GeometryFamily,
     ImportRecord,
     LayerSchema,
+    Reading,
     WriteResult,
 )
 from layers.schemas import check_name
@@ -107,6 +108,14 @@ CREATE TABLE IF NOT EXISTS twin_changes (
   old_min_x REAL, old_min_y REAL, old_max_x REAL, old_max_y REAL,
   new_min_x REAL, new_min_y REAL, new_max_x REAL, new_max_y REAL,
   user TEXT NOT NULL, time DATETIME NOT NULL, why TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS twin_readings (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT NOT NULL,
+  property TEXT NOT NULL, time DATETIME NOT NULL, value TEXT NOT NULL,
+  received DATETIME NOT NULL, user TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS twin_readings_feature ON twin_readings (collection, id, time);
+CREATE TABLE IF NOT EXISTS twin_state (
+  collection TEXT NOT NULL, id TEXT NOT NULL, property TEXT NOT NULL, time DATETIME NOT NULL,
+  PRIMARY KEY (collection, id, property));
 """
 
 
@@ -509,6 +518,77 @@ class GeoPackageStore:
             )
             for r in rows
         ]
+
+    def observe(self, readings: Sequence[Reading], *, user: str) -> int:
+        """Keep every reading as history and make the newest of each feature's property (by
+        its time, not by arrival) that feature's state, in one transaction: a reading older
+        than the state recorded is kept in the history only. Each feature whose state changed
+        is one change-log entry. Returns how many features changed."""
+        if not readings:
+            return 0
+        stamp = _iso(_now())
+        newest: dict[tuple[str, str, str], Reading] = {}
+        for r in readings:
+            key = (r.collection, r.id, r.property)
+            if key not in newest or r.time >= newest[key].time:
+                newest[key] = r
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO twin_readings (collection, id, property, time, value, received, "
+                "user) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (r.collection, r.id, r.property, _iso(r.time), json.dumps(r.value), stamp, user)
+                    for r in readings
+                ),
+            )
+            states: dict[tuple[str, str], dict[str, Any]] = {}
+            for (collection, fid, prop), r in newest.items():
+                held = db.execute(
+                    "SELECT time FROM twin_state WHERE collection = ? AND id = ? AND property = ?",
+                    (collection, fid, prop),
+                ).fetchone()
+                if held is not None and held[0] > _iso(r.time):
+                    continue  # a late reading: history only
+                db.execute(
+                    "INSERT INTO twin_state (collection, id, property, time) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (collection, id, property) DO UPDATE SET time = excluded.time",
+                    (collection, fid, prop, _iso(r.time)),
+                )
+                states.setdefault((collection, fid), {})[prop] = r.value
+            by_layer: dict[str, list[str]] = {}
+            for (collection, fid), props in states.items():
+                sets = ", ".join(f"{_q(p)} = ?" for p in props)
+                db.execute(
+                    f"UPDATE {_q(collection)} SET {sets}, {VERSION} = {VERSION} + 1, "
+                    f"{UPDATED} = ? WHERE id = ?",
+                    (*props.values(), stamp, fid),
+                )
+                by_layer.setdefault(collection, []).append(fid)
+            for collection, ids in by_layer.items():
+                was = _stored_boxes(db, collection, ids)
+                boxes = [was[i] for i in ids]
+                log = _Log(db, collection, user, stamp, "reading")
+                log.features(ChangeKind.UPDATED, ids, boxes, boxes)
+        return len(states)
+
+    def readings(
+        self, collection: str, fid: str, *, start: str | None = None, end: str | None = None
+    ) -> list[tuple[str, str, Any, str, str]]:
+        """The readings of one feature (property, time, value, received, user), oldest first,
+        optionally from `start` to `end` (ISO times, inclusive)."""
+        sql = (
+            "SELECT property, time, value, received, user FROM twin_readings "
+            "WHERE collection = ? AND id = ?"
+        )
+        params: list[Any] = [collection, fid]
+        if start is not None:
+            sql += " AND time >= ?"
+            params.append(start)
+        if end is not None:
+            sql += " AND time <= ?"
+            params.append(end)
+        rows = self._rows(sql + " ORDER BY time, seq", tuple(params))
+        return [(p, t, json.loads(v), rc, u) for p, t, v, rc, u in rows]
 
     def history(self, collection: str | None = None) -> list[ImportRecord]:
         """Import history, newest first."""

@@ -250,6 +250,18 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """One observation of a feature's property at a time (a lamp's status, a pipe's pressure);
+    `value` is already of the field's type (numbers, text, booleans, ISO dates as text)."""
+
+    collection: str
+    id: str
+    property: str
+    time: dt.datetime
+    value: Any
+
+
+@dataclass(frozen=True)
 class ImportRecord:
     """One entry of a store's import history."""
 

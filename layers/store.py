@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from layers.layer import Layer
-from layers.models import Access, Bounds, Change, ImportRecord, LayerSchema, WriteResult
+from layers.models import (
+    Access,
+    Bounds,
+    Change,
+    ImportRecord,
+    LayerSchema,
+    Reading,
+    WriteResult,
+)
 
 WriteMode = Literal["upsert", "replace"]
 """`upsert` adds and updates by id; `replace` also removes the source's features absent from it."""
@@ -86,6 +94,11 @@ class Store(Protocol):
 
     def features(self, name: str, ids: Sequence[str], scope: Access) -> Layer:
         """The stored features of `ids` (those that exist), in the layer's stored order."""
+        ...
+
+    def observe(self, readings: Sequence[Reading], *, user: str) -> int:
+        """Keep the readings as history; the newest of each feature's property (by its time)
+        becomes its state, one change-log entry per feature changed. Returns how many."""
         ...
 
     def revision(self) -> int:

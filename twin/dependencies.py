@@ -19,7 +19,7 @@ from layers.catalog import Catalog
 from layers.models import Bounds
 from twin.cql2 import Filter, FilterLang, parse
 from twin.crs import CORE_EPSG, CRS84, EPSG_URI, CrsRef, CrsSet
-from twin.errors import InvalidParameter
+from twin.errors import BodyTooLarge, InvalidParameter
 from twin.select import Interval, parse_datetime
 from twin.settings import ServerSettings
 
@@ -40,6 +40,22 @@ async def get_crs_set(request: Request) -> CrsSet:
 
 
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it grows past `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body of {int(declared)} bytes is over {limit} bytes")
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 CrsSetDep = Annotated[CrsSet, Depends(get_crs_set)]
 

@@ -41,6 +41,7 @@ class Follower:
         self.interval_s = interval_s
         self.after = after
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.applied = Counter(
             "twin_changes_applied",
@@ -59,9 +60,14 @@ class Follower:
             self._thread = threading.Thread(target=self._run, name="twin-follow", daemon=True)
             self._thread.start()
 
+    def wake(self) -> None:
+        """Look at the log now (this process has just written to the store)."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop following (waits for a change being applied)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(JOIN_S)
             self._thread = None
@@ -78,7 +84,11 @@ class Follower:
         return changes
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.step()
             except Exception:  # the store busy or broken: say so, try again next time

@@ -29,8 +29,9 @@ from twin.dependencies import (
     Collections,
     CqlFilter,
     collections_list,
+    read_body,
 )
-from twin.errors import BodyTooLarge, InvalidParameter
+from twin.errors import InvalidParameter
 from twin.leanpath import LeanPath
 from twin.routes.links import GEOJSON
 from twin.routes.responses import responses
@@ -101,17 +102,7 @@ ResultLimit = Annotated[int, Depends(result_limit)]
 
 async def limited_body(request: Request, settings: QuerySettingsDep) -> bytes:
     """The request body, refused with 413 as soon as it grows past the configured size."""
-    limit = settings.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the request body of {int(declared)} bytes is over {limit} bytes")
-    size, chunks = 0, []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the request body is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body(request, settings.max_body_bytes)
 
 
 MAX_DIG_DEPTH_M = 200.0
