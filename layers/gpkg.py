@@ -191,6 +191,27 @@ class _Log:
         )
 
 
+def _state_times(
+    db: sqlite3.Connection, keys: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], str]:
+    """The time of the state recorded for each (collection, id, property) that has one."""
+    out: dict[tuple[str, str, str], str] = {}
+    by_layer: dict[str, list[str]] = {}
+    for c, fid, _ in keys:
+        by_layer.setdefault(c, []).append(fid)
+    for c, fids in by_layer.items():
+        fids = list(dict.fromkeys(fids))
+        for lo in range(0, len(fids), 500):
+            part = fids[lo : lo + 500]
+            rows = db.execute(
+                "SELECT id, property, time FROM twin_state WHERE collection = ? AND id IN "
+                f"({', '.join('?' * len(part))})",
+                (c, *part),
+            ).fetchall()
+            out.update(((c, fid, p), t) for fid, p, t in rows)
+    return out
+
+
 def _stored_boxes(db: sqlite3.Connection, name: str, ids: list[str]) -> dict[str, tuple]:
     """The boxes of the stored geometries of `ids` (before a change)."""
     out: dict[str, tuple] = {}
@@ -527,43 +548,45 @@ class GeoPackageStore:
         if not readings:
             return 0
         stamp = _iso(_now())
-        newest: dict[tuple[str, str, str], Reading] = {}
-        for r in readings:
+        times = [_iso(r.time) for r in readings]
+        newest: dict[tuple[str, str, str], tuple[str, Any]] = {}
+        for r, t in zip(readings, times, strict=True):
             key = (r.collection, r.id, r.property)
-            if key not in newest or r.time >= newest[key].time:
-                newest[key] = r
+            if key not in newest or t >= newest[key][0]:
+                newest[key] = (t, r.value)
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO twin_readings (collection, id, property, time, value, received, "
                 "user) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (r.collection, r.id, r.property, _iso(r.time), json.dumps(r.value), stamp, user)
-                    for r in readings
+                    (r.collection, r.id, r.property, t, json.dumps(r.value), stamp, user)
+                    for r, t in zip(readings, times, strict=True)
                 ),
             )
+            held = _state_times(db, list(newest))
+            fresh = {k: v for k, v in newest.items() if held.get(k, "") <= v[0]}
+            db.executemany(
+                "INSERT INTO twin_state (collection, id, property, time) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (collection, id, property) DO UPDATE SET time = excluded.time",
+                ((c, fid, p, t) for (c, fid, p), (t, _) in fresh.items()),
+            )
             states: dict[tuple[str, str], dict[str, Any]] = {}
-            for (collection, fid, prop), r in newest.items():
-                held = db.execute(
-                    "SELECT time FROM twin_state WHERE collection = ? AND id = ? AND property = ?",
-                    (collection, fid, prop),
-                ).fetchone()
-                if held is not None and held[0] > _iso(r.time):
-                    continue  # a late reading: history only
-                db.execute(
-                    "INSERT INTO twin_state (collection, id, property, time) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (collection, id, property) DO UPDATE SET time = excluded.time",
-                    (collection, fid, prop, _iso(r.time)),
+            for (c, fid, p), (_, value) in fresh.items():
+                states.setdefault((c, fid), {})[p] = value
+            # One statement per layer and set of properties, run for all its features.
+            updates: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
+            for (c, fid), props in states.items():
+                updates.setdefault((c, tuple(props)), []).append((*props.values(), stamp, fid))
+            for (c, names), rows in updates.items():
+                sets = ", ".join(f"{_q(p)} = ?" for p in names)
+                db.executemany(
+                    f"UPDATE {_q(c)} SET {sets}, {VERSION} = {VERSION} + 1, {UPDATED} = ? "
+                    "WHERE id = ?",
+                    rows,
                 )
-                states.setdefault((collection, fid), {})[prop] = r.value
             by_layer: dict[str, list[str]] = {}
-            for (collection, fid), props in states.items():
-                sets = ", ".join(f"{_q(p)} = ?" for p in props)
-                db.execute(
-                    f"UPDATE {_q(collection)} SET {sets}, {VERSION} = {VERSION} + 1, "
-                    f"{UPDATED} = ? WHERE id = ?",
-                    (*props.values(), stamp, fid),
-                )
-                by_layer.setdefault(collection, []).append(fid)
+            for c, fid in states:
+                by_layer.setdefault(c, []).append(fid)
             for collection, ids in by_layer.items():
                 was = _stored_boxes(db, collection, ids)
                 boxes = [was[i] for i in ids]
