@@ -107,7 +107,7 @@ CREATE TABLE IF NOT EXISTS twin_changes (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT, kind TEXT NOT NULL,
   old_min_x REAL, old_min_y REAL, old_max_x REAL, old_max_y REAL,
   new_min_x REAL, new_min_y REAL, new_max_x REAL, new_max_y REAL,
-  user TEXT NOT NULL, time DATETIME NOT NULL, why TEXT NOT NULL);
+  user TEXT NOT NULL, time DATETIME NOT NULL, why TEXT NOT NULL, properties TEXT);
 CREATE TABLE IF NOT EXISTS twin_readings (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT NOT NULL,
   property TEXT NOT NULL, time DATETIME NOT NULL, value TEXT NOT NULL,
@@ -135,7 +135,7 @@ def _q(name: str) -> str:
 
 _CHANGE_COLUMNS = (
     "collection, id, kind, old_min_x, old_min_y, old_max_x, old_max_y, "
-    "new_min_x, new_min_y, new_max_x, new_max_y, user, time, why"
+    "new_min_x, new_min_y, new_max_x, new_max_y, user, time, why, properties"
 )
 
 
@@ -159,7 +159,7 @@ class _Log:
         """One entry for the whole collection."""
         self.db.execute(
             f"INSERT INTO twin_changes ({_CHANGE_COLUMNS}) VALUES "
-            "(?, NULL, 'layer', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?, ?, ?)",
+            "(?, NULL, 'layer', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?, ?, ?, NULL)",
             (self.name, self.user, self.stamp, self.why),
         )
 
@@ -169,12 +169,14 @@ class _Log:
         ids: list[str],
         old: list[tuple[float | None, ...]] | None = None,
         new: list[tuple[float | None, ...]] | None = None,
+        properties: list[list[str]] | None = None,
     ) -> None:
-        """One entry per feature, with its boxes before and after."""
+        """One entry per feature, with its boxes before and after and the properties that
+        changed (`geometry` among them when it moved; none given: all of them)."""
         none = (None,) * 4
         self.db.executemany(
             f"INSERT INTO twin_changes ({_CHANGE_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 (
                     self.name,
@@ -185,6 +187,7 @@ class _Log:
                     self.user,
                     self.stamp,
                     self.why,
+                    None if properties is None else json.dumps(properties[i]),
                 )
                 for i, fid in enumerate(ids)
             ),
@@ -212,18 +215,42 @@ def _state_times(
     return out
 
 
-def _stored_boxes(db: sqlite3.Connection, name: str, ids: list[str]) -> dict[str, tuple]:
-    """The boxes of the stored geometries of `ids` (before a change)."""
-    out: dict[str, tuple] = {}
+def _stored(db: sqlite3.Connection, name: str, ids: list[str], cols: str) -> list[tuple]:
+    """Rows `id, <cols>` of the stored features of `ids` (500 ids a statement)."""
+    out: list[tuple] = []
     for lo in range(0, len(ids), 500):
         part = ids[lo : lo + 500]
-        rows = db.execute(
-            f"SELECT id, {GEOM} FROM {_q(name)} WHERE id IN ({', '.join('?' * len(part))})", part
+        out += db.execute(
+            f"SELECT id, {cols} FROM {_q(name)} WHERE id IN ({', '.join('?' * len(part))})", part
         ).fetchall()
-        if rows:
-            boxes = _boxes(decode_geometries([r[1] for r in rows]))
-            out.update(zip((r[0] for r in rows), boxes, strict=True))
     return out
+
+
+def _changed(
+    db: sqlite3.Connection, name: str, ids: list[str], names: list[str], new: list[list[Any]]
+) -> list[list[str]]:
+    """For each feature of `ids`, the properties whose `new` values (as `columns` gives them:
+    geometry blobs, then one list per field) differ from those stored (`geometry` first)."""
+    cols = ", ".join([GEOM, *(_q(n) for n in names)])
+    stored = {r[0]: r[1:] for r in _stored(db, name, ids, cols)}
+    out = []
+    for i, fid in enumerate(ids):
+        old = stored[fid]
+        out.append(
+            [
+                label
+                for j, label in enumerate(["geometry", *names])
+                if old[j] != new[j][i] and not (old[j] is None and new[j][i] is None)
+            ]
+        )
+    return out
+
+
+def _stored_boxes(db: sqlite3.Connection, name: str, ids: list[str]) -> dict[str, tuple]:
+    """The boxes of the stored geometries of `ids` (before a change)."""
+    rows = _stored(db, name, ids, GEOM)
+    boxes = _boxes(decode_geometries([r[1] for r in rows])) if rows else []
+    return dict(zip((r[0] for r in rows), boxes, strict=True))
 
 
 _HEADER = np.dtype(
@@ -363,8 +390,15 @@ class GeoPackageStore:
                 # itself, where GDAL reads it.
                 self._db.executescript(f"BEGIN IMMEDIATE; {_BOOTSTRAP} COMMIT;")
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.file}: {exc}") from None
+
+    def _migrate(self) -> None:
+        """Bring a store written by an earlier version up to this one's tables."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(twin_changes)")}
+        if "properties" not in columns:
+            self._db.execute("ALTER TABLE twin_changes ADD COLUMN properties TEXT")
 
     def _connect(self) -> None:
         self._pid = os.getpid()
@@ -536,6 +570,7 @@ class GeoPackageStore:
                 user=r[12],
                 time=dt.datetime.fromisoformat(r[13].replace("Z", "+00:00")),
                 why=r[14],
+                properties=None if r[15] is None else tuple(json.loads(r[15])),
             )
             for r in rows
         ]
@@ -591,7 +626,8 @@ class GeoPackageStore:
                 was = _stored_boxes(db, collection, ids)
                 boxes = [was[i] for i in ids]
                 log = _Log(db, collection, user, stamp, "reading")
-                log.features(ChangeKind.UPDATED, ids, boxes, boxes)
+                changed = [list(states[(collection, i)]) for i in ids]
+                log.features(ChangeKind.UPDATED, ids, boxes, boxes, changed)
         return len(states)
 
     def readings(
@@ -768,6 +804,15 @@ class GeoPackageStore:
             rows_upd = np.flatnonzero(changed)
             stamp = _iso(now)
             id_array = np.asarray(layer.ids, dtype=object)
+
+            def columns(rows: np.ndarray) -> list[list[Any]]:
+                sub = layer.attrs.iloc[rows]
+                return [
+                    encode_geometries(layer.geometry[rows], wkb[rows]),
+                    *(_sql_values(sub[f.name], f.type) for f in fields),
+                    srcs[rows].tolist(),
+                ]
+
             n_changed = len(rows_new) + len(rows_upd) + len(removed)
             log = _Log(db, name, user, stamp, f"{mode} from {source}")
             if before is None or before != after or n_changed > FEED_FEATURES_MAX:
@@ -786,17 +831,9 @@ class GeoPackageStore:
                     upd_ids,
                     [was[i] for i in upd_ids],
                     _boxes(layer.geometry[rows_upd]),
+                    _changed(db, name, upd_ids, names, columns(rows_upd)),
                 )
                 log.features(ChangeKind.REMOVED, removed, [was[i] for i in removed])
-
-            def columns(rows: np.ndarray) -> list[list[Any]]:
-                sub = layer.attrs.iloc[rows]
-                return [
-                    encode_geometries(layer.geometry[rows], wkb[rows]),
-                    *(_sql_values(sub[f.name], f.type) for f in fields),
-                    srcs[rows].tolist(),
-                ]
-
             if len(rows_new):
                 # Columns null throughout are left to their default (NULL), and the version
                 # to its default of 1: fewer parameters to bind per row.

@@ -247,6 +247,8 @@ class Change:
     user: str
     time: dt.datetime
     why: str
+    properties: tuple[str, ...] | None = None
+    """The properties an update changed (`geometry` when it moved); None: all of them."""
 
 
 @dataclass(frozen=True)

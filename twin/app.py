@@ -7,6 +7,7 @@ errors are answered here, from one table, as JSON `{"code", "description"}`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,11 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from layers.catalog import Catalog
-from layers.models import Access
+from layers.models import Access, Change
 from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
 from twin.cql2 import Limits
 from twin.crs import CrsSet
+from twin.events import ChangeFeed
 from twin.follow import Follower
 from twin.guard import Admission, Guard
 from twin.metrics import Metrics, MetricsMiddleware
@@ -157,11 +159,15 @@ def create_app(
         cat.subscribe(app.state.tiles.invalidate)
         warm(cat, app.state.query_settings)
         cat.prepare = warm_layer
+        feed = app.state.feed = ChangeFeed(cat)
+        feed.bind(asyncio.get_running_loop())
+
+        def applied(changes: list[Change]) -> None:
+            feed.publish(changes)
+            warm_queries(cat, app.state.query_settings)
+
         follower = app.state.follower = Follower(
-            cat,
-            settings.follow_interval_s,
-            app.state.metrics,
-            lambda _: warm_queries(cat, app.state.query_settings),
+            cat, settings.follow_interval_s, app.state.metrics, applied
         )
         follower.start()
         try:

@@ -33,8 +33,9 @@ from twin.metrics import Metrics
 from twin.problems import problem
 from twin.settings import GuardSettings
 
-ALWAYS_ANSWERED = frozenset({"/healthz", "/metrics"})
-"""Paths answered whatever the load: health checks and scrapes must see an overloaded worker."""
+ALWAYS_ANSWERED = frozenset({"/healthz", "/metrics", "/events"})
+"""Paths answered whatever the load: health checks and scrapes must see an overloaded worker;
+event streams (long-lived by design, capped by `TWIN_MAX_STREAMS` of their own)."""
 _TILE = re.compile(r"/tiles/[^/]+/\d+/\d+/\d+$")
 """Tile paths: admitted by the tile server on a cache miss only (`Admission.admit`)."""
 GRACE_S = 0.5

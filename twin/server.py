@@ -97,7 +97,9 @@ def serve(
         gc.collect()
         gc.freeze()
         try:
-            uvicorn.run(create_app(settings, store_settings, catalog=catalog), **options)
+            app = create_app(settings, store_settings, catalog=catalog)
+            server = app.state.server = uvicorn.Server(uvicorn.Config(app, **options))
+            server.run()
         finally:
             catalog.store.close()
         return
@@ -201,7 +203,7 @@ def _worker(
         app = create_app(settings, store_settings, catalog=catalog)
         app.state.metrics.watch_workers(lambda: figures.restarts, lambda: figures.live)
         config = uvicorn.Config(app, **options)
-        server = uvicorn.Server(config)
+        server = app.state.server = uvicorn.Server(config)
         # A stop asked for before uvicorn listens to signals, or after it has shut down
         # (it re-raises the signal that stopped it): shut down, or let the worker report.
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -35,6 +35,8 @@ class ServerSettings(BaseSettings):
     seconds (a health check on a new connection: 7.7 s, against 0.2 s with asyncio)."""
     max_readings: int = 10_000
     """Most readings in one `POST /twin/observations` (its body may hold 1 KB per reading)."""
+    max_streams: int = 256
+    """Most `/events` streams one worker holds open; more are answered 503."""
     follow_interval_s: float = 0.2
     """How often each server process looks for changes in the store's change log (an import
     by another process, an edit through another worker) and applies them; 0: never (a

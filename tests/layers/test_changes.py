@@ -52,6 +52,8 @@ def test_each_write_logs_its_features_with_their_boxes(tmp_path: Path) -> None:
     assert got["b"].kind is ChangeKind.UPDATED
     assert got["b"].old == Bounds(114.31, 30.35, 114.31, 30.35)
     assert got["b"].new == Bounds(114.35, 30.35, 114.35, 30.35)
+    assert got["b"].properties == ("geometry", "status")  # what the update changed
+    assert got["d"].properties is None and got["a"].properties is None
     assert got["d"].kind is ChangeKind.ADDED and got["d"].old is None
     assert got["d"].new == Bounds(114.40, 30.35, 114.40, 30.35)
     assert got["a"].kind is ChangeKind.REMOVED and got["a"].new is None

@@ -1,0 +1,139 @@
+"""`GET /events`: one Server-Sent Event per change the server applied, filtered by collections
+and bbox, resumable with `Last-Event-ID` across a restart (the change log's sequence)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import shapely
+
+from layers.gpkg import GeoPackageStore
+from layers.models import Reading
+from layers.schemas import LIGHTS
+from tests.twin.serve_fixtures import LiveServer, app_for, fill_store, make_layer
+
+XS = [114.3000 + i * 0.0002 for i in range(10)] + [114.3400 + i * 0.0002 for i in range(10)]
+YS = [30.35] * 10 + [30.37] * 10
+IDS = [f"L{i}" for i in range(20)]
+EVENT_WITHIN_S = 1.0
+
+
+@pytest.fixture(name="store")
+def store_fixture(tmp_path: Path) -> Path:
+    lights = make_layer(LIGHTS, shapely.points(np.array(XS), np.array(YS)), IDS, status=["on"] * 20)
+    return fill_store(tmp_path / "store", [lights])
+
+
+class Subscriber:
+    """An SSE client in a thread: each event's id, type, data and arrival time."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.url, self.headers = url, headers or {}
+        self.events: list[dict[str, Any]] = []
+        self.status: int | None = None
+        self._client = httpx.Client(timeout=httpx.Timeout(30, read=None))
+        self._open = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Subscriber:
+        self._thread.start()
+        assert self._open.wait(10), "the stream did not open"
+        assert self.status == 200
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def _run(self) -> None:
+        try:
+            with self._client.stream("GET", self.url, headers=self.headers) as r:
+                self.status = r.status_code
+                self._open.set()
+                event: dict[str, Any] = {}
+                for line in r.iter_lines():
+                    if not line:
+                        if "data" in event:
+                            event["at"] = time.monotonic()
+                            self.events.append(event)
+                        event = {}
+                    elif line.startswith(":"):
+                        continue
+                    else:
+                        key, _, value = line.partition(":")
+                        event[key] = json.loads(value) if key == "data" else value.strip()
+        except (httpx.HTTPError, RuntimeError):
+            self._open.set()
+
+    def wait(self, n: int, timeout_s: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.events) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.events
+
+
+def post(url: str, readings: list[dict]) -> dict:
+    r = httpx.post(f"{url}/twin/observations", json=readings, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def lamp(fid: str, status: str, at: str = "2026-12-07T10:00:00Z") -> dict:
+    return {"collection": "lights", "id": fid, "time": at, "property": "status", "value": status}
+
+
+def test_a_reading_is_pushed_within_a_second_and_bbox_filters(store: Path) -> None:
+    with LiveServer(app_for(store)) as server:
+        far_box = "114.339,30.369,114.345,30.371"
+        with (
+            Subscriber(f"{server.url}/events?collections=lights") as everything,
+            Subscriber(f"{server.url}/events?bbox={far_box}") as far,
+        ):
+            sent = time.monotonic()
+            body = post(server.url, [lamp("L3", "fault")])
+            (event,) = everything.wait(1)
+            assert event["at"] - sent < EVENT_WITHIN_S
+            assert event["event"] == "change" and int(event["id"]) == body["revision"]
+            data = event["data"]
+            assert (data["collection"], data["id"], data["kind"]) == ("lights", "L3", "updated")
+            assert data["properties"] == ["status"]
+            assert data["old_bbox"] == data["new_bbox"] == pytest.approx([XS[3], YS[3]] * 2)
+            # The map refreshes on it and sees the new state.
+            item = httpx.get(f"{server.url}/collections/lights/items/L3").json()
+            assert item["properties"]["status"] == "fault"
+            post(server.url, [lamp("L15", "off")])
+            assert [e["data"]["id"] for e in everything.wait(2)] == ["L3", "L15"]
+            assert [e["data"]["id"] for e in far.wait(1)] == ["L15"]  # not L3: outside its bbox
+        r = httpx.get(f"{server.url}/events", headers={"Last-Event-ID": "soon"})
+        assert r.status_code == 400 and "Last-Event-ID" in r.json()["description"]
+        r = httpx.get(f"{server.url}/events?collections=lamps")
+        assert r.status_code == 404
+
+
+def test_a_client_resumes_after_a_restart_and_misses_nothing(store: Path) -> None:
+    with LiveServer(app_for(store)) as server, Subscriber(f"{server.url}/events") as sub:
+        post(server.url, [lamp("L1", "fault")])
+        (first,) = sub.wait(1)
+    # While no server runs, readings land through another process's store.
+    other = GeoPackageStore(store, create=False)
+    t = dt.datetime(2026, 12, 7, 11, tzinfo=dt.UTC)
+    other.observe([Reading("lights", "L2", "status", t, "off")], user="sensor-gw")
+    other.observe([Reading("lights", "L4", "status", t, "fault")], user="sensor-gw")
+    other.close()
+    resume = {"Last-Event-ID": first["id"]}
+    with (
+        LiveServer(app_for(store)) as server,
+        Subscriber(f"{server.url}/events", resume) as sub,
+    ):
+        missed = sub.wait(2)
+        assert [e["data"]["id"] for e in missed] == ["L2", "L4"]
+        assert [int(e["id"]) for e in missed] == [int(first["id"]) + 1, int(first["id"]) + 2]
+        post(server.url, [lamp("L5", "off")])
+        assert [e["data"]["id"] for e in sub.wait(3)] == ["L2", "L4", "L5"]

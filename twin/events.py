@@ -1,0 +1,134 @@
+"""Events pushed to maps and systems: every change this process has applied, as one event.
+
+`ChangeFeed` holds the newest changes the process applied (published by its `Follower` after
+`Catalog.follow`), wakes the `/events` streams waiting for them, and serves a stream that
+resumes from an older sequence number (`Last-Event-ID`, after a reconnect or a restart) from
+the store's change log first. A stream is only sent changes this process already serves, so a
+client that fetches a tile on an event gets the new state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from layers.catalog import Catalog
+from layers.models import Bounds, Change
+
+KEEP = 10_000
+"""Changes held in memory for the streams; older ones are read back from the store."""
+STORE_PAGE = 1_000
+WAIT_S = 1.0
+"""How long a stream waits for news before looking again, and whether the server is stopping
+(pings are FastAPI's)."""
+
+
+def event_data(change: Change) -> dict[str, Any]:
+    """The JSON of one event: what changed, and where it was and is."""
+    return {
+        "seq": change.seq,
+        "collection": change.collection,
+        "id": change.id,
+        "kind": change.kind.value,
+        "properties": None if change.properties is None else list(change.properties),
+        "old_bbox": None if change.old is None else list(change.old),
+        "new_bbox": None if change.new is None else list(change.new),
+        "time": change.time.isoformat().replace("+00:00", "Z"),
+    }
+
+
+class ChangeFeed:
+    """The changes one process applied, for its event streams (see the module)."""
+
+    def __init__(self, catalog: Catalog, keep: int = KEEP) -> None:
+        self.catalog = catalog
+        self._recent: deque[Change] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+        self.floor = catalog.seq
+        """Changes after this one are all in memory; up to it, in the store's log."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._news: asyncio.Event | None = None
+        self.streams = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake streams on `loop` (the serving event loop) from now on."""
+        self._loop = loop
+        self._news = asyncio.Event()
+
+    def publish(self, changes: list[Change]) -> None:
+        """Changes just applied (from any thread)."""
+        with self._lock:
+            for c in changes:
+                if len(self._recent) == self._recent.maxlen:
+                    self.floor = self._recent[0].seq
+                self._recent.append(c)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        news, self._news = self._news, asyncio.Event()
+        if news is not None:
+            news.set()
+
+    def _after(self, seq: int) -> list[Change]:
+        with self._lock:
+            return [c for c in self._recent if c.seq > seq]
+
+    async def changes(
+        self, since: int, stopping: Callable[[], bool] = lambda: False
+    ) -> AsyncIterator[Change]:
+        """Every change after `since`, oldest first, then each new one as it is applied, until
+        `stopping()` (the server shutting down: a stream would hold it up)."""
+        last = since
+        while not stopping():
+            if last < self.floor:
+                page = await asyncio.to_thread(self.catalog.store.changes, last, STORE_PAGE)
+                page = [c for c in page if c.seq <= self.floor]
+                for c in page:
+                    yield c
+                last = page[-1].seq if page else self.floor
+                continue
+            news = self._news
+            fresh = self._after(last)
+            for c in fresh:
+                yield c
+            if fresh:
+                last = fresh[-1].seq
+                continue
+            if news is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), WAIT_S)
+            else:
+                await asyncio.sleep(WAIT_S)
+
+
+def matches(
+    visible: Callable[[str], bool], collections: list[str] | None, bbox: Bounds | None
+) -> Callable[[Change], bool]:
+    """Whether a change is for a stream: a collection it may see (and asked for), and a box
+    meeting `bbox` (a whole-layer change always does)."""
+
+    def meets(box: Bounds | None) -> bool:
+        return (
+            box is not None
+            and bbox is not None
+            and not (
+                box.minx > bbox.maxx
+                or box.maxx < bbox.minx
+                or box.miny > bbox.maxy
+                or box.maxy < bbox.miny
+            )
+        )
+
+    def test(c: Change) -> bool:
+        if not visible(c.collection) or (
+            collections is not None and c.collection not in collections
+        ):
+            return False
+        return bbox is None or c.id is None or meets(c.old) or meets(c.new)
+
+    return test
