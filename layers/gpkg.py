@@ -38,6 +38,7 @@ from layers.models import (
     LayerSchema,
     Reading,
     WriteResult,
+    utc_stamp,
 )
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
@@ -113,6 +114,13 @@ CREATE TABLE IF NOT EXISTS twin_readings (
   property TEXT NOT NULL, time DATETIME NOT NULL, value TEXT NOT NULL,
   received DATETIME NOT NULL, user TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS twin_readings_feature ON twin_readings (collection, id, time);
+CREATE TABLE IF NOT EXISTS twin_versions (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT NOT NULL,
+  version INTEGER NOT NULL, valid_from DATETIME NOT NULL, valid_to DATETIME NOT NULL, geom BLOB,
+  properties TEXT NOT NULL, source TEXT, first_fid INTEGER, user TEXT NOT NULL,
+  why TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS twin_versions_feature ON twin_versions (collection, id);
+CREATE INDEX IF NOT EXISTS twin_versions_time ON twin_versions (collection, valid_to);
 CREATE TABLE IF NOT EXISTS twin_state (
   collection TEXT NOT NULL, id TEXT NOT NULL, property TEXT NOT NULL, time DATETIME NOT NULL,
   PRIMARY KEY (collection, id, property));
@@ -125,7 +133,7 @@ def _now() -> dt.datetime:
 
 
 def _iso(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return utc_stamp(t)
 
 
 def _q(name: str) -> str:
@@ -246,11 +254,70 @@ def _changed(
     return out
 
 
+def _keep_versions(db: sqlite3.Connection, name: str, ids: list[str], log: _Log) -> None:
+    """Copy the stored rows of `ids` into `twin_versions` before they change or go: each
+    becomes a version valid from its `_updated` to now, ended by `log`'s who and why."""
+    (schema_json,) = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
+    names = LayerSchema.from_json(json.loads(schema_json)).field_names
+    # json_object takes at most 127 arguments: 60 fields a call, merged.
+    parts = [
+        "json_object(" + ", ".join(f"'{n}', {_q(n)}" for n in names[lo : lo + 60]) + ")"
+        for lo in range(0, max(len(names), 1), 60)
+    ]
+    props = parts[0] if len(parts) == 1 else "json_patch(" + ", ".join(parts) + ")"
+    if not names:
+        props = "json_object()"
+    for lo in range(0, len(ids), 500):
+        part = ids[lo : lo + 500]
+        db.execute(
+            "INSERT INTO twin_versions (collection, id, version, valid_from, valid_to, geom, "
+            "properties, source, first_fid, user, why) "
+            f"SELECT ?, id, {VERSION}, {UPDATED}, ?, {GEOM}, {props}, {SOURCE}, fid, ?, ? "
+            f"FROM {_q(name)} WHERE id IN ({', '.join('?' * len(part))})",
+            (name, log.stamp, log.user, log.why, *part),
+        )
+
+
 def _stored_boxes(db: sqlite3.Connection, name: str, ids: list[str]) -> dict[str, tuple]:
     """The boxes of the stored geometries of `ids` (before a change)."""
     rows = _stored(db, name, ids, GEOM)
     boxes = _boxes(decode_geometries([r[1] for r in rows])) if rows else []
     return dict(zip((r[0] for r in rows), boxes, strict=True))
+
+
+def _layer_of(schema: LayerSchema, meta: dict[str, Any], rows: list[tuple]) -> Layer:
+    """A layer of stored rows `(id, geom, *fields, source, _version, _updated)`."""
+    if not rows:
+        return Layer(
+            schema,
+            np.array([], dtype=object),
+            np.array([], dtype=object),
+            empty_attrs(schema),
+            meta,
+        )
+    columns = list(zip(*rows, strict=True))
+    fids = np.array(columns[0], dtype=object)
+    geometry = decode_geometries(list(columns[1]))
+    data: dict[str, pd.Series] = {}
+    for f, values in zip(schema.fields, columns[2:], strict=False):
+        s = pd.Series(values, dtype=object)
+        if f.type is FieldType.BOOLEAN:
+            s = s.map(lambda v: None if v is None else bool(v))
+        data[f.name] = coerce(s, f.type)
+    n_fields = len(schema.fields)
+    data[SOURCE] = pd.Series(columns[2 + n_fields], dtype=object).astype(dtype_of(FieldType.STRING))
+    data[VERSION] = pd.Series(columns[3 + n_fields], dtype=np.int64)
+    data[UPDATED] = pd.to_datetime(pd.Series(columns[4 + n_fields]), utc=True).astype(
+        "datetime64[ms, UTC]"
+    )
+    return Layer(schema, fids, geometry, pd.DataFrame(data), meta)
+
+
+def _version_row(schema: LayerSchema, r: tuple) -> tuple:
+    """A `twin_versions` row `(id, geom, properties, source, version, valid_from, ...)` as a
+    stored row: the fields from its JSON properties (null where it had none)."""
+    props = json.loads(r[2])
+    return (r[0], r[1], *(props.get(n) for n in schema.field_names), r[3], r[4], r[5])
 
 
 _HEADER = np.dtype(
@@ -517,32 +584,43 @@ class GeoPackageStore:
         if ids is not None:
             sql += f" WHERE id IN ({', '.join('?' * len(ids))})"
         rows = self._rows(sql + " ORDER BY fid", tuple(ids or ()))
-        if not rows:
-            return Layer(
-                schema,
-                np.array([], dtype=object),
-                np.array([], dtype=object),
-                empty_attrs(schema),
-                meta,
-            )
-        columns = list(zip(*rows, strict=True))
-        fids = np.array(columns[0], dtype=object)
-        geometry = decode_geometries(list(columns[1]))
-        data: dict[str, pd.Series] = {}
-        for f, values in zip(schema.fields, columns[2:], strict=False):
-            s = pd.Series(values, dtype=object)
-            if f.type is FieldType.BOOLEAN:
-                s = s.map(lambda v: None if v is None else bool(v))
-            data[f.name] = coerce(s, f.type)
-        n_fields = len(schema.fields)
-        data[SOURCE] = pd.Series(columns[2 + n_fields], dtype=object).astype(
-            dtype_of(FieldType.STRING)
+        return _layer_of(schema, meta, rows)
+
+    def versions(self, name: str, fid: str, scope: Access) -> Layer:
+        """Every earlier version of feature `fid`, oldest first, as a layer of rows with the
+        id repeated (`_version`, `_updated` = when it began); `ended` in their meta."""
+        schema, meta = self._entry(name, scope)
+        rows = self._rows(
+            "SELECT id, geom, properties, source, version, valid_from, valid_to, user, why "
+            "FROM twin_versions WHERE collection = ? AND id = ? ORDER BY version, seq",
+            (name, fid),
         )
-        data[VERSION] = pd.Series(columns[3 + n_fields], dtype=np.int64)
-        data[UPDATED] = pd.to_datetime(pd.Series(columns[4 + n_fields]), utc=True).astype(
-            "datetime64[ms, UTC]"
+        layer = _layer_of(schema, meta, [_version_row(schema, r) for r in rows])
+        layer.meta["ended"] = [(r[6], r[7], r[8]) for r in rows]
+        return layer
+
+    def as_of(self, name: str, time: str, scope: Access, ids: list[str] | None = None) -> Layer:
+        """The layer (or features `ids`) as the store recorded it at `time` (ISO, UTC): the
+        current rows recorded by then, and for the features changed or removed since, the
+        version valid then."""
+        schema, meta = self._entry(name, scope)
+        cols = [*schema.field_names, SOURCE, VERSION, UPDATED]
+        where = f" AND id IN ({', '.join('?' * len(ids))})" if ids is not None else ""
+        now = self._rows(
+            f"SELECT id, {GEOM}, {', '.join(_q(c) for c in cols)}, fid FROM {_q(name)} "
+            f"WHERE {UPDATED} <= ?{where}",
+            (time, *(ids or ())),
         )
-        return Layer(schema, fids, geometry, pd.DataFrame(data), meta)
+        then = self._rows(
+            "SELECT id, geom, properties, source, version, valid_from, first_fid FROM "
+            "twin_versions WHERE collection = ? AND valid_from <= ? AND valid_to > ?" + where,
+            (name, time, time, *(ids or ())),
+        )
+        order = sorted(
+            [(r[-1], r[:-1]) for r in now] + [(r[-1], _version_row(schema, r)) for r in then],
+            key=lambda pair: pair[0],
+        )
+        return _layer_of(schema, meta, [row for _, row in order])
 
     def revision(self) -> int:
         """The sequence number of the newest change-log entry (0: none yet)."""
@@ -608,6 +686,11 @@ class GeoPackageStore:
             states: dict[tuple[str, str], dict[str, Any]] = {}
             for (c, fid, p), (_, value) in fresh.items():
                 states.setdefault((c, fid), {})[p] = value
+            by_layer: dict[str, list[str]] = {}
+            for c, fid in states:
+                by_layer.setdefault(c, []).append(fid)
+            for collection, ids in by_layer.items():
+                _keep_versions(db, collection, ids, _Log(db, collection, user, stamp, "reading"))
             # One statement per layer and set of properties, run for all its features.
             updates: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
             for (c, fid), props in states.items():
@@ -619,9 +702,6 @@ class GeoPackageStore:
                     "WHERE id = ?",
                     rows,
                 )
-            by_layer: dict[str, list[str]] = {}
-            for c, fid in states:
-                by_layer.setdefault(c, []).append(fid)
             for collection, ids in by_layer.items():
                 was = _stored_boxes(db, collection, ids)
                 boxes = [was[i] for i in ids]
@@ -834,6 +914,8 @@ class GeoPackageStore:
                     _changed(db, name, upd_ids, names, columns(rows_upd)),
                 )
                 log.features(ChangeKind.REMOVED, removed, [was[i] for i in removed])
+            if len(rows_upd) or removed:
+                _keep_versions(db, name, [*id_array[rows_upd].tolist(), *removed], log)
             if len(rows_new):
                 # Columns null throughout are left to their default (NULL), and the version
                 # to its default of 1: fewer parameters to bind per row.
@@ -955,12 +1037,13 @@ class GeoPackageStore:
         with self._transaction() as db:
             stamp = _iso(_now())
             was = _stored_boxes(db, name, list(dict.fromkeys(ids)))
-            n = 0
-            for fid in was:
-                n += db.execute(f"DELETE FROM {_q(name)} WHERE id = ?", (fid,)).rowcount
             gone = list(was)
             log = _Log(db, name, user, stamp, f"delete by {source}")
             log.features(ChangeKind.REMOVED, gone, [was[i] for i in gone])
+            _keep_versions(db, name, gone, log)
+            n = 0
+            for fid in gone:
+                n += db.execute(f"DELETE FROM {_q(name)} WHERE id = ?", (fid,)).rowcount
             self._touch(db, name, stamp)
             db.execute(
                 "INSERT INTO twin_imports (collection, time, user, source, mode, added, updated, "

@@ -221,6 +221,24 @@ class WriteResult:
     removed: int = 0
 
 
+def parse_utc(text: str) -> dt.datetime:
+    """An ISO 8601 time with its UTC offset (`Z` too), as UTC; ValueError saying what is wrong
+    ("not ISO 8601", "no UTC offset")."""
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not ISO 8601") from None
+    if t.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset (add Z or +08:00)")
+    return t.astimezone(dt.UTC)
+
+
+def utc_stamp(t: dt.datetime) -> str:
+    """A UTC time as the store writes times: ISO 8601 to the millisecond, with `Z`; such
+    texts sort as their times."""
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
 class ChangeKind(StrEnum):
     """What one entry of the change log did."""
 

@@ -101,6 +101,20 @@ class Store(Protocol):
         becomes its state, one change-log entry per feature changed. Returns how many."""
         ...
 
+    def as_of(self, name: str, time: str, scope: Access, ids: list[str] | None = None) -> Layer:
+        """The layer (or features `ids`) as recorded at `time` (ISO, UTC, milliseconds)."""
+        ...
+
+    def versions(self, name: str, fid: str, scope: Access) -> Layer:
+        """Every earlier version of a feature, oldest first (`ended` in the meta)."""
+        ...
+
+    def readings(
+        self, collection: str, fid: str, *, start: str | None = None, end: str | None = None
+    ) -> list[tuple[str, str, Any, str, str]]:
+        """One feature's readings (property, time, value, received, user), oldest first."""
+        ...
+
     def revision(self) -> int:
         """The sequence number of the newest change-log entry (0: none yet)."""
         ...

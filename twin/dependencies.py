@@ -16,7 +16,7 @@ from typing import Annotated, Any, get_args
 from fastapi import Depends, Path, Query, Request
 
 from layers.catalog import Catalog
-from layers.models import Bounds
+from layers.models import Bounds, parse_utc, utc_stamp
 from twin.cql2 import Filter, FilterLang, parse
 from twin.crs import CORE_EPSG, CRS84, EPSG_URI, CrsRef, CrsSet
 from twin.errors import BodyTooLarge, InvalidParameter
@@ -283,7 +283,28 @@ async def geojson_or_html(
     return wants_html(f, request.headers.get("accept"), GEOJSON_FORMATS)
 
 
+async def as_of(
+    asof: Annotated[
+        str | None,
+        Query(
+            description="Answer with what the twin recorded at this instant (ISO 8601 with "
+            "its UTC offset), e.g. the network before a crew's change; `datetime` is the "
+            "assets' own life.",
+            json_schema_extra={"format": "date-time"},
+        ),
+    ] = None,
+) -> str | None:
+    """The `asof` instant as the store writes times (UTC, milliseconds), or None."""
+    if asof is None:
+        return None
+    try:
+        return utc_stamp(parse_utc(asof))
+    except ValueError as exc:
+        raise InvalidParameter(f"asof {exc}") from None
+
+
 OutputCrs = Annotated[CrsRef, Depends(output_crs)]
+AsOf = Annotated[str | None, Depends(as_of)]
 BBox = Annotated[Bounds | None, Depends(bbox_filter)]
 Limit = Annotated[int, Depends(page_limit)]
 Offset = Annotated[int, Depends(page_offset)]

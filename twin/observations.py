@@ -12,7 +12,7 @@ from typing import Any
 
 from layers.catalog import Catalog
 from layers.layer import Layer
-from layers.models import Access, FieldType, Reading
+from layers.models import Access, FieldType, Reading, parse_utc, utc_stamp
 from twin.errors import InvalidParameter
 
 KEYS = ("collection", "id", "time", "property", "value")
@@ -86,12 +86,9 @@ def _utc(value: Any, what: str) -> dt.datetime:
     if not isinstance(value, str):
         raise ValueError(f"{what} an ISO 8601 text with its UTC offset, not {value!r}")
     try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{what} an ISO 8601 text, {value!r} is not ISO 8601") from None
-    if t.tzinfo is None:
-        raise ValueError(f"{what} a time with its UTC offset: {value!r} has no UTC offset")
-    return t.astimezone(dt.UTC)
+        return parse_utc(value)
+    except ValueError as exc:
+        raise ValueError(f"{what} a time with its UTC offset: {exc}") from None
 
 
 def _time(value: Any, now: dt.datetime) -> dt.datetime:
@@ -133,5 +130,4 @@ def _value(value: Any, ftype: FieldType, choices: tuple[str, ...] | None, f: Any
             return dt.date.fromisoformat(value).isoformat()
         except (TypeError, ValueError):
             raise ValueError(f"{what} an ISO 8601 date, not {value!r}") from None
-    t = _utc(value, what)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return utc_stamp(_utc(value, what))

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from layers.layer import Layer
 from twin.access import Scope
 from twin.dependencies import (
+    AsOf,
     BBox,
     CatalogDep,
     CollectionId,
@@ -46,6 +47,7 @@ KNOWN_PARAMS = frozenset(
         "filter-lang",
         "filter-crs",
         "f",
+        "asof",
     }
 )
 
@@ -90,12 +92,16 @@ def get_items(
     crs: OutputCrs,
     cql: CqlFilter,
     html: HtmlOrGeoJson,
+    asof: AsOf,
 ) -> Response:
-    """Features of the collection meeting every condition, one page at a time.
+    """Features of the collection meeting every condition, one page at a time, as the twin
+    holds them now or as it recorded them at `asof`.
 
     Any property of the layer can also be given as `name=value` for equality.
     """
     layer = catalog.layer(collectionId, scope)
+    if asof is not None:
+        layer = catalog.store.as_of(collectionId, asof, scope)
     equals = _check_params(request, layer)
     rows = select(layer, Selection(bbox=bbox, equals=equals, interval=interval, filter=cql))
     matched = len(rows)
@@ -154,9 +160,12 @@ def get_item(
     crs_set: CrsSetDep,
     crs: OutputCrs,
     html: HtmlOrGeoJson,
+    asof: AsOf,
 ) -> Response:
-    """One feature by id."""
+    """One feature by id (as recorded at `asof`: 404 if it did not exist then)."""
     layer = catalog.layer(collectionId, scope)
+    if asof is not None:
+        layer = catalog.store.as_of(collectionId, asof, scope, ids=[featureId])
     row = layer.row(featureId)
     rows = [row]
     geoms_lonlat = layer.geometry[rows]

@@ -8,18 +8,33 @@ import json
 from collections.abc import AsyncIterable
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from layers.errors import UnknownCollection
-from layers.models import Access
+from layers.errors import UnknownCollection, UnknownFeature
+from layers.layer import UPDATED, VERSION, Layer
+from layers.models import Access, utc_stamp
 from twin import observations
 from twin.access import Scope
-from twin.dependencies import BBox, CatalogDep, Collections, SettingsDep, read_body
+from twin.dependencies import (
+    BBox,
+    CatalogDep,
+    CollectionId,
+    Collections,
+    Datetime,
+    FeatureId,
+    Limit,
+    Offset,
+    SettingsDep,
+    read_body,
+)
 from twin.errors import InvalidParameter, Overloaded
 from twin.events import ChangeFeed, event_data, matches
+from twin.geojson import features_json
+from twin.routes.links import JSON, link, request_url
 from twin.routes.responses import responses
 
 router = APIRouter(tags=["Live twin"])
@@ -212,3 +227,92 @@ async def events(
                 yield ServerSentEvent(data=event_data(change), event="change", id=str(change.seq))
     finally:
         feed.streams -= 1
+
+
+def _stamp(t: Any) -> str | None:
+    """A pandas UTC timestamp as the store writes times (None stays None)."""
+    return None if t is None else utc_stamp(t)
+
+
+def _versions_json(layer: Layer, rows: np.ndarray, ended: list[tuple]) -> list[dict[str, Any]]:
+    texts = features_json(layer, rows, layer.geometry[rows]) if len(rows) else []
+    numbers = layer.attrs[VERSION].to_numpy()[rows].tolist()
+    began = [_stamp(t) for t in layer.attrs[UPDATED].iloc[rows]]
+    out = []
+    for i, text in enumerate(texts):
+        doc = json.loads(text)
+        props = doc["properties"]
+        out.append(
+            {
+                "version": numbers[i],
+                "recorded_from": began[i],
+                "recorded_to": ended[i][0] if i < len(ended) else None,
+                "ended_by": ended[i][1] if i < len(ended) else None,
+                "ended_why": ended[i][2] if i < len(ended) else None,
+                "properties": props,
+                "geometry": doc["geometry"],
+            }
+        )
+    return out
+
+
+@router.get(
+    "/collections/{collectionId}/items/{featureId}/history",
+    summary="A feature's versions and readings",
+    responses=responses(404),
+)
+def get_history(
+    request: Request,
+    collectionId: CollectionId,
+    featureId: FeatureId,
+    catalog: CatalogDep,
+    scope: Scope,
+    interval: Datetime,
+    limit: Limit,
+    offset: Offset,
+) -> JSONResponse:
+    """Every version of the feature the twin recorded (`recorded_from` / `recorded_to`, who
+    and why ended it: an import, a reading, an edit, a deletion), the current one last, and
+    its readings oldest first, paged (`limit`, `offset`); `datetime` keeps the versions
+    recorded and the readings observed within that interval."""
+    layer = catalog.layer(collectionId, scope)
+    store = catalog.store
+    earlier = store.versions(collectionId, featureId, scope)
+    ended: list[tuple] = earlier.meta.get("ended", [])
+    versions = _versions_json(earlier, np.arange(len(earlier)), ended)
+    try:
+        row = layer.row(featureId)
+    except UnknownFeature:
+        if not versions:
+            raise
+    else:
+        versions += _versions_json(layer, np.array([row]), [])
+    start, end = (
+        (None, None) if interval is None else (_stamp(interval.start), _stamp(interval.end))
+    )
+    if start is not None or end is not None:
+        versions = [
+            v
+            for v in versions
+            if (end is None or v["recorded_from"] <= end)
+            and (start is None or v["recorded_to"] is None or v["recorded_to"] > start)
+        ]
+    readings = store.readings(collectionId, featureId, start=start, end=end)
+    page = readings[offset : offset + limit]
+    links = [link(request_url(request), "self", JSON, "This page")]
+    if offset + len(page) < len(readings):
+        links.append(link(request_url(request, offset=offset + limit), "next", JSON, "Next"))
+    return JSONResponse(
+        {
+            "collection": collectionId,
+            "id": featureId,
+            "versions": versions,
+            "readings": [
+                {"property": p, "time": t, "value": v, "received": rc, "by": u}
+                for p, t, v, rc, u in page
+            ],
+            "numberMatched": len(readings),
+            "numberReturned": len(page),
+            "links": links,
+        }
+    )
