@@ -26,5 +26,10 @@ class InvalidSchema(LayersError):
     """A custom schema, or data offered against a schema, that cannot be used."""
 
 
+class PreconditionFailed(LayersError):
+    """A conditional change found the feature in another state than the caller expected (a
+    stale ETag, or an id that exists already): nothing was changed."""
+
+
 class StoreError(LayersError):
     """The store could not be opened or written; nothing was changed."""

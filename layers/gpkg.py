@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from layers.errors import StoreError, UnknownCollection
+from layers.errors import PreconditionFailed, StoreError, UnknownCollection
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
 from layers.models import (
     Access,
@@ -38,6 +38,7 @@ from layers.models import (
     LayerSchema,
     Reading,
     WriteResult,
+    feature_etag,
     utc_stamp,
 )
 from layers.schemas import check_name
@@ -276,6 +277,23 @@ def _keep_versions(db: sqlite3.Connection, name: str, ids: list[str], log: _Log)
             f"FROM {_q(name)} WHERE id IN ({', '.join('?' * len(part))})",
             (name, log.stamp, log.user, log.why, *part),
         )
+
+
+def _check_expected(db: sqlite3.Connection, name: str, expect: dict[str, str | None]) -> None:
+    """`PreconditionFailed` unless each feature of `expect` is in the state its ETag names
+    (None: absent)."""
+    ids = list(expect)
+    now = {r[0]: feature_etag(r[1], r[2]) for r in _stored(db, name, ids, f"{VERSION}, {UPDATED}")}
+    for fid, etag in expect.items():
+        held = now.get(fid)
+        if etag is None and held is not None:
+            raise PreconditionFailed(f"{name} already has a feature {fid!r}")
+        if etag is not None and held != etag:
+            state = "it was removed" if held is None else f"it is now {held}"
+            raise PreconditionFailed(
+                f"feature {fid!r} of {name} is not in the state {etag} any more ({state}): "
+                "fetch it again and retry"
+            )
 
 
 def _stored_boxes(db: sqlite3.Connection, name: str, ids: list[str]) -> dict[str, tuple]:
@@ -835,8 +853,12 @@ class GeoPackageStore:
         user: str,
         details: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
+        expect: dict[str, str | None] | None = None,
     ) -> WriteResult:
         """Apply `layer` to the stored layer of the same name in one transaction.
+
+        With `expect` (feature id -> its ETag, `feature_etag`; None: no such feature yet),
+        nothing is written unless every feature named is in that state (`PreconditionFailed`).
 
         Features are matched by id: new ids are added, changed ones updated (their version
         bumped), identical ones left alone; with `mode="replace"` the features of `source`
@@ -860,6 +882,8 @@ class GeoPackageStore:
             before = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
             self._register(db, schema, meta)
             after = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
+            if expect:
+                _check_expected(db, name, expect)
             old = db.execute(f"SELECT id, {HASH}, {SOURCE} FROM {_q(name)}").fetchall()
             ids = layer.ids.tolist()
             # Matching by id with a pandas index, not a Python loop per feature.
@@ -1031,10 +1055,21 @@ class GeoPackageStore:
             (*ext, stamp, name),
         )
 
-    def delete_features(self, name: str, ids: list[str], *, user: str, source: str) -> int:
-        """Remove features by id in one transaction; returns how many were removed."""
+    def delete_features(
+        self,
+        name: str,
+        ids: list[str],
+        *,
+        user: str,
+        source: str,
+        expect: dict[str, str | None] | None = None,
+    ) -> int:
+        """Remove features by id in one transaction; returns how many were removed. With
+        `expect`, only if the features named are in those states (see `write`)."""
         self._entry(name, Access.RESTRICTED)
         with self._transaction() as db:
+            if expect:
+                _check_expected(db, name, expect)
             stamp = _iso(_now())
             was = _stored_boxes(db, name, list(dict.fromkeys(ids)))
             gone = list(was)

@@ -239,6 +239,11 @@ def utc_stamp(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+def feature_etag(version: int, updated: str) -> str:
+    """The strong ETag of a stored feature's state: its version and when it was recorded."""
+    return f'"{version}-{updated}"'
+
+
 class ChangeKind(StrEnum):
     """What one entry of the change log did."""
 

@@ -79,13 +79,28 @@ class Store(Protocol):
         user: str,
         details: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
+        expect: dict[str, str | None] | None = None,
     ) -> WriteResult:
-        """Apply `layer`'s features atomically: all land, or nothing changes.
+        """Apply `layer`'s features atomically: all land, or nothing changes (with `expect`:
+        only if the features it names have those ETags, None: absent; else
+        `PreconditionFailed`).
 
         `meta` (attribution, licence, ...) is merged into the layer's stored metadata. The
         layer's extra attributes are a union over writes: extras stored before that
         `layer.schema` lacks stay in the schema, with their values (null on new features).
         """
+        ...
+
+    def delete_features(
+        self,
+        name: str,
+        ids: list[str],
+        *,
+        user: str,
+        source: str,
+        expect: dict[str, str | None] | None = None,
+    ) -> int:
+        """Remove features by id atomically (with `expect`, only if in those states)."""
         ...
 
     def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:

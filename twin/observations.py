@@ -78,7 +78,7 @@ def _reading(layers: dict[str, Layer], item: Any, now: dt.datetime) -> Reading:
         )
     time = _time(item["time"], now)
     f = fields[prop]
-    return Reading(name, fid, prop, time, _value(item["value"], f.type, f.choices, f))
+    return Reading(name, fid, prop, time, field_value(item["value"], f.type, f.choices, f))
 
 
 def _utc(value: Any, what: str) -> dt.datetime:
@@ -98,7 +98,7 @@ def _time(value: Any, now: dt.datetime) -> dt.datetime:
     return t
 
 
-def _value(value: Any, ftype: FieldType, choices: tuple[str, ...] | None, f: Any) -> Any:
+def field_value(value: Any, ftype: FieldType, choices: tuple[str, ...] | None, f: Any) -> Any:
     """`value` as stored for a field of `ftype`; ValueError naming what is wrong."""
     if value is None:
         return None

@@ -15,6 +15,7 @@ ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (layer_errors.UnknownCollection, 404),
     (layer_errors.UnknownFeature, 404),
     (layer_errors.InvalidSchema, 400),
+    (layer_errors.PreconditionFailed, 412),
     (layer_errors.StoreError, 503),
     (layer_errors.LayersError, 400),
     (twin_errors.InvalidParameter, 400),

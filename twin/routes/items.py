@@ -8,7 +8,8 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from layers.layer import Layer
+from layers.layer import UPDATED, VERSION, Layer
+from layers.models import feature_etag, utc_stamp
 from twin.access import Scope
 from twin.dependencies import (
     AsOf,
@@ -184,4 +185,8 @@ def get_item(
     if html:
         doc = json.loads(body)
         return html_answer(item_page(request, collectionId, layer.schema.title, doc, geoms_lonlat))
-    return Response(body, media_type=GEOJSON, headers={"Content-Crs": crs.header, **VARY})
+    etag = feature_etag(
+        int(layer.attrs[VERSION].iloc[row]), utc_stamp(layer.attrs[UPDATED].iloc[row])
+    )
+    headers = {"Content-Crs": crs.header, "ETag": etag, **VARY}
+    return Response(body, media_type=GEOJSON, headers=headers)

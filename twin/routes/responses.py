@@ -36,7 +36,10 @@ STATUSES: dict[int, str] = {
     "TWIN_REQUEST_TIMEOUT_S)",
     404: "No such collection, feature, tile matrix set or tile (outside the tile matrix), or "
     "none the caller may see",
-    413: "The request body is over the configured size (TWIN_QUERY_MAX_BODY_BYTES)",
+    412: "The feature is not in the state If-Match names any more (or, creating, its id is "
+    "taken): code PreconditionFailed; nothing was changed",
+    413: "The request body is over the configured size (TWIN_QUERY_MAX_BODY_BYTES, "
+    "TWIN_MAX_FEATURE_BYTES, TWIN_MAX_READINGS)",
     503: "The worker is working on as many requests as it may (TWIN_MAX_IN_FLIGHT): code "
     "Overloaded; retry after Retry-After seconds",
 }
