@@ -35,8 +35,9 @@ class Catalog:
         later)."""
         self.reload()
 
-    def reload(self, name: str | None = None) -> None:
-        """Re-read one collection (or all) from the store and tell the listeners."""
+    def reload(self, name: str | None = None, seq: int | None = None) -> None:
+        """Re-read one collection (or all) from the store and tell the listeners; `seq` is the
+        change-log entry that asked for it (the collection's revision from then on)."""
         everything = Access.RESTRICTED
         if name is None:
             # Read before the layers: a change landing meanwhile is applied again by `follow`.
@@ -47,7 +48,7 @@ class Catalog:
             with self._lock:
                 self._layers, self._rasters = layers, rasters
                 for n in [*layers, *rasters]:
-                    self._revisions[n] = self._revisions.get(n, 0) + 1
+                    self._revisions[n] = max(self._revisions.get(n, 0) + 1, self.seq)
             changed = [*layers, *rasters]
         else:
             rasters = self.store.rasters(everything)
@@ -64,7 +65,7 @@ class Catalog:
                 else:
                     self._layers.pop(name, None)
                     self._rasters.pop(name, None)
-                self._revisions[name] = self._revisions.get(name, 0) + 1
+                self._revisions[name] = max(self._revisions.get(name, 0) + 1, seq or 0)
             changed = [name]
         for n in changed:
             self.notify(n, None)
@@ -85,7 +86,7 @@ class Catalog:
             for name, group in groups.items():
                 held = self._layers.get(name)
                 if held is None or any(c.id is None for c in group):
-                    self.reload(name)
+                    self.reload(name, group[-1].seq)
                     continue
                 ids = [c.id for c in group if c.id is not None]
                 now = self.store.features(name, ids, Access.RESTRICTED)
@@ -94,7 +95,7 @@ class Catalog:
                     self.prepare(layer)
                 with self._lock:
                     self._layers[name] = layer
-                    self._revisions[name] = self._revisions.get(name, 0) + 1
+                    self._revisions[name] = group[-1].seq
                 boxes = dict.fromkeys(b for c in group for b in (c.old, c.new) if b is not None)
                 for box in boxes:
                     self.notify(name, box)
@@ -122,7 +123,9 @@ class Catalog:
             listener(name, changed)
 
     def revision(self, name: str) -> int:
-        """A number that grows with every change of the collection (for cache keys)."""
+        """A number that grows with every change of the collection: the store's change-log
+        sequence of its last change applied (the same in every process serving the same data),
+        or more after a change made here only (`put`)."""
         return self._revisions.get(name, 0)
 
     def names(self, scope: Access) -> list[str]:

@@ -232,14 +232,22 @@ class TileCache:
                 if not keys:
                     del cells[(key.x, key.y)]
 
-    def invalidate(self, collection: str, bounds: Bounds | None) -> int:
+    def invalidate(
+        self, collection: str, bounds: Bounds | None, revision: int | None = None
+    ) -> int:
         """Drop the cached tiles holding `collection` whose bounds meet `bounds` (lon/lat; None:
-        every tile of the collection). Returns how many were dropped."""
+        every tile of the collection). Returns how many were dropped.
+
+        `revision` (the store's change-log sequence the collection is now at) becomes the
+        collection's generation, so the caches of processes serving the same data agree (see
+        `insert`); without one the token is random."""
         with self._lock:
             # Random rather than counted (and drawn from the OS, not a generator state that
             # fork copies), so caches forked from one process that were invalidated
             # differently never hold the same token (see `insert`).
-            self._generation[collection] = secrets.randbits(62) + 1
+            self._generation[collection] = (
+                revision if revision is not None else -(secrets.randbits(62) + 1)
+            )
             zooms = self._index.get(collection, {})
             doomed: list[TileKey] = []
             box = mercator_box(bounds) if bounds is not None else None

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from layers.catalog import Catalog
-from layers.models import Access, Change
+from layers.models import Access, Bounds, Change
 from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
 from twin.cql2 import Limits
@@ -156,7 +156,11 @@ def create_app(
         app.state.catalog = cat
         # The thread pool of this event loop: as many threads as `work_threads`, no more.
         anyio.to_thread.current_default_thread_limiter().total_tokens = guard.work_threads
-        cat.subscribe(app.state.tiles.invalidate)
+
+        def invalidate(name: str, box: Bounds | None) -> None:
+            app.state.tiles.invalidate(name, box, cat.revision(name))
+
+        cat.subscribe(invalidate)
         warm(cat, app.state.query_settings)
         cat.prepare = warm_layer
         feed = app.state.feed = ChangeFeed(cat)
@@ -174,7 +178,7 @@ def create_app(
             yield
         finally:
             follower.stop()
-            cat.unsubscribe(app.state.tiles.invalidate)
+            cat.unsubscribe(invalidate)
             if own:
                 cat.store.close()
 

@@ -90,10 +90,11 @@ class TileServer:
         """A place for rendering one tile (`Overloaded` when the worker is full)."""
         return nullcontext() if self.admission is None else self.admission.admit()
 
-    def invalidate(self, collection: str, bounds: Any) -> None:
-        """Drop the cached tiles a change of `collection` inside `bounds` touches."""
-        self.cache.invalidate(collection, bounds)
-        self.raster_cache.invalidate(collection, None if bounds is None else bounds)
+    def invalidate(self, collection: str, bounds: Any, revision: int | None = None) -> None:
+        """Drop the cached tiles a change of `collection` inside `bounds` touches; `revision`
+        is the store's sequence the collection is now at (the caches' generation)."""
+        self.cache.invalidate(collection, bounds, revision)
+        self.raster_cache.invalidate(collection, None if bounds is None else bounds, revision)
 
     async def _response(
         self,

@@ -46,8 +46,12 @@ def twin_import(store: Path, path: Path) -> None:
 
 
 def tile_path(lon: float, lat: float) -> str:
-    t = TMS.tile(lon, lat, Z)
-    return f"/collections/lights/tiles/WebMercatorQuad/{Z}/{t.y}/{t.x}"
+    return tile_path_at((lon, lat), Z)
+
+
+def tile_path_at(xy: tuple[float, float], z: int) -> str:
+    t = TMS.tile(xy[0], xy[1], z)
+    return f"/collections/lights/tiles/WebMercatorQuad/{z}/{t.y}/{t.x}"
 
 
 def etag(conn, path: str) -> str:
@@ -114,4 +118,15 @@ def test_an_import_in_another_process_reaches_every_worker(tmp_path: Path, store
             assert lookups(c).get("miss", 0) - missed <= 1
             _, body = get(c, "/metrics")
             assert b"twin_changes_applied_total 2.0" in body
+        # After the change the workers' caches agree on its generation (the store's revision),
+        # so a tile one worker renders is still handed to the other.
+        fresh = tile_path_at(NEAR[5], Z + 1)
+        first, second = conns
+        before = lookups(second)
+        assert etag(first, fresh)
+        time.sleep(1.0)
+        assert etag(second, fresh)
+        after = lookups(second)
+        assert after.get("miss", 0) == before.get("miss", 0)
+        assert after["hit"] == before.get("hit", 0) + 1
         assert served.proc.poll() is None
