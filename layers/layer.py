@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 import threading
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -234,6 +235,27 @@ def _number_text(v: float) -> str:
     return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
 
 
+@dataclass(frozen=True)
+class Patch:
+    """How a layer was made from an earlier one by changing some rows in place (`patched`):
+    what its derived data may take from the earlier layer's."""
+
+    base: weakref.ref[Layer]
+    rows: np.ndarray
+    """The rows that changed (same positions, same ids in both)."""
+    same_geometry: bool
+    columns: frozenset[str]
+    """The attribute columns whose values changed in those rows."""
+
+
+def same_values(old: pd.Series, new: pd.Series) -> np.ndarray:
+    """Row-wise equality of two aligned columns, nulls equal to nulls."""
+    a, b = old.reset_index(drop=True), new.reset_index(drop=True)
+    both_null = (a.isna() & b.isna()).to_numpy(bool)
+    eq = (a == b).astype("boolean").fillna(False).to_numpy(bool)
+    return eq | both_null
+
+
 @dataclass(eq=False)
 class Layer:
     """A vector layer held in memory: row `i` is feature `ids[i]` with `geometry[i]` (lon/lat).
@@ -249,6 +271,8 @@ class Layer:
     meta: dict[str, Any] = field(default_factory=dict)
     _derived: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
     _derived_lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+    origin: Patch | None = field(default=None, init=False, repr=False)
+    """Set when this layer is an earlier one with rows changed in place (`patched`)."""
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -372,6 +396,9 @@ class Layer:
         a new feature comes last)."""
         n = len(self)
         pos = self.row_of.get_indexer(current.ids) if n else np.full(len(current), -1)
+        gone = list(gone)
+        if n and len(pos) and (pos >= 0).all() and not gone and current.schema == self.schema:
+            return self._updated_in_place(current, pos)
         take = np.arange(n)
         known = pos >= 0
         take[pos[known]] = n + np.flatnonzero(known)
@@ -387,6 +414,43 @@ class Layer:
             both.iloc[take].reset_index(drop=True),
             dict(self.meta),
         )
+
+    def _updated_in_place(self, current: Layer, rows: np.ndarray) -> Layer:
+        """`patched` when every feature of `current` is one of this layer's: the new layer
+        shares what did not change (unchanged columns, the geometry array, and the derived
+        data of both: spatial index, JSON and float columns), and says what did (`origin`)."""
+        same_geometry = bool(shapely.equals_identical(self.geometry[rows], current.geometry).all())
+        geometry = self.geometry
+        if not same_geometry:
+            geometry = self.geometry.copy()
+            geometry[rows] = current.geometry
+        columns: dict[str, pd.Series] = {}
+        changed: set[str] = set()
+        for name in self.attrs.columns:
+            old, new = self.attrs[name], current.attrs[name]
+            if same_values(old.iloc[rows], new).all():
+                columns[name] = old
+                continue
+            changed.add(name)
+            col = old.copy()
+            col.iloc[rows] = new.to_numpy()
+            columns[name] = col
+        layer = Layer(self.schema, self.ids, geometry, pd.DataFrame(columns), dict(self.meta))
+        layer.__dict__["row_of"] = self.row_of
+        if same_geometry:
+            for name in ("tree", "bounds", "geometry_types"):
+                if name in self.__dict__:
+                    layer.__dict__[name] = self.__dict__[name]
+        with self._derived_lock:
+            for key, value in self._derived.items():
+                if (
+                    isinstance(key, tuple)
+                    and key[0] in ("json", "floats")
+                    and key[1] not in changed
+                ):
+                    layer._derived[key] = value
+        layer.origin = Patch(weakref.ref(self), rows, same_geometry, frozenset(changed))
+        return layer
 
     def query(self, geometry: Any, predicate: str | None = "intersects") -> np.ndarray:
         """Sorted row numbers of features meeting `geometry` (or its bbox when predicate is None)."""

@@ -6,6 +6,7 @@ cached per `Layer` object and vanish with it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from dataclasses import dataclass
@@ -14,10 +15,10 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from layers.layer import Layer
+from layers.layer import Layer, same_values
 from layers.models import FieldType
 from tiles.encode import Properties
-from tiles.generalise import importance
+from tiles.generalise import PRIORITY_FIELD, importance
 from tiles.grid import to_mercator
 
 ID_PROPERTY = "id"
@@ -96,11 +97,15 @@ _cache: weakref.WeakKeyDictionary[Layer, PreparedLayer] = weakref.WeakKeyDiction
 _lock = threading.Lock()
 
 
-def tile_columns(layer: Layer) -> dict[str, pd.Series]:
-    """The property columns written to tiles: `id`, then every schema field (dates as ISO text)."""
-    cols: dict[str, pd.Series] = {ID_PROPERTY: pd.Series(layer.ids, dtype=object).astype("string")}
+def tile_columns(layer: Layer, rows: np.ndarray | None = None) -> dict[str, pd.Series]:
+    """The property columns written to tiles: `id`, then every schema field (dates as ISO
+    text); of the `rows` given only (on a 0..len(rows)-1 index)."""
+    ids = layer.ids if rows is None else layer.ids[rows]
+    cols: dict[str, pd.Series] = {ID_PROPERTY: pd.Series(ids, dtype=object).astype("string")}
     for f in layer.schema.fields:
         s = layer.attrs[f.name]
+        if rows is not None:
+            s = s.iloc[rows].reset_index(drop=True)
         if f.type is FieldType.DATE:
             s = s.dt.strftime("%Y-%m-%d").astype("string")
         elif f.type is FieldType.DATETIME:
@@ -140,12 +145,23 @@ def _prepare(layer: Layer) -> PreparedLayer:
     )
 
 
-def _same_values(old: pd.Series, new: pd.Series) -> np.ndarray:
-    """Row-wise equality of two aligned columns, nulls equal to nulls."""
-    a, b = old.reset_index(drop=True), new.reset_index(drop=True)
-    both_null = (a.isna() & b.isna()).to_numpy(bool)
-    eq = (a == b).astype("boolean").fillna(False).to_numpy(bool)
-    return eq | both_null
+def _patched(base: PreparedLayer, layer: Layer) -> PreparedLayer | None:
+    """The arrays of a layer whose rows changed in place (`Layer.patched`) from those of the
+    layer it was made from: only the changed rows' properties (and, when they moved, bounds)
+    are worked out; the importance order is kept unless what it rests on changed."""
+    patch = layer.origin
+    if patch is None or not patch.same_geometry:
+        return None
+    rows = patch.rows
+    props = base.properties
+    codes = props.codes.copy()
+    codes[rows] = Properties.from_columns(tile_columns(layer, rows), table=props.table).codes
+    properties = Properties(props.keys, codes, props.table)
+    if PRIORITY_FIELD.get(layer.name) in patch.columns:
+        return PreparedLayer.build(
+            base.mbounds, base.dimension, importance(layer, base.mbounds), base.ids, properties
+        )
+    return dataclasses.replace(base, properties=properties)
 
 
 def _derive(old: Layer, base: PreparedLayer, new: Layer) -> PreparedLayer | None:
@@ -172,7 +188,7 @@ def _derive(old: Layer, base: PreparedLayer, new: Layer) -> PreparedLayer | None
     same_attrs = np.zeros(len(new), dtype=bool)
     ok = np.ones(len(matched), dtype=bool)
     for f in new.schema.fields:
-        ok &= _same_values(old.attrs[f.name].iloc[src], new.attrs[f.name].iloc[matched])
+        ok &= same_values(old.attrs[f.name].iloc[src], new.attrs[f.name].iloc[matched])
     same_attrs[matched] = ok
     props = base.properties
     codes = np.empty((len(new), len(props.keys)), dtype=np.int64)
@@ -180,7 +196,7 @@ def _derive(old: Layer, base: PreparedLayer, new: Layer) -> PreparedLayer | None
     codes[reuse] = props.codes[idx[reuse]]
     fresh = np.flatnonzero(~same_attrs)
     if len(fresh):
-        cols = {k: v.iloc[fresh] for k, v in tile_columns(new).items()}
+        cols = tile_columns(new, fresh)
         codes[fresh] = Properties.from_columns(cols, table=props.table).codes
     ids = np.empty(len(new), dtype=np.int64)
     ids[matched] = base.ids[src]
@@ -209,8 +225,12 @@ def prepare(layer: Layer) -> PreparedLayer:
         with _lock:
             got = _cache.get(layer)
             if got is None:
+                base = layer.origin.base() if layer.origin is not None else None
+                held = _cache.get(base) if base is not None else None
+                if held is not None:
+                    got = _patched(held, layer)
                 previous = _latest.get(layer.name)
-                if previous is not None and previous[0] is not layer:
+                if got is None and previous is not None and previous[0] is not layer:
                     got = _derive(previous[0], previous[1], layer)
                 if got is None:
                     got = _prepare(layer)

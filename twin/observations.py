@@ -69,7 +69,7 @@ def _reading(layers: dict[str, Layer], item: Any, now: dt.datetime) -> Reading:
     if not isinstance(name, str) or name not in layers:
         raise ValueError(f"no collection {name!r}")
     layer = layers[name]
-    if not isinstance(fid, str) or layer.row_of.get_indexer([fid])[0] < 0:
+    if not isinstance(fid, str) or fid not in layer.row_of:
         raise ValueError(f"no feature {fid!r} in {name}")
     fields = {f.name: f for f in layer.schema.fields}
     if not isinstance(prop, str) or prop not in fields:

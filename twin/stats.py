@@ -206,6 +206,21 @@ def _cached_layer_stats(
     return result
 
 
+def share_unchanged(layer: Layer) -> None:
+    """A layer whose rows changed in place without moving (`Layer.patched`: a reading, a
+    status edit) keeps its earlier version's unfiltered statistics: they rest on the
+    geometry only."""
+    patch = layer.origin
+    base = patch.base() if patch is not None else None
+    if base is None or patch is None or not patch.same_geometry:
+        return
+    held: dict[tuple, Any] = base.derived(_cached_layer_stats, dict)
+    mine: dict[tuple, Any] = layer.derived(_cached_layer_stats, dict)
+    for key, value in list(held.items()):
+        if key[2] is None:
+            mine.setdefault(key, value)
+
+
 def cell_stats(
     catalog: Catalog,
     scope: Access,

@@ -43,6 +43,7 @@ def warm_layer(layer: Layer) -> None:
     """One layer's tile arrays, spatial index, attribute JSON texts and the transverse Mercator
     zone its buffers are drawn in (a projection costs ~0.4 s to make the first time)."""
     prepare(layer)
+    stats.share_unchanged(layer)
     _ = layer.tree
     for name in layer.attrs.columns:
         layer.json_column(name)

@@ -4,8 +4,10 @@ layers equal a fresh load of the store."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
+import morecantile
 import numpy as np
 import pandas as pd
 import shapely
@@ -13,9 +15,13 @@ import shapely
 from layers.catalog import Catalog
 from layers.gpkg import FEED_FEATURES_MAX, GeoPackageStore
 from layers.layer import Layer
-from layers.models import Access, Bounds, ChangeKind
+from layers.models import Access, Bounds, ChangeKind, Reading
 from layers.schemas import LIGHTS, VALVES
 from tests.twin.serve_fixtures import make_layer
+from tiles.grid import Tile
+from tiles.prepared import prepare
+from tiles.render import render_tile
+from tiles.settings import TileSettings
 
 ALL = Access.RESTRICTED
 
@@ -142,3 +148,35 @@ def test_a_catalog_follows_writes_from_another_connection(tmp_path: Path) -> Non
     assert catalog.follow() == []
     other.close()
     catalog.store.close()
+
+
+def test_an_update_in_place_shares_what_did_not_change(tmp_path: Path) -> None:
+    n = 400
+    xs = list(np.linspace(114.30, 114.31, n))
+    store = GeoPackageStore(tmp_path)
+    store.write(lights([f"L{i}" for i in range(n)], xs, ["on"] * n), source="s", user="u")
+    held = store.load("lights", ALL)
+    _ = held.tree, held.json_column("lamp_type"), held.json_column("status"), prepare(held)
+    seq = store.revision()
+    t = dt.datetime(2026, 12, 7, 9, tzinfo=dt.UTC)
+    store.observe(
+        [Reading("lights", f"L{i}", "status", t, "fault") for i in range(0, n, 7)], user="u"
+    )
+    ids = [c.id for c in store.changes(seq) if c.id is not None]
+    patched = held.patched(store.features("lights", ids, ALL))
+    fresh = store.load("lights", ALL)
+    same_layer(patched, fresh)
+    assert patched.origin is not None and patched.origin.same_geometry
+    assert patched.origin.columns == {"status", "_version", "_updated"}
+    assert patched.tree is held.tree and patched.geometry is held.geometry
+    assert patched.json_column("lamp_type") is held.json_column("lamp_type")
+    assert patched.json_column("status") is not held.json_column("status")
+    assert patched.json_column("status").values(np.array([0, 1])) == ["fault", "on"]
+    # Tiles drawn from the arrays derived from the earlier layer's equal fresh ones.
+    for z in (14, 16):
+        t = morecantile.tms.get("WebMercatorQuad").tile(114.305, 30.35, z)
+        tile = Tile(t.x, t.y, z)
+        assert render_tile([(patched, None)], tile, TileSettings()) == render_tile(
+            [(fresh, None)], tile, TileSettings()
+        )
+    store.close()

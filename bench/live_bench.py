@@ -1,0 +1,379 @@
+"""Live twin benchmark (issue 10): readings ingested per second (batches of 1,000 over 100k
+street lights) while a tile list is being served, the tiles' p95 during ingest against idle,
+and the time from a reading's POST to its event at an SSE subscriber; against the floor a
+user would reach for, a PostgreSQL table written with one `INSERT ... ON CONFLICT` per batch
+(history kept, latest by time), measured in the same run. Run by hand, one benchmark at a time:
+
+    flock /tmp/twin-bench.lock .venv/bin/python bench/live_bench.py --label run1
+    .venv/bin/python bench/live_bench.py --quick            # 5 s phases, 10k lights: a check
+
+What it does:
+
+1. Builds a store of N lights (a jittered grid over ~6 x 6 km of Jiangxia, Wuhan) once into
+   `$TMPDIR/twin-live-bench/lights-N` and copies it afresh for the run.
+2. Starts `twin serve --workers W` on the copy (stopped by its PID at the end), fetches every
+   tile of the list once (z14-16 over the lights, `/collections/lights/tiles/...`).
+3. Idle phase: `--tile-clients` keep-alive clients fetch random tiles of the list for
+   `--seconds`; each tile's latency is recorded.
+4. Ingest phase, the same tile load plus `--posters` clients POSTing batches of 1,000
+   readings (random lamps, `status`, times increasing) as fast as they are answered, and one
+   SSE subscriber on `/events?bbox=` over a small part of the area: each event's delay is
+   its arrival less the start of the POST that carried it (matched by the change-log
+   sequence numbers the POST's answer gives: `revision`, `changed`).
+5. The floor: the same batches into PostgreSQL (127.0.0.1:5432, `--pg-dsn`), one statement
+   per batch (readings appended, state upserted where newer), for the same number of batches.
+
+Printed: readings/s (twin over HTTP, PostgreSQL floor, ratio), tile p50/p95/p99 idle and
+during ingest (ratio), event delay p50/p95/p99 and count, against the aims (>= 50,000
+readings/s, tile p95 <= 2x idle, event p95 < 100 ms). JSON to bench/results/live_<label>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from overload_bench import Server, tiles_covering  # noqa: E402
+
+from layers.gpkg import GeoPackageStore  # noqa: E402
+from layers.layer import (  # noqa: E402
+    Layer,
+    coerce,
+    empty_attrs,
+)
+from layers.schemas import LIGHTS  # noqa: E402
+
+BOX = (114.28, 30.33, 114.34, 30.39)
+BATCH = 1000
+AIMS = {"readings_per_s": 50_000, "tile_p95_ratio": 2.0, "event_p95_ms": 100.0}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build_store(n: int) -> Path:
+    """N lights on a jittered grid over BOX, made once."""
+    where = Path(tempfile.gettempdir()) / "twin-live-bench" / f"lights-{n}"
+    if (where / "twin.gpkg").exists():
+        return where
+    rng = np.random.default_rng(1)
+    side = int(np.ceil(np.sqrt(n)))
+    gx, gy = np.meshgrid(np.linspace(BOX[0], BOX[2], side), np.linspace(BOX[1], BOX[3], side))
+    xs = gx.ravel()[:n] + rng.uniform(-2e-5, 2e-5, n)
+    ys = gy.ravel()[:n] + rng.uniform(-2e-5, 2e-5, n)
+    attrs = empty_attrs(LIGHTS, n)
+    attrs["status"] = coerce(pd_series(["on"] * n), LIGHTS.field("status").type)
+    attrs["wattage_w"] = coerce(pd_series([60.0] * n), LIGHTS.field("wattage_w").type)
+    ids = np.array([f"L{i:07d}" for i in range(n)], dtype=object)
+    layer = Layer(LIGHTS, ids, shapely.points(xs, ys), attrs)
+    store = GeoPackageStore(where)
+    try:
+        store.write(layer, source="bench", user="bench")
+    finally:
+        store.close()
+    return where
+
+
+def pd_series(values: list[Any]) -> Any:
+    import pandas as pd
+
+    return pd.Series(values)
+
+
+class TileLoad:
+    """Keep-alive clients fetching random tiles of the list; (start, latency) of each."""
+
+    def __init__(self, port: int, paths: list[str], clients: int) -> None:
+        self.port, self.paths, self.clients = port, paths, clients
+        self.samples: list[tuple[float, float]] = []
+        self.errors = 0
+        self.stop = threading.Event()
+
+    def run(self, seconds: float) -> list[tuple[float, float]]:
+        self.samples, self.errors = [], 0
+        self.stop.clear()
+        threads = [threading.Thread(target=self._client, args=(i,)) for i in range(self.clients)]
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        self.stop.set()
+        for t in threads:
+            t.join()
+        return self.samples
+
+    def _client(self, i: int) -> None:
+        rng = random.Random(i)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        mine: list[tuple[float, float]] = []
+        while not self.stop.is_set():
+            path = rng.choice(self.paths)
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+                r = conn.getresponse()
+                r.read()
+                if r.status not in (200, 204):
+                    self.errors += 1
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                continue
+            mine.append((t0, time.perf_counter() - t0))
+        self.samples.extend(mine)
+
+
+def batches(ids: list[str], count: int, seed: int, start: dt.datetime) -> list[list[dict]]:
+    rng = random.Random(seed)
+    out = []
+    for b in range(count):
+        t = start + dt.timedelta(seconds=b)
+        out.append(
+            [
+                {
+                    "collection": "lights",
+                    "id": rng.choice(ids),
+                    "time": (t + dt.timedelta(microseconds=i * 500)).isoformat(),
+                    "property": "status",
+                    "value": rng.choice(("on", "off", "fault")),
+                }
+                for i in range(BATCH)
+            ]
+        )
+    return out
+
+
+class Posters:
+    """Clients POSTing batches as fast as they are answered; what each POST covered."""
+
+    def __init__(self, port: int, work: list[list[dict]], clients: int) -> None:
+        self.port, self.work, self.clients = port, work, clients
+        self.posts: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def _take(self) -> list[dict] | None:
+        with self._lock:
+            if self._next >= len(self.work):
+                return None
+            self._next += 1
+            return self.work[self._next - 1]
+
+    def client(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        while not self.stop.is_set():
+            batch = self._take()
+            if batch is None:
+                return
+            body = json.dumps(batch)
+            t0 = time.perf_counter()
+            conn.request("POST", "/twin/observations", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            answer = json.loads(r.read())
+            t1 = time.perf_counter()
+            if r.status == 200:
+                self.posts.append({"start": t0, "end": t1, **answer, "rejected": 0})
+
+
+class Subscriber:
+    """One SSE stream; the arrival time of each event id."""
+
+    def __init__(self, port: int, query: str) -> None:
+        self.port, self.query = port, query
+        self.arrivals: dict[int, float] = {}
+        self.conn: http.client.HTTPConnection | None = None
+
+    def run(self) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=None)
+        self.conn.request("GET", f"/events?{self.query}")
+        r = self.conn.getresponse()
+        try:
+            for raw in r:
+                if raw.startswith(b"id:"):
+                    self.arrivals[int(raw[3:])] = time.perf_counter()
+        except (OSError, ValueError, http.client.HTTPException):
+            return
+
+    def close(self) -> None:
+        if self.conn is not None and self.conn.sock is not None:
+            self.conn.sock.close()
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def tile_stats(samples: list[tuple[float, float]]) -> dict[str, Any]:
+    ms = [s[1] * 1000 for s in samples]
+    return {"n": len(ms), "p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99)}
+
+
+def pg_floor(dsn: str, work: list[list[dict]]) -> dict[str, Any]:
+    """The same batches into PostgreSQL, one statement each: readings appended, the state
+    upserted where the reading is newer."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS twin_bench_readings, twin_bench_state")
+        conn.execute(
+            "CREATE TABLE twin_bench_readings (id text, property text, time timestamptz, "
+            "value jsonb)"
+        )
+        conn.execute(
+            "CREATE TABLE twin_bench_state (id text, property text, time timestamptz, "
+            "value jsonb, PRIMARY KEY (id, property))"
+        )
+        sql = (
+            "WITH r AS (SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], "
+            "%s::jsonb[]) AS r(id, property, time, value)), "
+            "h AS (INSERT INTO twin_bench_readings SELECT * FROM r) "
+            "INSERT INTO twin_bench_state SELECT DISTINCT ON (id, property) * FROM r "
+            "ORDER BY id, property, time DESC ON CONFLICT (id, property) DO UPDATE SET "
+            "time = excluded.time, value = excluded.value "
+            "WHERE twin_bench_state.time <= excluded.time"
+        )
+        t0 = time.perf_counter()
+        for batch in work:
+            conn.execute(
+                sql,
+                (
+                    [r["id"] for r in batch],
+                    [r["property"] for r in batch],
+                    [r["time"] for r in batch],
+                    [json.dumps(r["value"]) for r in batch],
+                ),
+            )
+        seconds = time.perf_counter() - t0
+        conn.execute("DROP TABLE twin_bench_readings, twin_bench_state")
+    n = sum(len(b) for b in work)
+    return {"readings": n, "seconds": seconds, "readings_per_s": n / seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lights", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=30.0, help="each phase (quick: 5)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--tile-clients", type=int, default=4)
+    ap.add_argument("--posters", type=int, default=2)
+    ap.add_argument("--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+    ap.add_argument("--label")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.lights, a.seconds = 10_000, 5.0
+    template = build_store(a.lights)
+    work_dir = Path(tempfile.mkdtemp(prefix="twin-live-"))
+    store = work_dir / "store"
+    shutil.copytree(template, store)
+    ids = [f"L{i:07d}" for i in range(a.lights)]
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    work = batches(ids, int(a.seconds * 200), 7, start)  # more than can be posted
+    server = Server(store, a.workers, work_dir / "serve.log")
+    log(f"store of {a.lights} lights; starting twin serve --workers {a.workers}")
+    server.start()
+    result: dict[str, Any] = {"lights": a.lights, "workers": a.workers, "batch": BATCH}
+    try:
+        paths = [
+            f"/collections/lights/tiles/WebMercatorQuad/{z}/{y}/{x}"
+            for zoom in (14, 15, 16)
+            for z, x, y in tiles_covering(BOX, zoom)
+        ]
+        load = TileLoad(server.port, paths, a.tile_clients)
+        log(f"{len(paths)} tiles: fetching each once")
+        warm = TileLoad(server.port, paths, 1)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        for p in paths:
+            conn.request("GET", p)
+            conn.getresponse().read()
+        del warm
+        log(f"idle: {a.tile_clients} tile clients for {a.seconds:g} s")
+        idle = tile_stats(load.run(a.seconds))
+        mid = ((BOX[0] + BOX[2]) / 2, (BOX[1] + BOX[3]) / 2)
+        sub = Subscriber(server.port, f"bbox={mid[0]},{mid[1]},{mid[0] + 0.01},{mid[1] + 0.01}")
+        threading.Thread(target=sub.run, daemon=True).start()
+        time.sleep(0.5)
+        posters = Posters(server.port, work, a.posters)
+        post_threads = [threading.Thread(target=posters.client) for _ in range(a.posters)]
+        log(f"ingest: {a.posters} posters of {BATCH}-reading batches with the same tile load")
+        t0 = time.perf_counter()
+        for t in post_threads:
+            t.start()
+        busy = tile_stats(load.run(a.seconds))
+        posters.stop.set()
+        for t in post_threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        time.sleep(2.0)  # the last events
+        sub.close()
+        accepted = sum(p["accepted"] for p in posters.posts)
+        delays = []
+        for p in posters.posts:
+            for seq in range(p["revision"] - p["changed"] + 1, p["revision"] + 1):
+                if seq in sub.arrivals:
+                    delays.append((sub.arrivals[seq] - p["start"]) * 1000)
+        result["twin"] = {
+            "batches": len(posters.posts),
+            "readings": accepted,
+            "seconds": elapsed,
+            "readings_per_s": accepted / elapsed,
+            "post_ms_p50": pct([(p["end"] - p["start"]) * 1000 for p in posters.posts], 50),
+        }
+        result["tiles_idle"], result["tiles_ingest"] = idle, busy
+        result["tile_errors"] = load.errors
+        result["events"] = {
+            "n": len(delays),
+            "p50_ms": pct(delays, 50),
+            "p95_ms": pct(delays, 95),
+            "p99_ms": pct(delays, 99),
+        }
+    finally:
+        result["server_stop"] = server.stop()
+    log(f"PostgreSQL floor: the same {len(posters.posts)} batches, one statement each")
+    result["postgres"] = pg_floor(a.pg_dsn, work[: max(len(posters.posts), 1)])
+    twin_rate, pg_rate = result["twin"]["readings_per_s"], result["postgres"]["readings_per_s"]
+    ratio = (busy["p95"] or 0) / (idle["p95"] or 1)
+    result["ratios"] = {
+        "readings_twin_over_pg": twin_rate / pg_rate,
+        "tile_p95_ingest_over_idle": ratio,
+    }
+    result["aims"] = {
+        "readings_per_s": twin_rate >= AIMS["readings_per_s"],
+        "tile_p95_ratio": ratio <= AIMS["tile_p95_ratio"],
+        "event_p95_ms": (result["events"]["p95_ms"] or 1e9) < AIMS["event_p95_ms"],
+    }
+    print(json.dumps(result, indent=2, default=float))
+    print(
+        f"readings/s: twin {twin_rate:,.0f} over HTTP, PostgreSQL floor {pg_rate:,.0f} "
+        f"({twin_rate / pg_rate:.2f}x); tile p95 idle {idle['p95']:.1f} ms, during ingest "
+        f"{busy['p95']:.1f} ms ({ratio:.2f}x); events p50/p95 "
+        f"{result['events']['p50_ms']} / {result['events']['p95_ms']} ms "
+        f"({result['events']['n']} events); aims {result['aims']}"
+    )
+    if a.label:
+        out = ROOT / "bench" / "results" / f"live_{a.label}.json"
+        out.write_text(json.dumps(result, indent=2, default=float))
+        log(f"wrote {out}")
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
