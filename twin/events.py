@@ -10,10 +10,10 @@ client that fetches a tile on an event gets the new state.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import threading
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from typing import Any
 
 from layers.catalog import Catalog
@@ -46,7 +46,9 @@ class ChangeFeed:
 
     def __init__(self, catalog: Catalog, keep: int = KEEP) -> None:
         self.catalog = catalog
-        self._recent: deque[Change] = deque(maxlen=keep)
+        self.keep = keep
+        self._recent: list[Change] = []
+        self._seqs: list[int] = []
         self._lock = threading.Lock()
         self.floor = catalog.seq
         """Changes after this one are all in memory; up to it, in the store's log."""
@@ -62,10 +64,12 @@ class ChangeFeed:
     def publish(self, changes: list[Change]) -> None:
         """Changes just applied (from any thread)."""
         with self._lock:
-            for c in changes:
-                if len(self._recent) == self._recent.maxlen:
-                    self.floor = self._recent[0].seq
-                self._recent.append(c)
+            self._recent += changes
+            self._seqs += [c.seq for c in changes]
+            if len(self._recent) > 2 * self.keep:
+                cut = len(self._recent) - self.keep
+                self.floor = self._seqs[cut - 1]
+                del self._recent[:cut], self._seqs[:cut]
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake)
 
@@ -76,27 +80,27 @@ class ChangeFeed:
 
     def _after(self, seq: int) -> list[Change]:
         with self._lock:
-            return [c for c in self._recent if c.seq > seq]
+            return self._recent[bisect.bisect_right(self._seqs, seq) :]
 
     async def changes(
         self, since: int, stopping: Callable[[], bool] = lambda: False
-    ) -> AsyncIterator[Change]:
-        """Every change after `since`, oldest first, then each new one as it is applied, until
-        `stopping()` (the server shutting down: a stream would hold it up)."""
+    ) -> AsyncIterator[list[Change]]:
+        """Every change after `since`, oldest first, then the new ones as they are applied, a
+        list at a time, until `stopping()` (the server shutting down: a stream would hold it
+        up)."""
         last = since
         while not stopping():
             if last < self.floor:
                 page = await asyncio.to_thread(self.catalog.store.changes, last, STORE_PAGE)
                 page = [c for c in page if c.seq <= self.floor]
-                for c in page:
-                    yield c
+                if page:
+                    yield page
                 last = page[-1].seq if page else self.floor
                 continue
             news = self._news
             fresh = self._after(last)
-            for c in fresh:
-                yield c
             if fresh:
+                yield fresh
                 last = fresh[-1].seq
                 continue
             if news is not None:
@@ -107,10 +111,10 @@ class ChangeFeed:
 
 
 def matches(
-    visible: Callable[[str], bool], collections: list[str] | None, bbox: Bounds | None
+    visible: Container[str] | None, collections: list[str] | None, bbox: Bounds | None
 ) -> Callable[[Change], bool]:
-    """Whether a change is for a stream: a collection it may see (and asked for), and a box
-    meeting `bbox` (a whole-layer change always does)."""
+    """Whether a change is for a stream: a collection it may see (`visible`; None: all) and
+    asked for, and a box meeting `bbox` (a whole-layer change always does)."""
 
     def meets(box: Bounds | None) -> bool:
         return (
@@ -125,9 +129,9 @@ def matches(
         )
 
     def test(c: Change) -> bool:
-        if not visible(c.collection) or (
-            collections is not None and c.collection not in collections
-        ):
+        if visible is not None and c.collection not in visible:
+            return False
+        if collections is not None and c.collection not in collections:
             return False
         return bbox is None or c.id is None or meets(c.old) or meets(c.new)
 

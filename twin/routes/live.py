@@ -217,14 +217,17 @@ async def events(
     misses nothing."""
     feed = _feed(request)
     server = getattr(request.app.state, "server", None)  # the uvicorn server, when known
-    wanted = matches(
-        lambda name: name in catalog.names(scope) or scope is Access.RESTRICTED, collections, bbox
-    )
     feed.streams += 1
     try:
-        async for change in feed.changes(start, lambda: bool(server and server.should_exit)):
-            if wanted(change):
-                yield ServerSentEvent(data=event_data(change), event="change", id=str(change.seq))
+        async for changes in feed.changes(start, lambda: bool(server and server.should_exit)):
+            # Every collection for the restricted scope: a dropped one's change too.
+            visible = None if scope is Access.RESTRICTED else set(catalog.names(scope))
+            wanted = matches(visible, collections, bbox)
+            for change in changes:
+                if wanted(change):
+                    yield ServerSentEvent(
+                        data=event_data(change), event="change", id=str(change.seq)
+                    )
     finally:
         feed.streams -= 1
 
