@@ -4,6 +4,7 @@ in step with the store by its change log (`follow`)."""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 
 from layers.errors import UnknownCollection
@@ -55,6 +56,8 @@ class Catalog:
             loaded = None
             if name not in rasters and name in self.store.layers(everything):
                 loaded = self.store.load(name, everything)
+                held = self._layers.get(name)
+                loaded.previous = None if held is None else weakref.ref(held)
                 if self.prepare is not None:
                     self.prepare(loaded)
             with self._lock:
@@ -91,6 +94,7 @@ class Catalog:
                 ids = [c.id for c in group if c.id is not None]
                 now = self.store.features(name, ids, Access.RESTRICTED)
                 layer = held.patched(now, set(ids) - set(now.ids.tolist()))
+                layer.previous = weakref.ref(held)
                 if self.prepare is not None:
                     self.prepare(layer)
                 with self._lock:
@@ -104,6 +108,9 @@ class Catalog:
 
     def put(self, layer: Layer, changed: Bounds | None = None) -> None:
         """Replace a layer held in memory (after an edit) and tell the listeners what changed."""
+        held = self._layers.get(layer.name)
+        if held is not None and held is not layer and layer.previous is None:
+            layer.previous = weakref.ref(held)
         with self._lock:
             self._layers[layer.name] = layer
             self._revisions[layer.name] = self._revisions.get(layer.name, 0) + 1

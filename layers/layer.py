@@ -273,6 +273,9 @@ class Layer:
     _derived_lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     origin: Patch | None = field(default=None, init=False, repr=False)
     """Set when this layer is an earlier one with rows changed in place (`patched`)."""
+    previous: weakref.ref[Layer] | None = field(default=None, init=False, repr=False)
+    """The version of the same collection this one replaced, while it lives (set by the
+    catalog): derived data may be worked out from its."""
 
     def __post_init__(self) -> None:
         n = len(self.ids)

@@ -211,15 +211,11 @@ def _derive(old: Layer, base: PreparedLayer, new: Layer) -> PreparedLayer | None
     )
 
 
-# The last prepared version of each collection, to derive the next version from.
-_latest: dict[str, tuple[Layer, PreparedLayer]] = {}
-
-
 def prepare(layer: Layer) -> PreparedLayer:
     """The prepared arrays of `layer`, built on first use and kept while the layer lives.
 
-    When an earlier version of the same collection was prepared (the catalog replaces a
-    layer after an edit), only what changed is worked out again."""
+    When the version it replaced (`Layer.origin`, `Layer.previous`: set by the catalog) was
+    prepared, only what changed is worked out again."""
     got = _cache.get(layer)
     if got is None:
         with _lock:
@@ -229,11 +225,11 @@ def prepare(layer: Layer) -> PreparedLayer:
                 held = _cache.get(base) if base is not None else None
                 if held is not None:
                     got = _patched(held, layer)
-                previous = _latest.get(layer.name)
-                if got is None and previous is not None and previous[0] is not layer:
-                    got = _derive(previous[0], previous[1], layer)
+                earlier = layer.previous() if layer.previous is not None else None
+                done = _cache.get(earlier) if earlier is not None else None
+                if got is None and earlier is not None and done is not None:
+                    got = _derive(earlier, done, layer)
                 if got is None:
                     got = _prepare(layer)
                 _cache[layer] = got
-                _latest[layer.name] = (layer, got)
     return got
