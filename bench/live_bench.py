@@ -31,9 +31,12 @@ readings/s, tile p95 <= 2x idle, event p95 < 100 ms). JSON to bench/results/live
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import json
+import multiprocessing
+import os
 import random
 import shutil
 import sys
@@ -188,33 +191,30 @@ class Posters:
             conn.request("POST", "/twin/observations", body, {"Content-Type": "application/json"})
             r = conn.getresponse()
             answer = json.loads(r.read())
-            t1 = time.perf_counter()
+            t1 = time.monotonic()
             if r.status == 200:
                 self.posts.append({"start": t0, "end": t1, **answer, "rejected": 0})
 
 
-class Subscriber:
-    """One SSE stream; the arrival time of each event id."""
+def subscribe(port: int, query: str, seconds: float, out: str) -> None:
+    """One SSE stream in a process of its own (the load's threads would delay its reads):
+    the arrival time (CLOCK_MONOTONIC, shared by all processes) of each event id, written to
+    `out` as JSON after `seconds`."""
+    arrivals: dict[int, float] = {}
 
-    def __init__(self, port: int, query: str) -> None:
-        self.port, self.query = port, query
-        self.arrivals: dict[int, float] = {}
-        self.conn: http.client.HTTPConnection | None = None
-
-    def run(self) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=None)
-        self.conn.request("GET", f"/events?{self.query}")
-        r = self.conn.getresponse()
-        try:
+    def read() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=None)
+        conn.request("GET", f"/events?{query}")
+        r = conn.getresponse()
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
             for raw in r:
                 if raw.startswith(b"id:"):
-                    self.arrivals[int(raw[3:])] = time.perf_counter()
-        except (OSError, ValueError, http.client.HTTPException):
-            return
+                    arrivals[int(raw[3:])] = time.monotonic()
 
-    def close(self) -> None:
-        if self.conn is not None and self.conn.sock is not None:
-            self.conn.sock.close()
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(seconds)
+    Path(out).write_text(json.dumps(dict(arrivals)))
+    os._exit(0)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -308,8 +308,12 @@ def main() -> None:
         log(f"idle: {a.tile_clients} tile clients for {a.seconds:g} s")
         idle = tile_stats(load.run(a.seconds))
         mid = ((BOX[0] + BOX[2]) / 2, (BOX[1] + BOX[3]) / 2)
-        sub = Subscriber(server.port, f"bbox={mid[0]},{mid[1]},{mid[0] + 0.01},{mid[1] + 0.01}")
-        threading.Thread(target=sub.run, daemon=True).start()
+        arrivals_file = work_dir / "arrivals.json"
+        query = f"bbox={mid[0]},{mid[1]},{mid[0] + 0.01},{mid[1] + 0.01}"
+        sub = multiprocessing.get_context("fork").Process(
+            target=subscribe, args=(server.port, query, a.seconds + 5, str(arrivals_file))
+        )
+        sub.start()
         time.sleep(0.5)
         posters = Posters(server.port, work, a.posters)
         post_threads = [threading.Thread(target=posters.client) for _ in range(a.posters)]
@@ -322,14 +326,14 @@ def main() -> None:
         for t in post_threads:
             t.join()
         elapsed = time.perf_counter() - t0
-        time.sleep(2.0)  # the last events
-        sub.close()
+        sub.join(timeout=a.seconds + 30)
+        arrivals = {int(k): v for k, v in json.loads(arrivals_file.read_text()).items()}
         accepted = sum(p["accepted"] for p in posters.posts)
         delays = []
         for p in posters.posts:
             for seq in range(p["revision"] - p["changed"] + 1, p["revision"] + 1):
-                if seq in sub.arrivals:
-                    delays.append((sub.arrivals[seq] - p["start"]) * 1000)
+                if seq in arrivals:
+                    delays.append((arrivals[seq] - p["start"]) * 1000)
         result["twin"] = {
             "batches": len(posters.posts),
             "readings": accepted,

@@ -50,6 +50,7 @@ CACHE_KIB = 65536  # SQLite page cache per connection
 _ROWS_PER_INSERT = 200
 _CHUNK = 50_000  # features encoded and written at a time
 _MAX_PARAMS = 30_000  # under SQLite's limit of 32,766 bound parameters per statement
+_IDS_PER_READ = 20_000  # ids bound in one SELECT ... IN (...): under SQLite's 32,766
 FEED_FEATURES_MAX = 10_000
 """A write changing more features than this is one `LAYER` entry of the change log (followers
 reload the collection) instead of one entry per feature."""
@@ -589,7 +590,8 @@ class GeoPackageStore:
         """The stored features of `ids` (those that exist), in the layer's stored order."""
         ids = list(dict.fromkeys(ids))
         parts = [
-            self._read(name, scope, ids[lo : lo + 500]) for lo in range(0, max(len(ids), 1), 500)
+            self._read(name, scope, ids[lo : lo + _IDS_PER_READ])
+            for lo in range(0, max(len(ids), 1), _IDS_PER_READ)
         ]
         if len(parts) == 1:
             return parts[0]
