@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from layers.errors import UnknownCollection
 from layers.layer import Layer
@@ -162,3 +164,50 @@ class Catalog:
         if r is None or r.classification > scope:
             raise UnknownCollection(name)
         return r
+
+
+class _AsOfStore:
+    """A store as it was recorded at one instant, read only (`Catalog.as_of`)."""
+
+    def __init__(self, store: Store, time: str) -> None:
+        self.store, self.time = store, time
+        self.location = f"{store.location} as of {time}"
+
+    def layers(self, scope: Access) -> Any:
+        return self.store.layers(scope)
+
+    def rasters(self, scope: Access) -> dict[str, RasterInfo]:
+        return self.store.rasters(scope)
+
+    def load(self, name: str, scope: Access) -> Layer:
+        return self.store.as_of(name, self.time, scope)
+
+    def revision(self) -> int:
+        return 0
+
+    def changes(self, since: int, limit: int = 0) -> list[Change]:
+        return []
+
+
+class Snapshots:
+    """Catalogs of the store as recorded at past instants (`asof=`), the newest few kept:
+    what was recorded at an instant already past never changes."""
+
+    def __init__(self, catalog: Catalog, keep: int = 4) -> None:
+        self.catalog = catalog
+        self.keep = keep
+        self._held: OrderedDict[str, Catalog] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def at(self, time: str) -> Catalog:
+        """The catalog as the store recorded it at `time` (ISO, UTC, milliseconds)."""
+        with self._lock:
+            got = self._held.get(time)
+            if got is None:
+                got = Catalog(_AsOfStore(self.catalog.store, time))  # type: ignore[arg-type]
+                self._held[time] = got
+                while len(self._held) > self.keep:
+                    self._held.popitem(last=False)
+            else:
+                self._held.move_to_end(time)
+            return got

@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from layers.catalog import Catalog
+from layers.catalog import Catalog, Snapshots
 from layers.models import Access, Bounds, Change
 from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
@@ -163,6 +163,7 @@ def create_app(
         cat.subscribe(invalidate)
         warm(cat, app.state.query_settings)
         cat.prepare = warm_layer
+        app.state.snapshots = Snapshots(cat)
         feed = app.state.feed = ChangeFeed(cat)
         feed.bind(asyncio.get_running_loop())
 

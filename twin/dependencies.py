@@ -9,11 +9,13 @@ paths answer as the routes do.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from typing import Annotated, Any, get_args
 
 from fastapi import Depends, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from layers.catalog import Catalog
 from layers.models import Bounds, parse_utc, utc_stamp
@@ -305,6 +307,19 @@ async def as_of(
 
 OutputCrs = Annotated[CrsRef, Depends(output_crs)]
 AsOf = Annotated[str | None, Depends(as_of)]
+
+
+async def catalog_at(request: Request, catalog: CatalogDep, asof: AsOf) -> Catalog:
+    """The catalog the request reads: the live one, or with `asof` (an instant already past)
+    the store as recorded then (kept for the next requests at the same instant)."""
+    if asof is None or asof >= utc_stamp(dt.datetime.now(dt.UTC)):
+        return catalog
+    snapshots = request.app.state.snapshots
+    made: Catalog = await run_in_threadpool(snapshots.at, asof)
+    return made
+
+
+CatalogAt = Annotated[Catalog, Depends(catalog_at)]
 BBox = Annotated[Bounds | None, Depends(bbox_filter)]
 Limit = Annotated[int, Depends(page_limit)]
 Offset = Annotated[int, Depends(page_offset)]

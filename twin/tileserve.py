@@ -133,9 +133,14 @@ class TileServer:
         requests: Callable[[], Sequence[tuple[Layer, Any]]],
         if_none_match: str | None,
         accept_encoding: str | None,
+        asof: str | None = None,
     ) -> Response:
-        """The vector tile of `layers` (rows from `requests()`, called only on a cache miss)."""
-        key = TileKey.of(tile, layers, scope=scope, filter=None if flt is None else flt.key)
+        """The vector tile of `layers` (rows from `requests()`, called only on a cache miss);
+        `asof`: the layers are the store as recorded then (cached apart)."""
+        variant = None if flt is None else flt.key
+        if asof is not None:
+            variant = f"asof={asof};{variant or ''}"
+        key = TileKey.of(tile, layers, scope=scope, filter=variant)
         gzip_ok = accepts_gzip(accept_encoding)
         got = self.cache.get(key)
         if got is None:

@@ -7,6 +7,8 @@ import datetime as dt
 import time
 from pathlib import Path
 
+import mapbox_vector_tile
+import morecantile
 import numpy as np
 import pytest
 import shapely
@@ -108,3 +110,53 @@ def test_history_and_asof(store: Path) -> None:
         gone = c.get("/collections/lights/items/L4/history").json()
         assert gone["versions"][-1]["ended_why"] == "delete by cleanup"
         assert c.get("/collections/lights/items/L9/history").status_code == 404
+
+
+def test_asof_on_tiles_and_queries(store: Path) -> None:
+    x, y = XS[1], 30.35
+    t = morecantile.tms.get("WebMercatorQuad").tile(x, y, 16)
+    tile = f"/collections/lights/tiles/WebMercatorQuad/16/{t.y}/{t.x}"
+
+    def lamp_in_tile(c: TestClient, **params: str) -> dict | None:
+        r = c.get(tile, params=params)
+        if r.status_code == 204:
+            return None
+        feats = mapbox_vector_tile.decode(r.content)["lights"]["features"]
+        found = [f["properties"] for f in feats if f["properties"]["id"] == "L1"]
+        return found[0] if found else None
+
+    def near_ids(c: TestClient, **params: str) -> list[str]:
+        r = c.get("/query/near", params={"lon": x, "lat": y, "radius": 5, **params})
+        assert r.status_code == 200, r.text
+        return [f["id"] for f in r.json()["features"]]
+
+    with TestClient(app_for(store)) as c:
+        t0 = now()
+        reading = {
+            "collection": "lights",
+            "id": "L1",
+            "time": "2026-12-07T08:00:00Z",
+            "property": "status",
+            "value": "fault",
+        }
+        assert c.post("/twin/observations", json=[reading]).json()["changed"] == 1
+        wait_for(c, "L1", "fault")
+        t1 = now()
+        other = GeoPackageStore(store, create=False)
+        other.write(lights(["L1"], [x + 0.0005], ["on"]), source="fix", user="gis")
+        other.close()
+        wait_for(c, "L1", "on")
+        # Now: L1 is 48 m east, on again.
+        assert near_ids(c) == []
+        assert lamp_in_tile(c)["status"] == "on"
+        # As recorded at t0 and t1: where it stood, on then fault.
+        assert near_ids(c, asof=t0) == ["L1"] and near_ids(c, asof=t1) == ["L1"]
+        assert lamp_in_tile(c, asof=t0)["status"] == "on"
+        assert lamp_in_tile(c, asof=t1)["status"] == "fault"
+        at = c.get("/query/at", params={"lon": x, "lat": y, "asof": t1}).json()
+        (hit,) = at["layers"]["lights"]["features"]
+        assert hit["id"] == "L1" and hit["properties"]["status"] == "fault"
+        # The live tile is not the one of the past (each cached apart).
+        assert lamp_in_tile(c)["status"] == "on"
+        r = c.get("/query/near", params={"lon": x, "lat": y, "asof": "then"})
+        assert r.status_code == 400 and "asof" in r.json()["description"]

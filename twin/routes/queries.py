@@ -25,7 +25,7 @@ from twin.dependencies import (
     LATITUDE,
     LONGITUDE,
     NOT_NEGATIVE,
-    CatalogDep,
+    CatalogAt,
     Collections,
     CqlFilter,
     collections_list,
@@ -209,7 +209,7 @@ def at_answer(
 
 @router.get("/query/near", summary="What lies within a radius of a point", **_fc(404))
 def get_near(
-    catalog: CatalogDep,
+    catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
     point: Point,
@@ -231,7 +231,7 @@ def get_near(
     responses=responses(what="What is there"),
 )
 def get_at(
-    catalog: CatalogDep,
+    catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
     point: Point,
@@ -265,7 +265,7 @@ def get_at(
     },
 )
 def post_intersects(
-    catalog: CatalogDep,
+    catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
     raw: Annotated[bytes, Depends(limited_body)],
@@ -308,7 +308,7 @@ def _errors(exc: ValidationError) -> str:
 
 @router.get("/query/buffer", summary="The buffer of one asset and what lies in it", **_fc(404))
 def get_buffer(
-    catalog: CatalogDep,
+    catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
     collections: Collections,
@@ -335,7 +335,7 @@ def get_buffer(
     responses=responses(404, what="A FeatureCollection of the cells", schema=FEATURE_COLLECTION),
 )
 def get_stats(
-    catalog: CatalogDep,
+    catalog: CatalogAt,
     scope: Scope,
     collections: Collections,
     cql: CqlFilter,
@@ -379,7 +379,7 @@ def _network(catalog: Catalog, scope: Access, settings: QuerySettings) -> networ
     responses=responses(404),
 )
 def get_isolation(
-    catalog: CatalogDep,
+    catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
     featureId: PipeId,
@@ -418,7 +418,7 @@ _TRACES: dict[str, str] = {
 
 def _pipe_trace(direction: Literal["upstream", "downstream"]) -> Any:
     def route(
-        catalog: CatalogDep, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
+        catalog: CatalogAt, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
     ) -> JSONResponse:
         net = _network(catalog, scope, settings)
         return _json(network.trace(net, featureId, direction).to_json())
@@ -447,7 +447,7 @@ for _direction in ("downstream", "upstream"):
     responses=responses(404),
 )
 def get_point_trace(
-    catalog: CatalogDep,
+    catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
     point: Point,

@@ -17,6 +17,8 @@ from twin.access import Scope
 from twin.cql2 import Filter, queryable_names
 from twin.dependencies import (
     NOT_NEGATIVE,
+    AsOf,
+    CatalogAt,
     CatalogDep,
     CollectionId,
     Collections,
@@ -320,14 +322,16 @@ async def collection_tile(
     collectionId: CollectionId,
     tileMatrixSetId: TileMatrixSetId,
     tile: Annotated[grid.Tile, Depends(tile_of)],
-    catalog: CatalogDep,
+    catalog: CatalogAt,
+    asof: AsOf,
     scope: Scope,
     tiles: TilesDep,
     cql: CqlFilter,
     if_none_match: Annotated[str | None, Header()] = None,
     accept_encoding: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The Mapbox Vector Tile at zoom `z`, row `y`, column `x`; 204 when empty."""
+    """The Mapbox Vector Tile at zoom `z`, row `y`, column `x`; 204 when empty (with `asof`,
+    of the layer as the twin recorded it then)."""
     _tms_check(tileMatrixSetId)
     layer = catalog.layer(collectionId, scope)
     if cql is not None:
@@ -340,6 +344,7 @@ async def collection_tile(
         lambda: [(layer, _rows(layer, cql, tile))],
         if_none_match,
         accept_encoding,
+        asof,
     )
 
 
@@ -352,7 +357,8 @@ async def collection_tile(
 async def dataset_tile(
     tileMatrixSetId: TileMatrixSetId,
     tile: Annotated[grid.Tile, Depends(tile_of)],
-    catalog: CatalogDep,
+    catalog: CatalogAt,
+    asof: AsOf,
     scope: Scope,
     tiles: TilesDep,
     collections: Collections,
@@ -375,7 +381,9 @@ async def dataset_tile(
             out.append((layer, _rows(layer, cql, tile)))
         return out
 
-    return await tiles.respond(layers, tile, scope, cql, requests, if_none_match, accept_encoding)
+    return await tiles.respond(
+        layers, tile, scope, cql, requests, if_none_match, accept_encoding, asof
+    )
 
 
 def _names(layer: Layer) -> set[str]:
