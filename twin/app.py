@@ -27,6 +27,7 @@ from layers.catalog import Catalog, Snapshots
 from layers.models import Access, Bounds, Change
 from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
+from twin import queries as queries_mod
 from twin.cql2 import Limits
 from twin.crs import CrsSet
 from twin.events import ChangeFeed
@@ -161,7 +162,7 @@ def create_app(
             app.state.tiles.invalidate(name, box, cat.revision(name))
 
         cat.subscribe(invalidate)
-        warm(cat, app.state.query_settings)
+        warm(cat, app.state.query_settings, app.state.rasters)
         cat.prepare = warm_layer
         app.state.snapshots = Snapshots(cat)
         feed = app.state.feed = ChangeFeed(cat)
@@ -169,7 +170,7 @@ def create_app(
 
         def applied(changes: list[Change]) -> None:
             feed.publish(changes)
-            warm_queries(cat, app.state.query_settings)
+            warm_queries(cat, app.state.query_settings, app.state.rasters)
 
         follower = app.state.follower = Follower(
             cat, settings.follow_interval_s, app.state.metrics, applied
@@ -203,6 +204,7 @@ def create_app(
     admission = Admission(guard, app.state.metrics)
     app.state.tiles = TileServer(tile_settings or TileSettings(), app.state.metrics, admission)
     app.state.query_settings = query_settings or QuerySettings()
+    app.state.rasters = queries_mod.RasterReader()
     _install_errors(app)
     answer_validation_errors_400(app)
     for module in (landing, collections, items, edit, tiles, styles, queries, live, ops):

@@ -407,62 +407,64 @@ def near(
 # -- at / under ---------------------------------------------------------------------------------
 
 
-_datasets = threading.local()
-_in_memory: dict[Path, tuple[int, MemoryRaster, Transformer]] = {}
-_in_memory_lock = threading.Lock()
+class RasterReader:
+    """The rasters `at` samples, opened once: held in memory (shared by all threads) when
+    their bands fit in `max_memory` bytes, else an open dataset per thread (rasterio handles
+    are not thread-safe); refreshed when a file changes. The server holds one (app state),
+    so apps in one process share nothing."""
 
+    def __init__(self) -> None:
+        self._datasets = threading.local()
+        self._in_memory: dict[Path, tuple[int, MemoryRaster, Transformer]] = {}
+        self._lock = threading.Lock()
 
-def _open(path: Path, max_memory: int = 0) -> tuple[Dataset, Transformer]:
-    """The raster at `path` and the transformer from lon/lat to its CRS, refreshed when the file
-    changes: held in memory (shared by all threads) when its bands fit in `max_memory` bytes,
-    else an open dataset kept per thread (rasterio handles are not thread-safe)."""
-    stamp = os.stat(path).st_mtime_ns
-    held = _in_memory.get(path)
-    if held is not None and held[0] == stamp and held[1].nbytes <= max_memory:
-        return held[1], held[2]
-    cache: dict[Path, tuple[int, DatasetReader, Transformer]] = _datasets.__dict__.setdefault(
-        "cache", {}
-    )
-    opened = cache.get(path)
-    if opened is None or opened[0] != stamp:
-        if opened is not None:
-            opened[1].close()
-        ds = rasterio.open(path)
-        if ds.crs is None:
+    def _open(self, path: Path, max_memory: int = 0) -> tuple[Dataset, Transformer]:
+        stamp = os.stat(path).st_mtime_ns
+        held = self._in_memory.get(path)
+        if held is not None and held[0] == stamp and held[1].nbytes <= max_memory:
+            return held[1], held[2]
+        cache: dict[Path, tuple[int, DatasetReader, Transformer]] = (
+            self._datasets.__dict__.setdefault("cache", {})
+        )
+        opened = cache.get(path)
+        if opened is None or opened[0] != stamp:
+            if opened is not None:
+                opened[1].close()
+            ds = rasterio.open(path)
+            if ds.crs is None:
+                ds.close()
+                raise InvalidParameter(f"raster {path.name} has no coordinate reference system")
+            opened = cache[path] = (stamp, ds, _to_raster(ds.crs.to_wkt()))
+        _, ds, to_raster = opened
+        mem = read_into_memory(ds, max_memory) if max_memory > 0 else None
+        if mem is not None:
+            with self._lock:
+                self._in_memory[path] = (stamp, mem, to_raster)
+            # This thread's file handle is not needed any more.
+            cache.pop(path)
             ds.close()
-            raise InvalidParameter(f"raster {path.name} has no coordinate reference system")
-        opened = cache[path] = (stamp, ds, _to_raster(ds.crs.to_wkt()))
-    _, ds, to_raster = opened
-    mem = read_into_memory(ds, max_memory) if max_memory > 0 else None
-    if mem is not None:
-        with _in_memory_lock:
-            _in_memory[path] = (stamp, mem, to_raster)
-        # This thread's file handle is not needed any more.
-        cache.pop(path)
-        ds.close()
-        return mem, to_raster
-    return ds, to_raster
+            return mem, to_raster
+        return ds, to_raster
+
+    def values(
+        self, info: RasterInfo, point: shapely.Point, method: Method, *, max_memory: int = 0
+    ) -> list[float | None]:
+        """Every band's value of a raster collection at a lon/lat point (None: nodata or
+        outside; no values at all when the file cannot be read). Rasters up to `max_memory`
+        bytes are read into memory once and sampled there."""
+        try:
+            ds, to_raster = self._open(Path(info.path), max_memory)
+        except (OSError, RasterioIOError):
+            log.warning("raster %s cannot be read at %s", info.name, info.path)
+            return []
+        x, y = to_raster.transform(point.x, point.y)
+        xs, ys = np.array([x]), np.array([y])
+        return [sample_xy(ds, xs, ys, method=method, band=b)[0] for b in range(1, ds.count + 1)]
 
 
 @lru_cache(maxsize=64)
 def _to_raster(crs_wkt: str) -> Transformer:
     return transformer("OGC:CRS84", crs_wkt)
-
-
-def raster_values(
-    info: RasterInfo, point: shapely.Point, method: Method, *, max_memory: int = 0
-) -> list[float | None]:
-    """Every band's value of a raster collection at a lon/lat point (None: nodata/outside; no
-    values at all when the file cannot be read). Rasters up to `max_memory` bytes are read
-    into memory once and sampled there."""
-    try:
-        ds, to_raster = _open(Path(info.path), max_memory)
-    except (OSError, RasterioIOError):
-        log.warning("raster %s cannot be read at %s", info.name, info.path)
-        return []
-    x, y = to_raster.transform(point.x, point.y)
-    xs, ys = np.array([x]), np.array([y])
-    return [sample_xy(ds, xs, ys, method=method, band=b)[0] for b in range(1, ds.count + 1)]
 
 
 @dataclass(frozen=True)
@@ -546,16 +548,19 @@ def at(
     method: Method = "bilinear",
     raster_memory_bytes: int = 0,
     caps: Caps | None = None,
+    rasters: RasterReader | None = None,
 ) -> AtResult:
     """Everything at `point`: features of every visible layer that contain it or pass within
     `tolerance_m`, the grid cells it falls in, and every visible raster's values there; buried
     assets carry the ground elevation from raster `dem` and their cover depth. Rasters up to
-    `raster_memory_bytes` are sampled in memory."""
-    rasters = {
-        name: raster_values(info, point, method, max_memory=raster_memory_bytes)
+    `raster_memory_bytes` are sampled in memory, by `rasters` (the server's reader; a new one
+    otherwise)."""
+    reader = rasters if rasters is not None else RasterReader()
+    values = {
+        name: reader.values(info, point, method, max_memory=raster_memory_bytes)
         for name, info in catalog.rasters(scope).items()
     }
-    ground = (rasters.get(dem) or [None])[0]
+    ground = (values.get(dem) or [None])[0]
     groups = [
         _underground(g, ground) if is_buried(g.layer) else g
         for g in _search(layers_for(catalog, scope, None), point, tolerance_m, caps)
@@ -565,8 +570,8 @@ def at(
         tolerance_m,
         groups,
         cells_at(catalog, scope, point),
-        rasters,
-        dem if dem in rasters else None,
+        values,
+        dem if dem in values else None,
         ground,
     )
 

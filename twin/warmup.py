@@ -25,7 +25,11 @@ EVERYTHING = Access.RESTRICTED
 """Warm-up makes what any caller may need: the derived data is shared by every scope."""
 
 
-def warm(catalog: Catalog, settings: QuerySettings | None = None) -> Catalog:
+def warm(
+    catalog: Catalog,
+    settings: QuerySettings | None = None,
+    rasters: queries.RasterReader | None = None,
+) -> Catalog:
     """`catalog` with everything its requests need made now rather than on the first request
     that needs it (seconds at 1M features); what is already made is kept."""
     settings = settings or QuerySettings()
@@ -34,7 +38,7 @@ def warm(catalog: Catalog, settings: QuerySettings | None = None) -> Catalog:
     for layer in layers.values():
         warm_layer(layer)
     metric.area_m2(shapely.box(0.0, 0.0, 1e-3, 1e-3))  # its equal-area transformer, made once
-    warm_queries(catalog, settings)
+    warm_queries(catalog, settings, rasters)
     log.info("warmed %d layers in %.2f s", len(layers), time.perf_counter() - started)
     return catalog
 
@@ -52,7 +56,9 @@ def warm_layer(layer: Layer) -> None:
         metric.projection(metric.zone_epsg((minx + maxx) / 2, (miny + maxy) / 2))
 
 
-def warm_queries(catalog: Catalog, settings: QuerySettings) -> None:
+def warm_queries(
+    catalog: Catalog, settings: QuerySettings, rasters: queries.RasterReader | None = None
+) -> None:
     """What the query API makes once: each raster opened (or read into memory) with its
     transformer, buried assets' depths, the grid's cells, the pipe network, and the unfiltered
     statistics of every grid level."""
@@ -61,7 +67,8 @@ def warm_queries(catalog: Catalog, settings: QuerySettings) -> None:
     box = next((lyr.bounds for lyr in layers.values() if lyr.bounds is not None), (0, 0, 0, 0))
     middle = shapely.Point((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
     for info in catalog.rasters(EVERYTHING).values():
-        queries.raster_values(info, middle, "bilinear", max_memory=settings.raster_memory_bytes)
+        if rasters is not None:
+            rasters.values(info, middle, "bilinear", max_memory=settings.raster_memory_bytes)
     for layer in layers.values():
         if queries.is_buried(layer):
             layer.floats(queries.DEPTH)  # whether a dig reaches it, how deep below ground

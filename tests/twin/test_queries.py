@@ -211,7 +211,7 @@ def test_at_caps_each_layer_and_survives_an_unreadable_raster(client, layers, tm
     d = [f["distance_m"] for f in body["layers"]["lights"]["features"]]
     assert d == sorted(d) and d[-1] <= 300
     broken = RasterInfo("dem", "DEM", tmp_path / "gone.tif")
-    assert queries.raster_values(broken, point, "bilinear") == []
+    assert queries.RasterReader().values(broken, point, "bilinear") == []
 
 
 def test_at_bytes_equal_the_dict_answer_and_memory_equals_the_file(

@@ -184,6 +184,7 @@ def at_answer(
     catalog: Catalog,
     scope: Access,
     settings: QuerySettings,
+    rasters: queries.RasterReader,
     point: shapely.Point,
     tolerance: float,
     sampling: Literal["bilinear", "nearest"],
@@ -200,6 +201,7 @@ def at_answer(
         method=sampling,
         raster_memory_bytes=settings.raster_memory_bytes,
         caps=caps(settings),
+        rasters=rasters,
     )
     return Response(result.to_bytes(limit), media_type="application/json")
 
@@ -231,6 +233,7 @@ def get_near(
     responses=responses(what="What is there"),
 )
 def get_at(
+    request: Request,
     catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
@@ -250,7 +253,8 @@ def get_at(
 ) -> Response:
     """Every feature of every visible layer at the point (grouped by layer; buried assets with
     ground elevation and cover depth), the grid cells it falls in, and raster values there."""
-    return at_answer(catalog, scope, settings, point, tolerance, sampling, limit)
+    rasters = request.app.state.rasters
+    return at_answer(catalog, scope, settings, rasters, point, tolerance, sampling, limit)
 
 
 @router.post(
@@ -555,6 +559,7 @@ class QueryFastPath(LeanPath):
             catalog,
             access,
             settings,
+            app.state.rasters,
             point,
             params.get("tolerance", AT_TOLERANCE_M),
             params.get("sampling", AT_SAMPLING),
