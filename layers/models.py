@@ -230,7 +230,10 @@ def parse_utc(text: str) -> dt.datetime:
         raise ValueError(f"{text!r} is not ISO 8601") from None
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no UTC offset (add Z or +08:00)")
-    return t.astimezone(dt.UTC)
+    try:
+        return t.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range in UTC") from None
 
 
 def utc_stamp(t: dt.datetime) -> str:

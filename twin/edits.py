@@ -15,6 +15,8 @@ from twin import queries
 from twin.errors import InvalidParameter
 from twin.observations import field_value
 
+MAX_ID_CHARS = 256
+"""Longest feature id an edit may give."""
 SOURCE_API = "api"
 """The source of features created through the API."""
 
@@ -37,6 +39,8 @@ def feature_of(
     if fid is not None and given is not None and str(given) != fid:
         raise InvalidParameter(f"the Feature's id {given!r} is not the id in the path {fid!r}")
     fid = fid if fid is not None else str(given) if given is not None else uuid.uuid4().hex
+    if len(fid) > MAX_ID_CHARS:
+        raise InvalidParameter(f"a feature id has at most {MAX_ID_CHARS} characters")
     geom = queries.parse_geometry(body.get("geometry"), max_vertices=max_vertices)
     family = layer.schema.geometry
     if not family.accepts(geom.geom_type):

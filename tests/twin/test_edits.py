@@ -183,3 +183,21 @@ def test_the_document_declares_what_edits_answer(store: Path) -> None:
     create = paths["/collections/{collectionId}/items"]["post"]
     assert {"201", "400", "404", "412", "413"} <= set(create["responses"])
     assert "application/geo+json" in create["requestBody"]["content"]
+
+
+def test_out_of_range_times_and_long_ids_are_refused(store: Path) -> None:
+    with TestClient(app_for(store)) as c:
+        far = {
+            "collection": "lights",
+            "id": "L1",
+            "property": "status",
+            "value": "on",
+            "time": "0001-01-01T00:00:00+14:00",
+        }
+        r = c.post("/twin/observations", json=[far])
+        assert r.status_code == 200
+        assert "out of range" in r.json()["rejected"][0]["reason"]
+        r = c.get(ITEMS, params={"asof": "0001-01-01T00:00:00+14:00"})
+        assert r.status_code == 400 and "out of range" in r.json()["description"]
+        r = c.post(ITEMS, json=lamp("x" * 257, 114.3))
+        assert r.status_code == 400 and "at most 256" in r.json()["description"]
