@@ -34,10 +34,12 @@ class ServerSettings(BaseSettings):
     more per second but, when the server is saturated, leaves some connections waiting for
     seconds (a health check on a new connection: 7.7 s, against 0.2 s with asyncio)."""
     max_readings: int = 10_000
-    """Most readings in one `POST /twin/observations` (its body may hold 1 KB per reading)."""
-    max_feature_bytes: int = 4 * 2**20
-    """Largest body of a feature edit (POST, PUT, PATCH), bytes."""
-    max_feature_vertices: int = 100_000
+    """Most readings in one `POST /twin/observations` (its body may hold 300 bytes per
+    reading)."""
+    max_feature_bytes: int = 2**20
+    """Largest body of a feature edit (POST, PUT, PATCH), bytes (parsing JSON holds the
+    interpreter: a megabyte takes ~30 ms)."""
+    max_feature_vertices: int = 25_000
     """Most vertices of an edited feature's geometry."""
     max_streams: int = 256
     """Most `/events` streams one worker holds open; more are answered 503."""

@@ -885,6 +885,104 @@ POSTS = [
     ),
 ]
 
+OBSERVATIONS = "/twin/observations"
+LAMP = "/collections/lights/items/jiangxia_lights:L0000001"
+
+
+def patch(path: str, body: bytes | str | dict[str, Any]) -> Hostile:
+    """A PATCH of `body` (a dict is sent as JSON) to `path`."""
+    sent = post(path, body, "application/merge-patch+json")
+    return Hostile("PATCH", sent.target, sent.headers, sent.body)
+
+
+def reading(**more: Any) -> dict[str, Any]:
+    return {
+        "collection": "lights",
+        "id": "jiangxia_lights:L0000001",
+        "time": "2026-12-07T10:00:00Z",
+        "property": "status",
+        "value": "on",
+        **more,
+    }
+
+
+# The live routes (issue 10): none of these may change anything.
+LIVE = [
+    case("observations-nested-100000", lambda: post(OBSERVATIONS, "[" * 100_000), BAD, ("json",)),
+    case(
+        "observations-20000-readings",
+        lambda: post(OBSERVATIONS, json.dumps([{"id": "x"}] * 20_000)),
+        BAD,
+        ("twin_max_readings",),
+    ),
+    case(
+        "observations-streamed-50mb",
+        lambda: Hostile(
+            "POST", OBSERVATIONS, (("Content-Type", "application/json"),), stream_bytes=50_000_000
+        ),
+        TOO_LARGE,
+    ),
+    case(
+        "observations-year-1-at-plus-14",
+        lambda: post(OBSERVATIONS, json.dumps([reading(time="0001-01-01T00:00:00+14:00")])),
+        frozenset({200}),
+    ),
+    case(
+        "observations-value-1e999",
+        lambda: post(
+            OBSERVATIONS, json.dumps([reading(property="wattage_w")]).replace('"on"', "1e999")
+        ),
+        frozenset({200}),
+    ),
+    case("patch-nested-100000", lambda: patch(LAMP, "{" * 1 + '"a":' + "[" * 100_000), BAD),
+    case(
+        "patch-multipoint-200000",
+        lambda: patch(
+            LAMP,
+            {"geometry": {"type": "MultiPoint", "coordinates": [[LON, LAT]] * 200_000}},
+        ),
+        TOO_LARGE,
+    ),
+    case(
+        "patch-multipoint-30000",
+        lambda: patch(
+            LAMP,
+            {"geometry": {"type": "MultiPoint", "coordinates": [[LON, LAT]] * 30_000}},
+        ),
+        BAD,
+        ("vertices",),
+    ),
+    case(
+        "patch-unknown-property",
+        lambda: patch(LAMP, {"properties": {"colour": "red"}}),
+        BAD,
+        ("no property",),
+    ),
+    case(
+        "post-feature-id-100000-chars",
+        lambda: post(
+            "/collections/lights/items",
+            {
+                "type": "Feature",
+                "id": "x" * 100_000,
+                "geometry": {"type": "Point", "coordinates": [LON, LAT]},
+                "properties": {},
+            },
+        ),
+        BAD,
+        ("256",),
+    ),
+    case(
+        "events-last-event-id-not-a-number",
+        lambda: Hostile("GET", "/events", (("Last-Event-ID", "soon"),)),
+        BAD,
+    ),
+    case(
+        "items-asof-year-1-at-plus-14", lambda: get(ITEMS, {"asof": "0001-01-01T00:00+14:00"}), BAD
+    ),
+]
+
+
 PARAMETERS = [
     case("near-lon-1e308", lambda: get("/query/near", {**NEAR, "lon": "1e308"}), BAD, ("lon",)),
     case(
@@ -1031,7 +1129,7 @@ def answer_problems(c: Case, req: Hostile, answer: Answer) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("c", CQL2_TEXT + CQL2_JSON + LIKE + HUGE_URLS + POSTS + PARAMETERS)
+@pytest.mark.parametrize("c", CQL2_TEXT + CQL2_JSON + LIKE + HUGE_URLS + POSTS + PARAMETERS + LIVE)
 def test_hostile_request_is_refused_fast_and_harms_nothing(server: Server, c: Case) -> None:
     req = c.build()
     if c.huge_url:
