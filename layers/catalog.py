@@ -9,8 +9,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from layers.errors import UnknownCollection
-from layers.layer import Layer
+from layers.layer import UPDATED, VERSION, Layer, coerce
 from layers.models import Access, Bounds, Change
 from layers.store import RasterInfo, Store
 
@@ -94,8 +97,12 @@ class Catalog:
                     self.reload(name, group[-1].seq)
                     continue
                 ids = [c.id for c in group if c.id is not None]
-                now = self.store.features(name, ids, Access.RESTRICTED)
-                layer = held.patched(now, set(ids) - set(now.ids.tolist()))
+                now = _with_state(held, group)
+                gone: set[str] = set()
+                if now is None:  # read back what the entries do not carry
+                    now = self.store.features(name, ids, Access.RESTRICTED)
+                    gone = set(ids) - set(now.ids.tolist())
+                layer = held.patched(now, gone)
                 layer.previous = weakref.ref(held)
                 if self.prepare is not None:
                     self.prepare(layer)
@@ -164,6 +171,40 @@ class Catalog:
         if r is None or r.classification > scope:
             raise UnknownCollection(name)
         return r
+
+
+def _with_state(held: Layer, group: list[Change]) -> Layer | None:
+    """The features a run of entries that carry their values (readings) changed, as they are
+    after them: each entry sets its values, one more version, recorded at its time. None when
+    an entry carries no values or names a feature or property `held` lacks."""
+    if any(c.state is None or c.id is None for c in group):
+        return None
+    order = list(dict.fromkeys(str(c.id) for c in group))
+    rows = held.row_of.get_indexer(order)
+    if (rows < 0).any():
+        return None
+    now = held.take(rows)
+    fields = {f.name: f for f in held.schema.fields}
+    where = {fid: i for i, fid in enumerate(order)}
+    columns: dict[str, list[Any]] = {}
+    version = now.attrs[VERSION].to_numpy(dtype=np.int64).copy()
+    updated = list(now.attrs[UPDATED])
+    for c in group:
+        i = where[str(c.id)]
+        for prop, value in (c.state or {}).items():
+            if prop not in fields:
+                return None
+            if prop not in columns:
+                col = now.attrs[prop].astype(object)
+                columns[prop] = col.where(col.notna(), None).tolist()
+            columns[prop][i] = value
+        version[i] += 1
+        updated[i] = c.time
+    for prop, values in columns.items():
+        now.attrs[prop] = coerce(pd.Series(values, dtype=object), fields[prop].type)
+    now.attrs[VERSION] = version
+    now.attrs[UPDATED] = pd.to_datetime(pd.Series(updated), utc=True).astype("datetime64[ms, UTC]")
+    return now
 
 
 class _AsOfStore:

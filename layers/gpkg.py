@@ -179,10 +179,11 @@ class _Log:
         ids: list[str],
         old: list[tuple[float | None, ...]] | None = None,
         new: list[tuple[float | None, ...]] | None = None,
-        properties: list[list[str]] | None = None,
+        properties: list[Any] | None = None,
     ) -> None:
         """One entry per feature, with its boxes before and after and the properties that
-        changed (`geometry` among them when it moved; none given: all of them)."""
+        changed (`geometry` among them when it moved; none given: all of them): their names,
+        or `{name: value}` when the entry sets them (a reading)."""
         none = (None,) * 4
         self.db.executemany(
             f"INSERT INTO twin_changes ({_CHANGE_COLUMNS}) VALUES "
@@ -657,21 +658,31 @@ class GeoPackageStore:
         def box(values: tuple) -> Bounds | None:
             return None if None in values else Bounds(*values)
 
-        return [
-            Change(
-                seq=r[0],
-                collection=r[1],
-                id=r[2],
-                kind=ChangeKind(r[3]),
-                old=box(r[4:8]),
-                new=box(r[8:12]),
-                user=r[12],
-                time=dt.datetime.fromisoformat(r[13].replace("Z", "+00:00")),
-                why=r[14],
-                properties=None if r[15] is None else tuple(json.loads(r[15])),
+        # The entries of one write share their time, and most their kind of properties.
+        times: dict[str, dt.datetime] = {}
+        out = []
+        for r in rows:
+            stamp = r[13]
+            t = times.get(stamp)
+            if t is None:
+                t = times[stamp] = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            props = None if r[15] is None else json.loads(r[15])
+            out.append(
+                Change(
+                    seq=r[0],
+                    collection=r[1],
+                    id=r[2],
+                    kind=ChangeKind(r[3]),
+                    old=box(r[4:8]),
+                    new=box(r[8:12]),
+                    user=r[12],
+                    time=t,
+                    why=r[14],
+                    properties=None if props is None else tuple(props),
+                    state=props if isinstance(props, dict) else None,
+                )
             )
-            for r in rows
-        ]
+        return out
 
     def observe(self, readings: Sequence[Reading], *, user: str) -> int:
         """Keep every reading as history and make the newest of each feature's property (by
@@ -726,7 +737,8 @@ class GeoPackageStore:
                 was = _stored_boxes(db, collection, ids)
                 boxes = [was[i] for i in ids]
                 log = _Log(db, collection, user, stamp, "reading")
-                changed = [list(states[(collection, i)]) for i in ids]
+                # A reading's entry holds the values it set: followers apply it from the log.
+                changed: list[Any] = [states[(collection, i)] for i in ids]
                 log.features(ChangeKind.UPDATED, ids, boxes, boxes, changed)
         return len(states)
 

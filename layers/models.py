@@ -257,9 +257,9 @@ class ChangeKind(StrEnum):
     """The whole collection: a large import, a new schema, a raster, a dropped layer."""
 
 
-@dataclass(frozen=True)
-class Change:
-    """One entry of a store's change log: the one source of "what changed since N".
+class Change(NamedTuple):
+    """One entry of a store's change log: the one source of "what changed since N" (a named
+    tuple: followers read tens of thousands a second).
 
     Feature entries name the feature (`id`) with the box of its geometry before (`old`) and
     after (`new`) the change; a `LAYER` entry has no id and no boxes: the whole collection."""
@@ -275,6 +275,9 @@ class Change:
     why: str
     properties: tuple[str, ...] | None = None
     """The properties an update changed (`geometry` when it moved); None: all of them."""
+    state: dict[str, Any] | None = None
+    """The values it set, when the entry carries them (a reading): the feature is then the
+    one before with these values, its version one more and recorded at `time`."""
 
 
 @dataclass(frozen=True)
