@@ -319,6 +319,10 @@ class Layer:
                 self._derived[key] = make()
             return self._derived[key]
 
+    def held(self, key: Hashable) -> Any:
+        """What `derived` made for `key`, if it has (None otherwise): made nothing."""
+        return self._derived.get(key)
+
     def json_column(self, name: str) -> JsonColumn:
         """The attribute column `name` ready to give JSON values and texts of any rows."""
         return self.derived(("json", name), lambda: JsonColumn(self.attrs[name].array))

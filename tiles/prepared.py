@@ -1,14 +1,12 @@
 """Per-layer arrays prepared once for tiling: EPSG:3857 bounds, importance, ids, properties.
 
 A `Layer` is replaced (never changed in place) when its data changes, so the arrays are
-cached per `Layer` object and vanish with it.
+kept with each `Layer` (`Layer.derived`) and vanish with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,10 +89,6 @@ class PreparedLayer:
             (pb[:, 0] + pb[:, 2]) / 2,
             (pb[:, 1] + pb[:, 3]) / 2,
         )
-
-
-_cache: weakref.WeakKeyDictionary[Layer, PreparedLayer] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
 
 
 def tile_columns(layer: Layer, rows: np.ndarray | None = None) -> dict[str, pd.Series]:
@@ -212,24 +206,19 @@ def _derive(old: Layer, base: PreparedLayer, new: Layer) -> PreparedLayer | None
 
 
 def prepare(layer: Layer) -> PreparedLayer:
-    """The prepared arrays of `layer`, built on first use and kept while the layer lives.
+    """The prepared arrays of `layer`, built on first use and kept with the layer.
 
     When the version it replaced (`Layer.origin`, `Layer.previous`: set by the catalog) was
     prepared, only what changed is worked out again."""
-    got = _cache.get(layer)
-    if got is None:
-        with _lock:
-            got = _cache.get(layer)
-            if got is None:
-                base = layer.origin.base() if layer.origin is not None else None
-                held = _cache.get(base) if base is not None else None
-                if held is not None:
-                    got = _patched(held, layer)
-                earlier = layer.previous() if layer.previous is not None else None
-                done = _cache.get(earlier) if earlier is not None else None
-                if got is None and earlier is not None and done is not None:
-                    got = _derive(earlier, done, layer)
-                if got is None:
-                    got = _prepare(layer)
-                _cache[layer] = got
-    return got
+    return layer.derived(PreparedLayer, lambda: _made(layer))
+
+
+def _made(layer: Layer) -> PreparedLayer:
+    base = layer.origin.base() if layer.origin is not None else None
+    held = base.held(PreparedLayer) if base is not None else None
+    got = _patched(held, layer) if held is not None else None
+    earlier = layer.previous() if layer.previous is not None else None
+    done = earlier.held(PreparedLayer) if earlier is not None else None
+    if got is None and earlier is not None and done is not None:
+        got = _derive(earlier, done, layer)
+    return got if got is not None else _prepare(layer)

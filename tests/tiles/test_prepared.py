@@ -79,6 +79,6 @@ def test_derived_arrays_equal_a_full_rebuild() -> None:
     tile = Tile(t.x, t.y, t.z)
     settings = TileSettings(_env_file=None)
     served = render_tile([(new, None)], tile, settings)
-    prepared._cache[new] = full
+    new._derived[prepared.PreparedLayer] = full
     assert render_tile([(new, None)], tile, settings) == served
     assert served
