@@ -134,10 +134,6 @@ def _now() -> dt.datetime:
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
-def _iso(t: dt.datetime) -> str:
-    return utc_stamp(t)
-
-
 def _q(name: str) -> str:
     """A quoted SQL identifier (names are checked identifiers, quoting is belt and braces)."""
     return '"' + name.replace('"', '""') + '"'
@@ -205,6 +201,15 @@ class _Log:
         )
 
 
+def _by_ids(db: sqlite3.Connection, sql: str, ids: list[str], *params: Any) -> list[tuple]:
+    """Rows of `sql` (ending `... id IN`) for `ids`, 500 ids a statement, `params` first."""
+    out: list[tuple] = []
+    for lo in range(0, len(ids), 500):
+        part = ids[lo : lo + 500]
+        out += db.execute(f"{sql} ({', '.join('?' * len(part))})", (*params, *part)).fetchall()
+    return out
+
+
 def _state_times(
     db: sqlite3.Connection, keys: list[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], str]:
@@ -213,48 +218,38 @@ def _state_times(
     by_layer: dict[str, list[str]] = {}
     for c, fid, _ in keys:
         by_layer.setdefault(c, []).append(fid)
+    sql = "SELECT id, property, time FROM twin_state WHERE collection = ? AND id IN"
     for c, fids in by_layer.items():
-        fids = list(dict.fromkeys(fids))
-        for lo in range(0, len(fids), 500):
-            part = fids[lo : lo + 500]
-            rows = db.execute(
-                "SELECT id, property, time FROM twin_state WHERE collection = ? AND id IN "
-                f"({', '.join('?' * len(part))})",
-                (c, *part),
-            ).fetchall()
-            out.update(((c, fid, p), t) for fid, p, t in rows)
+        rows = _by_ids(db, sql, list(dict.fromkeys(fids)), c)
+        out.update(((c, fid, p), t) for fid, p, t in rows)
     return out
 
 
 def _stored(db: sqlite3.Connection, name: str, ids: list[str], cols: str) -> list[tuple]:
-    """Rows `id, <cols>` of the stored features of `ids` (500 ids a statement)."""
-    out: list[tuple] = []
-    for lo in range(0, len(ids), 500):
-        part = ids[lo : lo + 500]
-        out += db.execute(
-            f"SELECT id, {cols} FROM {_q(name)} WHERE id IN ({', '.join('?' * len(part))})", part
-        ).fetchall()
-    return out
+    """Rows `id, <cols>` of the stored features of `ids`."""
+    return _by_ids(db, f"SELECT id, {cols} FROM {_q(name)} WHERE id IN", ids)
 
 
 def _changed(
     db: sqlite3.Connection, name: str, ids: list[str], names: list[str], new: list[list[Any]]
-) -> list[list[str]]:
-    """For each feature of `ids`, the properties whose `new` values (as `columns` gives them:
-    geometry blobs, then one list per field) differ from those stored (`geometry` first)."""
+) -> tuple[list[tuple], list[list[str]]]:
+    """For each feature of `ids`: the box of its stored geometry, and the properties whose
+    `new` values (as `columns` gives them: geometry blobs, then one list per field) differ
+    from those stored (`geometry` first)."""
     cols = ", ".join([GEOM, *(_q(n) for n in names)])
     stored = {r[0]: r[1:] for r in _stored(db, name, ids, cols)}
-    out = []
-    for i, fid in enumerate(ids):
-        old = stored[fid]
-        out.append(
-            [
-                label
-                for j, label in enumerate(["geometry", *names])
-                if old[j] != new[j][i] and not (old[j] is None and new[j][i] is None)
-            ]
-        )
-    return out
+    olds = [stored[fid] for fid in ids]
+    boxes = _boxes(decode_geometries([old[0] for old in olds])) if olds else []
+    labels = ["geometry", *names]
+    changed = [
+        [
+            label
+            for j, label in enumerate(labels)
+            if old[j] != new[j][i] and not (old[j] is None and new[j][i] is None)
+        ]
+        for i, old in enumerate(olds)
+    ]
+    return boxes, changed
 
 
 def _keep_versions(db: sqlite3.Connection, name: str, ids: list[str], log: _Log) -> None:
@@ -477,32 +472,15 @@ class GeoPackageStore:
                 # itself, where GDAL reads it.
                 self._db.executescript(f"BEGIN IMMEDIATE; {_BOOTSTRAP} COMMIT;")
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.file}: {exc}") from None
 
-    def _migrate(self) -> None:
-        """Bring a store written by an earlier version up to this one's tables."""
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(twin_changes)")}
-        if "properties" not in columns:
-            self._db.execute("ALTER TABLE twin_changes ADD COLUMN properties TEXT")
-
     def _connect(self) -> None:
-        self._pid = os.getpid()
         self._db = sqlite3.connect(
             self.file, isolation_level=None, check_same_thread=False, timeout=30
         )
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-
-    def _forked(self) -> None:
-        """A process forked from the one that opened the store (a `--workers` worker) opens a
-        connection of its own: an SQLite connection must not cross a fork."""
-        if os.getpid() != self._pid:
-            # The parent's connection is left unclosed: closing it here could undo its locks.
-            self._inherited = self._db
-            self._lock = threading.RLock()
-            self._connect()
 
     def __repr__(self) -> str:
         return f"GeoPackageStore({self.location!r})"
@@ -511,7 +489,6 @@ class GeoPackageStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._forked()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -523,7 +500,6 @@ class GeoPackageStore:
                 self._db.execute("COMMIT")
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
-        self._forked()
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
@@ -607,9 +583,10 @@ class GeoPackageStore:
         rows = self._rows(sql + " ORDER BY fid", tuple(ids or ()))
         return _layer_of(schema, meta, rows)
 
-    def versions(self, name: str, fid: str, scope: Access) -> Layer:
+    def versions(self, name: str, fid: str, scope: Access) -> tuple[Layer, list[tuple]]:
         """Every earlier version of feature `fid`, oldest first, as a layer of rows with the
-        id repeated (`_version`, `_updated` = when it began); `ended` in their meta."""
+        id repeated (`_version`, `_updated` = when it began), and for each when it ended, by
+        whom and why."""
         schema, meta = self._entry(name, scope)
         rows = self._rows(
             "SELECT id, geom, properties, source, version, valid_from, valid_to, user, why "
@@ -617,8 +594,7 @@ class GeoPackageStore:
             (name, fid),
         )
         layer = _layer_of(schema, meta, [_version_row(schema, r) for r in rows])
-        layer.meta["ended"] = [(r[6], r[7], r[8]) for r in rows]
-        return layer
+        return layer, [(r[6], r[7], r[8]) for r in rows]
 
     def as_of(self, name: str, time: str, scope: Access, ids: list[str] | None = None) -> Layer:
         """The layer (or features `ids`) as the store recorded it at `time` (ISO, UTC): the
@@ -691,8 +667,8 @@ class GeoPackageStore:
         is one change-log entry. Returns how many features changed."""
         if not readings:
             return 0
-        stamp = _iso(_now())
-        times = [_iso(r.time) for r in readings]
+        stamp = utc_stamp(_now())
+        times = [utc_stamp(r.time) for r in readings]
         newest: dict[tuple[str, str, str], tuple[str, Any]] = {}
         for r, t in zip(readings, times, strict=True):
             key = (r.collection, r.id, r.property)
@@ -743,23 +719,33 @@ class GeoPackageStore:
         return len(states)
 
     def readings(
-        self, collection: str, fid: str, *, start: str | None = None, end: str | None = None
-    ) -> list[tuple[str, str, Any, str, str]]:
-        """The readings of one feature (property, time, value, received, user), oldest first,
-        optionally from `start` to `end` (ISO times, inclusive)."""
-        sql = (
-            "SELECT property, time, value, received, user FROM twin_readings "
-            "WHERE collection = ? AND id = ?"
-        )
+        self,
+        collection: str,
+        fid: str,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int = -1,
+        offset: int = 0,
+    ) -> tuple[list[tuple[str, str, Any, str, str]], int]:
+        """A page of one feature's readings (property, time, value, received, user), oldest
+        first, optionally from `start` to `end` (ISO times, inclusive), and how many there are
+        in all (`limit` -1: every one)."""
+        where = "WHERE collection = ? AND id = ?"
         params: list[Any] = [collection, fid]
         if start is not None:
-            sql += " AND time >= ?"
+            where += " AND time >= ?"
             params.append(start)
         if end is not None:
-            sql += " AND time <= ?"
+            where += " AND time <= ?"
             params.append(end)
-        rows = self._rows(sql + " ORDER BY time, seq", tuple(params))
-        return [(p, t, json.loads(v), rc, u) for p, t, v, rc, u in rows]
+        ((total,),) = self._rows(f"SELECT count(*) FROM twin_readings {where}", tuple(params))
+        rows = self._rows(
+            f"SELECT property, time, value, received, user FROM twin_readings {where} "
+            "ORDER BY time, seq LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [(p, t, json.loads(v), rc, u) for p, t, v, rc, u in rows], int(total)
 
     def history(self, collection: str | None = None) -> list[ImportRecord]:
         """Import history, newest first."""
@@ -920,7 +906,7 @@ class GeoPackageStore:
             names = [f.name for f in fields]
             rows_new = np.flatnonzero(is_new)
             rows_upd = np.flatnonzero(changed)
-            stamp = _iso(now)
+            stamp = utc_stamp(now)
             id_array = np.asarray(layer.ids, dtype=object)
 
             def columns(rows: np.ndarray) -> list[list[Any]]:
@@ -938,7 +924,7 @@ class GeoPackageStore:
                     log.layer()
             elif n_changed:
                 upd_ids = id_array[rows_upd].tolist()
-                was = _stored_boxes(db, name, upd_ids + removed)
+                was, changed_props = _changed(db, name, upd_ids, names, columns(rows_upd))
                 log.features(
                     ChangeKind.ADDED,
                     id_array[rows_new].tolist(),
@@ -947,11 +933,12 @@ class GeoPackageStore:
                 log.features(
                     ChangeKind.UPDATED,
                     upd_ids,
-                    [was[i] for i in upd_ids],
+                    was,
                     _boxes(layer.geometry[rows_upd]),
-                    _changed(db, name, upd_ids, names, columns(rows_upd)),
+                    changed_props,
                 )
-                log.features(ChangeKind.REMOVED, removed, [was[i] for i in removed])
+                gone = _stored_boxes(db, name, removed)
+                log.features(ChangeKind.REMOVED, removed, [gone[i] for i in removed])
             if len(rows_upd) or removed:
                 _keep_versions(db, name, [*id_array[rows_upd].tolist(), *removed], log)
             if len(rows_new):
@@ -1084,7 +1071,7 @@ class GeoPackageStore:
         with self._transaction() as db:
             if expect:
                 _check_expected(db, name, expect)
-            stamp = _iso(_now())
+            stamp = utc_stamp(_now())
             was = _stored_boxes(db, name, list(dict.fromkeys(ids)))
             gone = list(was)
             log = _Log(db, name, user, stamp, f"delete by {source}")
@@ -1113,7 +1100,7 @@ class GeoPackageStore:
                 db.execute("DELETE FROM gpkg_geometry_columns WHERE table_name = ?", (name,))
                 db.execute("DELETE FROM gpkg_contents WHERE table_name = ?", (name,))
             db.execute("DELETE FROM twin_layers WHERE name = ?", (name,))
-            _Log(db, name, "twin", _iso(_now()), "dropped").layer()
+            _Log(db, name, "twin", utc_stamp(_now()), "dropped").layer()
         raster = self.root / RASTER_DIR / f"{name}.tif"
         if raster.exists():
             raster.unlink()
@@ -1141,7 +1128,7 @@ class GeoPackageStore:
                 fields=(),
                 classification=info.classification,
             )
-            stamp = _iso(_now())
+            stamp = utc_stamp(_now())
             with self._transaction() as db:
                 db.execute(
                     "INSERT INTO twin_layers (name, kind, schema, meta) VALUES (?, 'raster', ?, ?) "

@@ -17,7 +17,7 @@ import pandas as pd
 import shapely
 
 from layers.errors import UnknownFeature
-from layers.models import Bounds, FieldType, LayerSchema
+from layers.models import Bounds, FieldType, LayerSchema, feature_etag, utc_stamp
 
 # Columns every stored feature carries besides its schema fields.
 SOURCE = "source"  # which import (dataset) the feature came from
@@ -372,6 +372,11 @@ class Layer:
         if not isinstance(loc, int | np.integer):
             raise UnknownFeature(self.name, fid)
         return int(loc)
+
+    def etag(self, row: int) -> str:
+        """The ETag of row `row`'s feature as stored: its version and when it was recorded."""
+        updated = utc_stamp(self.attrs[UPDATED].iloc[row])
+        return feature_etag(int(self.attrs[VERSION].iloc[row]), updated)
 
     def take(self, rows: Sequence[int] | np.ndarray) -> Layer:
         """A new layer of the given rows, in that order."""

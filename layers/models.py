@@ -210,6 +210,15 @@ class Bounds(NamedTuple):
             max(b.maxy for b in present),
         )
 
+    def meets(self, other: Bounds) -> bool:
+        """Whether the two boxes share a point (edges included)."""
+        return not (
+            self.minx > other.maxx
+            or self.maxx < other.minx
+            or self.miny > other.maxy
+            or self.maxy < other.miny
+        )
+
 
 @dataclass(frozen=True)
 class WriteResult:

@@ -120,14 +120,23 @@ class Store(Protocol):
         """The layer (or features `ids`) as recorded at `time` (ISO, UTC, milliseconds)."""
         ...
 
-    def versions(self, name: str, fid: str, scope: Access) -> Layer:
-        """Every earlier version of a feature, oldest first (`ended` in the meta)."""
+    def versions(self, name: str, fid: str, scope: Access) -> tuple[Layer, list[tuple]]:
+        """Every earlier version of a feature, oldest first, and when, by whom, why each
+        ended."""
         ...
 
     def readings(
-        self, collection: str, fid: str, *, start: str | None = None, end: str | None = None
-    ) -> list[tuple[str, str, Any, str, str]]:
-        """One feature's readings (property, time, value, received, user), oldest first."""
+        self,
+        collection: str,
+        fid: str,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int = -1,
+        offset: int = 0,
+    ) -> tuple[list[tuple[str, str, Any, str, str]], int]:
+        """A page of one feature's readings (property, time, value, received, user), oldest
+        first, and how many there are in all."""
         ...
 
     def revision(self) -> int:

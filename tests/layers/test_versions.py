@@ -57,15 +57,15 @@ def test_the_store_as_recorded_at_any_instant(tmp_path: Path) -> None:
     assert len(store.as_of("lights", before, ALL)) == 0
     assert store.as_of("lights", first, ALL, ids=["b"]).attrs["status"].tolist() == ["on"]
     # b's earlier version, ended by ann's import; c's, ended by bob's deletion.
-    old_b = store.versions("lights", "b", ALL)
+    old_b, ended_b = store.versions("lights", "b", ALL)
     assert old_b.attrs["status"].tolist() == ["on"]
     assert shapely.get_x(old_b.geometry[0]) == 114.31
-    ((valid_to, user, why),) = old_b.meta["ended"]
+    ((valid_to, user, why),) = ended_b
     assert first < valid_to < last and user == "ann" and "from s" in why
-    (ended_c,) = store.versions("lights", "c", ALL).meta["ended"]
+    (ended_c,) = store.versions("lights", "c", ALL)[1]
     assert ended_c[1:] == ("bob", "delete by api")
     # a reading is a new version too: its earlier state is kept
-    old_a = store.versions("lights", "a", ALL)
-    assert old_a.attrs["status"].tolist() == ["on"] and old_a.meta["ended"][0][1] == "sensor"
+    old_a, ended_a = store.versions("lights", "a", ALL)
+    assert old_a.attrs["status"].tolist() == ["on"] and ended_a[0][1] == "sensor"
     assert store.as_of("lights", last, ALL, ids=["a"]).attrs["status"].tolist() == ["off"]
     store.close()
