@@ -170,7 +170,8 @@ def create_app(
 
         def applied(changes: list[Change]) -> None:
             feed.publish(changes)
-            warm_queries(cat, app.state.query_settings, app.state.rasters)
+            changed = {c.collection for c in changes}
+            warm_queries(cat, app.state.query_settings, app.state.rasters, changed)
 
         follower = app.state.follower = Follower(
             cat, settings.follow_interval_s, app.state.metrics, applied

@@ -117,16 +117,7 @@ def matches(
     asked for, and a box meeting `bbox` (a whole-layer change always does)."""
 
     def meets(box: Bounds | None) -> bool:
-        return (
-            box is not None
-            and bbox is not None
-            and not (
-                box.minx > bbox.maxx
-                or box.maxx < bbox.minx
-                or box.miny > bbox.maxy
-                or box.maxy < bbox.miny
-            )
-        )
+        return box is not None and bbox is not None and box.meets(bbox)
 
     def test(c: Change) -> bool:
         if visible is not None and c.collection not in visible:

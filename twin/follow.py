@@ -78,9 +78,9 @@ class Follower:
             return []
         changes = self.catalog.follow()
         if changes:
-            self.applied.inc(len(changes))
             if self.after is not None:
                 self.after(changes)
+            self.applied.inc(len(changes))  # counted once all it makes stale is made again
         return changes
 
     def _run(self) -> None:

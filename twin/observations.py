@@ -48,15 +48,18 @@ def check(catalog: Catalog, scope: Access, items: list[Any], now: dt.datetime) -
     """Each reading checked against the layers `scope` may see and their schemas."""
     batch = Batch()
     layers = catalog.layers(scope)
+    fields = {n: {f.name: f for f in lyr.schema.fields} for n, lyr in layers.items()}
     for i, item in enumerate(items):
         try:
-            batch.accepted.append(_reading(layers, item, now))
+            batch.accepted.append(_reading(layers, fields, item, now))
         except ValueError as exc:
             batch.rejected.append({"index": i, "reason": str(exc)})
     return batch
 
 
-def _reading(layers: dict[str, Layer], item: Any, now: dt.datetime) -> Reading:
+def _reading(
+    layers: dict[str, Layer], fields_of: dict[str, dict[str, Any]], item: Any, now: dt.datetime
+) -> Reading:
     if not isinstance(item, dict):
         raise ValueError("a reading is an object {collection, id, time, property, value}")
     missing = [k for k in KEYS if k not in item]
@@ -71,7 +74,7 @@ def _reading(layers: dict[str, Layer], item: Any, now: dt.datetime) -> Reading:
     layer = layers[name]
     if not isinstance(fid, str) or fid not in layer.row_of:
         raise ValueError(f"no feature {fid!r} in {name}")
-    fields = {f.name: f for f in layer.schema.fields}
+    fields = fields_of[name]
     if not isinstance(prop, str) or prop not in fields:
         raise ValueError(
             f"{name} has no property {prop!r}; it has {', '.join(sorted(fields))}"[:300]

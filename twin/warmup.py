@@ -57,32 +57,44 @@ def warm_layer(layer: Layer) -> None:
 
 
 def warm_queries(
-    catalog: Catalog, settings: QuerySettings, rasters: queries.RasterReader | None = None
+    catalog: Catalog,
+    settings: QuerySettings,
+    rasters: queries.RasterReader | None = None,
+    changed: set[str] | None = None,
 ) -> None:
     """What the query API makes once: each raster opened (or read into memory) with its
     transformer, buried assets' depths, the grid's cells, the pipe network, and the unfiltered
-    statistics of every grid level."""
-    layers = catalog.layers(EVERYTHING)
+    statistics of every grid level; of the `changed` collections only, when named (after a
+    change: the rest is made already)."""
+
+    def fresh(*names: str) -> bool:
+        return changed is None or any(n in changed for n in names)
+
+    everything = catalog.layers(EVERYTHING)
+    grid = everything.get(queries.GRIDS)
+    # A new grid counts every layer again.
+    layers = {n: lyr for n, lyr in everything.items() if fresh(n, queries.GRIDS)}
     # Any point will do (outside a raster it samples nothing): the middle of the city.
-    box = next((lyr.bounds for lyr in layers.values() if lyr.bounds is not None), (0, 0, 0, 0))
+    box = next((lyr.bounds for lyr in everything.values() if lyr.bounds is not None), (0,) * 4)
     middle = shapely.Point((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
     for info in catalog.rasters(EVERYTHING).values():
-        if rasters is not None:
+        if rasters is not None and fresh(info.name):
             rasters.values(info, middle, "bilinear", max_memory=settings.raster_memory_bytes)
     for layer in layers.values():
         if queries.is_buried(layer):
             layer.floats(queries.DEPTH)  # whether a dig reaches it, how deep below ground
-    if queries.GRIDS in layers:
-        queries.cell_records(layers[queries.GRIDS])
-    pipes = layers.get("pipes")
-    if pipes is not None and len(pipes):
+    if grid is not None and fresh(queries.GRIDS):
+        queries.cell_records(grid)
+    pipes = everything.get("pipes")
+    if pipes is not None and len(pipes) and fresh("pipes", "valves"):
         network.network_for(
             pipes,
-            layers.get("valves"),
+            everything.get("valves"),
             snap_m=settings.network_snap_m,
             attach_m=settings.network_attach_m,
         )
-    if queries.GRIDS in layers and any(n != queries.GRIDS for n in layers):
+    if grid is not None and any(n != queries.GRIDS for n in layers):
+        # Per level, every layer's statistics: those of the unchanged ones are held.
         for level in GRID_LEVELS:
             try:
                 stats.cell_stats(catalog, EVERYTHING, level)

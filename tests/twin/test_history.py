@@ -85,7 +85,12 @@ def test_history_and_asof(store: Path) -> None:
         ]
         page = c.get("/collections/lights/items/L1/history", params={"limit": 1}).json()
         assert page["numberMatched"] == 2 and page["numberReturned"] == 1
-        assert any(lk["rel"] == "next" for lk in page["links"])
+        (nxt,) = [lk["href"] for lk in page["links"] if lk["rel"] == "next"]
+        second = c.get(nxt).json()
+        assert [r["value"] for r in page["readings"] + second["readings"]] == ["off", "fault"]
+        assert second["numberMatched"] == 2 and not any(
+            lk["rel"] == "next" for lk in second["links"]
+        )
 
         # Time travel: the item and the whole collection as recorded at t0, t1, t2.
         def status(at: str, fid: str = "L1") -> str | None:

@@ -145,7 +145,8 @@ def test_the_newest_reading_by_time_is_the_state_whatever_the_order(store: Path)
         assert got == newest
     opened = GeoPackageStore(store, create=False)
     try:
-        kept = opened.readings("lights", "L5")
+        kept, total = opened.readings("lights", "L5")
+        assert total == len(kept)
         assert len(kept) == 12  # every reading kept, late ones too
         times = [t for _, t, _, _, _ in kept]
         assert times == sorted(times)

@@ -4,6 +4,8 @@ opening or PROJ database search), in request threads that never ran a query befo
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -128,3 +130,32 @@ def test_the_count_sees_what_is_made_on_first_use(demo_store: Path, made: Any) -
     _network(catalog, Access.RESTRICTED, QuerySettings(_env_file=None))  # type: ignore[call-arg]
     assert counts["twin.network.build"] == 1
     assert any(k.startswith("pipes derived") for k in counts)
+
+
+def test_first_queries_after_a_change_make_nothing(
+    demo_store: Path, made: Any, tmp_path: Path
+) -> None:
+    """What a change makes stale (a lamp moved: its layer's cell statistics) is made again
+    when the change is applied, before queries ask."""
+    store = tmp_path / "store"
+    shutil.copytree(demo_store, store)
+    lights = demo_layer(store, "lights")
+    fid, lamp = lights.ids[3], lights.geometry[3]
+    moved = [lamp.x + 0.0003, lamp.y]
+    with TestClient(query_app(store, scope="restricted")) as client:
+        r = client.patch(
+            f"/collections/lights/items/{fid}",
+            json={"geometry": {"type": "Point", "coordinates": moved}},
+        )
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 10
+        while "twin_changes_applied_total 1.0" not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the edit was never applied"
+            time.sleep(0.02)
+        counts = made()
+        for level in GRID_LEVELS:
+            r = client.get("/query/stats", params={"level": level, "collections": "lights"})
+            assert r.status_code == 200
+        r = client.get("/query/at", params={"lon": moved[0], "lat": moved[1]})
+        assert fid in {f["id"] for f in r.json()["layers"]["lights"]["features"]}
+        assert dict(counts) == {}

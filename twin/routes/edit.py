@@ -5,6 +5,7 @@ gets 412 and nothing changes)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
@@ -16,12 +17,11 @@ from starlette.concurrency import run_in_threadpool
 
 from layers.catalog import Catalog
 from layers.errors import PreconditionFailed, UnknownFeature
-from layers.layer import UPDATED, VERSION, Layer
-from layers.models import Access, feature_etag, utc_stamp
+from layers.layer import Layer
+from layers.models import Access
 from twin import edits
 from twin.access import Scope
-from twin.dependencies import CatalogDep, CollectionId, FeatureId, SettingsDep, read_body
-from twin.errors import InvalidParameter
+from twin.dependencies import CatalogDep, CollectionId, FeatureId, SettingsDep, read_json
 from twin.geojson import features_json
 from twin.routes.links import GEOJSON
 from twin.routes.responses import responses
@@ -60,49 +60,58 @@ PATCH_BODY = {
 
 async def json_body(request: Request, settings: SettingsDep) -> Any:
     """The request's JSON body (up to `TWIN_MAX_FEATURE_BYTES`)."""
-    raw = await read_body(request, settings.max_feature_bytes)
-    try:
-        # Off the event loop: megabytes of JSON take it for a tenth of a second.
-        return await run_in_threadpool(json.loads, raw)
-    except (ValueError, RecursionError):
-        raise InvalidParameter("the body is not JSON: send a GeoJSON Feature") from None
+    return await read_json(request, settings.max_feature_bytes, "a GeoJSON Feature")
 
 
 Body = Annotated[Any, Depends(json_body)]
 
 
-def _etag(layer: Layer, row: int) -> str:
-    updated = layer.attrs[UPDATED].iloc[row]
-    return feature_etag(int(layer.attrs[VERSION].iloc[row]), utc_stamp(updated))
-
-
-def _stored(catalog: Any, name: str, fid: str) -> Layer:
+def _stored(catalog: Catalog, name: str, fid: str) -> Layer:
+    """The feature as stored now (404 when there is none)."""
     found = catalog.store.features(name, [fid], Access.RESTRICTED)
     if not len(found):
         raise UnknownFeature(name, fid)
     return found
 
 
-def _answer(request: Request, catalog: Any, name: str, fid: str, status: int) -> Response:
+def _text(feature: Layer) -> str:
+    (text,) = features_json(feature, np.array([0]), feature.geometry)
+    return text
+
+
+def _answer(request: Request, catalog: Catalog, name: str, fid: str, status: int) -> Response:
     """The feature as stored now, with its ETag (the change already applied here: this
     worker serves it from now on)."""
     request.app.state.follower.step()
-    layer = _stored(catalog, name, fid)
-    (text,) = features_json(layer, np.array([0]), layer.geometry[[0]])
-    headers = {"ETag": _etag(layer, 0)}
+    stored = _stored(catalog, name, fid)
+    headers = {"ETag": stored.etag(0)}
     if status == 201:
         headers["Location"] = str(request.url_for("get_item", collectionId=name, featureId=fid))
-    return Response(text, status_code=status, media_type=GEOJSON, headers=headers)
+    return Response(_text(stored), status_code=status, media_type=GEOJSON, headers=headers)
 
 
-def _write(catalog: Any, feature: Layer, expect: dict[str, str | None], user: str) -> None:
-    catalog.store.write(feature, source=edits.SOURCE_API, user=user, expect=expect)
+def _write(catalog: Catalog, feature: Layer, expect: dict[str, str | None]) -> None:
+    catalog.store.write(feature, source=edits.SOURCE_API, user="api", expect=expect)
 
 
-def _current(catalog: Any, name: str, fid: str) -> tuple[dict[str, Any], str]:
-    layer = _stored(catalog, name, fid)
-    (text,) = features_json(layer, np.array([0]), layer.geometry[[0]])
-    return json.loads(text), _etag(layer, 0)
+def _conditionally(
+    catalog: Catalog,
+    name: str,
+    fid: str,
+    if_match: str | None,
+    change: Callable[[Layer, dict[str, str | None]], None],
+) -> None:
+    """`change(stored, expect)` of the feature as stored, landing only while it is in the
+    state `If-Match` names (412 otherwise) or, without one, in the state it was read in (read
+    and tried again when another change landed in between)."""
+    for attempt in range(RETRIES):
+        stored = _stored(catalog, name, fid)
+        try:
+            change(stored, {fid: if_match or stored.etag(0)})
+            return
+        except PreconditionFailed:
+            if if_match is not None or attempt == RETRIES - 1:
+                raise
 
 
 @router.post(
@@ -129,7 +138,7 @@ async def create_item(
         partial(edits.feature_of, max_vertices=settings.max_feature_vertices), layer, body, None
     )
     fid = str(feature.ids[0])
-    await run_in_threadpool(_write, catalog, feature, {fid: None}, "api")
+    await run_in_threadpool(_write, catalog, feature, {fid: None})
     return await run_in_threadpool(_answer, request, catalog, collectionId, fid, 201)
 
 
@@ -190,9 +199,14 @@ async def replace_item(edit: Edit) -> Response:
     feature = await run_in_threadpool(
         partial(edits.feature_of, max_vertices=edit.max_vertices), edit.layer, edit.body, edit.fid
     )
-    _, etag = await run_in_threadpool(_current, edit.catalog, edit.name, edit.fid)
-    expect: dict[str, str | None] = {edit.fid: edit.if_match or etag}
-    await run_in_threadpool(_write, edit.catalog, feature, expect, "api")
+    await run_in_threadpool(
+        _conditionally,
+        edit.catalog,
+        edit.name,
+        edit.fid,
+        edit.if_match,
+        lambda _, expect: _write(edit.catalog, feature, expect),
+    )
     return await run_in_threadpool(_answer, edit.request, edit.catalog, edit.name, edit.fid, 200)
 
 
@@ -201,27 +215,16 @@ async def update_item(edit: Edit) -> Response:
     """The properties (and geometry) a JSON merge patch names changed, the rest kept: e.g.
     `{"properties": {"status": "closed"}}`."""
 
-    def patch() -> None:
-        for attempt in range(RETRIES):
-            current, etag = _current(edit.catalog, edit.name, edit.fid)
-            if edit.if_match is not None and edit.if_match != etag:
-                raise PreconditionFailed(
-                    f"feature {edit.fid!r} of {edit.name} is not in the state {edit.if_match} "
-                    f"any more (it is now {etag}): fetch it again and retry"
-                )
-            doc = edits.merged(current, edit.body)
-            source = str(current["properties"].get("source") or edits.SOURCE_API)
-            feature = edits.feature_of(
-                edit.layer, doc, edit.fid, max_vertices=edit.max_vertices, source=source
-            )
-            try:
-                _write(edit.catalog, feature, {edit.fid: etag}, "api")
-                return
-            except PreconditionFailed:
-                if edit.if_match is not None or attempt == RETRIES - 1:
-                    raise
+    def patch(stored: Layer, expect: dict[str, str | None]) -> None:
+        current = json.loads(_text(stored))
+        source = str(current["properties"].get("source") or edits.SOURCE_API)
+        doc = edits.merged(current, edit.body)
+        feature = edits.feature_of(
+            edit.layer, doc, edit.fid, max_vertices=edit.max_vertices, source=source
+        )
+        _write(edit.catalog, feature, expect)
 
-    await run_in_threadpool(patch)
+    await run_in_threadpool(_conditionally, edit.catalog, edit.name, edit.fid, edit.if_match, patch)
     return await run_in_threadpool(_answer, edit.request, edit.catalog, edit.name, edit.fid, 200)
 
 
@@ -243,16 +246,11 @@ async def delete_item(
     """The feature removed (its history stays: `.../history`)."""
     catalog.layer(collectionId, scope)
 
-    def delete() -> None:
-        _, etag = _current(catalog, collectionId, featureId)
+    def delete(_: Layer, expect: dict[str, str | None]) -> None:
         catalog.store.delete_features(
-            collectionId,
-            [featureId],
-            user="api",
-            source="api",
-            expect={featureId: if_match or etag},
+            collectionId, [featureId], user="api", source="api", expect=expect
         )
 
-    await run_in_threadpool(delete)
+    await run_in_threadpool(_conditionally, catalog, collectionId, featureId, if_match, delete)
     await run_in_threadpool(request.app.state.follower.step)
     return Response(status_code=204)

@@ -8,12 +8,12 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from layers.layer import UPDATED, VERSION, Layer
-from layers.models import feature_etag, utc_stamp
+from layers.layer import Layer
 from twin.access import Scope
 from twin.dependencies import (
     AsOf,
     BBox,
+    CatalogAt,
     CatalogDep,
     CollectionId,
     CqlFilter,
@@ -83,7 +83,7 @@ def _check_params(request: Request, layer: Layer) -> dict[str, str]:
 def get_items(
     request: Request,
     collectionId: CollectionId,
-    catalog: CatalogDep,
+    catalog: CatalogAt,
     scope: Scope,
     crs_set: CrsSetDep,
     bbox: BBox,
@@ -93,16 +93,13 @@ def get_items(
     crs: OutputCrs,
     cql: CqlFilter,
     html: HtmlOrGeoJson,
-    asof: AsOf,
 ) -> Response:
     """Features of the collection meeting every condition, one page at a time, as the twin
     holds them now or as it recorded them at `asof`.
 
     Any property of the layer can also be given as `name=value` for equality.
     """
-    layer = catalog.layer(collectionId, scope)
-    if asof is not None:
-        layer = catalog.store.as_of(collectionId, asof, scope)
+    layer = catalog.layer(collectionId, scope)  # as recorded at `asof`, when given
     equals = _check_params(request, layer)
     rows = select(layer, Selection(bbox=bbox, equals=equals, interval=interval, filter=cql))
     matched = len(rows)
@@ -185,8 +182,5 @@ def get_item(
     if html:
         doc = json.loads(body)
         return html_answer(item_page(request, collectionId, layer.schema.title, doc, geoms_lonlat))
-    etag = feature_etag(
-        int(layer.attrs[VERSION].iloc[row]), utc_stamp(layer.attrs[UPDATED].iloc[row])
-    )
-    headers = {"Content-Crs": crs.header, "ETag": etag, **VARY}
+    headers = {"Content-Crs": crs.header, "ETag": layer.etag(row), **VARY}
     return Response(body, media_type=GEOJSON, headers=headers)

@@ -29,7 +29,7 @@ from twin.dependencies import (
     Limit,
     Offset,
     SettingsDep,
-    read_body,
+    read_json,
 )
 from twin.errors import InvalidParameter, Overloaded
 from twin.events import ChangeFeed, event_data, matches
@@ -85,12 +85,8 @@ ANSWER = {
 
 async def readings_body(request: Request, settings: SettingsDep) -> list[Any]:
     """The batch: read up to its size limit, parsed, at most `max_readings` readings."""
-    raw = await read_body(request, settings.max_readings * READING_BYTES)
-    try:
-        # Off the event loop: megabytes of JSON take it for a tenth of a second.
-        body = await run_in_threadpool(json.loads, raw)
-    except (ValueError, RecursionError):
-        raise InvalidParameter("the body is not JSON: send an array of readings") from None
+    limit = settings.max_readings * READING_BYTES
+    body = await read_json(request, limit, "an array of readings")
     return observations.readings_of(body, settings.max_readings)
 
 
@@ -133,19 +129,20 @@ async def post_observations(
     the newest of each feature's property, by `time` (not by arrival), becomes the feature's
     state, so a late reading never undoes a newer one. Every server process serves the new
     state within a second."""
-    now = dt.datetime.now(dt.UTC)
-    batch = await run_in_threadpool(observations.check, catalog, scope, items, now)
-    store = catalog.store
-    changed = await run_in_threadpool(store.observe, batch.accepted, user="api")
-    request.app.state.follower.wake()
-    return JSONResponse(
-        {
+
+    def land() -> dict[str, Any]:
+        batch = observations.check(catalog, scope, items, dt.datetime.now(dt.UTC))
+        changed = catalog.store.observe(batch.accepted, user="api")
+        return {
             "accepted": len(batch.accepted),
             "rejected": batch.rejected,
             "changed": changed,
-            "revision": store.revision(),
+            "revision": catalog.store.revision(),
         }
-    )
+
+    answer = await run_in_threadpool(land)
+    request.app.state.follower.wake()
+    return JSONResponse(answer)
 
 
 def _feed(request: Request) -> ChangeFeed:
@@ -238,22 +235,26 @@ def _stamp(t: Any) -> str | None:
     return None if t is None else utc_stamp(t)
 
 
-def _versions_json(layer: Layer, rows: np.ndarray, ended: list[tuple]) -> list[dict[str, Any]]:
-    texts = features_json(layer, rows, layer.geometry[rows]) if len(rows) else []
-    numbers = layer.attrs[VERSION].to_numpy()[rows].tolist()
-    began = [_stamp(t) for t in layer.attrs[UPDATED].iloc[rows]]
+def _versions_json(layer: Layer, ended: list[tuple]) -> list[dict[str, Any]]:
+    """Each row of `layer` as a version; `ended`: when, by whom and why each ended (the
+    current version has none)."""
+    rows = np.arange(len(layer))
+    texts = features_json(layer, rows, layer.geometry) if len(rows) else []
+    numbers = layer.attrs[VERSION].tolist()
+    began = [_stamp(t) for t in layer.attrs[UPDATED]]
     out = []
-    for i, text in enumerate(texts):
+    for text, number, start, (until, by, why) in zip(
+        texts, numbers, began, ended or [(None, None, None)] * len(texts), strict=True
+    ):
         doc = json.loads(text)
-        props = doc["properties"]
         out.append(
             {
-                "version": numbers[i],
-                "recorded_from": began[i],
-                "recorded_to": ended[i][0] if i < len(ended) else None,
-                "ended_by": ended[i][1] if i < len(ended) else None,
-                "ended_why": ended[i][2] if i < len(ended) else None,
-                "properties": props,
+                "version": number,
+                "recorded_from": start,
+                "recorded_to": until,
+                "ended_by": by,
+                "ended_why": why,
+                "properties": doc["properties"],
                 "geometry": doc["geometry"],
             }
         )
@@ -281,16 +282,15 @@ def get_history(
     recorded and the readings observed within that interval."""
     layer = catalog.layer(collectionId, scope)
     store = catalog.store
-    earlier = store.versions(collectionId, featureId, scope)
-    ended: list[tuple] = earlier.meta.get("ended", [])
-    versions = _versions_json(earlier, np.arange(len(earlier)), ended)
+    earlier, ended = store.versions(collectionId, featureId, scope)
+    versions = _versions_json(earlier, ended)
     try:
         row = layer.row(featureId)
     except UnknownFeature:
         if not versions:
             raise
     else:
-        versions += _versions_json(layer, np.array([row]), [])
+        versions += _versions_json(layer.take([row]), [])
     start, end = (
         (None, None) if interval is None else (_stamp(interval.start), _stamp(interval.end))
     )
@@ -301,10 +301,11 @@ def get_history(
             if (end is None or v["recorded_from"] <= end)
             and (start is None or v["recorded_to"] is None or v["recorded_to"] > start)
         ]
-    readings = store.readings(collectionId, featureId, start=start, end=end)
-    page = readings[offset : offset + limit]
+    page, matched = store.readings(
+        collectionId, featureId, start=start, end=end, limit=limit, offset=offset
+    )
     links = [link(request_url(request), "self", JSON, "This page")]
-    if offset + len(page) < len(readings):
+    if offset + len(page) < matched:
         links.append(link(request_url(request, offset=offset + limit), "next", JSON, "Next"))
     return JSONResponse(
         {
@@ -315,7 +316,7 @@ def get_history(
                 {"property": p, "time": t, "value": v, "received": rc, "by": u}
                 for p, t, v, rc, u in page
             ],
-            "numberMatched": len(readings),
+            "numberMatched": matched,
             "numberReturned": len(page),
             "links": links,
         }
