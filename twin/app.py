@@ -35,7 +35,18 @@ from twin.follow import Follower
 from twin.guard import Admission, Guard
 from twin.metrics import Metrics, MetricsMiddleware
 from twin.problems import ERRORS, error_response, problem
-from twin.routes import collections, edit, items, landing, live, ops, queries, styles, tiles
+from twin.routes import (
+    collections,
+    edit,
+    items,
+    landing,
+    live,
+    ops,
+    queries,
+    search,
+    styles,
+    tiles,
+)
 from twin.routes.responses import answer_validation_errors_400
 from twin.settings import GuardSettings, QuerySettings, ServerSettings
 from twin.tileserve import TileFastPath, TileServer
@@ -208,7 +219,7 @@ def create_app(
     app.state.rasters = queries_mod.RasterReader()
     _install_errors(app)
     answer_validation_errors_400(app)
-    for module in (landing, collections, items, edit, tiles, styles, queries, live, ops):
+    for module in (landing, collections, items, edit, tiles, styles, queries, search, live, ops):
         app.include_router(module.router)
     _mount_web_map(app, settings)
     # Added first, so they run inside the CORS and metrics middlewares added next (and near

@@ -15,7 +15,7 @@ from layers.layer import Layer
 from layers.models import Access
 from layers.schemas import GRID_LEVELS
 from tiles.prepared import prepare
-from twin import metric, network, queries, stats
+from twin import metric, network, queries, search, stats
 from twin.errors import TwinError
 from twin.settings import QuerySettings
 
@@ -44,9 +44,11 @@ def warm(
 
 
 def warm_layer(layer: Layer) -> None:
-    """One layer's tile arrays, spatial index, attribute JSON texts and the transverse Mercator
-    zone its buffers are drawn in (a projection costs ~0.4 s to make the first time)."""
+    """One layer's tile arrays, spatial index, search index, attribute JSON texts and the
+    transverse Mercator zone its buffers are drawn in (a projection costs ~0.4 s to make the
+    first time)."""
     prepare(layer)
+    search.index_of(layer)
     stats.share_unchanged(layer)
     _ = layer.tree
     for name in layer.attrs.columns:
