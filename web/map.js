@@ -1,76 +1,95 @@
-// The planners' web map: the server's own MapLibre style, a layer panel, click-to-inspect.
-// Everything is served by twin itself; nothing comes from a CDN.
-"use strict";
+// The planners' web map: the server's own MapLibre style (labels drawn with local fonts),
+// a grouped layer panel with legend and counts, click-to-inspect, search, tools and the live
+// twin. Everything is served by twin itself; nothing comes from another host.
 
-const base = new URL("..", document.baseURI);
-const startedWithView = Boolean(location.hash); // a shared link's view wins over fitting the data
+import { url } from "./api.js";
+import { t, lang, setLang } from "./i18n.js";
+import { Inspector } from "./inspect.js";
+import { LiveFeed } from "./live.js";
+import { LayerPanel } from "./panel.js";
+import { SearchBox } from "./search.js";
+import { getHash, setHash } from "./state.js";
+import { Tools } from "./tools.js";
+
+window.twin = {};
+const startedWithView = Boolean(getHash("view")); // a shared link's view wins over fitting the data
+let live = null;
+
 const map = new maplibregl.Map({
   container: "map",
-  style: new URL("style.json", base).href,
-  hash: true,
+  style: url("style.json"),
+  hash: "view",
   attributionControl: { compact: false },
+  localIdeographFontFamily: "'Noto Sans CJK SC', 'Noto Sans SC', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', sans-serif",
+  transformRequest: (resource, kind) => (live ? live.request(resource, kind) : undefined),
 });
-map.addControl(new maplibregl.NavigationControl(), "top-left");
+map.addControl(new maplibregl.NavigationControl(), "bottom-right");
 map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-left");
 window.twinMap = map; // for tests and the console
 
-let selected = null;
+const inspector = new Inspector(map, null, document.getElementById("inspect"));
+const panel = new LayerPanel(map, document.getElementById("layer-groups"));
+window.twin.inspector = inspector;
+window.twin.panel = panel;
 
 function fitToData() {
   const source = map.getSource("twin");
   const bounds = source && source.bounds;
-  if (bounds && !startedWithView) map.fitBounds(bounds, { padding: 20, duration: 0 });
+  if (bounds && !startedWithView) map.fitBounds(bounds, { padding: 30, duration: 0 });
 }
 
-function buildLayerPanel() {
-  const list = document.getElementById("layer-list");
-  const groups = new Map();
-  for (const layer of map.getStyle().layers) {
-    const key = layer["source-layer"] || layer.source;
-    if (!key) continue;
-    if (!groups.has(key)) groups.set(key, []);
-    groups.get(key).push(layer.id);
-  }
-  for (const [name, ids] of groups) {
-    const li = document.createElement("li");
-    const label = document.createElement("label");
-    const box = document.createElement("input");
-    box.type = "checkbox";
-    box.checked = true;
-    box.dataset.collection = name;
-    box.addEventListener("change", () => {
-      for (const id of ids) map.setLayoutProperty(id, "visibility", box.checked ? "visible" : "none");
-    });
-    label.append(box, document.createTextNode(name));
-    li.append(label);
-    list.append(li);
-  }
-}
-
-function inspect(feature) {
-  const table = document.getElementById("inspect-table");
-  table.replaceChildren();
-  const rows = [["collection", feature.sourceLayer], ...Object.entries(feature.properties)];
-  for (const [k, v] of rows) {
-    const tr = table.insertRow();
-    tr.insertCell().textContent = k;
-    tr.insertCell().textContent = v === null || v === undefined ? "" : String(v);
-  }
-  document.getElementById("inspect").hidden = false;
-}
-
-map.on("load", () => {
+map.on("load", async () => {
   fitToData();
-  buildLayerPanel();
+  const tools = new Tools(map, inspector, document.getElementById("tool"));
+  window.twin.tools = tools;
+  for (const button of document.querySelectorAll("#toolbar button[data-tool]")) {
+    button.addEventListener("click", () => {
+      if (tools.tool === button.dataset.tool) tools.close();
+      else tools[button.dataset.tool]();
+    });
+  }
+  map.on("click", async (e) => {
+    if (tools.drawing) return tools.addPoint(e.lngLat);
+    if (tools.pipePick) {
+      const pipe = inspector.featuresAt(e.point).find((f) => f.sourceLayer === "pipes");
+      if (pipe && (await tools.pipePick("pipes", pipe.id))) return;
+    }
+    inspector.click(e.point);
+  });
+  map.on("dblclick", (e) => {
+    if (tools.drawing) {
+      e.preventDefault();
+      tools.finish();
+    }
+  });
+  new SearchBox(map, inspector, document.getElementById("search"), document.getElementById("search-results"));
+  live = new LiveFeed(map, inspector, document.getElementById("live"));
+  live.start();
+  await panel.build();
+  const sel = getHash("sel");
+  if (sel && sel.includes("/")) {
+    const at = sel.indexOf("/");
+    inspector.open(sel.slice(0, at), sel.slice(at + 1)).catch(() => inspector.clear());
+  }
+  window.twin.ready = true;
 });
 
-map.on("click", (e) => {
-  const hits = map.queryRenderedFeatures(e.point).filter((f) => f.source === "twin");
-  if (selected) map.setFeatureState(selected, { selected: false });
-  selected = null;
-  if (!hits.length) return;
-  const f = hits[0];
-  selected = { source: "twin", sourceLayer: f.sourceLayer, id: f.id };
-  map.setFeatureState(selected, { selected: true });
-  inspect(f);
+map.on("error", (e) => {
+  // Tile and style problems are told once on the console, not for every tile.
+  if (!window.twin.mapError) console.warn("map:", e.error?.message || e);
+  window.twin.mapError = e.error?.message || String(e);
 });
+
+document.getElementById("lang").addEventListener("click", () => {
+  setLang(lang === "zh" ? "en" : "zh");
+  setHash({ lang });
+  panel.render();
+  if (inspector.selected) inspector.open(inspector.selected.collection, inspector.selected.id);
+});
+document.getElementById("collapse").addEventListener("click", () => {
+  const collapsed = document.body.classList.toggle("panel-collapsed");
+  document.getElementById("collapse").setAttribute("aria-expanded", collapsed ? "false" : "true");
+  setTimeout(() => map.resize(), 0);
+});
+setLang(lang);
+window.twin.t = t;

@@ -228,7 +228,8 @@ def test_style_draws_every_visible_layer_by_kind_and_status(client):
         if lyr.get("source") == "twin":
             by_source.setdefault(lyr["source-layer"], []).append(lyr)
     assert set(by_source) == {"pipes", "sites"}
-    pipe_colour = str(by_source["pipes"][-1]["paint"]["line-color"])
+    lines = [lyr for lyr in by_source["pipes"] if lyr["type"] == "line"]
+    pipe_colour = str(lines[-1]["paint"]["line-color"])
     assert "water" in pipe_colour and "gas" in pipe_colour and "feature-state" in pipe_colour
 
 
