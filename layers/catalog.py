@@ -6,21 +6,113 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import pandas as pd
 
 from layers.errors import UnknownCollection
 from layers.layer import UPDATED, VERSION, Layer, coerce
-from layers.models import Access, Bounds, Change
+from layers.models import Access, Bounds, Change, ChangeKind, StateRun
 from layers.store import RasterInfo, Store
 
-ChangeListener = Callable[[str, Bounds | None], None]
-"""Called with a collection name and the box that changed (None: the whole layer)."""
+ChangeListener = Callable[[str, np.ndarray | None], None]
+"""Called with a collection name and the boxes that changed, lon/lat, `(k, 4)` (None: the
+whole layer)."""
 LayerHook = Callable[[Layer], None]
 """Called with a layer about to be served in place of another (to make its derived data)."""
+
+
+class AppliedRun(NamedTuple):
+    """A run of readings' entries as applied: each entry's feature's box (lon/lat, `(k, 4)`,
+    NaN where the feature is not held)."""
+
+    run: StateRun
+    boxes: np.ndarray
+
+    @property
+    def seq(self) -> int:
+        return self.run.seq
+
+    @property
+    def last(self) -> int:
+        return self.run.last
+
+    def after(self, seq: int) -> AppliedRun:
+        """Without its entries up to `seq` (which must be inside it)."""
+        cut = max(0, seq - self.run.seq + 1)
+        run = self.run._replace(
+            seq=self.run.seq + cut, ids=self.run.ids[cut:], sets=self.run.sets[cut:]
+        )
+        return AppliedRun(run, self.boxes[cut:])
+
+    def changes(self) -> list[Change]:
+        """Its entries as one `Change` each."""
+        r = self.run
+        out = []
+        for k, (fid, sets) in enumerate(zip(r.ids, r.sets, strict=True)):
+            b = self.boxes[k]
+            box = None if np.isnan(b[0]) else Bounds(*b.tolist())
+            out.append(
+                Change(
+                    r.seq + k,
+                    r.collection,
+                    fid,
+                    ChangeKind.UPDATED,
+                    box,
+                    box,
+                    r.user,
+                    r.time,
+                    "reading",
+                    tuple(sets),
+                    sets,
+                )
+            )
+        return out
+
+
+Part = Change | AppliedRun
+"""What `follow` applied, in the order of the log: a feature's change, or a run of readings'."""
+
+
+class Applied(Sequence[Change]):
+    """The changes a `follow` applied, oldest first: one `Change` per feature changed, the
+    entries of readings kept column-wise (`parts`) and made `Change`s only when asked for
+    (tens of thousands a second go to the event streams as they are)."""
+
+    def __init__(self, parts: list[Part]) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(1 if isinstance(p, Change) else len(p.run.ids) for p in self.parts)
+
+    def __iter__(self) -> Iterator[Change]:
+        for p in self.parts:
+            if isinstance(p, Change):
+                yield p
+            else:
+                yield from p.changes()
+
+    @overload
+    def __getitem__(self, i: int) -> Change: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Change]: ...
+
+    def __getitem__(self, i: int | slice) -> Change | list[Change]:
+        return list(self)[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def collections(self) -> set[str]:
+        """The collections changed."""
+        return {p.collection if isinstance(p, Change) else p.run.collection for p in self.parts}
 
 
 class Catalog:
@@ -78,42 +170,76 @@ class Catalog:
         for n in changed:
             self.notify(n, None)
 
-    def follow(self) -> list[Change]:
-        """Apply the store's changes since the last one applied, feature by feature: each
-        collection's changed features are read from the store and patched into its layer (a
-        `LAYER` change reloads the collection), the new layer made ready (`prepare`) and
-        swapped in, then the listeners told the old and new box of every change. Threads
-        calling at once apply each change once."""
+    def follow(self) -> Applied:
+        """Apply the store's changes since the last one applied, feature by feature: the
+        values a run of readings set are written into a new layer column-wise, other changed
+        features read from the store and patched in (a `LAYER` change reloads the collection);
+        the new layer is made ready (`prepare`) and swapped in, then the listeners are told
+        the old and new box of every change. Returns the changes, one per feature changed.
+        Threads calling at once apply each change once."""
         with self._following:
-            changes = self.store.changes(self.seq)
-            if not changes:
-                return []
-            groups: dict[str, list[Change]] = {}
-            for c in changes:
-                groups.setdefault(c.collection, []).append(c)
+            entries = self.store.log(self.seq)
+            if not entries:
+                return Applied([])
+            groups: dict[str, list[Change | StateRun]] = {}
+            for e in entries:
+                groups.setdefault(e.collection, []).append(e)
+            parts: list[Part] = []
             for name, group in groups.items():
-                held = self._layers.get(name)
-                if held is None or any(c.id is None for c in group):
-                    self.reload(name, group[-1].seq)
-                    continue
-                ids = [c.id for c in group if c.id is not None]
-                now = _with_state(held, group)
-                gone: set[str] = set()
-                if now is None:  # read back what the entries do not carry
-                    now = self.store.features(name, ids, Access.RESTRICTED)
-                    gone = set(ids) - set(now.ids.tolist())
-                layer = held.patched(now, gone)
-                layer.previous = weakref.ref(held)
-                if self.prepare is not None:
-                    self.prepare(layer)
-                with self._lock:
-                    self._layers[name] = layer
-                    self._revisions[name] = group[-1].seq
-                boxes = dict.fromkeys(b for c in group for b in (c.old, c.new) if b is not None)
-                for box in boxes:
-                    self.notify(name, box)
-            self.seq = changes[-1].seq
-            return changes
+                parts += self._follow(name, group)
+            self.seq = max(self.seq, max(_last(e) for e in entries))
+            parts.sort(key=lambda p: p.seq)
+            return Applied(parts)
+
+    def _follow(self, name: str, group: list[Change | StateRun]) -> list[Part]:
+        """One collection's entries applied (see `follow`)."""
+        last = _last(group[-1])
+        held = self._layers.get(name)
+        if held is None or any(isinstance(e, Change) and e.id is None for e in group):
+            self.reload(name, last)
+            now = self._layers.get(name)
+            return [_part(e, now) for e in group]
+        # Entries the layer holds already (read from the store after they were written).
+        group = [e for e in (_after(e, held.seq) for e in group) if e is not None]
+        if not group:
+            return []
+        layer = held
+        applied: list[Part] = []
+        for run in _runs(group):
+            if isinstance(run[0], StateRun):
+                layer, done = _with_runs(layer, run)  # type: ignore[arg-type]
+            else:
+                layer, done = self._with_changes(name, layer, run)  # type: ignore[arg-type]
+            applied += done
+        layer.previous = weakref.ref(held)
+        layer.seq = last
+        if self.prepare is not None:
+            self.prepare(layer)
+        with self._lock:
+            self._layers[name] = layer
+            self._revisions[name] = last
+        boxes = [
+            np.array([b for b in (p.old, p.new) if b is not None], dtype=float).reshape(-1, 4)
+            if isinstance(p, Change)
+            else p.boxes[~np.isnan(p.boxes[:, 0])]
+            for p in applied
+        ]
+        changed = np.unique(np.concatenate(boxes), axis=0) if boxes else np.empty((0, 4))
+        if len(changed):
+            self.notify(name, changed)
+        return applied
+
+    def _with_changes(
+        self, name: str, held: Layer, group: list[Change]
+    ) -> tuple[Layer, list[Part]]:
+        """Feature entries applied: the features read back from the store and patched in."""
+        ids = list(dict.fromkeys(c.id for c in group if c.id is not None))
+        now = _with_state(held, group)
+        gone: set[str] = set()
+        if now is None:  # read back what the entries do not carry
+            now = self.store.features(name, ids, Access.RESTRICTED)
+            gone = set(ids) - set(now.ids.tolist())
+        return held.patched(now, gone), list(group)
 
     def put(self, layer: Layer, changed: Bounds | None = None) -> None:
         """Replace a layer held in memory (after an edit) and tell the listeners what changed."""
@@ -123,7 +249,7 @@ class Catalog:
         with self._lock:
             self._layers[layer.name] = layer
             self._revisions[layer.name] = self._revisions.get(layer.name, 0) + 1
-        self.notify(layer.name, changed)
+        self.notify(layer.name, None if changed is None else np.array([changed], dtype=float))
 
     def subscribe(self, listener: ChangeListener) -> None:
         """Call `listener` on every change of a collection."""
@@ -133,8 +259,8 @@ class Catalog:
         """Stop calling `listener` (an app that stops serving this catalog)."""
         self._listeners.remove(listener)
 
-    def notify(self, name: str, changed: Bounds | None) -> None:
-        """Tell every listener that `changed` of collection `name` changed."""
+    def notify(self, name: str, changed: np.ndarray | None) -> None:
+        """Tell every listener that the boxes `changed` of collection `name` changed."""
         for listener in list(self._listeners):
             listener(name, changed)
 
@@ -173,6 +299,84 @@ class Catalog:
         return r
 
 
+def _last(entry: Change | StateRun) -> int:
+    return entry.last if isinstance(entry, StateRun) else entry.seq
+
+
+def _after(entry: Change | StateRun, seq: int) -> Change | StateRun | None:
+    """`entry` without what is up to `seq` (None: all of it)."""
+    if _last(entry) <= seq:
+        return None
+    if isinstance(entry, StateRun) and entry.seq <= seq:
+        cut = seq - entry.seq + 1
+        return entry._replace(seq=seq + 1, ids=entry.ids[cut:], sets=entry.sets[cut:])
+    return entry
+
+
+def _runs(group: list[Change | StateRun]) -> list[list[Change | StateRun]]:
+    """`group` cut where its entries go from runs of readings to other entries or back."""
+    out: list[list[Change | StateRun]] = []
+    for e in group:
+        if out and isinstance(out[-1][0], StateRun) == isinstance(e, StateRun):
+            out[-1].append(e)
+        else:
+            out.append([e])
+    return out
+
+
+def _part(entry: Change | StateRun, layer: Layer | None) -> Part:
+    """An entry as applied, a reading's box that of its feature in `layer`."""
+    if isinstance(entry, Change):
+        return entry
+    rows = layer.row_of.get_indexer(entry.ids) if layer is not None and len(layer) else None
+    return _applied(entry, layer, rows)
+
+
+def _applied(run: StateRun, layer: Layer | None, rows: np.ndarray | None) -> AppliedRun:
+    boxes = np.full((len(run.ids), 4), np.nan)
+    if layer is not None and rows is not None:
+        known = rows >= 0
+        boxes[known] = layer.boxes()[rows[known]]
+    return AppliedRun(run, boxes)
+
+
+def _with_runs(held: Layer, runs: list[StateRun]) -> tuple[Layer, list[Part]]:
+    """Runs of readings applied column-wise: each entry sets its values, one more version,
+    recorded at its run's time (what the store lays over the stored rows)."""
+    ids = [fid for r in runs for fid in r.ids]
+    rows = held.row_of.get_indexer(ids) if len(held) else np.full(len(ids), -1)
+    n = len(held)
+    counts = np.zeros(n, dtype=np.int64)
+    stamps = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    per: dict[str, dict[int, Any]] = {}
+    fields = set(held.schema.field_names)
+    k = 0
+    for r in runs:
+        ms = int(r.time.timestamp() * 1000 + 0.5)
+        part = rows[k : k + len(r.ids)]
+        k += len(r.ids)
+        known = part[part >= 0]
+        np.add.at(counts, known, 1)
+        stamps[known] = np.maximum(stamps[known], ms)
+        for row, sets in zip(part.tolist(), r.sets, strict=True):
+            if row < 0:
+                continue
+            for p, v in sets.items():
+                if p in fields:
+                    per.setdefault(p, {})[row] = v  # a later one wins
+    values = {
+        p: (np.fromiter(got.keys(), dtype=np.int64, count=len(got)), list(got.values()))
+        for p, got in per.items()
+    }
+    layer = held.with_state(values, counts, stamps) if counts.any() else held
+    out: list[Part] = []
+    k = 0
+    for r in runs:
+        out.append(_applied(r, layer, rows[k : k + len(r.ids)]))
+        k += len(r.ids)
+    return layer, out
+
+
 def _with_state(held: Layer, group: list[Change]) -> Layer | None:
     """The features a run of entries that carry their values (readings) changed, as they are
     after them: each entry sets its values, one more version, recorded at its time. None when
@@ -188,7 +392,9 @@ def _with_state(held: Layer, group: list[Change]) -> Layer | None:
     where = {fid: i for i, fid in enumerate(order)}
     columns: dict[str, list[Any]] = {}
     version = now.attrs[VERSION].to_numpy(dtype=np.int64).copy()
-    updated = list(now.attrs[UPDATED])
+    # Milliseconds since the epoch: pandas converting a list of mixed timestamps took 6 us each.
+    updated = now.attrs[UPDATED].to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    stamps: dict[Any, int] = {}
     for c in group:
         i = where[str(c.id)]
         for prop, value in (c.state or {}).items():
@@ -199,11 +405,14 @@ def _with_state(held: Layer, group: list[Change]) -> Layer | None:
                 columns[prop] = col.where(col.notna(), None).tolist()
             columns[prop][i] = value
         version[i] += 1
-        updated[i] = c.time
+        ms = stamps.get(c.time)
+        if ms is None:
+            ms = stamps[c.time] = int(c.time.timestamp() * 1000 + 0.5)
+        updated[i] = ms
     for prop, values in columns.items():
         now.attrs[prop] = coerce(pd.Series(values, dtype=object), fields[prop].type)
     now.attrs[VERSION] = version
-    now.attrs[UPDATED] = pd.to_datetime(pd.Series(updated), utc=True).astype("datetime64[ms, UTC]")
+    now.attrs[UPDATED] = pd.Series(updated.astype("datetime64[ms]")).dt.tz_localize("UTC")
     return now
 
 
@@ -227,6 +436,9 @@ class _AsOfStore:
         return 0
 
     def changes(self, since: int, limit: int = 0) -> list[Change]:
+        return []
+
+    def log(self, since: int, limit: int = 0) -> list[Change | StateRun]:
         return []
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from layers import gpkg_live as live
 from layers.errors import PreconditionFailed, StoreError, UnknownCollection
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
 from layers.models import (
@@ -36,9 +37,10 @@ from layers.models import (
     GeometryFamily,
     ImportRecord,
     LayerSchema,
+    Observed,
     Reading,
+    StateRun,
     WriteResult,
-    feature_etag,
     utc_stamp,
 )
 from layers.schemas import check_name
@@ -77,7 +79,8 @@ _WGS84_WKT = (
     'AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]]'
 )
 
-_BOOTSTRAP = f"""
+_BOOTSTRAP = (
+    f"""
 PRAGMA application_id = 1196444487;
 PRAGMA user_version = 10300;
 CREATE TABLE IF NOT EXISTS gpkg_spatial_ref_sys (
@@ -110,11 +113,12 @@ CREATE TABLE IF NOT EXISTS twin_changes (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT, kind TEXT NOT NULL,
   old_min_x REAL, old_min_y REAL, old_max_x REAL, old_max_y REAL,
   new_min_x REAL, new_min_y REAL, new_max_x REAL, new_max_y REAL,
-  user TEXT NOT NULL, time DATETIME NOT NULL, why TEXT NOT NULL, properties TEXT);
+  user TEXT NOT NULL, time DATETIME NOT NULL, why TEXT NOT NULL, properties TEXT,
+  n INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS twin_readings (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT NOT NULL,
   property TEXT NOT NULL, time DATETIME NOT NULL, value TEXT NOT NULL,
-  received DATETIME NOT NULL, user TEXT NOT NULL);
+  received DATETIME NOT NULL, user TEXT NOT NULL, applied INTEGER);
 CREATE INDEX IF NOT EXISTS twin_readings_feature ON twin_readings (collection, id, time);
 CREATE TABLE IF NOT EXISTS twin_versions (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT NOT NULL,
@@ -125,8 +129,11 @@ CREATE INDEX IF NOT EXISTS twin_versions_feature ON twin_versions (collection, i
 CREATE INDEX IF NOT EXISTS twin_versions_time ON twin_versions (collection, valid_to);
 CREATE TABLE IF NOT EXISTS twin_state (
   collection TEXT NOT NULL, id TEXT NOT NULL, property TEXT NOT NULL, time DATETIME NOT NULL,
+  value TEXT, live INTEGER NOT NULL DEFAULT 0, seq INTEGER,
   PRIMARY KEY (collection, id, property));
 """
+    + live.SCHEMA
+)
 
 
 def _now() -> dt.datetime:
@@ -279,8 +286,7 @@ def _keep_versions(db: sqlite3.Connection, name: str, ids: list[str], log: _Log)
 def _check_expected(db: sqlite3.Connection, name: str, expect: dict[str, str | None]) -> None:
     """`PreconditionFailed` unless each feature of `expect` is in the state its ETag names
     (None: absent)."""
-    ids = list(expect)
-    now = {r[0]: feature_etag(r[1], r[2]) for r in _stored(db, name, ids, f"{VERSION}, {UPDATED}")}
+    now = live.etags(db, name, name, list(expect))
     for fid, etag in expect.items():
         held = now.get(fid)
         if etag is None and held is not None:
@@ -462,6 +468,7 @@ class GeoPackageStore:
             self.root.mkdir(parents=True)
         self.file = self.root / GPKG_FILE
         self._lock = threading.RLock()
+        self._times = live.StateTimes()
         try:
             self._connect()
             with self._lock:
@@ -470,7 +477,11 @@ class GeoPackageStore:
                 self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 # The GeoPackage header is written before WAL is on, so it lands in the file
                 # itself, where GDAL reads it.
-                self._db.executescript(f"BEGIN IMMEDIATE; {_BOOTSTRAP} COMMIT;")
+                self._db.executescript(f"BEGIN IMMEDIATE; {_BOOTSTRAP}")
+                try:
+                    live.migrate(self._db)
+                finally:
+                    self._db.execute("COMMIT")
             self._db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.file}: {exc}") from None
@@ -575,26 +586,56 @@ class GeoPackageStore:
         return Layer.concat(parts)
 
     def _read(self, name: str, scope: Access, ids: list[str] | None = None) -> Layer:
+        """Stored features as served: their rows with their live state laid over them."""
         schema, meta = self._entry(name, scope)
         cols = [*schema.field_names, SOURCE, VERSION, UPDATED]
         sql = f"SELECT id, {GEOM}, {', '.join(_q(c) for c in cols)} FROM {_q(name)}"
         if ids is not None:
             sql += f" WHERE id IN ({', '.join('?' * len(ids))})"
-        rows = self._rows(sql + " ORDER BY fid", tuple(ids or ()))
-        return _layer_of(schema, meta, rows)
+        with self._transaction() as db:  # one snapshot of rows and state, settled first
+            live.settle(db)
+            rows = db.execute(sql + " ORDER BY fid", tuple(ids or ())).fetchall()
+            state = live.live_rows(db, name, ids)
+            seq = live.revision(db)
+        layer = live.overlay(_layer_of(schema, meta, rows), state)
+        if ids is None:
+            layer.seq = seq
+        return layer
+
+    def settle(self) -> int:
+        """Fold the readings appended since the last time into the history and the stored
+        state (see `layers.gpkg_live`); returns how many. The server does it every second."""
+        with self._lock:
+            (pending,) = self._db.execute("SELECT count(*) FROM twin_readings_new").fetchone()
+            if not pending:
+                return 0
+            with self._transaction() as db:
+                return live.settle(db)
 
     def versions(self, name: str, fid: str, scope: Access) -> tuple[Layer, list[tuple]]:
         """Every earlier version of feature `fid`, oldest first, as a layer of rows with the
         id repeated (`_version`, `_updated` = when it began), and for each when it ended, by
         whom and why."""
         schema, meta = self._entry(name, scope)
-        rows = self._rows(
-            "SELECT id, geom, properties, source, version, valid_from, valid_to, user, why "
-            "FROM twin_versions WHERE collection = ? AND id = ? ORDER BY version, seq",
-            (name, fid),
-        )
-        layer = _layer_of(schema, meta, [_version_row(schema, r) for r in rows])
-        return layer, [(r[6], r[7], r[8]) for r in rows]
+        cols = ", ".join(_q(c) for c in [*schema.field_names, SOURCE, VERSION, UPDATED])
+        with self._transaction() as db:
+            live.settle(db)
+            rows = db.execute(
+                "SELECT id, geom, properties, source, version, valid_from, valid_to, user, why "
+                "FROM twin_versions WHERE collection = ? AND id = ? ORDER BY version, seq",
+                (name, fid),
+            ).fetchall()
+            now = db.execute(f"SELECT id, {GEOM}, {cols} FROM {_q(name)} WHERE id = ?", (fid,))
+            current = now.fetchone()
+            applied = live.applied_readings(db, name, fid)
+        base = [(_version_row(schema, r), r[6], r[7], r[8]) for r in rows]
+        if current is not None:
+            base.append((tuple(current), None, None, None))
+        versions = live.reading_versions(schema, base, applied)
+        if current is not None:
+            versions.pop()  # the current version is the feature as served
+        layer = _layer_of(schema, meta, [v[0] for v in versions])
+        return layer, [v[1:] for v in versions]
 
     def as_of(self, name: str, time: str, scope: Access, ids: list[str] | None = None) -> Layer:
         """The layer (or features `ids`) as the store recorded it at `time` (ISO, UTC): the
@@ -603,120 +644,128 @@ class GeoPackageStore:
         schema, meta = self._entry(name, scope)
         cols = [*schema.field_names, SOURCE, VERSION, UPDATED]
         where = f" AND id IN ({', '.join('?' * len(ids))})" if ids is not None else ""
-        now = self._rows(
-            f"SELECT id, {GEOM}, {', '.join(_q(c) for c in cols)}, fid FROM {_q(name)} "
-            f"WHERE {UPDATED} <= ?{where}",
-            (time, *(ids or ())),
-        )
-        then = self._rows(
-            "SELECT id, geom, properties, source, version, valid_from, first_fid FROM "
-            "twin_versions WHERE collection = ? AND valid_from <= ? AND valid_to > ?" + where,
-            (name, time, time, *(ids or ())),
-        )
+        with self._transaction() as db:
+            live.settle(db)
+            now = db.execute(
+                f"SELECT id, {GEOM}, {', '.join(_q(c) for c in cols)}, fid FROM {_q(name)} "
+                f"WHERE {UPDATED} <= ?{where}",
+                (time, *(ids or ())),
+            ).fetchall()
+            then = db.execute(
+                "SELECT id, geom, properties, source, version, valid_from, first_fid FROM "
+                "twin_versions WHERE collection = ? AND valid_from <= ? AND valid_to > ?" + where,
+                (name, time, time, *(ids or ())),
+            ).fetchall()
+            one = ids[0] if ids is not None and len(ids) == 1 else None
+            applied = live.applied_readings(db, name, one, time)
         order = sorted(
             [(r[-1], r[:-1]) for r in now] + [(r[-1], _version_row(schema, r)) for r in then],
             key=lambda pair: pair[0],
         )
-        return _layer_of(schema, meta, [row for _, row in order])
+        return live.state_at(_layer_of(schema, meta, [row for _, row in order]), applied)
 
     def revision(self) -> int:
         """The sequence number of the newest change-log entry (0: none yet)."""
-        (seq,) = self._rows("SELECT max(seq) FROM twin_changes")[0]
-        return int(seq or 0)
+        with self._lock:
+            return live.revision(self._db)
 
-    def changes(self, since: int, limit: int = 100_000) -> list[Change]:
-        """Change-log entries after `since`, oldest first, at most `limit`."""
-        rows = self._rows(
-            f"SELECT seq, {_CHANGE_COLUMNS} FROM twin_changes WHERE seq > ? ORDER BY seq LIMIT ?",
-            (since, limit),
-        )
-
-        def box(values: tuple) -> Bounds | None:
-            return None if None in values else Bounds(*values)
-
-        # The entries of one write share their time, and most their kind of properties.
+    def log(self, since: int, limit: int = 100_000) -> list[Change | StateRun]:
+        """The change log after `since`, oldest first, as written: feature entries one by one,
+        the entries of a batch of readings as one `StateRun`; at most `limit` of either."""
+        with self._lock:
+            # From the row holding entry since + 1 (a run of readings may span it).
+            (first,) = self._db.execute(
+                "SELECT coalesce(max(seq), 0) FROM twin_changes WHERE seq <= ?", (since + 1,)
+            ).fetchone()
+            rows = self._db.execute(
+                f"SELECT seq, {_CHANGE_COLUMNS}, n FROM twin_changes WHERE seq >= ? "
+                "ORDER BY seq LIMIT ?",
+                (first, limit),
+            ).fetchall()
+        kinds = {k.value: k for k in ChangeKind}
+        # The entries of one write share their time, and most their properties: each text is
+        # parsed once (the values are shared, read only).
         times: dict[str, dt.datetime] = {}
-        out = []
+        parsed: dict[str, tuple[tuple[str, ...], dict[str, Any] | None]] = {}
+        out: list[Change | StateRun] = []
         for r in rows:
-            stamp = r[13]
+            if r[3] == "readings":
+                out += live.runs([(r[0], r[16], r[12], r[13], r[15])], since)
+                continue
+            if r[0] <= since:
+                continue
+            stamp, text = r[13], r[15]
             t = times.get(stamp)
             if t is None:
                 t = times[stamp] = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-            props = None if r[15] is None else json.loads(r[15])
+            props: tuple[str, ...] | None = None
+            state = None
+            if text is not None:
+                got = parsed.get(text)
+                if got is None:
+                    value = json.loads(text)
+                    got = parsed[text] = (tuple(value), value if isinstance(value, dict) else None)
+                props, state = got
+            old = None if None in r[4:8] else Bounds(*r[4:8])
+            new = old if r[8:12] == r[4:8] else None if None in r[8:12] else Bounds(*r[8:12])
             out.append(
-                Change(
-                    seq=r[0],
-                    collection=r[1],
-                    id=r[2],
-                    kind=ChangeKind(r[3]),
-                    old=box(r[4:8]),
-                    new=box(r[8:12]),
-                    user=r[12],
-                    time=t,
-                    why=r[14],
-                    properties=None if props is None else tuple(props),
-                    state=props if isinstance(props, dict) else None,
-                )
+                Change(r[0], r[1], r[2], kinds[r[3]], old, new, r[12], t, r[14], props, state)
             )
         return out
 
-    def observe(self, readings: Sequence[Reading], *, user: str) -> int:
+    def changes(self, since: int, limit: int = 100_000) -> list[Change]:
+        """Change-log entries after `since`, oldest first, at most `limit`: a reading's entry
+        with the values it set (`state`) and its feature's stored box as both boxes."""
+        out: list[Change] = []
+        for entry in self.log(since, limit):
+            if isinstance(entry, Change):
+                out.append(entry)
+                continue
+            with self._lock:
+                boxes = _stored_boxes(self._db, entry.collection, list(dict.fromkeys(entry.ids)))
+            for k, (fid, sets) in enumerate(zip(entry.ids, entry.sets, strict=True)):
+                box = boxes.get(fid)
+                bounds = None if box is None or None in box else Bounds(*box)
+                out.append(
+                    Change(
+                        entry.seq + k,
+                        entry.collection,
+                        fid,
+                        ChangeKind.UPDATED,
+                        bounds,
+                        bounds,
+                        entry.user,
+                        entry.time,
+                        "reading",
+                        tuple(sets),
+                        sets,
+                    )
+                )
+        return out[:limit]
+
+    def observe(self, readings: Sequence[Reading], *, user: str) -> Observed:
         """Keep every reading as history and make the newest of each feature's property (by
         its time, not by arrival) that feature's state, in one transaction: a reading older
         than the state recorded is kept in the history only. Each feature whose state changed
-        is one change-log entry. Returns how many features changed."""
+        is one change-log entry. Both are appends (see `layers.gpkg_live`)."""
         if not readings:
-            return 0
+            return Observed(0, self.revision())
         stamp = utc_stamp(_now())
-        times = [utc_stamp(r.time) for r in readings]
-        newest: dict[tuple[str, str, str], tuple[str, Any]] = {}
-        for r, t in zip(readings, times, strict=True):
-            key = (r.collection, r.id, r.property)
-            if key not in newest or t >= newest[key][0]:
-                newest[key] = (t, r.value)
-        with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO twin_readings (collection, id, property, time, value, received, "
-                "user) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    (r.collection, r.id, r.property, t, json.dumps(r.value), stamp, user)
-                    for r, t in zip(readings, times, strict=True)
-                ),
-            )
-            held = _state_times(db, list(newest))
-            fresh = {k: v for k, v in newest.items() if held.get(k, "") <= v[0]}
-            db.executemany(
-                "INSERT INTO twin_state (collection, id, property, time) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (collection, id, property) DO UPDATE SET time = excluded.time",
-                ((c, fid, p, t) for (c, fid, p), (t, _) in fresh.items()),
-            )
-            states: dict[tuple[str, str], dict[str, Any]] = {}
-            for (c, fid, p), (_, value) in fresh.items():
-                states.setdefault((c, fid), {})[p] = value
-            by_layer: dict[str, list[str]] = {}
-            for c, fid in states:
-                by_layer.setdefault(c, []).append(fid)
-            for collection, ids in by_layer.items():
-                _keep_versions(db, collection, ids, _Log(db, collection, user, stamp, "reading"))
-            # One statement per layer and set of properties, run for all its features.
-            updates: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
-            for (c, fid), props in states.items():
-                updates.setdefault((c, tuple(props)), []).append((*props.values(), stamp, fid))
-            for (c, names), rows in updates.items():
-                sets = ", ".join(f"{_q(p)} = ?" for p in names)
-                db.executemany(
-                    f"UPDATE {_q(c)} SET {sets}, {VERSION} = {VERSION} + 1, {UPDATED} = ? "
-                    "WHERE id = ?",
-                    rows,
-                )
-            for collection, ids in by_layer.items():
-                was = _stored_boxes(db, collection, ids)
-                boxes = [was[i] for i in ids]
-                log = _Log(db, collection, user, stamp, "reading")
-                # A reading's entry holds the values it set: followers apply it from the log.
-                changed: list[Any] = [states[(collection, i)] for i in ids]
-                log.features(ChangeKind.UPDATED, ids, boxes, boxes, changed)
-        return len(states)
+        stamps = [utc_stamp(r.time) for r in readings]
+        with self._lock:
+            try:
+                with self._transaction() as db:
+                    held = self._times.current(db)
+                    done, payloads = live.observe(
+                        db, readings, stamps, user=user, stamp=stamp, held=held
+                    )
+            except BaseException:
+                self._times = live.StateTimes()  # made again from the store next time
+                raise
+            for payload in payloads:
+                self._times.note(payload)
+            self._times.seq = max(self._times.seq, done.revision)
+        return done
 
     def readings(
         self,
@@ -731,14 +780,15 @@ class GeoPackageStore:
         """A page of one feature's readings (property, time, value, received, user), oldest
         first, optionally from `start` to `end` (ISO times, inclusive), and how many there are
         in all (`limit` -1: every one)."""
-        where = "WHERE collection = ? AND id = ?"
-        params: list[Any] = [collection, fid]
-        if start is not None:
-            where += " AND time >= ?"
-            params.append(start)
-        if end is not None:
-            where += " AND time <= ?"
-            params.append(end)
+        self.settle()
+        where, params = live.conditions(
+            [
+                ("collection = ?", collection),
+                ("id = ?", fid),
+                ("time >= ?", start),
+                ("time <= ?", end),
+            ]
+        )
         ((total,),) = self._rows(f"SELECT count(*) FROM twin_readings {where}", tuple(params))
         rows = self._rows(
             f"SELECT property, time, value, received, user FROM twin_readings {where} "
@@ -879,6 +929,7 @@ class GeoPackageStore:
         hashes = feature_hashes(layer, wkb)
         now = _now()
         with self._transaction() as db:
+            live.settle(db)  # the live state, to be folded into what this write changes
             before = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
             self._register(db, schema, meta)
             after = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
@@ -940,7 +991,9 @@ class GeoPackageStore:
                 gone = _stored_boxes(db, name, removed)
                 log.features(ChangeKind.REMOVED, removed, [gone[i] for i in removed])
             if len(rows_upd) or removed:
-                _keep_versions(db, name, [*id_array[rows_upd].tolist(), *removed], log)
+                ended = [*id_array[rows_upd].tolist(), *removed]
+                _keep_versions(db, name, ended, log)
+                live.fold(db, name, name, ended)
             if len(rows_new):
                 # Columns null throughout are left to their default (NULL), and the version
                 # to its default of 1: fewer parameters to bind per row.
@@ -1069,6 +1122,7 @@ class GeoPackageStore:
         `expect`, only if the features named are in those states (see `write`)."""
         self._entry(name, Access.RESTRICTED)
         with self._transaction() as db:
+            live.settle(db)
             if expect:
                 _check_expected(db, name, expect)
             stamp = utc_stamp(_now())
@@ -1077,6 +1131,7 @@ class GeoPackageStore:
             log = _Log(db, name, user, stamp, f"delete by {source}")
             log.features(ChangeKind.REMOVED, gone, [was[i] for i in gone])
             _keep_versions(db, name, gone, log)
+            live.fold(db, name, name, gone)
             n = 0
             for fid in gone:
                 n += db.execute(f"DELETE FROM {_q(name)} WHERE id = ?", (fid,)).rowcount
@@ -1095,6 +1150,8 @@ class GeoPackageStore:
             row = db.execute("SELECT kind FROM twin_layers WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise UnknownCollection(name)
+            live.settle(db)
+            live.end_all(db, name)
             if row[0] == "vector":
                 db.execute(f"DROP TABLE IF EXISTS {_q(name)}")
                 db.execute("DELETE FROM gpkg_geometry_columns WHERE table_name = ?", (name,))

@@ -276,6 +276,9 @@ class Layer:
     previous: weakref.ref[Layer] | None = field(default=None, init=False, repr=False)
     """The version of the same collection this one replaced, while it lives (set by the
     catalog): derived data may be worked out from its."""
+    seq: int = field(default=0, init=False, repr=False)
+    """The newest change-log entry this layer holds, when known (read whole from a store, or
+    kept in step by the catalog): an entry up to it is in it already."""
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -322,6 +325,10 @@ class Layer:
     def held(self, key: Hashable) -> Any:
         """What `derived` made for `key`, if it has (None otherwise): made nothing."""
         return self._derived.get(key)
+
+    def boxes(self) -> np.ndarray:
+        """Each feature's bounds, `(n, 4)` (NaN for an empty geometry)."""
+        return self.derived("boxes", lambda: shapely.bounds(self.geometry))
 
     def json_column(self, name: str) -> JsonColumn:
         """The attribute column `name` ready to give JSON values and texts of any rows."""
@@ -447,12 +454,53 @@ class Layer:
             col = old.copy()
             col.iloc[rows] = new.to_numpy()
             columns[name] = col
+        return self._sharing(columns, geometry, rows, same_geometry, changed)
+
+    def with_state(
+        self,
+        values: dict[str, tuple[np.ndarray, list[Any]]],
+        counts: np.ndarray,
+        stamps: np.ndarray,
+    ) -> Layer:
+        """A new layer: this one with values set in place (`values`: per property, distinct rows
+        and their new values), the version of each row
+        `counts` more and its time recorded moved on to `stamps` (ms since the epoch, where
+        later). Shares the rest, like `patched`; what a batch of readings does to a layer."""
+        columns = {name: self.attrs[name] for name in self.attrs.columns}
+        types = {f.name: f.type for f in self.schema.fields}
+        for name, (rows, new) in values.items():
+            typed = coerce(pd.Series(new, dtype=object), types[name]).array
+            col = columns[name].array.copy()
+            col[rows] = typed
+            columns[name] = pd.Series(col, name=name)
+        version = self.attrs[VERSION].to_numpy(dtype=np.int64) + counts
+        updated = self.attrs[UPDATED].to_numpy(dtype="datetime64[ms]").astype(np.int64)
+        updated = np.maximum(updated, stamps)
+        columns[VERSION] = pd.Series(version, name=VERSION)
+        columns[UPDATED] = pd.Series(updated.astype("datetime64[ms]"), name=UPDATED).dt.tz_localize(
+            "UTC"
+        )
+        rows = np.flatnonzero(counts)
+        return self._sharing(columns, self.geometry, rows, True, {*values, VERSION, UPDATED})
+
+    def _sharing(
+        self,
+        columns: dict[str, pd.Series],
+        geometry: np.ndarray,
+        rows: np.ndarray,
+        same_geometry: bool,
+        changed: set[str],
+    ) -> Layer:
+        """A layer of `columns` and `geometry` made from this one by changing `rows` in place,
+        sharing what did not change (see `_updated_in_place`)."""
         layer = Layer(self.schema, self.ids, geometry, pd.DataFrame(columns), dict(self.meta))
         layer.__dict__["row_of"] = self.row_of
         if same_geometry:
             for name in ("tree", "bounds", "geometry_types"):
                 if name in self.__dict__:
                     layer.__dict__[name] = self.__dict__[name]
+            if "boxes" in self._derived:
+                layer._derived["boxes"] = self._derived["boxes"]
         with self._derived_lock:
             for key, value in self._derived.items():
                 if (

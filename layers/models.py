@@ -289,6 +289,33 @@ class Change(NamedTuple):
     one before with these values, its version one more and recorded at `time`."""
 
 
+@dataclass
+class Observed:
+    """What a batch of readings did: how many features' state it changed, and the newest
+    change-log entry once it landed (its entries are the `changed` ones up to it)."""
+
+    changed: int
+    revision: int
+
+
+class StateRun(NamedTuple):
+    """Entries of the change log written together by a batch of readings: feature `ids[k]`
+    of `collection` took the values `sets[k]` (`{property: value}`) in entry `seq + k`, one
+    more version each, recorded at `time`."""
+
+    seq: int
+    collection: str
+    ids: list[str]
+    sets: list[dict[str, Any]]
+    user: str
+    time: dt.datetime
+
+    @property
+    def last(self) -> int:
+        """The sequence number of its last entry."""
+        return self.seq + len(self.ids) - 1
+
+
 @dataclass(frozen=True)
 class Reading:
     """One observation of a feature's property at a time (a lamp's status, a pipe's pressure);

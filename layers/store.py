@@ -14,7 +14,9 @@ from layers.models import (
     Change,
     ImportRecord,
     LayerSchema,
+    Observed,
     Reading,
+    StateRun,
     WriteResult,
 )
 
@@ -111,9 +113,14 @@ class Store(Protocol):
         """The stored features of `ids` (those that exist), in the layer's stored order."""
         ...
 
-    def observe(self, readings: Sequence[Reading], *, user: str) -> int:
+    def observe(self, readings: Sequence[Reading], *, user: str) -> Observed:
         """Keep the readings as history; the newest of each feature's property (by its time)
-        becomes its state, one change-log entry per feature changed. Returns how many."""
+        becomes its state, one change-log entry per feature changed."""
+        ...
+
+    def settle(self) -> int:
+        """Fold what was written append-only into the stored features (a server calls it now
+        and then; reads do it themselves). Returns how much it folded."""
         ...
 
     def as_of(self, name: str, time: str, scope: Access, ids: list[str] | None = None) -> Layer:
@@ -145,6 +152,11 @@ class Store(Protocol):
 
     def changes(self, since: int, limit: int = 100_000) -> list[Change]:
         """Change-log entries after `since`, oldest first, at most `limit`."""
+        ...
+
+    def log(self, since: int, limit: int = 100_000) -> list[Change | StateRun]:
+        """The change log after `since` as written: the entries of a batch of readings as one
+        `StateRun` (what a follower applies column-wise)."""
         ...
 
     def history(self, collection: str | None = None) -> list[ImportRecord]:

@@ -13,12 +13,15 @@ import gzip
 import hashlib
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+import numpy as np
+
 from layers.models import Access, Bounds
-from tiles.grid import Tile, mercator_box, tile_range
+from tiles.grid import ORIGIN, Tile, mercator_box, tile_range, tile_width, to_mercator
 
 _EDGE = 1e-6
 """Metres of slack on tile edges, so a box exactly on an edge (up to floating-point error in
@@ -56,13 +59,22 @@ class CachedTile:
     identity clients ask for never needs them.
     """
 
-    __slots__ = ("_gz", "_raw", "etag", "level")
+    __slots__ = ("_gz", "_raw", "etag", "level", "made")
 
-    def __init__(self, raw: bytes, etag: str, level: int = 1, gz: bytes | None = None) -> None:
+    def __init__(
+        self,
+        raw: bytes,
+        etag: str,
+        level: int = 1,
+        gz: bytes | None = None,
+        made: float | None = None,
+    ) -> None:
         self._raw = raw
         self.etag = etag
         self.level = level
         self._gz = gz if raw else b""
+        self.made = time.monotonic() if made is None else made
+        """When the data it was drawn from was read (`time.monotonic`)."""
 
     def __repr__(self) -> str:
         return f"CachedTile(size={self.size}, etag={self.etag})"
@@ -114,13 +126,23 @@ def pack(raw: bytes, level: int = 6) -> CachedTile:
 
 
 class TileCache:
-    """A thread-safe LRU of `CachedTile`s bounded by the bytes they hold (raw and gzip)."""
+    """A thread-safe LRU of `CachedTile`s bounded by the bytes they hold (raw and gzip).
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024, level: int = 6) -> None:
+    With `refresh_s` > 0, a tile whose data changed is kept aside as stale rather than dropped
+    (`stale`): while it is younger than `refresh_s` the server may serve it and draw it anew
+    in the background, so a tile under a stream of changes is drawn at most once per
+    `refresh_s`, never on a request's time.
+    """
+
+    def __init__(
+        self, max_bytes: int = 256 * 1024 * 1024, level: int = 6, refresh_s: float = 0.0
+    ) -> None:
         self.max_bytes = max_bytes
         self.level = level
+        self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._tiles: OrderedDict[TileKey, CachedTile] = OrderedDict()
+        self._stale: OrderedDict[TileKey, CachedTile] = OrderedDict()
         self._bytes = 0
         # collection -> zoom -> (x, y) -> keys: finds the tiles a change touches.
         self._index: dict[str, dict[int, dict[tuple[int, int], set[TileKey]]]] = {}
@@ -171,15 +193,31 @@ class TileCache:
         self.insert(key, tile, generation=generation)
         return tile
 
+    def stale(self, key: TileKey, *, any_age: bool = False) -> CachedTile | None:
+        """The tile held for `key` before its data changed, while younger than `refresh_s`
+        (or of any age)."""
+        with self._lock:
+            got = self._stale.get(key)
+            if got is None or (not any_age and time.monotonic() - got.made >= self.refresh_s):
+                return None
+            self.hits += 1
+            return got
+
     def insert(
         self, key: TileKey, tile: CachedTile, *, generation: tuple[int, ...] | None = None
     ) -> bool:
         """Cache a `CachedTile` made elsewhere (e.g. by another worker process) unless the
-        data changed since `generation`; whether it was cached."""
+        data changed since `generation` (then, with `refresh_s`, it is kept as the stale tile
+        when newer than the one held); whether it was cached."""
         with self._lock:
             if generation is not None and generation != self.generation(key.collections):
+                if self.refresh_s > 0 and key not in self._tiles:
+                    held = self._stale.get(key)
+                    if held is None or held.made < tile.made:
+                        self._stale_put(key, tile)
                 return False
             self._drop(key)
+            self._unstale(key)
             if tile.nbytes > self.max_bytes:
                 return False
             self._tiles[key] = tile
@@ -206,8 +244,21 @@ class TileCache:
         return tile.data
 
     def _evict(self) -> None:
+        while self._bytes > self.max_bytes and self._stale:
+            self._unstale(next(iter(self._stale)))
         while self._bytes > self.max_bytes and self._tiles:
             self._drop(next(iter(self._tiles)))
+
+    def _stale_put(self, key: TileKey, tile: CachedTile) -> None:
+        self._unstale(key)
+        self._stale[key] = tile
+        self._bytes += tile.nbytes
+        self._evict()
+
+    def _unstale(self, key: TileKey) -> None:
+        tile = self._stale.pop(key, None)
+        if tile is not None:
+            self._bytes -= tile.nbytes
 
     def fetch(self, key: TileKey, render: Callable[[], bytes]) -> CachedTile:
         """The cached tile, or `render()` it, cache it and return it."""
@@ -269,13 +320,62 @@ class TileCache:
                         if x0 <= x <= x1 and y0 <= y <= y1
                         for k in keys
                     )
-            for key in doomed:
-                self._drop(key)
+            self._retire(doomed)
+            return len(doomed)
+
+    def _retire(self, doomed: list[TileKey]) -> None:
+        """Tiles whose data changed: dropped, or kept aside as stale (see the class)."""
+        for key in doomed:
+            tile = self._tiles.get(key)
+            self._drop(key)
+            if tile is not None and self.refresh_s > 0:
+                self._stale_put(key, tile)
+
+    def invalidate_boxes(
+        self, collection: str, boxes: np.ndarray | None, revision: int | None = None
+    ) -> int:
+        """`invalidate` for many boxes at once (`(k, 4)` lon/lat; None: the whole collection),
+        worked out column-wise: a batch of readings touches a thousand lamps."""
+        if boxes is None or len(boxes) == 0:
+            return self.invalidate(collection, None, revision)
+        x0s, y0s = to_mercator(boxes[:, 0], boxes[:, 1])
+        x1s, y1s = to_mercator(boxes[:, 2], boxes[:, 3])
+        with self._lock:
+            self._generation[collection] = (
+                revision if revision is not None else -(secrets.randbits(62) + 1)
+            )
+            doomed: list[TileKey] = []
+            for z, cells in self._index.get(collection, {}).items():
+                if not cells:
+                    continue
+                w, top = tile_width(z), (1 << z) - 1
+                xmin = np.clip(np.ceil((x0s - _EDGE + ORIGIN) / w) - 1, 0, top).astype(np.int64)
+                xmax = np.clip(np.floor((x1s + _EDGE + ORIGIN) / w), 0, top).astype(np.int64)
+                ymin = np.clip(np.ceil((ORIGIN - y1s - _EDGE) / w) - 1, 0, top).astype(np.int64)
+                ymax = np.clip(np.floor((ORIGIN - y0s + _EDGE) / w), 0, top).astype(np.int64)
+                wide, high = xmax - xmin + 1, ymax - ymin + 1
+                count = np.where((wide > 0) & (high > 0), wide * high, 0)
+                if count.sum() > 4 * len(cells):  # large boxes: test the cached cells instead
+                    hit = [
+                        (x, y)
+                        for x, y in cells
+                        if ((xmin <= x) & (x <= xmax) & (ymin <= y) & (y <= ymax)).any()
+                    ]
+                else:
+                    box = np.repeat(np.arange(len(count)), count)
+                    off = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+                    xs = xmin[box] + off % wide[box]
+                    ys = ymin[box] + off // wide[box]
+                    hit = [p for p in set(zip(xs.tolist(), ys.tolist(), strict=True)) if p in cells]
+                for p in hit:
+                    doomed.extend(cells.get(p, ()))
+            self._retire(doomed)
             return len(doomed)
 
     def clear(self) -> None:
         """Drop everything."""
         with self._lock:
             self._tiles.clear()
+            self._stale.clear()
             self._index.clear()
             self._bytes = 0

@@ -52,6 +52,13 @@ class TileSettings(BaseSettings):
         le=512,
         description="Points closer than this grid cell are merged below detail_zoom",
     )
+    refresh_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A cached tile whose data changed is drawn again at most this often: "
+        "until then, and while it is drawn anew, the one held is served (live readings "
+        "change every tile many times a second); 0: drawn again on the next request",
+    )
     max_features: int = Field(
         default=4096,
         ge=1,

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio.to_thread
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,8 +24,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from layers.catalog import Catalog, Snapshots
-from layers.models import Access, Bounds, Change
+from layers.catalog import Applied, Catalog, Snapshots
+from layers.models import Access
 from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
 from twin import queries as queries_mod
@@ -169,8 +170,8 @@ def create_app(
         # The thread pool of this event loop: as many threads as `work_threads`, no more.
         anyio.to_thread.current_default_thread_limiter().total_tokens = guard.work_threads
 
-        def invalidate(name: str, box: Bounds | None) -> None:
-            app.state.tiles.invalidate(name, box, cat.revision(name))
+        def invalidate(name: str, boxes: np.ndarray | None) -> None:
+            app.state.tiles.invalidate(name, boxes, cat.revision(name))
 
         cat.subscribe(invalidate)
         warm(cat, app.state.query_settings, app.state.rasters)
@@ -179,10 +180,9 @@ def create_app(
         feed = app.state.feed = ChangeFeed(cat)
         feed.bind(asyncio.get_running_loop())
 
-        def applied(changes: list[Change]) -> None:
+        def applied(changes: Applied) -> None:
             feed.publish(changes)
-            changed = {c.collection for c in changes}
-            warm_queries(cat, app.state.query_settings, app.state.rasters, changed)
+            warm_queries(cat, app.state.query_settings, app.state.rasters, changes.collections())
 
         follower = app.state.follower = Follower(
             cat, settings.follow_interval_s, app.state.metrics, applied

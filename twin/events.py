@@ -13,10 +13,12 @@ import asyncio
 import bisect
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Container
+from collections.abc import AsyncIterator, Callable, Container, Iterator
 from typing import Any
 
-from layers.catalog import Catalog
+import numpy as np
+
+from layers.catalog import Applied, AppliedRun, Catalog, Part
 from layers.models import Bounds, Change
 
 KEEP = 10_000
@@ -41,14 +43,39 @@ def event_data(change: Change) -> dict[str, Any]:
     }
 
 
+def run_events(run: AppliedRun, rows: np.ndarray) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The events of entries `rows` of a run of readings, with their sequence numbers (the
+    same JSON as `event_data` of each entry's `Change`)."""
+    r = run.run
+    time = r.time.isoformat().replace("+00:00", "Z")
+    boxes = run.boxes
+    for k in rows.tolist():
+        box = None if np.isnan(boxes[k, 0]) else boxes[k].tolist()
+        yield (
+            r.seq + k,
+            {
+                "seq": r.seq + k,
+                "collection": r.collection,
+                "id": r.ids[k],
+                "kind": "updated",
+                "properties": list(r.sets[k]),
+                "old_bbox": box,
+                "new_bbox": box,
+                "time": time,
+            },
+        )
+
+
 class ChangeFeed:
     """The changes one process applied, for its event streams (see the module)."""
 
     def __init__(self, catalog: Catalog, keep: int = KEEP) -> None:
         self.catalog = catalog
         self.keep = keep
-        self._recent: list[Change] = []
-        self._seqs: list[int] = []
+        self._recent: list[Part] = []
+        self._lasts: list[int] = []
+        self._sizes: list[int] = []
+        self._held = 0
         self._lock = threading.Lock()
         self.floor = catalog.seq
         """Changes after this one are all in memory; up to it, in the store's log."""
@@ -61,15 +88,26 @@ class ChangeFeed:
         self._loop = loop
         self._news = asyncio.Event()
 
-    def publish(self, changes: list[Change]) -> None:
+    def publish(self, changes: Applied | list[Change]) -> None:
         """Changes just applied (from any thread)."""
+        parts: list[Part] = changes.parts if isinstance(changes, Applied) else list(changes)
+        if not parts:
+            return
         with self._lock:
-            self._recent += changes
-            self._seqs += [c.seq for c in changes]
-            if len(self._recent) > 2 * self.keep:
-                cut = len(self._recent) - self.keep
-                self.floor = self._seqs[cut - 1]
-                del self._recent[:cut], self._seqs[:cut]
+            for p in parts:
+                size = 1 if isinstance(p, Change) else len(p.run.ids)
+                self._recent.append(p)
+                self._lasts.append(p.seq if isinstance(p, Change) else p.last)
+                self._sizes.append(size)
+                self._held += size
+            if self._held > 2 * self.keep:
+                cut = 0
+                while self._held > self.keep and cut < len(self._recent) - 1:
+                    self._held -= self._sizes[cut]
+                    cut += 1
+                if cut:
+                    self.floor = self._lasts[cut - 1]
+                    del self._recent[:cut], self._lasts[:cut], self._sizes[:cut]
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake)
 
@@ -78,30 +116,34 @@ class ChangeFeed:
         if news is not None:
             news.set()
 
-    def _after(self, seq: int) -> list[Change]:
+    def _after(self, seq: int) -> list[Part]:
         with self._lock:
-            return self._recent[bisect.bisect_right(self._seqs, seq) :]
+            out = self._recent[bisect.bisect_right(self._lasts, seq) :]
+        if out and isinstance(out[0], AppliedRun) and out[0].seq <= seq:
+            out[0] = out[0].after(seq)
+        return out
 
     async def changes(
         self, since: int, stopping: Callable[[], bool] = lambda: False
-    ) -> AsyncIterator[list[Change]]:
+    ) -> AsyncIterator[list[Part]]:
         """Every change after `since`, oldest first, then the new ones as they are applied, a
-        list at a time, until `stopping()` (the server shutting down: a stream would hold it
-        up)."""
+        list at a time (a run of readings' entries as one `AppliedRun`), until `stopping()`
+        (the server shutting down: a stream would hold it up)."""
         last = since
         while not stopping():
             if last < self.floor:
                 page = await asyncio.to_thread(self.catalog.store.changes, last, STORE_PAGE)
                 page = [c for c in page if c.seq <= self.floor]
                 if page:
-                    yield page
+                    yield list(page)
                 last = page[-1].seq if page else self.floor
                 continue
             news = self._news
             fresh = self._after(last)
             if fresh:
                 yield fresh
-                last = fresh[-1].seq
+                end = fresh[-1]
+                last = end.seq if isinstance(end, Change) else end.last
                 continue
             if news is not None:
                 with contextlib.suppress(TimeoutError):
@@ -125,5 +167,32 @@ def matches(
         if collections is not None and c.collection not in collections:
             return False
         return bbox is None or c.id is None or meets(c.old) or meets(c.new)
+
+    return test
+
+
+def run_matches(
+    visible: Container[str] | None, collections: list[str] | None, bbox: Bounds | None
+) -> Callable[[AppliedRun], np.ndarray]:
+    """`matches` for the entries of a run of readings at once: the indexes of those for a
+    stream."""
+
+    def test(run: AppliedRun) -> np.ndarray:
+        c = run.run.collection
+        if (visible is not None and c not in visible) or (
+            collections is not None and c not in collections
+        ):
+            return np.empty(0, dtype=np.int64)
+        if bbox is None:
+            return np.arange(len(run.run.ids))
+        b = run.boxes
+        with np.errstate(invalid="ignore"):
+            meet = (
+                (b[:, 0] <= bbox.maxx)
+                & (b[:, 2] >= bbox.minx)
+                & (b[:, 1] <= bbox.maxy)
+                & (b[:, 3] >= bbox.miny)
+            )
+        return np.flatnonzero(meet)
 
     return test

@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 
-from layers.catalog import Catalog
-from layers.models import Change
+from layers.catalog import Applied, Catalog
 from twin.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 JOIN_S = 5.0
 """How long stopping waits for a change being applied."""
+GAP_S = 0.04
+"""The least time between two steps: changes arriving faster (a batch of readings every few
+ms) are applied together, each step costing a few ms whatever it applies."""
+SETTLE_S = 1.0
+"""How often a process folds what was written append-only into the store (`Store.settle`):
+any process may; the first to find something does."""
 
 
 class Follower:
@@ -35,7 +41,7 @@ class Follower:
         catalog: Catalog,
         interval_s: float,
         metrics: Metrics,
-        after: Callable[[list[Change]], None] | None = None,
+        after: Callable[[Applied], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.interval_s = interval_s
@@ -72,10 +78,10 @@ class Follower:
             self._thread.join(JOIN_S)
             self._thread = None
 
-    def step(self) -> list[Change]:
+    def step(self) -> Applied:
         """Apply what changed since the last step (what the thread does every interval)."""
         if self.catalog.store.revision() <= self.catalog.seq:
-            return []
+            return Applied([])
         changes = self.catalog.follow()
         if changes:
             if self.after is not None:
@@ -84,12 +90,17 @@ class Follower:
         return changes
 
     def _run(self) -> None:
+        settled = time.monotonic()
         while True:
             self._wake.wait(self.interval_s)
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
-                self.step()
+                if self.step():
+                    self._stop.wait(GAP_S)
+                if time.monotonic() - settled >= SETTLE_S:
+                    settled = time.monotonic()
+                    self.catalog.store.settle()
             except Exception:  # the store busy or broken: say so, try again next time
                 log.exception("applying the store's changes failed; trying again")

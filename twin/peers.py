@@ -3,8 +3,8 @@ others, so every worker's cache holds it and no tile is rendered twice.
 
 The workers are forked from one process (`twin.server`) and joined pairwise by Unix socket
 pairs (`link`). A message is one pickled `(key, generation, etag, raw, gzip)` behind its
-length; pickle is safe here because both ends are this same program. A worker takes a tile
-only while its cache's generation for the tile's collections equals the sender's
+length, or None (`news`: the store's change log has moved); pickle is safe here because both
+ends are this same program. A worker takes a tile only while its cache's generation for the tile's collections equals the sender's
 (`TileCache.insert`), i.e. while both serve the same data.
 
 The set of workers changes: a worker that dies closes its ends, and the others drop those
@@ -33,6 +33,11 @@ MAX_BACKLOG = 64 * 1024 * 1024
 """Bytes queued for one peer beyond which new tiles are not sent to it (a stuck peer must
 not make this worker hold every tile it renders); also the most a worker sends a new peer
 from its cache."""
+
+
+_NEWS_BODY = pickle.dumps(None)
+_NEWS = _LENGTH.pack(len(_NEWS_BODY)) + _NEWS_BODY
+"""The message saying the store's change log has moved."""
 
 
 def link() -> tuple[socket.socket, socket.socket]:
@@ -103,6 +108,8 @@ class TilePeers:
         """Messages sent to the other workers (a rendered tile, or its gzip bytes later)."""
         self.warmed = 0
         """Tiles from this worker's cache sent to workers that joined later."""
+        self.on_news: Callable[[], None] | None = None
+        """Called when another worker says the store's change log has moved (`news`)."""
 
     @property
     def links(self) -> int:
@@ -180,6 +187,13 @@ class TilePeers:
                 writer.write(frame)
         self.sent += 1
 
+    def news(self) -> None:
+        """Tell every other worker that this one has just written to the store, so they
+        apply it now rather than when they next look (call on the event loop)."""
+        for writer in self._links:
+            if not writer.is_closing():
+                writer.write(_NEWS)
+
     async def _listen(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cache = self._cache
         assert cache is not None
@@ -187,7 +201,12 @@ class TilePeers:
             with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
                 while True:
                     (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                    key, generation, etag, raw, gz = pickle.loads(await reader.readexactly(size))
+                    message = pickle.loads(await reader.readexactly(size))
+                    if message is None:  # `news`
+                        if self.on_news is not None:
+                            self.on_news()
+                        continue
+                    key, generation, etag, raw, gz = message
                     held = cache.peek(key)
                     if held is None:
                         tile = CachedTile(raw, etag, cache.level, gz)

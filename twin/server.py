@@ -213,6 +213,15 @@ def _worker(
         peers = TilePeers(peer_sockets, control, lambda: signal.raise_signal(signal.SIGTERM))
         app.state.tiles.peers = peers
 
+        # Another worker wrote to the store: apply it now (the follower exists once the app
+        # has started).
+        def news() -> None:
+            follower = getattr(app.state, "follower", None)
+            if follower is not None:
+                follower.wake()
+
+        peers.on_news = news
+
         async def main() -> None:
             await peers.start(app.state.tiles.cache)
             try:

@@ -9,11 +9,15 @@ workers (`TilePeers`), so every worker's cache holds it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -29,6 +33,8 @@ from twin.access import caller_scope
 from twin.cql2 import Filter
 from twin.leanpath import LeanPath
 from twin.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from twin.guard import Admission
@@ -78,23 +84,34 @@ class TileServer:
         self.admission = admission
         """Places for work among the worker's requests: a tile to render takes one (a cached
         tile is answered whatever the load)."""
-        self.cache = TileCache(settings.cache_bytes, settings.gzip_level)
+        self.cache = TileCache(settings.cache_bytes, settings.gzip_level, settings.refresh_s)
+        self._refreshing: set[TileKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Stale tiles being drawn anew in the background."""
         self.raster_cache = TileCache(RASTER_CACHE_BYTES, 1)
         self.metrics = metrics
         self.peers: TilePeers | None = None
         """Other worker processes to hand rendered tiles to (set by `twin.server`)."""
         self._hit = metrics.tile_cache.labels("hit")
         self._miss = metrics.tile_cache.labels("miss")
+        self._stale = metrics.tile_cache.labels("stale")
+        """Served while its data changed lately (it is drawn anew in the background)."""
+        self._redrawn = metrics.tile_cache.labels("redrawn")
+        """Stale tiles drawn anew in the background."""
 
     def _admitted(self) -> AbstractContextManager[None]:
         """A place for rendering one tile (`Overloaded` when the worker is full)."""
         return nullcontext() if self.admission is None else self.admission.admit()
 
-    def invalidate(self, collection: str, bounds: Any, revision: int | None = None) -> None:
-        """Drop the cached tiles a change of `collection` inside `bounds` touches; `revision`
-        is the store's sequence the collection is now at (the caches' generation)."""
-        self.cache.invalidate(collection, bounds, revision)
-        self.raster_cache.invalidate(collection, None if bounds is None else bounds, revision)
+    def invalidate(
+        self, collection: str, boxes: np.ndarray | None, revision: int | None = None
+    ) -> None:
+        """Drop the cached tiles a change of `collection` inside `boxes` (`(k, 4)` lon/lat;
+        None: everywhere) touches; `revision` is the store's sequence the collection is now at
+        (the caches' generation)."""
+        self.cache.invalidate_boxes(collection, boxes, revision)
+        if boxes is None:
+            self.raster_cache.invalidate(collection, None, revision)
 
     async def _response(
         self,
@@ -144,24 +161,75 @@ class TileServer:
         gzip_ok = accepts_gzip(accept_encoding)
         got = self.cache.get(key)
         if got is None:
+            got = self.cache.stale(key, any_age=key in self._refreshing)
+            if got is not None:  # its data changed lately: served, drawn anew in a while
+                self._stale.inc()
+                self._refresh_later(key, got, tile, requests, gzip_ok)
+                return await self._response(self.cache, key, got, MVT, if_none_match, gzip_ok)
+        if got is None:
             self._miss.inc()
-            generation = self.cache.generation(key.collections)
-            level = self.cache.level
-
-            def render() -> CachedTile:
-                raw = render_tile(requests(), tile, self.settings)
-                made = CachedTile(raw, etag(raw), level)
-                if gzip_ok:
-                    _ = made.data  # compressed in this thread, not on the event loop
-                return made
-
             with self._admitted():
-                got = await run_in_threadpool(render)
-            if self.cache.insert(key, got, generation=generation) and self.peers is not None:
-                self.peers.publish(key, got, generation)
+                got = await self._render(key, tile, requests, gzip_ok)
         else:
             self._hit.inc()
         return await self._response(self.cache, key, got, MVT, if_none_match, gzip_ok)
+
+    async def _render(
+        self,
+        key: TileKey,
+        tile: grid.Tile,
+        requests: Callable[[], Sequence[tuple[Layer, Any]]],
+        gzip_ok: bool,
+    ) -> CachedTile:
+        """Draw the tile of `key` from the layers `requests()` gives now, and cache it."""
+        generation = self.cache.generation(key.collections)
+        level = self.cache.level
+
+        def render() -> CachedTile:
+            started = time.monotonic()
+            raw = render_tile(requests(), tile, self.settings)
+            made = CachedTile(raw, etag(raw), level, made=started)
+            if gzip_ok:
+                _ = made.data  # compressed in this thread, not on the event loop
+            return made
+
+        got = await run_in_threadpool(render)
+        if self.cache.insert(key, got, generation=generation) and self.peers is not None:
+            self.peers.publish(key, got, generation)
+        return got
+
+    def _refresh_later(
+        self,
+        key: TileKey,
+        held: CachedTile,
+        tile: grid.Tile,
+        requests: Callable[[], Sequence[tuple[Layer, Any]]],
+        gzip_ok: bool,
+    ) -> None:
+        """Draw a stale tile anew once it is `refresh_s` old (once, whoever asks meanwhile);
+        `requests` must read the layers served then, not those of the request that asked."""
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        loop = asyncio.get_running_loop()
+
+        async def refresh() -> None:
+            try:
+                with self._admitted():
+                    await self._render(key, tile, requests, gzip_ok)
+                self._redrawn.inc()
+            except Exception:  # overloaded, or the layer is gone: the next request decides
+                log.debug("refreshing tile %s failed", key, exc_info=True)
+            finally:
+                self._refreshing.discard(key)
+
+        def start() -> None:
+            task = loop.create_task(refresh())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        delay = max(0.0, held.made + self.settings.refresh_s - time.monotonic())
+        loop.call_later(delay, start)
 
     async def respond_raster(
         self, info: RasterInfo, tile: grid.Tile, style: str, if_none_match: str | None
@@ -209,12 +277,14 @@ class TileFastPath(LeanPath):
             layers = {collection: catalog.layer(collection, access)}
         tiles: TileServer = scope["app"].state.tiles
         headers = request.headers
+        names = list(layers)
         response = await tiles.respond(
             layers,
             tile,
             access,
             None,
-            lambda: [(layer, None) for layer in layers.values()],
+            # The layers served when drawn (a stale tile is drawn anew later).
+            lambda: [(catalog.layer(n, access), None) for n in names],
             headers.get("if-none-match"),
             headers.get("accept-encoding"),
         )

@@ -119,8 +119,10 @@ def test_a_catalog_follows_writes_from_another_connection(tmp_path: Path) -> Non
         user="u",
     )
     catalog = Catalog(GeoPackageStore(tmp_path))
-    heard: list[tuple[str, Bounds | None]] = []
-    catalog.subscribe(lambda name, box: heard.append((name, box)))
+    heard: list[tuple[str, list | None]] = []
+    catalog.subscribe(
+        lambda name, boxes: heard.append((name, None if boxes is None else boxes.tolist()))
+    )
     prepared: list[int] = []
     catalog.prepare = lambda layer: prepared.append(len(layer))
     assert catalog.follow() == []
@@ -135,9 +137,9 @@ def test_a_catalog_follows_writes_from_another_connection(tmp_path: Path) -> Non
     assert held.attrs["status"].tolist() == ["on", "on", "on"]
     same_layer(served, other.load("lights", ALL))
     assert prepared == [3]
+    # One call with every box the change touched: where b was and where it is.
     assert heard == [
-        ("lights", Bounds(114.31, 30.35, 114.31, 30.35)),
-        ("lights", Bounds(114.35, 30.35, 114.35, 30.35)),
+        ("lights", [[114.31, 30.35, 114.31, 30.35], [114.35, 30.35, 114.35, 30.35]]),
     ]
     # A new collection (a whole-layer entry) is loaded; nothing is applied twice.
     valves = make_layer(VALVES, shapely.points([114.3], [30.36]), ["v1"], kind=["gate"])

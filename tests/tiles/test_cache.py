@@ -151,3 +151,50 @@ def test_invalidation_range_matches_morecantile(z: int) -> None:
     tiles = list(TMS.tiles(*box, zooms=[z]))
     assert (x0, x1) == (min(t.x for t in tiles), max(t.x for t in tiles))
     assert (y0, y1) == (min(t.y for t in tiles), max(t.y for t in tiles))
+
+
+def test_many_boxes_at_once_drop_what_each_box_drops() -> None:
+    """`invalidate_boxes` (a batch of readings' lamps) against one `invalidate` per box."""
+    area = Bounds(114.25, 30.30, 114.40, 30.42)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(114.25, 114.40, 300)
+    y = rng.uniform(30.30, 30.42, 300)
+    boxes = np.column_stack([x, y, x, y])  # points
+    boxes[:5, 2] += 0.05  # and a few long boxes (pipes), wider than many tiles
+    at_once, one_by_one = TileCache(), TileCache()
+    keys = _fill(at_once, area, range(11, 17), ("lights",))
+    _fill(one_by_one, area, range(11, 17), ("lights",))
+    dropped = at_once.invalidate_boxes("lights", boxes, revision=7)
+    reference = sum(one_by_one.invalidate("lights", Bounds(*b)) for b in boxes)
+    gone = {k for k in keys if at_once.get(k) is None}
+    gone_one = {k for k in keys if one_by_one.get(k) is None}
+    assert gone == gone_one and dropped == reference == len(gone) > 300
+    assert len(gone) < len(keys)  # not everything
+    assert at_once.generation(["lights"]) == (7,)
+
+
+def test_a_changed_tile_is_served_stale_until_drawn_anew() -> None:
+    cache = TileCache(refresh_s=60.0)
+    key = TileKey.of(Tile(13370, 6780, 14), ["lights"])
+    cache.put(key, b"old")
+    cache.invalidate("lights", None, revision=2)
+    assert cache.get(key) is None  # no longer fresh...
+    held = cache.stale(key)
+    assert held is not None and held.raw() == b"old"  # ... but served meanwhile
+    # Drawn from data that changed again while drawing: kept as the newer stale tile.
+    newer = pack(b"newer")
+    assert not cache.insert(key, newer, generation=(1,))
+    assert cache.stale(key) is newer and cache.get(key) is None
+    # Drawn from the data held now: fresh again, nothing stale.
+    assert cache.insert(key, pack(b"new"), generation=(2,))
+    assert cache.get(key).raw() == b"new" and cache.stale(key) is None
+    # Too old to serve: drawn again on the next request (an edit after a quiet while).
+    old = TileCache(refresh_s=1e-9)
+    old.put(key, b"old")
+    old.invalidate("lights", None)
+    assert old.stale(key) is None and old.stale(key, any_age=True).raw() == b"old"
+    # Without refresh_s, a changed tile is dropped.
+    plain = TileCache()
+    plain.put(key, b"old")
+    plain.invalidate("lights", None)
+    assert plain.stale(key, any_age=True) is None and plain.nbytes == 0

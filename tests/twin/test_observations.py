@@ -23,6 +23,7 @@ from layers.models import Access
 from layers.schemas import GRIDS, LIGHTS
 from tests.twin.serve_fixtures import app_for, fill_store, make_layer
 from tests.twin.worker_fixtures import children, connect_to, get, serving
+from tiles.settings import TileSettings
 
 XS = [114.3000 + i * 0.0002 for i in range(10)] + [114.3400 + i * 0.0002 for i in range(10)]
 YS = [30.35] * 10 + [30.37] * 10
@@ -210,7 +211,13 @@ def test_a_reading_reaches_every_worker(tmp_path: Path, store: Path) -> None:
         assert late["accepted"] == 1 and late["changed"] == 0
         time.sleep(0.5)
         for c, (etag_near, etag_far) in zip(conns, before, strict=True):
+            # The tile covering it: drawn anew at once, or (served meanwhile) within
+            # TWIN_TILES_REFRESH_S of when it was drawn last.
+            deadline = time.monotonic() + TileSettings().refresh_s + 1.0
             new_etag, status = _status_in_tile(c, near, "L3")
+            while status != "fault" and time.monotonic() < deadline:
+                time.sleep(0.05)
+                new_etag, status = _status_in_tile(c, near, "L3")
             assert status == "fault" and new_etag != etag_near
             assert _status_in_tile(c, far, "L15")[0] == etag_far
             at = json.loads(get(c, f"/query/at?lon={XS[3]}&lat={YS[3]}")[1])

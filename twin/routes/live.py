@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from layers.catalog import AppliedRun
 from layers.errors import UnknownCollection, UnknownFeature
 from layers.layer import UPDATED, VERSION, Layer
 from layers.models import Access, utc_stamp
@@ -32,7 +33,7 @@ from twin.dependencies import (
     read_json,
 )
 from twin.errors import InvalidParameter, Overloaded
-from twin.events import ChangeFeed, event_data, matches
+from twin.events import ChangeFeed, event_data, matches, run_events, run_matches
 from twin.geojson import features_json
 from twin.routes.links import JSON, link, request_url
 from twin.routes.responses import responses
@@ -132,16 +133,20 @@ async def post_observations(
 
     def land() -> dict[str, Any]:
         batch = observations.check(catalog, scope, items, dt.datetime.now(dt.UTC))
-        changed = catalog.store.observe(batch.accepted, user="api")
+        done = catalog.store.observe(batch.accepted, user="api")
         return {
             "accepted": len(batch.accepted),
             "rejected": batch.rejected,
-            "changed": changed,
-            "revision": catalog.store.revision(),
+            "changed": done.changed,
+            "revision": done.revision,
         }
 
     answer = await run_in_threadpool(land)
-    request.app.state.follower.wake()
+    if answer["changed"]:
+        request.app.state.follower.wake()
+        peers = request.app.state.tiles.peers
+        if peers is not None:
+            peers.news()
     return JSONResponse(answer)
 
 
@@ -221,11 +226,13 @@ async def events(
             # Every collection for the restricted scope: a dropped one's change too.
             visible = None if scope is Access.RESTRICTED else set(catalog.names(scope))
             wanted = matches(visible, collections, bbox)
-            for change in changes:
-                if wanted(change):
-                    yield ServerSentEvent(
-                        data=event_data(change), event="change", id=str(change.seq)
-                    )
+            wanted_in = run_matches(visible, collections, bbox)
+            for part in changes:
+                if isinstance(part, AppliedRun):
+                    for seq, data in run_events(part, wanted_in(part)):
+                        yield ServerSentEvent(data=data, event="change", id=str(seq))
+                elif wanted(part):
+                    yield ServerSentEvent(data=event_data(part), event="change", id=str(part.seq))
     finally:
         feed.streams -= 1
 

@@ -336,12 +336,17 @@ async def collection_tile(
     layer = catalog.layer(collectionId, scope)
     if cql is not None:
         cql.check(layer.schema)
+
+    def requests() -> list[tuple[Layer, Any]]:
+        now = catalog.layer(collectionId, scope)  # served when drawn (a stale tile: later)
+        return [(now, _rows(now, cql, tile))]
+
     return await tiles.respond(
         {collectionId: layer},
         tile,
         scope,
         cql,
-        lambda: [(layer, _rows(layer, cql, tile))],
+        requests,
         if_none_match,
         accept_encoding,
         asof,
@@ -375,7 +380,7 @@ async def dataset_tile(
 
     def requests() -> list[tuple[Layer, Any]]:
         out = []
-        for layer in layers.values():
+        for layer in _visible(catalog, scope, collections).values():
             if cql is not None and not cql.properties <= _names(layer):
                 continue
             out.append((layer, _rows(layer, cql, tile)))

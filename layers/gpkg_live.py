@@ -1,0 +1,422 @@
+"""Live state in the embedded store: readings land append-only, and the state they set is laid
+over the stored features rather than written into them.
+
+A batch of readings is two appends in one transaction: every reading into
+`twin_readings_new` (no index), and one change-log row for the features whose state changed
+(`kind = 'readings'`, `n` entries with consecutive sequence numbers, their ids and values in
+`properties`). Nothing scattered across the feature table or an index is written per batch:
+at 100k lamps, writing the state into the feature rows, copying each row as a version and
+indexing each reading cost ~35 ms per 1,000 readings, most of it SQLite writing back the
+32 KiB pages those rows sit in; the appends cost ~2 ms.
+
+`settle` folds the appended readings in, many batches at a time (the server does it every
+second, and every read of stored features does it first): into the indexed history
+(`twin_readings`) and into `twin_state`, which holds per feature and property the time and
+value of the state (`live` = 1: it overrides the stored value) and, under the property `''`,
+how many state changes the feature had since its stored version (`BUMPS`) and when the last
+was recorded. A feature as served is its stored row with its live state laid over it
+(`overlay`): its version is the stored one plus those changes, so ETags move with readings.
+
+An edit or import of a feature writes the state as served into its row, so its live state is
+folded in then (`fold`): the version counted on, `live` = 0.
+
+History: the readings are the versions of the state. `reading_versions` makes the versions
+between two stored versions from the readings applied then; `as_of` lays over a stored
+version the readings applied between its start and the instant asked for.
+
+Which readings change the state (the newest by time, not by arrival) is decided when they are
+written, against the state times each process keeps in memory (`StateTimes`) and brings up to
+date from the log inside the write transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from layers.layer import UPDATED, VERSION, Layer, coerce
+from layers.models import LayerSchema, Observed, Reading, StateRun, feature_etag, parse_utc
+
+BUMPS = ""
+"""The `twin_state` property holding a feature's count of state changes since its stored
+version (and, as its time, when the last was recorded)."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS twin_readings_new (
+  collection TEXT NOT NULL, id TEXT NOT NULL, property TEXT NOT NULL, time DATETIME NOT NULL,
+  value TEXT NOT NULL, received DATETIME NOT NULL, user TEXT NOT NULL, applied INTEGER);
+"""
+
+_READING_COLUMNS = "collection, id, property, time, value, received, user, applied"
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Columns a store made before readings were appended lacks (its state was written into
+    its rows: `live` 0)."""
+
+    def columns(table: str) -> set[str]:
+        return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+
+    if "n" not in columns("twin_changes"):
+        db.execute("ALTER TABLE twin_changes ADD COLUMN n INTEGER NOT NULL DEFAULT 1")
+    if "applied" not in columns("twin_readings"):
+        db.execute("ALTER TABLE twin_readings ADD COLUMN applied INTEGER")
+    have = columns("twin_state")
+    for name, decl in (
+        ("value", "TEXT"),
+        ("live", "INTEGER NOT NULL DEFAULT 0"),
+        ("seq", "INTEGER"),
+    ):
+        if name not in have:
+            db.execute(f"ALTER TABLE twin_state ADD COLUMN {name} {decl}")
+
+
+def revision(db: sqlite3.Connection) -> int:
+    """The sequence number of the newest entry of the log (0: none)."""
+    row = db.execute("SELECT seq + n - 1 FROM twin_changes ORDER BY seq DESC LIMIT 1").fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StateTimes:
+    """The time of the state of every (collection, id, property) a reading has set, as of log
+    entry `seq`: what a new reading is compared with (kept per process, brought up to date
+    from the log inside each write transaction)."""
+
+    times: dict[tuple[str, str], dict[str, str]] | None = None
+    """(collection, property) -> {id: time}."""
+    seq: int = 0
+
+    def current(self, db: sqlite3.Connection) -> dict[tuple[str, str], dict[str, str]]:
+        """Up to date (inside a write transaction)."""
+        if self.times is None:
+            settle(db)
+            times: dict[tuple[str, str], dict[str, str]] = {}
+            for c, fid, p, t in db.execute(
+                "SELECT collection, id, property, time FROM twin_state WHERE property != ''"
+            ):
+                times.setdefault((c, p), {})[fid] = t
+            self.times, self.seq = times, revision(db)
+            return times
+        rows = db.execute(
+            "SELECT seq, n, properties FROM twin_changes WHERE seq > ? AND kind = 'readings' "
+            "ORDER BY seq",
+            (self.seq,),
+        ).fetchall()
+        for _, _, payload in rows:
+            self.note(json.loads(payload))
+        self.seq = max(self.seq, revision(db))
+        return self.times
+
+    def note(self, payload: dict[str, Any]) -> None:
+        """The state times a log row of readings set."""
+        assert self.times is not None
+        for fid, times in zip(payload["id"], payload["time"], strict=True):
+            for p, t in times.items():
+                self.times.setdefault((payload["collection"], p), {})[fid] = t
+
+
+def observe(
+    db: sqlite3.Connection,
+    readings: Sequence[Reading],
+    stamps: list[str],
+    *,
+    user: str,
+    stamp: str,
+    held: dict[tuple[str, str], dict[str, str]],
+) -> tuple[Observed, list[dict[str, Any]]]:
+    """Append `readings` (their times as `stamps`) inside a write transaction: all to the
+    history, and one log row per collection for the features whose state they change (the
+    newest reading of each property, by time, when not older than the state `held`); what
+    it did, and the payload of each log row."""
+    newest: dict[tuple[str, str, str], int] = {}
+    for i, (r, t) in enumerate(zip(readings, stamps, strict=True)):
+        key = (r.collection, r.id, r.property)
+        j = newest.get(key)
+        if j is None or t >= stamps[j]:
+            newest[key] = i
+    # Per collection, the features changed in the order first met, each with what it sets.
+    runs: dict[str, dict[str, tuple[dict[str, Any], dict[str, str], list[int]]]] = {}
+    for (c, fid, p), i in newest.items():
+        if held.get((c, p), {}).get(fid, "") <= stamps[i]:
+            sets, times, which = runs.setdefault(c, {}).setdefault(fid, ({}, {}, []))
+            sets[p], times[p] = readings[i].value, stamps[i]
+            which.append(i)
+    seq = revision(db) + 1
+    applied: list[int | None] = [None] * len(readings)
+    out = Observed(0, seq - 1)
+    payloads = []
+    for c, features in runs.items():
+        ids = list(features)
+        payload = {
+            "collection": c,
+            "id": ids,
+            "set": [features[f][0] for f in ids],
+            "time": [features[f][1] for f in ids],
+        }
+        for k, fid in enumerate(ids):
+            for i in features[fid][2]:
+                applied[i] = seq + k
+        db.execute(
+            "INSERT INTO twin_changes (seq, n, collection, kind, user, time, why, properties) "
+            "VALUES (?, ?, ?, 'readings', ?, ?, 'reading', ?)",
+            (seq, len(ids), c, user, stamp, json.dumps(payload, ensure_ascii=False)),
+        )
+        payloads.append(payload)
+        out.changed += len(ids)
+        seq += len(ids)
+    out.revision = seq - 1
+    if out.changed:
+        # Later entries numbered after these (AUTOINCREMENT takes the highest rowid written,
+        # not the highest number a row stands for).
+        db.execute(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'twin_changes'",
+            (out.revision,),
+        )
+    db.executemany(
+        f"INSERT INTO twin_readings_new ({_READING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            (r.collection, r.id, r.property, t, json.dumps(r.value), stamp, user, a)
+            for r, t, a in zip(readings, stamps, applied, strict=True)
+        ),
+    )
+    return out, payloads
+
+
+def settle(db: sqlite3.Connection) -> int:
+    """Fold the readings appended so far into the history and the state (inside a write
+    transaction); returns how many."""
+    (last,) = db.execute("SELECT max(rowid) FROM twin_readings_new").fetchone()
+    if last is None:
+        return 0
+    # Sorted by the history's index: each of its pages is written once per settle.
+    db.execute(
+        f"INSERT INTO twin_readings ({_READING_COLUMNS}) SELECT {_READING_COLUMNS} "
+        "FROM twin_readings_new WHERE rowid <= ? ORDER BY collection, id, time",
+        (last,),
+    )
+    db.execute(
+        "INSERT INTO twin_state (collection, id, property, time, value, live, seq) "
+        "SELECT collection, id, property, time, value, 1, applied FROM twin_readings_new "
+        "WHERE rowid <= ? AND applied IS NOT NULL ORDER BY applied "
+        "ON CONFLICT (collection, id, property) DO UPDATE SET time = excluded.time, "
+        "value = excluded.value, live = 1, seq = excluded.seq",
+        (last,),
+    )
+    db.execute(
+        "INSERT INTO twin_state (collection, id, property, time, value, live, seq) "
+        "SELECT collection, id, '', max(received), count(DISTINCT applied), 1, max(applied) "
+        "FROM twin_readings_new WHERE rowid <= ? AND applied IS NOT NULL "
+        "GROUP BY collection, id "
+        "ON CONFLICT (collection, id, property) DO UPDATE SET "
+        "time = max(twin_state.time, excluded.time), "
+        "value = CASE WHEN twin_state.live THEN twin_state.value ELSE 0 END + excluded.value, "
+        "live = 1, seq = excluded.seq",
+        (last,),
+    )
+    db.execute("DELETE FROM twin_readings_new WHERE rowid <= ?", (last,))
+    return int(db.execute("SELECT changes()").fetchone()[0])
+
+
+def fold(db: sqlite3.Connection, table: str, name: str, ids: list[str]) -> None:
+    """Before features of `ids` are written anew (an edit, an import) or removed: their state
+    changes counted into their stored version, their live state ended (the write holds the
+    state as served)."""
+    if not ids:
+        return
+    wanted = set(ids)
+    bumps = [
+        (int(n), fid)
+        for fid, n in db.execute(
+            "SELECT id, value FROM twin_state WHERE collection = ? AND property = '' AND live",
+            (name,),
+        )
+        if fid in wanted
+    ]
+    if not bumps:
+        return
+    db.executemany(f'UPDATE "{table}" SET _version = _version + ? WHERE id = ?', bumps)
+    db.executemany(
+        "UPDATE twin_state SET live = 0, value = CASE WHEN property = '' THEN 0 ELSE value END "
+        "WHERE collection = ? AND id = ?",
+        ((name, fid) for _, fid in bumps),
+    )
+
+
+def end_all(db: sqlite3.Connection, name: str) -> None:
+    """A collection dropped: no live state of its features outlives it."""
+    db.execute("UPDATE twin_state SET live = 0 WHERE collection = ?", (name,))
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def live_rows(db: sqlite3.Connection, name: str, ids: list[str] | None) -> list[tuple]:
+    """`(id, property, value, time)` of the live state of a collection's features."""
+    sql = "SELECT id, property, value, time FROM twin_state WHERE collection = ? AND live"
+    if ids is None:
+        return db.execute(sql, (name,)).fetchall()
+    out: list[tuple] = []
+    for lo in range(0, len(ids), 500):
+        part = ids[lo : lo + 500]
+        out += db.execute(
+            f"{sql} AND id IN ({', '.join('?' * len(part))})", (name, *part)
+        ).fetchall()
+    return out
+
+
+def overlay(layer: Layer, rows: list[tuple], *, bumps_are_counts: bool = True) -> Layer:
+    """`layer` (fresh from the store, changed in place) with state rows `(id, property, value,
+    time)` laid over it: values set, versions counted on, the time recorded moved on."""
+    if not rows or not len(layer):
+        return layer
+    frame = pd.DataFrame(rows, columns=["id", "property", "value", "time"])
+    where = layer.row_of.get_indexer(frame["id"])
+    frame = frame[where >= 0].assign(row=where[where >= 0])
+    fields = {f.name: f for f in layer.schema.fields}
+    for prop, part in frame.groupby("property", sort=False):
+        if prop == BUMPS:
+            version = layer.attrs[VERSION].to_numpy(dtype=np.int64).copy()
+            np.add.at(version, part["row"].to_numpy(), part["value"].astype(np.int64).to_numpy())
+            layer.attrs[VERSION] = version
+            layer.attrs[UPDATED] = later(layer.attrs[UPDATED], part["row"].to_numpy(), part["time"])
+            continue
+        f = fields.get(str(prop))
+        if f is None:
+            continue
+        col = layer.attrs[f.name].astype(object).to_numpy().copy()
+        col[part["row"].to_numpy()] = [json.loads(v) for v in part["value"]]
+        layer.attrs[f.name] = coerce(pd.Series(col, dtype=object), f.type)
+    return layer
+
+
+def later(updated: pd.Series, rows: np.ndarray, stamps: Any) -> pd.Series:
+    """`updated` (UTC times) with rows `rows` moved on to `stamps` where those are later."""
+    ms = updated.to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    new = pd.to_datetime(pd.Series(list(stamps)), utc=True).to_numpy(dtype="datetime64[ms]")
+    np.maximum.at(ms, rows, new.astype(np.int64))
+    return pd.Series(ms.astype("datetime64[ms]")).dt.tz_localize("UTC")
+
+
+def etags(db: sqlite3.Connection, table: str, name: str, ids: list[str]) -> dict[str, str]:
+    """The ETag of each stored feature of `ids` as served (live state counted)."""
+    out: dict[str, str] = {}
+    for lo in range(0, len(ids), 500):
+        part = ids[lo : lo + 500]
+        rows = db.execute(
+            f"SELECT l.id, l._version + coalesce(s.value, 0), max(l._updated, "
+            f"coalesce(s.time, '')) FROM \"{table}\" l LEFT JOIN twin_state s ON "
+            "s.collection = ? AND s.id = l.id AND s.property = '' AND s.live "
+            f"WHERE l.id IN ({', '.join('?' * len(part))})",
+            (name, *part),
+        ).fetchall()
+        out.update((fid, feature_etag(int(v), u)) for fid, v, u in rows)
+    return out
+
+
+def runs(rows: list[tuple], since: int) -> list[StateRun]:
+    """Log rows `(seq, n, user, time, properties)` of readings as runs of state changes,
+    without the entries up to `since`."""
+    out = []
+    for seq, n, user, stamp, text in rows:
+        payload = json.loads(text)
+        skip = max(0, since - seq + 1)
+        if skip >= n:
+            continue
+        out.append(
+            StateRun(
+                seq + skip,
+                payload["collection"],
+                payload["id"][skip:],
+                payload["set"][skip:],
+                user,
+                parse_utc(stamp),
+            )
+        )
+    return out
+
+
+# -- history ---------------------------------------------------------------------------------
+
+
+def conditions(pairs: list[tuple[str, Any]], *fixed: str) -> tuple[str, list[Any]]:
+    """A WHERE clause of the conditions `(sql, value)` whose value is not None, and `fixed`
+    ones, with the values to bind."""
+    used = [(sql, v) for sql, v in pairs if v is not None]
+    clauses = [sql for sql, _ in used] + list(fixed)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), [v for _, v in used]
+
+
+def applied_readings(
+    db: sqlite3.Connection, name: str, fid: str | None, until: str | None = None
+) -> pd.DataFrame:
+    """The readings that changed the state of a feature (or of every feature), in the order
+    they did: `id, property, value (JSON), received, user, applied`."""
+    where, params = conditions(
+        [("collection = ?", name), ("id = ?", fid), ("received <= ?", until)],
+        "applied IS NOT NULL",
+    )
+    rows = db.execute(
+        "SELECT id, property, value, received, user, applied FROM twin_readings "
+        f"{where} ORDER BY applied",
+        params,
+    ).fetchall()
+    return pd.DataFrame(rows, columns=["id", "property", "value", "received", "user", "applied"])
+
+
+def reading_versions(
+    schema: LayerSchema,
+    base: list[tuple[tuple, str | None, str | None, str | None]],
+    applied: pd.DataFrame,
+) -> list[tuple[tuple, str | None, str | None, str | None]]:
+    """The versions of one feature: its stored versions `(row, valid_to, by, why)` (a row as
+    stored: `id, geom, *fields, source, version, valid_from`; the current one with no end),
+    each split where a reading changed its state while it was valid."""
+    names = list(schema.field_names)
+    entries = [
+        (str(part["received"].iloc[0]), str(part["user"].iloc[0]), part)
+        for _, part in applied.groupby("applied", sort=True)
+    ]
+    out: list[tuple[tuple, str | None, str | None, str | None]] = []
+    for row, valid_to, by, why in base:
+        start = row[-1]
+        current = list(row)
+        for received, user, part in entries:
+            if received < start or (valid_to is not None and received >= valid_to):
+                continue
+            out.append((tuple(current), received, user, "reading"))
+            for p, v in zip(part["property"], part["value"], strict=True):
+                if p in names:
+                    current[2 + names.index(p)] = json.loads(v)
+            current[-2] = int(current[-2]) + 1
+            current[-1] = received
+        out.append((tuple(current), valid_to, by, why))
+    return out
+
+
+def state_at(layer: Layer, applied: pd.DataFrame) -> Layer:
+    """`layer` (the stored versions valid at an instant, fresh, changed in place) with the
+    readings applied by then laid over it: those applied since each feature's version began."""
+    if applied.empty or not len(layer):
+        return layer
+    where = layer.row_of.get_indexer(applied["id"])
+    applied = applied[where >= 0].assign(row=where[where >= 0])
+    began = layer.attrs[UPDATED].to_numpy(dtype="datetime64[ms]")
+    received = pd.to_datetime(applied["received"], utc=True).to_numpy(dtype="datetime64[ms]")
+    applied = applied[received >= began[applied["row"].to_numpy()]]
+    if applied.empty:
+        return layer
+    last = applied.drop_duplicates(["id", "property"], keep="last")
+    rows = [(r.id, r.property, r.value, r.received) for r in last.itertuples()]
+    counts = applied.groupby("id").agg(n=("applied", "nunique"), t=("received", "max"))
+    rows += [(fid, BUMPS, str(r.n), r.t) for fid, r in counts.iterrows()]
+    return overlay(layer, rows)
