@@ -2,7 +2,7 @@
 // bridges, the grid cells it falls in), one is picked and shown: attributes with readable names
 // and units, the latest readings and history from the live twin, links to its JSON and page.
 
-import { el, getJSON, itemPath, url, formatNumber } from "./api.js";
+import { el, getJSON, itemPath, url } from "./api.js";
 import { t, fieldName, unitOf, pick } from "./i18n.js";
 import { layerTitle } from "./panel.js";
 import { setHash } from "./state.js";
@@ -109,7 +109,7 @@ export class Inspector {
     table.append(el("tr", {}, el("th", {}, t("id")), el("td", {}, String(id))));
     for (const [k, v] of Object.entries(feature.properties || {})) {
       const unit = unitOf(k);
-      const text = v === null || v === undefined ? "—" : typeof v === "boolean" ? (v ? "✓" : "✗") : `${formatNumber(v, 2)}${unit ? ` ${unit}` : ""}`;
+      const text = v === null || v === undefined ? "—" : typeof v === "boolean" ? (v ? "✓" : "✗") : `${v}${unit ? ` ${unit}` : ""}`;
       const described = fields[k]?.description;
       table.append(el("tr", {}, el("th", { title: described || k }, fieldName(k)), el("td", {}, text)));
     }

@@ -51,7 +51,9 @@ map.on("load", async () => {
   map.on("click", async (e) => {
     if (tools.drawing) return tools.addPoint(e.lngLat);
     if (tools.pipePick) {
-      const pipe = inspector.featuresAt(e.point).find((f) => f.sourceLayer === "pipes");
+      // Pressure mains (water, gas, heat) are isolated by valves; sewers and storm drains are not.
+      const pipes = inspector.featuresAt(e.point).filter((f) => f.sourceLayer === "pipes");
+      const pipe = pipes.find((f) => !["sewer", "storm"].includes(f.properties.network)) || pipes[0];
       if (pipe && (await tools.pipePick("pipes", pipe.id))) return;
     }
     inspector.click(e.point);
