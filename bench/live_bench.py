@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -294,6 +295,7 @@ def main() -> None:
     ap.add_argument("--posters", type=int, default=2)
     ap.add_argument("--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
     ap.add_argument("--label")
+    ap.add_argument("--profile", help="a directory: py-spy stacks of each worker during ingest")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     if a.quick:
@@ -341,10 +343,26 @@ def main() -> None:
             target=post, args=(server.port, bodies, a.posters, stop, str(posts_file))
         )
         log(f"ingest: {a.posters} posters of {BATCH}-reading batches with the same tile load")
+        spies = []
+        if a.profile:  # where the workers' time goes during ingest (py-spy, collapsed stacks)
+            Path(a.profile).mkdir(parents=True, exist_ok=True)
+            for pid in sorted(server.children()):
+                out = Path(a.profile) / f"worker-{pid}.txt"
+                spies.append(
+                    subprocess.Popen(
+                        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
+                         "-d", str(int(a.seconds)), "-f", "raw", "-o", str(out), "-r", "200",
+                         "--nonblocking"],  # fmt: skip
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
         poster.start()
         busy = tile_stats(load.run(a.seconds))
         stop.set()
         poster.join(timeout=60)
+        for spy in spies:
+            spy.wait(timeout=60)
         sub.join(timeout=a.seconds + 30)
         posted = json.loads(posts_file.read_text())
         elapsed = posted["seconds"]

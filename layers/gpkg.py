@@ -129,8 +129,8 @@ CREATE INDEX IF NOT EXISTS twin_versions_feature ON twin_versions (collection, i
 CREATE INDEX IF NOT EXISTS twin_versions_time ON twin_versions (collection, valid_to);
 CREATE TABLE IF NOT EXISTS twin_state (
   collection TEXT NOT NULL, id TEXT NOT NULL, property TEXT NOT NULL, time DATETIME NOT NULL,
-  value TEXT, live INTEGER NOT NULL DEFAULT 0, seq INTEGER,
-  PRIMARY KEY (collection, id, property));
+  value TEXT, live INTEGER NOT NULL DEFAULT 0, seq INTEGER, n INTEGER NOT NULL DEFAULT 0,
+  recorded DATETIME, PRIMARY KEY (collection, id, property));
 """
     + live.SCHEMA
 )

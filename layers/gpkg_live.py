@@ -11,11 +11,12 @@ indexing each reading cost ~35 ms per 1,000 readings, most of it SQLite writing 
 
 `settle` folds the appended readings in, many batches at a time (the server does it every
 second, and every read of stored features does it first): into the indexed history
-(`twin_readings`) and into `twin_state`, which holds per feature and property the time and
-value of the state (`live` = 1: it overrides the stored value) and, under the property `''`,
-how many state changes the feature had since its stored version (`BUMPS`) and when the last
-was recorded. A feature as served is its stored row with its live state laid over it
-(`overlay`): its version is the stored one plus those changes, so ETags move with readings.
+(`twin_readings`) and into `twin_state`, which holds per feature and property the time,
+value and recording time of the state (`live` = 1: it overrides the stored value) and `n`,
+how many of the feature's state changes since its stored version it counts (a change setting
+several properties is counted once, on the first). A feature as served is its stored row
+with its live state laid over it (`overlay`): its version is the stored one plus those
+changes, so ETags move with readings.
 
 An edit or import of a feature writes the state as served into its row, so its live state is
 folded in then (`fold`): the version counted on, `live` = 0.
@@ -43,14 +44,11 @@ import pandas as pd
 from layers.layer import UPDATED, VERSION, Layer, coerce
 from layers.models import LayerSchema, Observed, Reading, StateRun, feature_etag, parse_utc
 
-BUMPS = ""
-"""The `twin_state` property holding a feature's count of state changes since its stored
-version (and, as its time, when the last was recorded)."""
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS twin_readings_new (
   collection TEXT NOT NULL, id TEXT NOT NULL, property TEXT NOT NULL, time DATETIME NOT NULL,
-  value TEXT NOT NULL, received DATETIME NOT NULL, user TEXT NOT NULL, applied INTEGER);
+  value TEXT NOT NULL, received DATETIME NOT NULL, user TEXT NOT NULL, applied INTEGER,
+  first INTEGER NOT NULL DEFAULT 0);
 """
 
 _READING_COLUMNS = "collection, id, property, time, value, received, user, applied"
@@ -67,14 +65,16 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE twin_changes ADD COLUMN n INTEGER NOT NULL DEFAULT 1")
     if "applied" not in columns("twin_readings"):
         db.execute("ALTER TABLE twin_readings ADD COLUMN applied INTEGER")
-    have = columns("twin_state")
-    for name, decl in (
-        ("value", "TEXT"),
-        ("live", "INTEGER NOT NULL DEFAULT 0"),
-        ("seq", "INTEGER"),
+    for table, name, decl in (
+        ("twin_state", "value", "TEXT"),
+        ("twin_state", "live", "INTEGER NOT NULL DEFAULT 0"),
+        ("twin_state", "seq", "INTEGER"),
+        ("twin_state", "n", "INTEGER NOT NULL DEFAULT 0"),
+        ("twin_state", "recorded", "DATETIME"),
+        ("twin_readings_new", "first", "INTEGER NOT NULL DEFAULT 0"),
     ):
-        if name not in have:
-            db.execute(f"ALTER TABLE twin_state ADD COLUMN {name} {decl}")
+        if name not in columns(table):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 def revision(db: sqlite3.Connection) -> int:
@@ -101,9 +101,7 @@ class StateTimes:
         if self.times is None:
             settle(db)
             times: dict[tuple[str, str], dict[str, str]] = {}
-            for c, fid, p, t in db.execute(
-                "SELECT collection, id, property, time FROM twin_state WHERE property != ''"
-            ):
+            for c, fid, p, t in db.execute("SELECT collection, id, property, time FROM twin_state"):
                 times.setdefault((c, p), {})[fid] = t
             self.times, self.seq = times, revision(db)
             return times
@@ -153,6 +151,7 @@ def observe(
             which.append(i)
     seq = revision(db) + 1
     applied: list[int | None] = [None] * len(readings)
+    first = [0] * len(readings)
     out = Observed(0, seq - 1)
     payloads = []
     for c, features in runs.items():
@@ -164,7 +163,9 @@ def observe(
             "time": [features[f][1] for f in ids],
         }
         for k, fid in enumerate(ids):
-            for i in features[fid][2]:
+            which = features[fid][2]
+            first[which[0]] = 1  # the entry's one more version, counted once
+            for i in which:
                 applied[i] = seq + k
         db.execute(
             "INSERT INTO twin_changes (seq, n, collection, kind, user, time, why, properties) "
@@ -183,10 +184,11 @@ def observe(
             (out.revision,),
         )
     db.executemany(
-        f"INSERT INTO twin_readings_new ({_READING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO twin_readings_new ({_READING_COLUMNS}, first) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            (r.collection, r.id, r.property, t, json.dumps(r.value), stamp, user, a)
-            for r, t, a in zip(readings, stamps, applied, strict=True)
+            (r.collection, r.id, r.property, t, json.dumps(r.value), stamp, user, a, f)
+            for r, t, a, f in zip(readings, stamps, applied, first, strict=True)
         ),
     )
     return out, payloads
@@ -204,23 +206,16 @@ def settle(db: sqlite3.Connection) -> int:
         "FROM twin_readings_new WHERE rowid <= ? ORDER BY collection, id, time",
         (last,),
     )
+    # Per property, the last reading applied (SQLite takes the bare columns from the row of
+    # max(applied)) and how many changes it counts.
     db.execute(
-        "INSERT INTO twin_state (collection, id, property, time, value, live, seq) "
-        "SELECT collection, id, property, time, value, 1, applied FROM twin_readings_new "
-        "WHERE rowid <= ? AND applied IS NOT NULL ORDER BY applied "
-        "ON CONFLICT (collection, id, property) DO UPDATE SET time = excluded.time, "
-        "value = excluded.value, live = 1, seq = excluded.seq",
-        (last,),
-    )
-    db.execute(
-        "INSERT INTO twin_state (collection, id, property, time, value, live, seq) "
-        "SELECT collection, id, '', max(received), count(DISTINCT applied), 1, max(applied) "
+        "INSERT INTO twin_state (collection, id, property, time, value, live, seq, n, recorded) "
+        "SELECT collection, id, property, time, value, 1, max(applied), sum(first), received "
         "FROM twin_readings_new WHERE rowid <= ? AND applied IS NOT NULL "
-        "GROUP BY collection, id "
-        "ON CONFLICT (collection, id, property) DO UPDATE SET "
-        "time = max(twin_state.time, excluded.time), "
-        "value = CASE WHEN twin_state.live THEN twin_state.value ELSE 0 END + excluded.value, "
-        "live = 1, seq = excluded.seq",
+        "GROUP BY collection, id, property "
+        "ON CONFLICT (collection, id, property) DO UPDATE SET time = excluded.time, "
+        "value = excluded.value, seq = excluded.seq, recorded = excluded.recorded, "
+        "n = CASE WHEN twin_state.live THEN twin_state.n ELSE 0 END + excluded.n, live = 1",
         (last,),
     )
     db.execute("DELETE FROM twin_readings_new WHERE rowid <= ?", (last,))
@@ -237,7 +232,7 @@ def fold(db: sqlite3.Connection, table: str, name: str, ids: list[str]) -> None:
     bumps = [
         (int(n), fid)
         for fid, n in db.execute(
-            "SELECT id, value FROM twin_state WHERE collection = ? AND property = '' AND live",
+            "SELECT id, sum(n) FROM twin_state WHERE collection = ? AND live GROUP BY id",
             (name,),
         )
         if fid in wanted
@@ -246,8 +241,7 @@ def fold(db: sqlite3.Connection, table: str, name: str, ids: list[str]) -> None:
         return
     db.executemany(f'UPDATE "{table}" SET _version = _version + ? WHERE id = ?', bumps)
     db.executemany(
-        "UPDATE twin_state SET live = 0, value = CASE WHEN property = '' THEN 0 ELSE value END "
-        "WHERE collection = ? AND id = ?",
+        "UPDATE twin_state SET live = 0, n = 0 WHERE collection = ? AND id = ?",
         ((name, fid) for _, fid in bumps),
     )
 
@@ -261,8 +255,8 @@ def end_all(db: sqlite3.Connection, name: str) -> None:
 
 
 def live_rows(db: sqlite3.Connection, name: str, ids: list[str] | None) -> list[tuple]:
-    """`(id, property, value, time)` of the live state of a collection's features."""
-    sql = "SELECT id, property, value, time FROM twin_state WHERE collection = ? AND live"
+    """`(id, property, value, n, recorded)` of the live state of a collection's features."""
+    sql = "SELECT id, property, value, n, recorded FROM twin_state WHERE collection = ? AND live"
     if ids is None:
         return db.execute(sql, (name,)).fetchall()
     out: list[tuple] = []
@@ -274,28 +268,27 @@ def live_rows(db: sqlite3.Connection, name: str, ids: list[str] | None) -> list[
     return out
 
 
-def overlay(layer: Layer, rows: list[tuple], *, bumps_are_counts: bool = True) -> Layer:
-    """`layer` (fresh from the store, changed in place) with state rows `(id, property, value,
-    time)` laid over it: values set, versions counted on, the time recorded moved on."""
+def overlay(layer: Layer, rows: list[tuple]) -> Layer:
+    """`layer` (fresh from the store, changed in place) with live state rows `(id, property,
+    value, n, recorded)` laid over it: values set (a property of the schema), each feature's
+    version `n` more for each row, the time it was recorded moved on to the latest."""
     if not rows or not len(layer):
         return layer
-    frame = pd.DataFrame(rows, columns=["id", "property", "value", "time"])
+    frame = pd.DataFrame(rows, columns=["id", "property", "value", "n", "recorded"])
     where = layer.row_of.get_indexer(frame["id"])
     frame = frame[where >= 0].assign(row=where[where >= 0])
     fields = {f.name: f for f in layer.schema.fields}
     for prop, part in frame.groupby("property", sort=False):
-        if prop == BUMPS:
-            version = layer.attrs[VERSION].to_numpy(dtype=np.int64).copy()
-            np.add.at(version, part["row"].to_numpy(), part["value"].astype(np.int64).to_numpy())
-            layer.attrs[VERSION] = version
-            layer.attrs[UPDATED] = later(layer.attrs[UPDATED], part["row"].to_numpy(), part["time"])
-            continue
         f = fields.get(str(prop))
         if f is None:
             continue
         col = layer.attrs[f.name].astype(object).to_numpy().copy()
         col[part["row"].to_numpy()] = [json.loads(v) for v in part["value"]]
         layer.attrs[f.name] = coerce(pd.Series(col, dtype=object), f.type)
+    version = layer.attrs[VERSION].to_numpy(dtype=np.int64).copy()
+    np.add.at(version, frame["row"].to_numpy(), frame["n"].to_numpy(dtype=np.int64))
+    layer.attrs[VERSION] = version
+    layer.attrs[UPDATED] = later(layer.attrs[UPDATED], frame["row"].to_numpy(), frame["recorded"])
     return layer
 
 
@@ -313,10 +306,10 @@ def etags(db: sqlite3.Connection, table: str, name: str, ids: list[str]) -> dict
     for lo in range(0, len(ids), 500):
         part = ids[lo : lo + 500]
         rows = db.execute(
-            f"SELECT l.id, l._version + coalesce(s.value, 0), max(l._updated, "
-            f"coalesce(s.time, '')) FROM \"{table}\" l LEFT JOIN twin_state s ON "
-            "s.collection = ? AND s.id = l.id AND s.property = '' AND s.live "
-            f"WHERE l.id IN ({', '.join('?' * len(part))})",
+            "SELECT l.id, l._version + coalesce(sum(s.n), 0), "
+            f"max(l._updated, coalesce(max(s.recorded), '')) FROM \"{table}\" l "
+            "LEFT JOIN twin_state s ON s.collection = ? AND s.id = l.id AND s.live "
+            f"WHERE l.id IN ({', '.join('?' * len(part))}) GROUP BY l.id",
             (name, *part),
         ).fetchall()
         out.update((fid, feature_etag(int(v), u)) for fid, v, u in rows)
@@ -415,8 +408,9 @@ def state_at(layer: Layer, applied: pd.DataFrame) -> Layer:
     applied = applied[received >= began[applied["row"].to_numpy()]]
     if applied.empty:
         return layer
+    # Per property its last value; each change counted once, as one more version.
     last = applied.drop_duplicates(["id", "property"], keep="last")
-    rows = [(r.id, r.property, r.value, r.received) for r in last.itertuples()]
-    counts = applied.groupby("id").agg(n=("applied", "nunique"), t=("received", "max"))
-    rows += [(fid, BUMPS, str(r.n), r.t) for fid, r in counts.iterrows()]
+    rows = [(r.id, r.property, r.value, 0, r.received) for r in last.itertuples()]
+    changes = applied.drop_duplicates(["applied"])
+    rows += [(r.id, "", "null", 1, r.received) for r in changes.itertuples()]
     return overlay(layer, rows)

@@ -7,6 +7,7 @@ kept with each `Layer` (`Layer.derived`) and vanish with it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,12 +92,18 @@ class PreparedLayer:
         )
 
 
-def tile_columns(layer: Layer, rows: np.ndarray | None = None) -> dict[str, pd.Series]:
+def tile_columns(
+    layer: Layer, rows: np.ndarray | None = None, only: Sequence[str] | None = None
+) -> dict[str, pd.Series]:
     """The property columns written to tiles: `id`, then every schema field (dates as ISO
-    text); of the `rows` given only (on a 0..len(rows)-1 index)."""
+    text); of the `rows` given only (on a 0..len(rows)-1 index), and the columns `only`."""
     ids = layer.ids if rows is None else layer.ids[rows]
-    cols: dict[str, pd.Series] = {ID_PROPERTY: pd.Series(ids, dtype=object).astype("string")}
+    cols: dict[str, pd.Series] = {}
+    if only is None or ID_PROPERTY in only:
+        cols[ID_PROPERTY] = pd.Series(ids, dtype=object).astype("string")
     for f in layer.schema.fields:
+        if only is not None and f.name not in only:
+            continue
         s = layer.attrs[f.name]
         if rows is not None:
             s = s.iloc[rows].reset_index(drop=True)
@@ -149,7 +156,13 @@ def _patched(base: PreparedLayer, layer: Layer) -> PreparedLayer | None:
     rows = patch.rows
     props = base.properties
     codes = props.codes.copy()
-    codes[rows] = Properties.from_columns(tile_columns(layer, rows), table=props.table).codes
+    # Only the columns that changed (a reading: one); the others' codes stand.
+    changed = [j for j, k in enumerate(props.keys) if k in patch.columns]
+    if changed:
+        cols = tile_columns(layer, rows, [props.keys[j] for j in changed])
+        codes[np.ix_(rows, np.array(changed, dtype=np.int64))] = Properties.from_columns(
+            cols, table=props.table
+        ).codes
     properties = Properties(props.keys, codes, props.table)
     if PRIORITY_FIELD.get(layer.name) in patch.columns:
         return PreparedLayer.build(

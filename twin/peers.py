@@ -209,6 +209,8 @@ class TilePeers:
                     key, generation, etag, raw, gz = message
                     held = cache.peek(key)
                     if held is None:
+                        # Drawn just now: fresh here when drawn from the same data, else
+                        # (with a refresh time) a newer stale tile.
                         tile = CachedTile(raw, etag, cache.level, gz)
                         self.received += cache.insert(key, tile, generation=generation)
                     elif gz is not None and not held.compressed and held.etag == etag:

@@ -194,7 +194,8 @@ class TileServer:
             return made
 
         got = await run_in_threadpool(render)
-        if self.cache.insert(key, got, generation=generation) and self.peers is not None:
+        self.cache.insert(key, got, generation=generation)
+        if self.peers is not None:  # fresh there too, or newer than their stale one
             self.peers.publish(key, got, generation)
         return got
 
@@ -213,23 +214,35 @@ class TileServer:
         self._refreshing.add(key)
         loop = asyncio.get_running_loop()
 
-        async def refresh() -> None:
+        async def refresh(seen: CachedTile) -> None:
+            again = None
             try:
+                if self.cache.peek(key) is not None:
+                    return  # drawn meanwhile (a request after the data settled)
+                newer = self.cache.stale(key, any_age=True)
+                if newer is not None and newer.made > seen.made:
+                    again = newer  # another worker drew it lately: wait on that one
+                    return
                 with self._admitted():
                     await self._render(key, tile, requests, gzip_ok)
                 self._redrawn.inc()
             except Exception:  # overloaded, or the layer is gone: the next request decides
                 log.debug("refreshing tile %s failed", key, exc_info=True)
             finally:
-                self._refreshing.discard(key)
+                if again is not None:
+                    schedule(again)
+                else:
+                    self._refreshing.discard(key)
 
-        def start() -> None:
-            task = loop.create_task(refresh())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        def schedule(seen: CachedTile) -> None:
+            def start() -> None:
+                task = loop.create_task(refresh(seen))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-        delay = max(0.0, held.made + self.settings.refresh_s - time.monotonic())
-        loop.call_later(delay, start)
+            loop.call_later(max(0.0, seen.made + self.settings.refresh_s - time.monotonic()), start)
+
+        schedule(held)
 
     async def respond_raster(
         self, info: RasterInfo, tile: grid.Tile, style: str, if_none_match: str | None
