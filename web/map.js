@@ -54,7 +54,7 @@ map.on("load", async () => {
       // Pressure mains (water, gas, heat) are isolated by valves; sewers and storm drains are not.
       const pipes = inspector.featuresAt(e.point).filter((f) => f.sourceLayer === "pipes");
       const pipe = pipes.find((f) => !["sewer", "storm"].includes(f.properties.network)) || pipes[0];
-      if (pipe && (await tools.pipePick("pipes", pipe.id))) return;
+      if (pipe && (await tools.pipePick("pipes", pipe.id, pipe.properties.network))) return;
     }
     inspector.click(e.point);
   });

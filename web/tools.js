@@ -294,8 +294,8 @@ export class Tools {
         });
         const csv = toCsv(rows, DIG_COLUMNS);
         window.twin.lastCsv = csv;
-        const table = el("table", { class: "attrs conflicts" },
-          el("tr", {}, ["collection", "label", "distance_m", "depth_m", "clearance_m", "reached"].map((c) => el("th", {}, fieldName(c) === c ? t(c === "reached" ? "reaches" : c === "clearance_m" ? "clearance" : c) : fieldName(c)))));
+        const heads = [t("collection"), t("asset"), t("distance"), fieldName("depth_m"), t("clearance"), t("reaches")];
+        const table = el("table", { class: "attrs conflicts" }, el("tr", {}, heads.map((h) => el("th", {}, h))));
         for (const r of rows) {
           table.append(el("tr", { class: r.reached === true ? "reached" : "" }, el("td", {}, layerTitle(r.collection)), el("td", {}, r.label),
             el("td", {}, `${formatNumber(r.distance_m)} m`), el("td", {}, r.depth_m === "" ? "—" : `${r.depth_m} m`),
@@ -315,15 +315,16 @@ export class Tools {
           el("h3", {}, `${t("conflicts")}: ${rows.length}`), download, table));
       } catch (e) { this.fail(e); }
     };
-    this.card("dig", el("label", {}, t("depth"), " ", depth), el("label", {}, t("clearance"), " (m) ", clearance),
+    this.card("dig", el("label", {}, t("depth"), " ", depth), el("label", {}, t("buffer"), " (m) ", clearance),
       ...this.drawControls(["polygon", "line"], run));
     this.startDrawing("polygon");
   }
 
   isolate() {
     this.card("isolate", el("p", { class: "muted" }, t("pickPipe")));
-    this.pipePick = async (collection, id) => {
+    this.pipePick = async (collection, id, network) => {
       if (collection !== "pipes") return false;
+      if (network === "sewer" || network === "storm") return this.trace(id);
       try {
         const answer = await getJSON(`collections/pipes/items/${encodeURIComponent(id)}/isolation`);
         window.twin.lastAnswer = answer;
@@ -342,6 +343,21 @@ export class Tools {
       } catch (e) { this.fail(e); }
       return true;
     };
+  }
+
+  async trace(id) {
+    // Gravity pipes have no valves: where a spill there flows, and what drains into it.
+    try {
+      const [down, up] = await Promise.all(["downstream", "upstream"].map((d) =>
+        getJSON(`collections/pipes/items/${encodeURIComponent(id)}/${d}`)));
+      window.twin.lastAnswer = { downstream: down, upstream: up };
+      this.setHits([...down.pipes.features, ...up.pipes.features]);
+      this.root.querySelector(".results")?.remove();
+      this.root.append(el("div", { class: "results", id: "tool-results" },
+        el("p", { class: "readout" }, `${t("downstream")}: ${down.pipes.features.length} · ${formatNumber(down.length_m)} m`),
+        el("p", { class: "readout" }, `${t("upstream")}: ${up.pipes.features.length} · ${formatNumber(up.length_m)} m`)));
+    } catch (e) { this.fail(e); }
+    return true;
   }
 
   stats() {
