@@ -183,23 +183,34 @@ def observe(
             "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'twin_changes'",
             (out.revision,),
         )
+    texts: dict[tuple[type, Any], str] = {}  # values repeat (a status): each encoded once
+
+    def text(v: Any) -> str:
+        key = (type(v), v)
+        got = texts.get(key)
+        if got is None:
+            got = texts[key] = json.dumps(v)
+        return got
+
     db.executemany(
         f"INSERT INTO twin_readings_new ({_READING_COLUMNS}, first) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            (r.collection, r.id, r.property, t, json.dumps(r.value), stamp, user, a, f)
+            (r.collection, r.id, r.property, t, text(r.value), stamp, user, a, f)
             for r, t, a, f in zip(readings, stamps, applied, first, strict=True)
         ),
     )
     return out, payloads
 
 
-def settle(db: sqlite3.Connection) -> int:
-    """Fold the readings appended so far into the history and the state (inside a write
-    transaction); returns how many."""
-    (last,) = db.execute("SELECT max(rowid) FROM twin_readings_new").fetchone()
+def settle(db: sqlite3.Connection, most: int | None = None) -> int:
+    """Fold the readings appended so far (the oldest `most` of them) into the history and the
+    state, inside a write transaction; returns how many."""
+    (first, last) = db.execute("SELECT min(rowid), max(rowid) FROM twin_readings_new").fetchone()
     if last is None:
         return 0
+    if most is not None:
+        last = min(last, first + most - 1)
     # Sorted by the history's index: each of its pages is written once per settle.
     db.execute(
         f"INSERT INTO twin_readings ({_READING_COLUMNS}) SELECT {_READING_COLUMNS} "

@@ -72,7 +72,7 @@ def _reading(
     if not isinstance(name, str) or name not in layers:
         raise ValueError(f"no collection {name!r}")
     layer = layers[name]
-    if not isinstance(fid, str) or fid not in layer.row_of:
+    if not isinstance(fid, str) or fid not in layer.id_set:
         raise ValueError(f"no feature {fid!r} in {name}")
     fields = fields_of[name]
     if not isinstance(prop, str) or prop not in fields:

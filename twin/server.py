@@ -60,6 +60,10 @@ BOOT_FAILED = 3
 """Exit code of a worker that could not start serving (uvicorn's own startup failure too)."""
 
 
+SWITCH_S = 0.001
+"""The interpreter's thread switch interval in a serving process (see `serve`)."""
+
+
 def load_catalog(store_settings: StoreSettings) -> Catalog:
     """The catalog of the store with every layer's tile arrays and spatial index built."""
     return warm(Catalog(open_store(store_settings, create=False)))
@@ -90,6 +94,10 @@ def serve(
     """Serve the store until interrupted (SIGINT or SIGTERM), in `workers` processes."""
     catalog = load_catalog(store_settings)
     options = _uvicorn_options(settings, access_log, log_level)
+    # A thread holding the GIL gives it up after this long when another waits for it: the
+    # event loop answering a cached tile waits on a follower or a render at most 1 ms, not
+    # Python's default 5 ms.
+    sys.setswitchinterval(SWITCH_S)
     if workers <= 1:
         # The loaded layers never become garbage: out of the collector's way, a full
         # collection does not walk them (measured: 75–95 ms pauses every few seconds under
