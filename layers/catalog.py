@@ -39,6 +39,12 @@ class AppliedRun(NamedTuple):
     def last(self) -> int:
         return self.run.last
 
+    def before(self, seq: int) -> AppliedRun:
+        """Without its entries after `seq` (which must be inside it)."""
+        keep = max(0, seq - self.run.seq + 1)
+        run = self.run._replace(ids=self.run.ids[:keep], sets=self.run.sets[:keep])
+        return AppliedRun(run, self.boxes[:keep])
+
     def after(self, seq: int) -> AppliedRun:
         """Without its entries up to `seq` (which must be inside it)."""
         cut = max(0, seq - self.run.seq + 1)
@@ -240,6 +246,15 @@ class Catalog:
             now = self.store.features(name, ids, Access.RESTRICTED)
             gone = set(ids) - set(now.ids.tolist())
         return held.patched(now, gone), list(group)
+
+    def read_back(self, since: int, limit: int) -> list[Part]:
+        """Entries of the store's log after `since` (at most `limit` rows of it) as `follow`
+        gives them, a reading's box that of its feature as served now (for event streams
+        resuming from before what this process holds in memory)."""
+        out: list[Part] = []
+        for e in self.store.log(since, limit):
+            out.append(_part(e, self._layers.get(e.collection)))
+        return out
 
     def put(self, layer: Layer, changed: Bounds | None = None) -> None:
         """Replace a layer held in memory (after an edit) and tell the listeners what changed."""

@@ -59,7 +59,7 @@ class CachedTile:
     identity clients ask for never needs them.
     """
 
-    __slots__ = ("_gz", "_raw", "etag", "level", "made")
+    __slots__ = ("_gz", "_raw", "drawn_here", "etag", "level", "made")
 
     def __init__(
         self,
@@ -68,6 +68,7 @@ class CachedTile:
         level: int = 1,
         gz: bytes | None = None,
         made: float | None = None,
+        drawn_here: bool = True,
     ) -> None:
         self._raw = raw
         self.etag = etag
@@ -75,6 +76,8 @@ class CachedTile:
         self._gz = gz if raw else b""
         self.made = time.monotonic() if made is None else made
         """When the data it was drawn from was read (`time.monotonic`)."""
+        self.drawn_here = drawn_here
+        """Drawn by this process (not taken from another worker)."""
 
     def __repr__(self) -> str:
         return f"CachedTile(size={self.size}, etag={self.etag})"

@@ -21,9 +21,10 @@ import numpy as np
 from layers.catalog import Applied, AppliedRun, Catalog, Part
 from layers.models import Bounds, Change
 
-KEEP = 10_000
+KEEP = 200_000
 """Changes held in memory for the streams; older ones are read back from the store."""
-STORE_PAGE = 1_000
+STORE_PAGE = 100
+"""Rows of the change log read back at a time (a row of readings holds a batch's entries)."""
 WAIT_S = 1.0
 """How long a stream waits for news before looking again, and whether the server is stopping
 (pings are FastAPI's)."""
@@ -132,11 +133,17 @@ class ChangeFeed:
         last = since
         while not stopping():
             if last < self.floor:
-                page = await asyncio.to_thread(self.catalog.store.changes, last, STORE_PAGE)
-                page = [c for c in page if c.seq <= self.floor]
+                page = await asyncio.to_thread(self.catalog.read_back, last, STORE_PAGE)
+                page = [p for p in page if p.seq <= self.floor]
                 if page:
-                    yield list(page)
-                last = page[-1].seq if page else self.floor
+                    end = page[-1]
+                    if isinstance(end, AppliedRun) and end.last > self.floor:
+                        page[-1] = end.before(self.floor)
+                    yield page
+                    end = page[-1]
+                    last = end.seq if isinstance(end, Change) else end.last
+                else:
+                    last = self.floor
                 continue
             news = self._news
             fresh = self._after(last)

@@ -211,7 +211,7 @@ class TilePeers:
                     if held is None:
                         # Drawn just now: fresh here when drawn from the same data, else
                         # (with a refresh time) a newer stale tile.
-                        tile = CachedTile(raw, etag, cache.level, gz)
+                        tile = CachedTile(raw, etag, cache.level, gz, drawn_here=False)
                         self.received += cache.insert(key, tile, generation=generation)
                     elif gz is not None and not held.compressed and held.etag == etag:
                         cache.gzip(key, held, gz)  # compressed once, for every worker

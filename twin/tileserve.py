@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,7 @@ class TileServer:
         self.cache = TileCache(settings.cache_bytes, settings.gzip_level, settings.refresh_s)
         self._refreshing: set[TileKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._redraw_thread = ThreadPoolExecutor(1, thread_name_prefix="twin-redraw")
         """Stale tiles being drawn anew in the background."""
         self.raster_cache = TileCache(RASTER_CACHE_BYTES, 1)
         self.metrics = metrics
@@ -180,8 +182,11 @@ class TileServer:
         tile: grid.Tile,
         requests: Callable[[], Sequence[tuple[Layer, Any]]],
         gzip_ok: bool,
+        background: bool = False,
     ) -> CachedTile:
-        """Draw the tile of `key` from the layers `requests()` gives now, and cache it."""
+        """Draw the tile of `key` from the layers `requests()` gives now, and cache it (in the
+        `background`: on the one thread kept for redrawing stale tiles, so that redrawing
+        never takes the threads requests wait for)."""
         generation = self.cache.generation(key.collections)
         level = self.cache.level
 
@@ -193,7 +198,10 @@ class TileServer:
                 _ = made.data  # compressed in this thread, not on the event loop
             return made
 
-        got = await run_in_threadpool(render)
+        if background:
+            got = await asyncio.wrap_future(self._redraw_thread.submit(render))
+        else:
+            got = await run_in_threadpool(render)
         self.cache.insert(key, got, generation=generation)
         if self.peers is not None:  # fresh there too, or newer than their stale one
             self.peers.publish(key, got, generation)
@@ -223,8 +231,7 @@ class TileServer:
                 if newer is not None and newer.made > seen.made:
                     again = newer  # another worker drew it lately: wait on that one
                     return
-                with self._admitted():
-                    await self._render(key, tile, requests, gzip_ok)
+                await self._render(key, tile, requests, gzip_ok, background=True)
                 self._redrawn.inc()
             except Exception:  # overloaded, or the layer is gone: the next request decides
                 log.debug("refreshing tile %s failed", key, exc_info=True)
@@ -240,7 +247,10 @@ class TileServer:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-            loop.call_later(max(0.0, seen.made + self.settings.refresh_s - time.monotonic()), start)
+            # A tile another worker drew is left to that worker a while longer: the worker
+            # that drew a tile last draws it again, not both.
+            wait = self.settings.refresh_s * (1.0 if seen.drawn_here else 1.5)
+            loop.call_later(max(0.0, seen.made + wait - time.monotonic()), start)
 
         schedule(held)
 

@@ -137,3 +137,28 @@ def test_a_client_resumes_after_a_restart_and_misses_nothing(store: Path) -> Non
         assert [int(e["id"]) for e in missed] == [int(first["id"]) + 1, int(first["id"]) + 2]
         post(server.url, [lamp("L5", "off")])
         assert [e["data"]["id"] for e in sub.wait(3)] == ["L2", "L4", "L5"]
+
+
+def test_a_client_resumes_inside_a_batch_of_readings(store: Path) -> None:
+    """A batch's changes are one row of the log; a stream resumes after any one of them, from
+    this process's memory or, after a restart, from the store, and a bbox keeps its part."""
+    batch = [lamp(f"L{i}", "fault") for i in (1, 2, 3, 11, 12)]  # three west, two east
+    with LiveServer(app_for(store)) as server:
+        with Subscriber(f"{server.url}/events") as sub:
+            answer = post(server.url, batch)
+            got = sub.wait(5)
+        first = answer["revision"] - answer["changed"] + 1
+        assert [int(e["id"]) for e in got] == list(range(first, first + 5))
+        headers = {"Last-Event-ID": str(first + 1)}  # seen L1 and L2
+        with Subscriber(f"{server.url}/events", headers) as sub:
+            assert [e["data"]["id"] for e in sub.wait(3)] == ["L3", "L11", "L12"]
+    west = f"bbox={XS[0] - 1e-4},{YS[0] - 1e-4},{XS[9] + 1e-4},{YS[0] + 1e-4}"
+    with (
+        LiveServer(app_for(store)) as server,
+        Subscriber(f"{server.url}/events?{west}", {"Last-Event-ID": str(first)}) as sub,
+    ):
+        resumed = sub.wait(2)
+        assert [e["data"]["id"] for e in resumed] == ["L2", "L3"]
+        assert resumed[0]["data"]["new_bbox"] == [XS[2], YS[2], XS[2], YS[2]]
+        time.sleep(0.3)
+        assert len(sub.events) == 2  # the east ones are not for this stream
