@@ -66,6 +66,11 @@ class Follower:
             self._thread = threading.Thread(target=self._run, name="twin-follow", daemon=True)
             self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread follows the log (not with an interval of 0)."""
+        return self._thread is not None
+
     def wake(self) -> None:
         """Look at the log now (this process has just written to the store)."""
         self._wake.set()

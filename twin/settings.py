@@ -43,6 +43,10 @@ class ServerSettings(BaseSettings):
     """Most vertices of an edited feature's geometry."""
     max_streams: int = 256
     """Most `/events` streams one worker holds open; more are answered 503."""
+    max_lag: int = 5_000
+    """Most change-log entries a worker may be behind the store before it takes another batch
+    of readings: a batch waits (up to its deadline) until the worker has applied what came
+    before, so readings land no faster than every worker serves them."""
     follow_interval_s: float = 0.2
     """How often each server process looks for changes in the store's change log (an import
     by another process, an edit through another worker) and applies them; 0: never (a

@@ -230,3 +230,32 @@ def test_a_reading_reaches_every_worker(tmp_path: Path, store: Path) -> None:
                 json.loads(get(c, "/collections/lights/items/L3")[1])["properties"]["status"]
                 == "fault"
             )
+
+
+def test_a_batch_waits_until_the_worker_serves_what_came_before(store: Path) -> None:
+    """With TWIN_MAX_LAG entries of lag allowed (here none), a batch lands only once this
+    worker has applied the store's log up to it: readings never run ahead of what is served."""
+    with TestClient(app_for(store, max_lag=0, follow_interval_s=30.0)) as c:
+        catalog = c.app.state.catalog
+        real_follow, real_observe = catalog.follow, catalog.store.observe
+        behind: list[int] = []
+
+        def slow_follow():  # a worker busy with other work applies late
+            time.sleep(0.3)
+            return real_follow()
+
+        def observe(readings, *, user):  # how far behind the store this worker is now
+            behind.append(catalog.store.revision() - catalog.seq)
+            return real_observe(readings, user=user)
+
+        catalog.follow = slow_follow
+        catalog.store.observe = observe
+        for k in range(3):
+            r = c.post("/twin/observations", json=[reading("L3", f"2026-12-07T1{k}:00:00Z", "off")])
+            assert r.status_code == 200 and r.json()["changed"] == 1
+        assert behind == [0, 0, 0]
+        deadline = time.monotonic() + 5
+        while catalog.seq < catalog.store.revision() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = c.get("/collections/lights/items/L3").json()["properties"]["status"]
+        assert status == "off"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterable
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from layers.catalog import AppliedRun
+from layers.catalog import AppliedRun, Catalog
 from layers.errors import UnknownCollection, UnknownFeature
 from layers.layer import UPDATED, VERSION, Layer
 from layers.models import Access, utc_stamp
@@ -122,6 +123,7 @@ async def post_observations(
     request: Request,
     catalog: CatalogDep,
     scope: Scope,
+    settings: SettingsDep,
     items: Annotated[list[Any], Depends(readings_body)],
 ) -> JSONResponse:
     """A batch of readings `{collection, id, time, property, value}` (a lamp's `status`, a
@@ -141,6 +143,7 @@ async def post_observations(
             "revision": done.revision,
         }
 
+    await _caught_up(request, catalog, settings.max_lag)
     answer = await run_in_threadpool(land)
     if answer["changed"]:
         request.app.state.follower.wake()
@@ -148,6 +151,17 @@ async def post_observations(
         if peers is not None:
             peers.news()
     return JSONResponse(answer)
+
+
+async def _caught_up(request: Request, catalog: Catalog, lag: int) -> None:
+    """Wait until this worker serves the store but for at most `lag` entries (the request's
+    deadline bounds the wait: past it the guard answers 503)."""
+    follower = request.app.state.follower
+    if not follower.running:
+        return  # a snapshot server (TWIN_FOLLOW_INTERVAL_S=0) applies nothing
+    while await run_in_threadpool(catalog.store.revision) - catalog.seq > lag:
+        follower.wake()
+        await asyncio.sleep(0.01)
 
 
 def _feed(request: Request) -> ChangeFeed:
