@@ -228,9 +228,11 @@ def _valves(name: str, z: int) -> list[dict]:
             z,
             paint={
                 "circle-color": _selected(fill),
-                "circle-radius": _by_zoom(["*", 0.45, radius], radius, 13, 18),
+                "circle-radius": _by_zoom(["*", 0.35, radius], radius, 13, 18),
                 "circle-stroke-color": _selected(ring),
-                "circle-stroke-width": _state_width(ring_width, 2.5),
+                "circle-stroke-width": _by_zoom(
+                    _state_width(["*", 0.4, ring_width], 2.5), _state_width(ring_width, 2.5), 13, 18
+                ),
             },
         ),
         _label(

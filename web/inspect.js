@@ -99,7 +99,7 @@ export class Inspector {
     this.select({ collection, id });
     const path = itemPath(collection, id);
     const [feature, history, fields] = await Promise.all([
-      getJSON(path),
+      getJSON(path, window.twin.asof ? { asof: window.twin.asof } : undefined),
       getJSON(`${path}/history`).catch(() => null),
       this.fields(collection),
     ]);

@@ -63,7 +63,7 @@ export class LiveFeed {
 
   apply(change) {
     const src = this.map.getSource("twin");
-    if (!src) return;
+    if (!src || window.twin.asof) return; // the map shows a past instant: nothing to follow
     const boxes = [change.old_bbox, change.new_bbox].filter(Boolean);
     const zoom = Math.floor(this.map.getZoom());
     const max = src.maxzoom ?? 22;

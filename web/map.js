@@ -11,7 +11,7 @@ import { SearchBox } from "./search.js";
 import { getHash, setHash } from "./state.js";
 import { Tools } from "./tools.js";
 
-window.twin = {};
+window.twin = { asof: getHash("asof") };
 const startedWithView = Boolean(getHash("view")); // a shared link's view wins over fitting the data
 let live = null;
 
@@ -21,7 +21,15 @@ const map = new maplibregl.Map({
   hash: "view",
   attributionControl: { compact: false },
   localIdeographFontFamily: "'Noto Sans CJK SC', 'Noto Sans SC', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', sans-serif",
-  transformRequest: (resource, kind) => (live ? live.request(resource, kind) : undefined),
+  transformRequest: (resource, kind) => {
+    // The time slider: tiles of the twin as recorded at an earlier instant (`asof`).
+    if (window.twin.asof && kind === "Tile" && resource.includes("/tiles/WebMercatorQuad/")) {
+      const u = new URL(resource);
+      u.searchParams.set("asof", window.twin.asof);
+      return { url: u.href };
+    }
+    return live ? live.request(resource, kind) : undefined;
+  },
 });
 map.addControl(new maplibregl.NavigationControl(), "bottom-right");
 map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-left");
@@ -81,6 +89,32 @@ map.on("error", (e) => {
   if (!window.twin.mapError) console.warn("map:", e.error?.message || e);
   window.twin.mapError = e.error?.message || String(e);
 });
+
+function setAsOf(value) {
+  // `value`: an ISO instant, or null for now (the live twin).
+  window.twin.asof = value;
+  setHash({ asof: value });
+  const input = document.getElementById("asof");
+  input.value = value ? toLocalInput(new Date(value)) : "";
+  document.body.classList.toggle("past", Boolean(value));
+  const source = map.getSource("twin");
+  if (source) source.setUrl(url("tiles/WebMercatorQuad/tilejson.json"));
+}
+
+function toLocalInput(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+document.getElementById("asof").addEventListener("change", (e) => {
+  setAsOf(e.target.value ? new Date(e.target.value).toISOString() : null);
+});
+document.getElementById("asof-now").addEventListener("click", () => setAsOf(null));
+if (window.twin.asof) {
+  document.getElementById("asof").value = toLocalInput(new Date(window.twin.asof));
+  document.body.classList.add("past");
+}
+window.twin.setAsOf = setAsOf;
 
 document.getElementById("lang").addEventListener("click", () => {
   setLang(lang === "zh" ? "en" : "zh");

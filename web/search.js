@@ -46,7 +46,8 @@ export class SearchBox {
       class: i === this.active ? "active" : "",
       dataset: { collection: h.collection, id: h.id },
       onmousedown: (e) => { e.preventDefault(); this.choose(i); },
-    }, el("span", { class: "hit-label" }, h.label),
+    }, el("span", { class: "hit-label" }, h.label,
+      !h.label.toLowerCase().includes(h.properties.matched) ? el("small", { class: "hit-matched" }, ` ${h.properties.matched}`) : null),
     el("span", { class: "hit-layer" }, layerTitle(h.collection) + (h.properties.features > 1 ? ` ×${h.properties.features}` : "")))));
     this.list.hidden = !this.hits.length;
     this.input.setAttribute("aria-expanded", this.hits.length ? "true" : "false");

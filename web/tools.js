@@ -135,6 +135,8 @@ export class Tools {
     this.showArea(null);
     this.map.removeFeatureState({ source: "twin", sourceLayer: "grids" });
     this.pipePick = null;
+    if (this.onMoved) this.map.off("moveend", this.onMoved);
+    this.onMoved = null;
   }
 
   close() {
@@ -358,6 +360,63 @@ export class Tools {
         el("p", { class: "readout" }, `${t("upstream")}: ${up.pipes.features.length} · ${formatNumber(up.length_m)} m`)));
     } catch (e) { this.fail(e); }
     return true;
+  }
+
+  table() {
+    // What is in view of one layer, as a table: sortable by any column, exported as CSV.
+    const names = (this.map.getStyle().metadata?.["twin:layers"] || []);
+    const which = el("select", { id: "table-layer" }, names.map((n) => el("option", { value: n }, layerTitle(n))));
+    const run = async () => {
+      const b = this.map.getBounds();
+      const bbox = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map((v) => v.toFixed(6)).join(",");
+      try {
+        const fc = await getJSON(`collections/${which.value}/items`, { bbox, limit: 1000 });
+        window.twin.lastAnswer = fc;
+        this.renderTable(which.value, fc);
+      } catch (e) { this.fail(e); }
+    };
+    which.addEventListener("change", run);
+    this.card("table", el("label", {}, t("collection"), " ", which));
+    this.onMoved = () => this.tool === "table" && run();
+    this.map.on("moveend", this.onMoved);
+    run();
+  }
+
+  renderTable(collection, fc, sortBy = null, descending = false) {
+    const columns = ["id", ...new Set(fc.features.flatMap((f) => Object.keys(f.properties || {})))];
+    const value = (f, c) => (c === "id" ? f.id : f.properties?.[c]);
+    const rows = [...fc.features];
+    if (sortBy) {
+      rows.sort((a, b) => {
+        const x = value(a, sortBy), y = value(b, sortBy);
+        const order = x === y ? 0 : x === null || x === undefined ? 1 : y === null || y === undefined ? -1 : x < y ? -1 : 1;
+        return descending ? -order : order;
+      });
+    }
+    const csv = toCsv(rows.map((f) => Object.fromEntries(columns.map((c) => [c, value(f, c)]))), columns);
+    window.twin.lastTableCsv = csv;
+    const head = el("tr", {}, columns.map((c) => el("th", {}, el("button", {
+      type: "button", class: "link", dataset: { column: c },
+      onclick: () => this.renderTable(collection, fc, c, sortBy === c ? !descending : false),
+    }, fieldName(c) + (sortBy === c ? (descending ? " ▼" : " ▲") : "")))));
+    const table = el("table", { class: "attrs wide", id: "attribute-table" }, head);
+    for (const f of rows.slice(0, 500)) {
+      table.append(el("tr", { dataset: { id: f.id }, onclick: () => this.inspector.open(collection, f.id) },
+        columns.map((c) => el("td", {}, value(f, c) === null || value(f, c) === undefined ? "" : String(value(f, c))))));
+    }
+    const download = el("button", {
+      type: "button", id: "table-csv",
+      onclick: () => {
+        const a = el("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: `${collection}.csv` });
+        document.body.append(a);
+        a.click();
+        a.remove();
+      },
+    }, t("csv"));
+    this.root.querySelector(".results")?.remove();
+    this.root.append(el("div", { class: "results", id: "tool-results" },
+      el("h3", {}, `${fc.numberReturned} / ${fc.numberMatched ?? fc.numberReturned} ${t("features")}`), download,
+      el("div", { class: "table-scroll" }, table)));
   }
 
   stats() {
