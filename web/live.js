@@ -5,6 +5,8 @@
 
 import { url } from "./api.js";
 
+const AGAIN_MS = 1300; // the server's TWIN_TILES_REFRESH_S (1 s), and a little more
+
 function tileRange(bbox, z) {
   const n = 2 ** z;
   const x = (lon) => Math.min(n - 1, Math.max(0, Math.floor(((lon + 180) / 360) * n)));
@@ -26,6 +28,7 @@ export class LiveFeed {
     this.badge = badge;
     this.dirty = new Set(); // "z/x/y" of tiles changed since the browser cached them
     this.applied = 0;
+    this.later = new Map();
   }
 
   // For `transformRequest`: a tile changed since it was cached is revalidated with the server.
@@ -37,6 +40,11 @@ export class LiveFeed {
     if (!this.dirty.has(key)) return undefined;
     this.dirty.delete(key);
     return { url: resource, cache: "no-cache" };
+  }
+
+  refresh(tiles) {
+    for (const tile of tiles) this.dirty.add(`${tile.z}/${tile.x}/${tile.y}`);
+    this.map.refreshTiles("twin", tiles);
   }
 
   start() {
@@ -75,8 +83,16 @@ export class LiveFeed {
       for (const z of new Set([zoom - 1, zoom, zoom + 1].map((v) => Math.max(min, Math.min(max, v))))) {
         for (const box of boxes) tiles.push(...tileRange(box, z));
       }
-      for (const tile of tiles) this.dirty.add(`${tile.z}/${tile.x}/${tile.y}`);
-      this.map.refreshTiles("twin", tiles);
+      this.refresh(tiles);
+      // The server may serve a tile under changes as it held it and draw it anew in the
+      // background (at most once a second): look again once that is done (a 304 if not).
+      for (const tile of tiles) this.later.set(`${tile.z}/${tile.x}/${tile.y}`, tile);
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => {
+        const again = [...this.later.values()];
+        this.later.clear();
+        this.refresh(again);
+      }, AGAIN_MS);
     }
     this.applied += 1;
     window.twin.liveApplied = this.applied;
