@@ -610,13 +610,16 @@ class GeoPackageStore:
         state (see `layers.gpkg_live`); returns how many. The server does it every second, a
         few thousand readings a transaction, so writers wait on it a few ms at a time."""
         done = 0
-        while True:
-            with self._lock:
-                if self._db.execute("SELECT 1 FROM twin_readings_new LIMIT 1").fetchone() is None:
-                    return done
-                with self._transaction() as db:
-                    done += live.settle(db, SETTLE_ROWS)
+        with self._lock:  # what is there now; readings landing meanwhile wait for next time
+            (last,) = self._db.execute("SELECT max(rowid) FROM twin_readings_new").fetchone()
+        while last is not None:
+            with self._lock, self._transaction() as db:
+                n = live.settle(db, SETTLE_ROWS, last)
+            if not n:
+                return done
+            done += n
             time.sleep(0.001)  # a writer waiting on the lock gets it now
+        return done
 
     def versions(self, name: str, fid: str, scope: Access) -> tuple[Layer, list[tuple]]:
         """Every earlier version of feature `fid`, oldest first, as a layer of rows with the

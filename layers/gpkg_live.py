@@ -203,14 +203,18 @@ def observe(
     return out, payloads
 
 
-def settle(db: sqlite3.Connection, most: int | None = None) -> int:
-    """Fold the readings appended so far (the oldest `most` of them) into the history and the
-    state, inside a write transaction; returns how many."""
+def settle(db: sqlite3.Connection, most: int | None = None, upto: int | None = None) -> int:
+    """Fold the readings appended so far (the oldest `most` of them, none after row `upto`)
+    into the history and the state, inside a write transaction; returns how many."""
     (first, last) = db.execute("SELECT min(rowid), max(rowid) FROM twin_readings_new").fetchone()
     if last is None:
         return 0
+    if upto is not None:
+        last = min(last, upto)
     if most is not None:
         last = min(last, first + most - 1)
+    if last < first:
+        return 0
     # Sorted by the history's index: each of its pages is written once per settle.
     db.execute(
         f"INSERT INTO twin_readings ({_READING_COLUMNS}) SELECT {_READING_COLUMNS} "
