@@ -180,8 +180,13 @@ def create_app(
         feed = app.state.feed = ChangeFeed(cat)
         feed.bind(asyncio.get_running_loop())
 
+        loop = asyncio.get_running_loop()
+
         def applied(changes: Applied) -> None:
             feed.publish(changes)
+            peers = app.state.tiles.peers
+            if peers is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(peers.applied, cat.seq)
             warm_queries(cat, app.state.query_settings, app.state.rasters, changes.collections())
 
         follower = app.state.follower = Follower(

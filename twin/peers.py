@@ -3,7 +3,8 @@ others, so every worker's cache holds it and no tile is rendered twice.
 
 The workers are forked from one process (`twin.server`) and joined pairwise by Unix socket
 pairs (`link`). A message is one pickled `(key, generation, etag, raw, gzip)` behind its
-length, or None (`news`: the store's change log has moved); pickle is safe here because both
+length, or None (`news`: the store's change log has moved), or an int (`applied`: the
+entry of the log a worker serves up to); pickle is safe here because both
 ends are this same program. A worker takes a tile only while its cache's generation for the tile's collections equals the sender's
 (`TileCache.insert`), i.e. while both serve the same data.
 
@@ -110,6 +111,8 @@ class TilePeers:
         """Tiles from this worker's cache sent to workers that joined later."""
         self.on_news: Callable[[], None] | None = None
         """Called when another worker says the store's change log has moved (`news`)."""
+        self.seqs: dict[asyncio.StreamWriter, int] = {}
+        """The change-log entry each other worker said it serves up to (`applied`)."""
 
     @property
     def links(self) -> int:
@@ -187,6 +190,15 @@ class TilePeers:
                 writer.write(frame)
         self.sent += 1
 
+    def applied(self, seq: int) -> None:
+        """Tell every other worker that this one serves the store's log up to entry `seq`
+        (call on the event loop)."""
+        body = pickle.dumps(seq)
+        frame = _LENGTH.pack(len(body)) + body
+        for writer in self._links:
+            if not writer.is_closing():
+                writer.write(frame)
+
     def news(self) -> None:
         """Tell every other worker that this one has just written to the store, so they
         apply it now rather than when they next look (call on the event loop)."""
@@ -206,6 +218,9 @@ class TilePeers:
                         if self.on_news is not None:
                             self.on_news()
                         continue
+                    if isinstance(message, int):  # `applied`
+                        self.seqs[writer] = message
+                        continue
                     key, generation, etag, raw, gz = message
                     held = cache.peek(key)
                     if held is None:
@@ -218,6 +233,7 @@ class TilePeers:
         finally:
             # The peer is gone (or this worker is closing): drop the link.
             self._links.pop(writer, None)
+            self.seqs.pop(writer, None)
             writer.close()
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 from collections.abc import AsyncIterable
 from typing import Annotated, Any
 
@@ -41,6 +42,8 @@ from twin.routes.responses import responses
 
 router = APIRouter(tags=["Live twin"])
 
+PEER_WAIT_S = 2.0
+"""How long a batch of readings waits for other workers to catch up (see `_caught_up`)."""
 READING_BYTES = 300
 """Body bytes allowed per reading of a batch (a reading is ~130 bytes of JSON)."""
 
@@ -154,12 +157,20 @@ async def post_observations(
 
 
 async def _caught_up(request: Request, catalog: Catalog, lag: int) -> None:
-    """Wait until this worker serves the store but for at most `lag` entries (the request's
-    deadline bounds the wait: past it the guard answers 503)."""
+    """Wait until this worker, and the other workers as far as they said (`TilePeers.seqs`),
+    serve the store but for at most `lag` entries; for the others at most `PEER_WAIT_S` (a
+    worker that is stuck must not stop the readings)."""
     follower = request.app.state.follower
     if not follower.running:
         return  # a snapshot server (TWIN_FOLLOW_INTERVAL_S=0) applies nothing
-    while await run_in_threadpool(catalog.store.revision) - catalog.seq > lag:
+    peers = request.app.state.tiles.peers
+    give_up = time.monotonic() + PEER_WAIT_S
+    while True:
+        served = catalog.seq
+        if peers is not None and peers.seqs and time.monotonic() < give_up:
+            served = min(served, *peers.seqs.values())
+        if await run_in_threadpool(catalog.store.revision) - served <= lag:
+            return
         follower.wake()
         await asyncio.sleep(0.01)
 
