@@ -155,11 +155,25 @@ def _pipes(name: str, z: int) -> list[dict]:
     # Width grows with zoom and with the pipe's diameter (150 mm when unknown).
     diameter = ["/", ["coalesce", ["get", "diameter_mm"], 150], 300]
     wide = ["+", 1.2, ["min", ["*", 2.5, diameter], 4]]
-    # Zoom-based at the top (MapLibre's rule); picked or found pipes 3 px wider at any zoom.
-    width = _by_zoom(_state_width(0.7), _state_width(wide), 12, 18)
+    width = _by_zoom(0.7, wide, 12, 18)
     retired = ["in", ["coalesce", ["get", "status"], ""], ["literal", RETIRED]]
     common = {"line-offset": _by_zoom(["*", 0.15, offset], offset, 13, 18)}
+    # A pipe a tool found keeps its network's colour inside a halo; a picked one turns magenta.
+    picked = ["case", ["boolean", ["feature-state", "selected"], False], HIGHLIGHT, colour]
     return [
+        _layer(
+            f"{name}-halo",
+            "line",
+            name,
+            z,
+            layout={"line-cap": "round", "line-join": "round"},
+            paint={
+                "line-color": _selected(FOUND),
+                "line-width": _by_zoom(4.7, ["+", 6, wide], 12, 18),
+                "line-opacity": ["case", _LIT, 0.75, 0.0],
+                **common,
+            },
+        ),
         _layer(
             f"{name}-retired",
             "line",
@@ -167,7 +181,7 @@ def _pipes(name: str, z: int) -> list[dict]:
             z,
             filter=retired,
             paint={
-                "line-color": _selected(colour),
+                "line-color": picked,
                 "line-width": width,
                 "line-opacity": 0.6,
                 "line-dasharray": [2, 2],
@@ -181,7 +195,7 @@ def _pipes(name: str, z: int) -> list[dict]:
             z,
             filter=["!", retired],
             layout={"line-cap": "round", "line-join": "round"},
-            paint={"line-color": _selected(colour), "line-width": width, **common},
+            paint={"line-color": picked, "line-width": width, **common},
         ),
     ]
 

@@ -528,6 +528,35 @@ def test_an_isolation_trace_highlights_exactly_the_apis_valves(fresh, layers):
     assert problems == []
 
 
+def test_a_sewer_is_traced_up_and_downstream(fresh, layers):
+    page, server, problems = fresh
+    pipes = layers["pipes"]
+    sewer = np.flatnonzero(pipes.attrs["network"].to_numpy(dtype=object) == "sewer")
+    row = int(sewer[len(sewer) // 2])
+    mid = shapely.line_interpolate_point(pipes.geometry[row], 0.5, normalized=True)
+    go(page, mid.x, mid.y, 19)
+    page.locator("#toolbar button[data-tool='isolate']").click()
+    # Only the sewer drawn: the click cannot pick a water main beside it.
+    for net in ("water", "storm", "gas", "heat", "reclaimed"):
+        page.locator(f"input[data-network='{net}']").uncheck()
+    click_map(page, mid.x, mid.y)
+    page.locator("#tool-results").wait_for(state="visible")
+    traced = page.evaluate("twin.lastAnswer")
+    start = traced["downstream"]["start"]["id"]
+    assert pipes.attrs["network"].iloc[pipes.row(start)] == "sewer"
+    for direction in ("downstream", "upstream"):
+        answer = api(server, f"/collections/pipes/items/{start}/{direction}")
+        ids = [f["id"] for f in answer["pipes"]["features"]]
+        assert [f["id"] for f in traced[direction]["pipes"]["features"]] == ids
+        lit = page.evaluate(
+            """(ids) => ids.every(id => twinMap.getFeatureState(
+                {source: 'twin', sourceLayer: 'pipes', id}).hit === true)""",
+            ids,
+        )
+        assert lit, direction
+    assert problems == []
+
+
 def test_grid_cells_shaded_by_a_statistic(fresh):
     page, server, problems = fresh
     page.evaluate("twinMap.jumpTo({center: [114.32, 30.35], zoom: 13.5})")
