@@ -348,13 +348,12 @@ def main() -> None:
             Path(a.profile).mkdir(parents=True, exist_ok=True)
             for pid in sorted(server.children()):
                 out = Path(a.profile) / f"worker-{pid}.txt"
+                spy = str(Path(sys.executable).parent / "py-spy")
+                args = ["record", "-p", str(pid), "-d", str(int(a.seconds)), "-f", "raw"]
+                args += ["-o", str(out), "-r", "200", "--nonblocking"]
                 spies.append(
                     subprocess.Popen(
-                        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
-                         "-d", str(int(a.seconds)), "-f", "raw", "-o", str(out), "-r", "200",
-                         "--nonblocking"],  # fmt: skip
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
+                        [spy, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                     )
                 )
         poster.start()
