@@ -134,6 +134,12 @@ def _layer(id: str, kind: str, source_layer: str, minzoom: float, **parts: Any) 
     return out
 
 
+def _line(id: str, source_layer: str, minzoom: float, paint: dict, **parts: Any) -> dict:
+    """A line layer with round caps and joins."""
+    layout = {"line-cap": "round", "line-join": "round"}
+    return _layer(id, "line", source_layer, minzoom, layout=layout, paint=paint, **parts)
+
+
 def _label(
     id: str, source_layer: str, minzoom: float, text: Any, colour: str, **extra: Any
 ) -> dict:
@@ -161,13 +167,11 @@ def _pipes(name: str, z: int) -> list[dict]:
     # A pipe a tool found keeps its network's colour inside a halo; a picked one turns magenta.
     picked = ["case", ["boolean", ["feature-state", "selected"], False], HIGHLIGHT, colour]
     return [
-        _layer(
+        _line(
             f"{name}-halo",
-            "line",
             name,
             z,
-            layout={"line-cap": "round", "line-join": "round"},
-            paint={
+            {
                 "line-color": _selected(FOUND),
                 "line-width": _by_zoom(4.7, ["+", 6, wide], 12, 18),
                 "line-opacity": ["case", _LIT, 0.75, 0.0],
@@ -188,14 +192,12 @@ def _pipes(name: str, z: int) -> list[dict]:
                 **common,
             },
         ),
-        _layer(
+        _line(
             name,
-            "line",
             name,
             z,
+            {"line-color": picked, "line-width": width, **common},
             filter=["!", retired],
-            layout={"line-cap": "round", "line-join": "round"},
-            paint={"line-color": picked, "line-width": width, **common},
         ),
     ]
 
@@ -305,24 +307,20 @@ def _lights(name: str, z: int) -> list[dict]:
 def _roads(name: str, z: int) -> list[dict]:
     factor = _match("class", ROAD_WIDTHS, 1.0)
     return [
-        _layer(
+        _line(
             f"{name}-casing",
-            "line",
             name,
             z,
-            layout={"line-cap": "round", "line-join": "round"},
-            paint={
+            {
                 "line-color": "#c9c2b6",
                 "line-width": _by_zoom(["*", 1.4, factor], ["*", 14.0, factor], 10, 18),
             },
         ),
-        _layer(
+        _line(
             name,
-            "line",
             name,
             z,
-            layout={"line-cap": "round", "line-join": "round"},
-            paint={
+            {
                 "line-color": _selected(_match("class", ROAD_COLOURS, "#ffffff")),
                 "line-width": _by_zoom(["*", 0.8, factor], ["*", 12.0, factor], 10, 18),
             },

@@ -488,14 +488,26 @@ def test_the_dig_checks_csv_equals_post_query_intersects(fresh, layers):
     assert problems == []
 
 
+def _trace_tool_on(page, layers, network: str, share: float, zoom: float) -> shapely.Point:
+    """The isolation tool open, the map at the middle of a pipe of `network` (the one at
+    `share` of that network's pipes), only that network drawn; the middle."""
+    pipes = layers["pipes"]
+    rows = np.flatnonzero(pipes.attrs["network"].to_numpy(dtype=object) == network)
+    mid = shapely.line_interpolate_point(
+        pipes.geometry[int(rows[int(len(rows) * share)])], 0.5, normalized=True
+    )
+    go(page, mid.x, mid.y, zoom)
+    page.locator("#toolbar button[data-tool='isolate']").click()
+    # Only that network drawn: the click cannot pick another main beside it.
+    for net in page.evaluate("Object.keys(twinMap.getStyle().metadata['twin:networks'])"):
+        if net != network:
+            page.locator(f"input[data-network='{net}']").uncheck()
+    return mid
+
+
 def test_an_isolation_trace_highlights_exactly_the_apis_valves(fresh, layers):
     page, server, problems = fresh
-    pipes = layers["pipes"]
-    water = np.flatnonzero(pipes.attrs["network"].to_numpy(dtype=object) == "water")
-    row = int(water[len(water) // 3])
-    mid = shapely.line_interpolate_point(pipes.geometry[row], 0.5, normalized=True)
-    go(page, mid.x, mid.y, 18)
-    page.locator("#toolbar button[data-tool='isolate']").click()
+    mid = _trace_tool_on(page, layers, "water", 1 / 3, 18)
     click_map(page, mid.x, mid.y)
     page.locator("#isolation-valves").wait_for(state="visible")
     traced = page.evaluate("twin.lastAnswer.pipe.id")
@@ -531,14 +543,7 @@ def test_an_isolation_trace_highlights_exactly_the_apis_valves(fresh, layers):
 def test_a_sewer_is_traced_up_and_downstream(fresh, layers):
     page, server, problems = fresh
     pipes = layers["pipes"]
-    sewer = np.flatnonzero(pipes.attrs["network"].to_numpy(dtype=object) == "sewer")
-    row = int(sewer[len(sewer) // 2])
-    mid = shapely.line_interpolate_point(pipes.geometry[row], 0.5, normalized=True)
-    go(page, mid.x, mid.y, 19)
-    page.locator("#toolbar button[data-tool='isolate']").click()
-    # Only the sewer drawn: the click cannot pick a water main beside it.
-    for net in ("water", "storm", "gas", "heat", "reclaimed"):
-        page.locator(f"input[data-network='{net}']").uncheck()
+    mid = _trace_tool_on(page, layers, "sewer", 1 / 2, 19)
     click_map(page, mid.x, mid.y)
     page.locator("#tool-results").wait_for(state="visible")
     traced = page.evaluate("twin.lastAnswer")
