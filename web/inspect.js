@@ -120,10 +120,38 @@ export class Inspector {
         el("a", { href: url(path, { f: "html" }), target: "_blank", rel: "noopener" }, t("html"))),
       table,
     ];
+    if (collection === "grids") parts.push(await this.hierarchy(feature));
     if (history) parts.push(...historyParts(history));
     this.show(...parts);
     this.root.dataset.collection = collection;
     this.root.dataset.id = id;
+  }
+
+  async hierarchy(cell) {
+    // A grid cell's place in the hierarchy: the cells above it (district > street >
+    // community > cell) and those right under it, each a link.
+    const p = cell.properties || {};
+    const chain = [];
+    let code = p.parent_code;
+    for (let i = 0; code && i < 4; i++) {
+      const up = (await getJSON("collections/grids/items", { code, limit: 1 }).catch(() => null))?.features?.[0];
+      if (!up) break;
+      chain.unshift(up);
+      code = up.properties.parent_code;
+    }
+    const under = p.code ? (await getJSON("collections/grids/items", { parent_code: p.code, limit: 200 }).catch(() => null))?.features || [] : [];
+    const link = (f) => el("button", { type: "button", class: "link", dataset: { id: f.id }, onclick: () => this.open("grids", f.id) },
+      f.properties.name || f.properties.code || f.id);
+    const box = el("div", { class: "hierarchy", id: "grid-hierarchy" });
+    const path = el("p", { class: "crumbs" });
+    for (const f of chain) path.append(link(f), " › ");
+    path.append(el("strong", {}, p.name || p.code || cell.id));
+    box.append(el("h3", {}, t("hierarchy")), path);
+    if (under.length) {
+      box.append(el("p", { class: "muted" }, `${under.length} × ${t("levels")[under[0].properties.level] || ""}`),
+        el("ul", { class: "children" }, under.map((f) => el("li", {}, link(f)))));
+    }
+    return box;
   }
 
   refreshIfShown(collection, id) {

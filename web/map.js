@@ -127,5 +127,12 @@ document.getElementById("collapse").addEventListener("click", () => {
   document.getElementById("collapse").setAttribute("aria-expanded", collapsed ? "false" : "true");
   setTimeout(() => map.resize(), 0);
 });
+document.addEventListener("keydown", (e) => {
+  // Escape closes the open tool, else the open feature.
+  if (e.key !== "Escape" || e.target.id === "search") return;
+  const tools = window.twin.tools;
+  if (tools && tools.tool) tools.close();
+  else inspector.clear();
+});
 setLang(lang);
 window.twin.t = t;

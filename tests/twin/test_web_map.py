@@ -370,6 +370,37 @@ def test_clicking_a_park_shows_that_park(fresh, layers):
     assert problems == []
 
 
+def test_a_click_inside_a_grid_cell_opens_it_in_its_hierarchy(fresh, layers):
+    page, server, problems = fresh
+    grids = layers["grids"]
+    levels = grids.attrs["level"].to_numpy(dtype=object)
+    row = int(np.flatnonzero(levels == "community")[0])
+    inside = shapely.point_on_surface(grids.geometry[row])
+    go(page, inside.x, inside.y, 15)
+    click_map(page, inside.x, inside.y)
+    fid = str(grids.ids[row])
+    page.locator(f"#pick-list button[data-id='{fid}']").click()
+    page.locator("#grid-hierarchy").wait_for(state="visible")
+    code = grids.attrs["code"].iloc[row]
+    children = api(server, "/collections/grids/items", parent_code=code, limit=1000)["features"]
+    shown = page.evaluate(
+        "[...document.querySelectorAll('#grid-hierarchy .children button')].map(b => b.dataset.id)"
+    )
+    assert shown == [f["id"] for f in children] and shown
+    above = page.evaluate(
+        "[...document.querySelectorAll('#grid-hierarchy .crumbs button')].map(b => b.dataset.id)"
+    )
+    parent = api(server, "/collections/grids/items", code=grids.attrs["parent_code"].iloc[row])
+    district = api(
+        server, "/collections/grids/items", code=parent["features"][0]["properties"]["parent_code"]
+    )
+    assert above == [district["features"][0]["id"], parent["features"][0]["id"]]
+    shot(page, "grid-cell-1440x900")
+    page.keyboard.press("Escape")
+    assert page.locator("#inspect").is_hidden()
+    assert problems == []
+
+
 # -- search ---------------------------------------------------------------------------------------
 
 
