@@ -96,9 +96,16 @@ function setAsOf(value) {
   setHash({ asof: value });
   const input = document.getElementById("asof");
   input.value = value ? toLocalInput(new Date(value)) : "";
-  document.body.classList.toggle("past", Boolean(value));
+  showPast(value);
   const source = map.getSource("twin");
   if (source) source.setUrl(url("tiles/WebMercatorQuad/tilejson.json"));
+}
+
+function showPast(value) {
+  document.body.classList.toggle("past", Boolean(value));
+  const badge = document.getElementById("asof-badge");
+  badge.hidden = !value;
+  badge.textContent = value ? `${t("asof")} ${toLocalInput(new Date(value)).replace("T", " ")} · ${t("now")} ↻` : "";
 }
 
 function toLocalInput(date) {
@@ -110,9 +117,10 @@ document.getElementById("asof").addEventListener("change", (e) => {
   setAsOf(e.target.value ? new Date(e.target.value).toISOString() : null);
 });
 document.getElementById("asof-now").addEventListener("click", () => setAsOf(null));
+document.getElementById("asof-badge").addEventListener("click", () => setAsOf(null));
 if (window.twin.asof) {
   document.getElementById("asof").value = toLocalInput(new Date(window.twin.asof));
-  document.body.classList.add("past");
+  showPast(window.twin.asof);
 }
 window.twin.setAsOf = setAsOf;
 

@@ -677,8 +677,10 @@ def test_the_time_slider_shows_the_twin_as_recorded_before(fresh, layers):
     was = api(server, f"/collections/lights/items/{fid}", asof=stamp)["properties"]["status"]
     assert was == "on"
     assert "asof=" in page.url and page.locator("#asof").input_value()
+    assert page.locator("#asof-badge").is_visible()
     shot(page, "as-of-1440x900")
-    page.locator("#asof-now").click()
+    page.locator("#asof-badge").click()  # back to now
+    assert page.locator("#asof-badge").is_hidden()
     page.wait_for_function(f"{marks}.includes({json.dumps(fid)})", timeout=WAIT_MS)
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat(timespec="seconds")
     httpx.post(f"{server.url}/twin/observations", json=[{**reading, "time": later, "value": "on"}])
