@@ -631,6 +631,8 @@ def test_a_fault_reading_changes_the_lamps_symbol_without_a_reload(fresh, layers
     area = {"x": clip["x"] - 20, "y": clip["y"] - 20, "width": 40, "height": 40}
     before = Image.open(io.BytesIO(page.screenshot(clip=area))).convert("RGB")
     reloads = page.evaluate("performance.getEntriesByType('navigation').length")
+    fetched: list[str] = []
+    page.on("request", lambda req: fetched.append(req.url) if "/tiles/" in req.url else None)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     reading = {"collection": "lights", "id": fid, "time": now, "property": "status"}
     started = time.monotonic()
@@ -642,6 +644,18 @@ def test_a_fault_reading_changes_the_lamps_symbol_without_a_reload(fresh, layers
     changed = int((np.asarray(ImageChops.difference(before, after)).sum(axis=2) > 60).sum())
     assert changed > 20, changed
     assert page.evaluate("performance.getEntriesByType('navigation').length") == reloads
+    # Only tiles holding the lamp were fetched again (at the zooms about the view's).
+    page.wait_for_timeout(1600)  # and the second look, once the server has drawn them anew
+    deepest = page.evaluate("twinMap.getSource('twin').maxzoom")
+    assert fetched
+    for tile_url in fetched:
+        z, y, x = map(int, tile_url.split("/WebMercatorQuad/")[1].split("?")[0].split("/"))
+        n = 2**z
+        west, east = x / n * 360 - 180, (x + 1) / n * 360 - 180
+        north = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * y / n))))
+        south = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * (y + 1) / n))))
+        assert west <= lamp.x <= east and south <= lamp.y <= north, tile_url
+        assert min(17, deepest) <= z <= min(19, deepest)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     (ARTEFACTS / "fault-delay.txt").write_text(f"{delay:.3f} s from POST to the fault mark\n")
     shot(page, "fault-lamp-1440x900")
