@@ -220,6 +220,7 @@ def subscribe(port: int, query: str, seconds: float, out: str) -> None:
     the arrival time (CLOCK_MONOTONIC, shared by all processes) of each event id, written to
     `out` as JSON after `seconds`."""
     arrivals: dict[int, float] = {}
+    after_stamp: list[float] = []  # arrival less the time the store recorded the change
 
     def read() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=None)
@@ -229,10 +230,14 @@ def subscribe(port: int, query: str, seconds: float, out: str) -> None:
             for raw in r:
                 if raw.startswith(b"id:"):
                     arrivals[int(raw[3:])] = time.monotonic()
+                elif raw.startswith(b"data:") and len(after_stamp) < 100_000:
+                    stamp = json.loads(raw[5:])["time"]
+                    recorded = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+                    after_stamp.append(time.time() - recorded.timestamp())
 
     threading.Thread(target=read, daemon=True).start()
     time.sleep(seconds)
-    Path(out).write_text(json.dumps(dict(arrivals)))
+    Path(out).write_text(json.dumps({"arrivals": arrivals, "after_stamp": after_stamp}))
     os._exit(0)
 
 
@@ -366,7 +371,9 @@ def main() -> None:
         posted = json.loads(posts_file.read_text())
         elapsed = posted["seconds"]
         posts = posted["posts"]
-        arrivals = {int(k): v for k, v in json.loads(arrivals_file.read_text()).items()}
+        heard = json.loads(arrivals_file.read_text())
+        arrivals = {int(k): v for k, v in heard["arrivals"].items()}
+        since_recorded = [x * 1000 for x in heard["after_stamp"]]
         accepted = sum(p["accepted"] for p in posts)
         delays = []
         for p in posts:
@@ -388,6 +395,9 @@ def main() -> None:
             "p50_ms": pct(delays, 50),
             "p95_ms": pct(delays, 95),
             "p99_ms": pct(delays, 99),
+            # From when the store recorded the change (the POST's wait and write before it).
+            "since_recorded_p50_ms": pct(since_recorded, 50),
+            "since_recorded_p95_ms": pct(since_recorded, 95),
         }
     finally:
         result["server_stop"] = server.stop()

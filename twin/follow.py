@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
@@ -49,6 +48,7 @@ class Follower:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._settler: threading.Thread | None = None
         self.applied = Counter(
             "twin_changes_applied",
             "Change-log entries this process has applied to the layers it serves.",
@@ -61,10 +61,14 @@ class Follower:
         ).set_function(lambda: self.catalog.seq)
 
     def start(self) -> None:
-        """Follow from now on (no thread when the interval is 0)."""
+        """Follow from now on (no thread when the interval is 0), and fold what was written
+        append-only into the store every `SETTLE_S` on a thread of its own (folding holds the
+        store a few ms at a time; applying must not wait behind it)."""
         if self.interval_s > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="twin-follow", daemon=True)
             self._thread.start()
+            self._settler = threading.Thread(target=self._settle, name="twin-settle", daemon=True)
+            self._settler.start()
 
     @property
     def running(self) -> bool:
@@ -82,6 +86,9 @@ class Follower:
         if self._thread is not None:
             self._thread.join(JOIN_S)
             self._thread = None
+        if self._settler is not None:
+            self._settler.join(JOIN_S)
+            self._settler = None
 
     def step(self) -> Applied:
         """Apply what changed since the last step (what the thread does every interval)."""
@@ -95,7 +102,6 @@ class Follower:
         return changes
 
     def _run(self) -> None:
-        settled = time.monotonic()
         while True:
             self._wake.wait(self.interval_s)
             self._wake.clear()
@@ -104,8 +110,12 @@ class Follower:
             try:
                 if self.step():
                     self._stop.wait(GAP_S)
-                if time.monotonic() - settled >= SETTLE_S:
-                    settled = time.monotonic()
-                    self.catalog.store.settle()
             except Exception:  # the store busy or broken: say so, try again next time
                 log.exception("applying the store's changes failed; trying again")
+
+    def _settle(self) -> None:
+        while not self._stop.wait(SETTLE_S):
+            try:
+                self.catalog.store.settle()
+            except Exception:  # the store busy or broken: say so, try again next time
+                log.exception("folding readings into the store failed; trying again")
