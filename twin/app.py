@@ -29,6 +29,7 @@ from layers.models import Access
 from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
 from twin import queries as queries_mod
+from twin.access import CallerMiddleware
 from twin.cql2 import Limits
 from twin.crs import CrsSet
 from twin.events import ChangeFeed
@@ -236,6 +237,8 @@ def create_app(
     app.add_middleware(TileFastPath, routes=tiles.router.routes)
     # Outside the lean paths, so their requests are admitted and get a deadline too.
     app.add_middleware(Guard, settings=guard, admission=admission, metrics=app.state.metrics)
+    # Outside everything that answers: every path reads the caller resolved here.
+    app.add_middleware(CallerMiddleware)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"]
     )

@@ -19,6 +19,7 @@ from layers.gpkg import GeoPackageStore
 from layers.schemas import GRIDS, LIGHTS, PIPES
 from layers.store import RasterInfo
 from tests.twin.query_fixtures import make_layer, query_app, secret_layer
+from twin.access import CallerMiddleware
 from twin.routes import queries as routes
 
 LON, LAT = -71.1056, 42.3736
@@ -122,7 +123,7 @@ def _asgi(app: Any, fast: routes.QueryFastPath, method: str, path: str, query: s
         "app": app,
         "root_path": "",
     }
-    asyncio.run(fast(scope, receive, send))
+    asyncio.run(CallerMiddleware(fast)(scope, receive, send))  # as the app wraps it
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return passed, body, scope.get("route")
 
