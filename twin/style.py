@@ -19,9 +19,9 @@ HIGHLIGHT = "#ff00ff"
 """A feature picked on the map (feature state `selected`)."""
 FOUND = "#7b2cbf"
 """A feature a tool found: a trace's valves and pipes, a query's answer (feature state `hit`)."""
-FONT = ["Noto Sans CJK SC", "Noto Sans", "DejaVu Sans", "sans-serif"]
-"""Label fonts. The style names no `glyphs` URL: MapLibre draws every glyph in the browser
-from these local fonts (Chinese included), so labels need nothing from any other host."""
+FONT = ["Noto Sans Regular"]
+"""The labels' font stack: its glyphs come from the server (`/fonts/...`, `twin.glyphs`), but
+for Chinese, Japanese and Korean, which MapLibre draws in the browser from local fonts."""
 
 # Okabe–Ito colours (apart for the common colour-vision deficiencies), one family per network;
 # valves take their network's colour, their kind is told by the symbol, their state by its ring.
@@ -624,6 +624,7 @@ def style(
     raster_tiles_url: Callable[[str, str], str],
     minzoom: Callable[[Layer], int],
     name: str = "twin",
+    glyphs_url: str | None = None,
 ) -> dict[str, Any]:
     """The MapLibre style drawing `layers` (composite tiles) over `rasters` (colour relief
     under a hillshade), labels on top; its metadata holds the layer panel's groups and the
@@ -674,7 +675,7 @@ def style(
         groups.append(
             {"id": "other", "title": {"en": "Other", "zh": "其他"}, "collections": others}
         )
-    return {
+    out: dict[str, Any] = {
         "version": 8,
         "name": name,
         "metadata": {
@@ -690,3 +691,6 @@ def style(
         "sources": sources,
         "layers": [*out_layers, *labels],
     }
+    if glyphs_url:
+        out["glyphs"] = glyphs_url
+    return out
