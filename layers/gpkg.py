@@ -54,8 +54,8 @@ _ROWS_PER_INSERT = 200
 _CHUNK = 50_000  # features encoded and written at a time
 _MAX_PARAMS = 30_000  # under SQLite's limit of 32,766 bound parameters per statement
 _IDS_PER_READ = 20_000  # ids bound in one SELECT ... IN (...): under SQLite's 32,766
-SETTLE_ROWS = 2_000
-"""Readings folded in per transaction by `settle` (~7 ms of the write lock)."""
+HISTORY_ROWS = 200_000
+"""Readings moved into the indexed history per transaction by `settle`."""
 FEED_FEATURES_MAX = 10_000
 """A write changing more features than this is one `LAYER` entry of the change log (followers
 reload the collection) instead of one entry per feature."""
@@ -596,7 +596,7 @@ class GeoPackageStore:
         if ids is not None:
             sql += f" WHERE id IN ({', '.join('?' * len(ids))})"
         with self._transaction() as db:  # one snapshot of rows and state, settled first
-            live.settle(db)
+            live.settle(db, history=False)
             rows = db.execute(sql + " ORDER BY fid", tuple(ids or ())).fetchall()
             state = live.live_rows(db, name, ids)
             seq = live.revision(db)
@@ -605,16 +605,18 @@ class GeoPackageStore:
             layer.seq = seq
         return layer
 
-    def settle(self) -> int:
-        """Fold the readings appended since the last time into the history and the stored
-        state (see `layers.gpkg_live`); returns how many. The server does it every second, a
-        few thousand readings a transaction, so writers wait on it a few ms at a time."""
+    def settle(self, history: bool = True) -> int:
+        """Fold the readings appended since the last time into the stored state and (with
+        `history`) the indexed history (see `layers.gpkg_live`); returns how many."""
         done = 0
         with self._lock:  # what is there now; readings landing meanwhile wait for next time
             (last,) = self._db.execute("SELECT max(rowid) FROM twin_readings_new").fetchone()
+        # The state in one transaction (each of its pages written once); the history in
+        # large ones (see `layers.gpkg_live.settle`).
+        most = HISTORY_ROWS if history else None
         while last is not None:
             with self._lock, self._transaction() as db:
-                n = live.settle(db, SETTLE_ROWS, last)
+                n = live.settle(db, most, last, history=history)
             if not n:
                 return done
             done += n
@@ -938,7 +940,7 @@ class GeoPackageStore:
         hashes = feature_hashes(layer, wkb)
         now = _now()
         with self._transaction() as db:
-            live.settle(db)  # the live state, to be folded into what this write changes
+            live.settle(db, history=False)  # the live state, folded into what this changes
             before = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
             self._register(db, schema, meta)
             after = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
@@ -1131,7 +1133,7 @@ class GeoPackageStore:
         `expect`, only if the features named are in those states (see `write`)."""
         self._entry(name, Access.RESTRICTED)
         with self._transaction() as db:
-            live.settle(db)
+            live.settle(db, history=False)
             if expect:
                 _check_expected(db, name, expect)
             stamp = utc_stamp(_now())
@@ -1159,7 +1161,7 @@ class GeoPackageStore:
             row = db.execute("SELECT kind FROM twin_layers WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise UnknownCollection(name)
-            live.settle(db)
+            live.settle(db, history=False)
             live.end_all(db, name)
             if row[0] == "vector":
                 db.execute(f"DROP TABLE IF EXISTS {_q(name)}")

@@ -118,9 +118,10 @@ class Store(Protocol):
         becomes its state, one change-log entry per feature changed."""
         ...
 
-    def settle(self) -> int:
-        """Fold what was written append-only into the stored features (a server calls it now
-        and then; reads do it themselves). Returns how much it folded."""
+    def settle(self, history: bool = True) -> int:
+        """Fold what was written append-only into the stored features, and with `history`
+        into the indexed history (a server calls it now and then; reads do what they need
+        themselves). Returns how much it folded."""
         ...
 
     def as_of(self, name: str, time: str, scope: Access, ids: list[str] | None = None) -> Layer:

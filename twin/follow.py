@@ -28,6 +28,8 @@ GAP_S = 0.04
 """The least time between two steps: changes arriving faster (a batch of readings every few
 ms) are applied together, each step costing a few ms whatever it applies."""
 SETTLE_S = 1.0
+HISTORY_EVERY = 30
+"""Of the settling rounds, those that also move readings into the indexed history."""
 """How often a process folds what was written append-only into the store (`Store.settle`):
 any process may; the first to find something does."""
 
@@ -114,8 +116,12 @@ class Follower:
                 log.exception("applying the store's changes failed; trying again")
 
     def _settle(self) -> None:
+        rounds = 0
         while not self._stop.wait(SETTLE_S):
+            rounds += 1
             try:
-                self.catalog.store.settle()
+                # The state every second, the history every HISTORY_EVERY seconds (see
+                # `layers.gpkg_live.settle`).
+                self.catalog.store.settle(history=rounds % HISTORY_EVERY == 0)
             except Exception:  # the store busy or broken: say so, try again next time
                 log.exception("folding readings into the store failed; trying again")
