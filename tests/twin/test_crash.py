@@ -99,6 +99,11 @@ def test_sigkill_during_edits_and_readings(tmp_path: Path, kill_after_s: float) 
     proc, url = start(store, log)
     stream = Stream(url)
     stream.thread.start()
+    # The moments count from the first acknowledged edit and batch (a loaded machine may take
+    # a while to answer the first ones).
+    deadline = time.monotonic() + 60
+    while not (stream.patches and stream.batches) and time.monotonic() < deadline:
+        time.sleep(0.01)
     time.sleep(kill_after_s)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
