@@ -1,6 +1,7 @@
 """Map label glyphs as MapLibre asks for them: 256 codepoints at a time, each glyph a signed
 distance field (SDF) of its outline at 24 px with a 3 px border, in the protocol buffer layout
-of the glyph ranges (`glyphs.proto`), drawn from fonts on this machine (Pillow's FreeType).
+of the glyph ranges (`glyphs.proto`), drawn from the font the project carries (DejaVu Sans,
+from npm like MapLibre) and, for what it lacks, fonts on this machine (Pillow's FreeType).
 
 So the style can name a glyph URL of the server's own: no label needs another host. Fonts are
 looked up in `FONT_FILES` order, the first holding a codepoint draws it; a range none holds is
@@ -17,6 +18,8 @@ import numpy as np
 from PIL import ImageFont
 from scipy import ndimage
 
+from twin.webmap import FONT_DIST, default_web_dir
+
 SIZE = 24
 """Glyphs are drawn at 24 px (what MapLibre scales from)."""
 BORDER = 3
@@ -27,7 +30,10 @@ CUTOFF = 0.25
 BASELINE = 26
 """Ink top above the baseline, less this, is a glyph's `top` (as server glyphs put it)."""
 
+BUNDLED_FONT = default_web_dir() / FONT_DIST / "ttf" / "DejaVuSans.ttf"
+"""The font the project carries (from npm, in the wheel too): Latin and symbols always draw."""
 FONT_FILES = (
+    str(BUNDLED_FONT),
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",

@@ -22,13 +22,21 @@ MAPLIBRE_URL = "/web/vendor/maplibre-gl"
 MAPLIBRE_FILES = ("maplibre-gl.js", "maplibre-gl.css", "LICENSE.txt")
 """MapLibre's files the map loads (see `web/index.html`), and its licence."""
 
+FONT_DIST = "node_modules/dejavu-fonts-ttf"
+"""Where `npm ci` puts the label font the server draws glyphs from (`twin.glyphs`), so that
+labels never depend on the fonts a machine happens to have."""
+
+FONT_FILES = ("ttf/DejaVuSans.ttf", "LICENSE")
+"""The font's files the wheel carries (relative to `FONT_DIST`), and its licence."""
+
 MAP_SUFFIXES = frozenset({".html", ".js", ".css", ".svg", ".png", ".ico", ".woff2"})
 """Kinds of file the web map is made of; `package.json`, lock files and `node_modules/` are
 the build's, not the map's, and are never served."""
 
 
 class WebMapBuildError(Exception):
-    """The web map cannot be put into a build: MapLibre is not installed and npm cannot fetch it."""
+    """The web map cannot be put into a build: MapLibre (or the label font) is not installed
+    and npm cannot fetch it."""
 
 
 def map_files(web_dir: Path) -> list[Path]:
@@ -49,14 +57,15 @@ def copy_web_map(web_dir: Path, target: Path, *, npm: str = "npm") -> list[Path]
     """Copy the map's own files and the MapLibre files it loads from `web_dir` into `target`
     (same layout), running `npm ci` in `web_dir` first when MapLibre is not installed there;
     returns the files written. Raises `WebMapBuildError` when MapLibre cannot be had."""
-    dist = web_dir / MAPLIBRE_DIST
-    if not all((dist / name).is_file() for name in MAPLIBRE_FILES):
+    needed = [MAPLIBRE_DIST + "/" + name for name in MAPLIBRE_FILES]
+    needed += [FONT_DIST + "/" + name for name in FONT_FILES]
+    if not all((web_dir / name).is_file() for name in needed):
         _npm_ci(web_dir, npm)
-    missing = [name for name in MAPLIBRE_FILES if not (dist / name).is_file()]
+    missing = [name for name in needed if not (web_dir / name).is_file()]
     if missing:
         raise WebMapBuildError(f"`npm ci` in {web_dir} did not install {', '.join(missing)}")
     pairs = [(p, target / p.name) for p in map_files(web_dir)]
-    pairs += [(dist / name, target / MAPLIBRE_DIST / name) for name in MAPLIBRE_FILES]
+    pairs += [(web_dir / name, target / name) for name in needed]
     for source, copy in pairs:
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, copy)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from twin.webmap import (
+    FONT_DIST,
+    FONT_FILES,
     MAPLIBRE_DIST,
     MAPLIBRE_FILES,
     WebMapBuildError,
@@ -27,16 +29,18 @@ def web_sources(web: Path) -> Path:
     return web
 
 
+PACKAGED = [f"{MAPLIBRE_DIST}/{n}" for n in MAPLIBRE_FILES] + [
+    f"{FONT_DIST}/{n}" for n in FONT_FILES
+]
+"""What the build takes from `node_modules`: MapLibre's files and the label font."""
+
+
 def fake_npm(bin_dir: Path) -> str:
-    """An `npm` whose `ci` installs a fake MapLibre distribution in the current folder."""
+    """An `npm` whose `ci` installs fake MapLibre and font packages in the current folder."""
     bin_dir.mkdir()
     script = bin_dir / "npm"
-    dist = MAPLIBRE_DIST
-    files = " ".join(MAPLIBRE_FILES)
-    script.write_text(
-        f'#!/bin/sh\n[ "$1" = ci ] || exit 3\nmkdir -p {dist}\n'
-        f'for f in {files}; do echo "npm $f" > {dist}/$f; done\n'
-    )
+    lines = [f'mkdir -p "$(dirname {f})"; echo "npm $(basename {f})" > {f}' for f in PACKAGED]
+    script.write_text('#!/bin/sh\n[ "$1" = ci ] || exit 3\n' + "\n".join(lines) + "\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script)
 
@@ -51,13 +55,14 @@ def test_copies_the_maps_files_and_maplibres_and_nothing_of_the_build(tmp_path):
     dist.mkdir(parents=True)
     for name in (*MAPLIBRE_FILES, "maplibre-gl-dev.js", "maplibre-gl.js.map"):
         (dist / name).write_text(f"dist {name}")
+    for name in (*FONT_FILES, "ttf/DejaVuSerif.ttf"):
+        (web / FONT_DIST / name).parent.mkdir(parents=True, exist_ok=True)
+        (web / FONT_DIST / name).write_text(f"font {name}")
     (web / "node_modules" / ".package-lock.json").write_text("{}")
     out = tmp_path / "build" / "twin" / "web"
     written = copy_web_map(web, out, npm="no-npm-needed")
     got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert got == sorted(
-        ["index.html", "map.css", "map.js", *(f"{MAPLIBRE_DIST}/{n}" for n in MAPLIBRE_FILES)]
-    )
+    assert got == sorted(["index.html", "map.css", "map.js", *PACKAGED])
     assert sorted(written) == sorted(out / g for g in got)
     assert (out / MAPLIBRE_DIST / "maplibre-gl.js").read_text() == "dist maplibre-gl.js"
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import needs
 from tests.twin.serve_fixtures import free_port, wait_healthy
-from twin.webmap import MAPLIBRE_DIST
+from twin.webmap import FONT_DIST, MAPLIBRE_DIST
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +123,11 @@ def test_the_installed_wheel_serves_the_web_map(tmp_path):
             assert res.content == file.read_bytes(), path
         for path in ("/web/package.json", "/web/node_modules/maplibre-gl/dist/maplibre-gl.js"):
             assert httpx.get(base + path).status_code == 404, path
+        # The label font travels in the wheel: glyphs are drawn from the installed copy.
+        installed = Path(where.strip()).parent / "web" / FONT_DIST / "ttf" / "DejaVuSans.ttf"
+        assert installed.read_bytes() == (WEB / FONT_DIST / "ttf" / "DejaVuSans.ttf").read_bytes()
+        latin = httpx.get(base + "/fonts/Noto%20Sans%20Regular/0-255.pbf")
+        assert latin.status_code == 200 and len(latin.content) > 10_000
         assert (
             httpx.get(base + "/collections/pipes/items", params={"limit": 1}).json()[
                 "numberMatched"
