@@ -42,8 +42,8 @@ from twin.routes.responses import responses
 
 router = APIRouter(tags=["Live twin"])
 
-PEER_WAIT_S = 2.0
-"""How long a batch of readings waits for other workers to catch up (see `_caught_up`)."""
+PEER_WAIT_S = 5.0
+"""How long a batch of readings waits for the workers to catch up (see `_caught_up`)."""
 READING_BYTES = 300
 """Body bytes allowed per reading of a batch (a reading is ~130 bytes of JSON)."""
 
@@ -99,7 +99,7 @@ async def readings_body(request: Request, settings: SettingsDep) -> list[Any]:
     "/twin/observations",
     summary="Readings: live state and its history",
     responses=responses(
-        413, what="How many readings landed, and why the others did not", schema=ANSWER
+        413, 503, what="How many readings landed, and why the others did not", schema=ANSWER
     ),
     openapi_extra={
         "requestBody": {
@@ -158,8 +158,8 @@ async def post_observations(
 
 async def _caught_up(request: Request, catalog: Catalog, lag: int) -> None:
     """Wait until this worker, and the other workers as far as they said (`TilePeers.seqs`),
-    serve the store but for at most `lag` entries; for the others at most `PEER_WAIT_S` (a
-    worker that is stuck must not stop the readings)."""
+    serve the store but for at most `lag` entries: readings are taken no faster than every
+    worker applies them. After `PEER_WAIT_S` the batch is refused (503 with Retry-After)."""
     follower = request.app.state.follower
     if not follower.running:
         return  # a snapshot server (TWIN_FOLLOW_INTERVAL_S=0) applies nothing
@@ -167,10 +167,16 @@ async def _caught_up(request: Request, catalog: Catalog, lag: int) -> None:
     give_up = time.monotonic() + PEER_WAIT_S
     while True:
         served = catalog.seq
-        if peers is not None and peers.seqs and time.monotonic() < give_up:
+        if peers is not None and peers.seqs:
             served = min(served, *peers.seqs.values())
-        if await run_in_threadpool(catalog.store.revision) - served <= lag:
+        behind = await run_in_threadpool(catalog.store.revision) - served
+        if behind <= lag:
             return
+        if time.monotonic() > give_up:
+            raise Overloaded(
+                f"the server's workers are {behind} changes behind the store "
+                f"(TWIN_MAX_LAG {lag}): send this batch again in a moment"
+            )
         follower.wake()
         await asyncio.sleep(0.01)
 
