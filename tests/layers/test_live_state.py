@@ -153,3 +153,30 @@ def test_a_removed_feature_takes_no_state_with_it(tmp_path: Path) -> None:
     store.write(lights(["L1"], ["on"]), source="s", user="u")  # the same id, a new lamp
     assert status(store, "L1") == "on"
     store.close()
+
+
+def test_a_store_from_before_the_append_only_readings_opens_and_keeps_them(tmp_path: Path) -> None:
+    """A pending-readings table made without AUTOINCREMENT or `first` (earlier stores) is made
+    again on open, its rows kept: row numbers are never reused after a settle."""
+    store = GeoPackageStore(tmp_path)
+    store.write(lights(["L1"], ["on"]), source="s", user="u")
+    store.observe([reading("L1", 1, "fault")], user="gw")
+    store.close()
+    raw = sqlite3.connect(tmp_path / GPKG_FILE)
+    raw.executescript(
+        "ALTER TABLE twin_readings_new RENAME TO kept;"
+        "CREATE TABLE twin_readings_new (collection TEXT NOT NULL, id TEXT NOT NULL, "
+        "property TEXT NOT NULL, time DATETIME NOT NULL, value TEXT NOT NULL, "
+        "received DATETIME NOT NULL, user TEXT NOT NULL, applied INTEGER);"
+        "INSERT INTO twin_readings_new SELECT collection, id, property, time, value, received, "
+        "user, applied FROM kept; DROP TABLE kept;"
+    )
+    raw.close()
+    store = GeoPackageStore(tmp_path)
+    assert status(store, "L1") == "fault"  # the pending reading kept, its state served
+    store.settle()
+    store.observe([reading("L1", 2, "off")], user="gw")
+    assert status(store, "L1") == "off"
+    page, total = store.readings("lights", "L1")
+    assert total == 2 and [v for _, _, v, _, _ in page] == ["fault", "off"]
+    store.close()
