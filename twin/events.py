@@ -21,8 +21,9 @@ import numpy as np
 from layers.catalog import Applied, AppliedRun, Catalog, Part
 from layers.models import Bounds, Change
 
-KEEP = 200_000
-"""Changes held in memory for the streams; older ones are read back from the store."""
+KEEP = 50_000
+"""Changes held in memory for the streams (~200 bytes each; seconds of a stream of readings);
+older ones are read back from the store, a log row (a batch) at a time."""
 STORE_PAGE = 100
 """Rows of the change log read back at a time (a row of readings holds a batch's entries)."""
 WAIT_S = 1.0

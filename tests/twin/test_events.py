@@ -16,7 +16,7 @@ import pytest
 import shapely
 
 from layers.gpkg import GeoPackageStore
-from layers.models import Reading
+from layers.models import Change, Reading
 from layers.schemas import LIGHTS
 from tests.twin.serve_fixtures import LiveServer, app_for, fill_store, make_layer
 
@@ -162,3 +162,42 @@ def test_a_client_resumes_inside_a_batch_of_readings(store: Path) -> None:
         assert resumed[0]["data"]["new_bbox"] == [XS[2], YS[2], XS[2], YS[2]]
         time.sleep(0.3)
         assert len(sub.events) == 2  # the east ones are not for this stream
+
+
+def test_a_stream_behind_the_memory_reads_back_every_change_once(tmp_path: Path) -> None:
+    """A stream older than what the feed keeps in memory reads the rest back from the store
+    (batches of readings as runs, cut at the feed's floor), then goes on from memory: every
+    change once, in order."""
+    import asyncio
+
+    from layers.catalog import Catalog
+    from twin.events import ChangeFeed
+
+    store = GeoPackageStore(fill_store(tmp_path / "s", [lights_layer()]))
+    catalog = Catalog(store)
+    feed = ChangeFeed(catalog, keep=4)
+    start = catalog.seq
+    t = dt.datetime(2026, 12, 7, 9, tzinfo=dt.UTC)
+    for k in range(6):  # six batches of three lamps: 18 entries, 4 kept in memory
+        batch = [
+            Reading("lights", IDS[i], "status", t + dt.timedelta(minutes=k), "off")
+            for i in (k, k + 1, k + 2)
+        ]
+        store.observe(batch, user="gw")
+        feed.publish(catalog.follow())
+    assert feed.floor > start  # the oldest were let go
+
+    async def read() -> list[int]:
+        seen: list[int] = []
+        async for parts in feed.changes(start, lambda: len(seen) >= 18):
+            for p in parts:
+                seen.extend([p.seq] if isinstance(p, Change) else range(p.seq, p.last + 1))
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(read(), 10))
+    assert seen == list(range(start + 1, start + 19))
+    store.close()
+
+
+def lights_layer():
+    return make_layer(LIGHTS, shapely.points(np.array(XS), np.array(YS)), IDS, status=["on"] * 20)
