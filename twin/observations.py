@@ -16,6 +16,7 @@ from layers.models import Access, FieldType, Reading, parse_utc, utc_stamp
 from twin.errors import InvalidParameter
 
 KEYS = ("collection", "id", "time", "property", "value")
+_KEYSET = frozenset(KEYS)
 FUTURE_S = 300.0
 """A reading stamped further ahead than this (a sensor clock gone wrong) is refused."""
 
@@ -62,11 +63,11 @@ def _reading(
 ) -> Reading:
     if not isinstance(item, dict):
         raise ValueError("a reading is an object {collection, id, time, property, value}")
-    missing = [k for k in KEYS if k not in item]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
-    unknown = sorted(set(item) - set(KEYS))
-    if unknown:
+    if item.keys() != _KEYSET:  # one comparison for the readings that are well formed
+        missing = [k for k in KEYS if k not in item]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        unknown = sorted(set(item) - _KEYSET)
         raise ValueError(f"unknown member {', '.join(map(repr, unknown))}")
     name, fid, prop = item["collection"], item["id"], item["property"]
     if not isinstance(name, str) or name not in layers:
