@@ -14,7 +14,7 @@ import pandas as pd
 
 from layers.errors import UnknownCollection
 from layers.layer import UPDATED, VERSION, Layer, coerce
-from layers.models import Access, Bounds, Change, ChangeKind, StateRun
+from layers.models import Access, Bounds, Change, StateRun
 from layers.store import RasterInfo, Store
 
 ChangeListener = Callable[[str, np.ndarray | None], None]
@@ -48,34 +48,12 @@ class AppliedRun(NamedTuple):
     def after(self, seq: int) -> AppliedRun:
         """Without its entries up to `seq` (which must be inside it)."""
         cut = max(0, seq - self.run.seq + 1)
-        run = self.run._replace(
-            seq=self.run.seq + cut, ids=self.run.ids[cut:], sets=self.run.sets[cut:]
-        )
-        return AppliedRun(run, self.boxes[cut:])
+        return AppliedRun(self.run.after(seq), self.boxes[cut:])
 
     def changes(self) -> list[Change]:
         """Its entries as one `Change` each."""
-        r = self.run
-        out = []
-        for k, (fid, sets) in enumerate(zip(r.ids, r.sets, strict=True)):
-            b = self.boxes[k]
-            box = None if np.isnan(b[0]) else Bounds(*b.tolist())
-            out.append(
-                Change(
-                    r.seq + k,
-                    r.collection,
-                    fid,
-                    ChangeKind.UPDATED,
-                    box,
-                    box,
-                    r.user,
-                    r.time,
-                    "reading",
-                    tuple(sets),
-                    sets,
-                )
-            )
-        return out
+        boxes = [None if np.isnan(b[0]) else Bounds(*b) for b in self.boxes.tolist()]
+        return self.run.changes(boxes)
 
 
 Part = Change | AppliedRun
@@ -322,9 +300,8 @@ def _after(entry: Change | StateRun, seq: int) -> Change | StateRun | None:
     """`entry` without what is up to `seq` (None: all of it)."""
     if _last(entry) <= seq:
         return None
-    if isinstance(entry, StateRun) and entry.seq <= seq:
-        cut = seq - entry.seq + 1
-        return entry._replace(seq=seq + 1, ids=entry.ids[cut:], sets=entry.sets[cut:])
+    if isinstance(entry, StateRun):
+        return entry.after(seq)
     return entry
 
 

@@ -701,7 +701,9 @@ class GeoPackageStore:
         out: list[Change | StateRun] = []
         for r in rows:
             if r[3] == "readings":
-                out += live.runs([(r[0], r[16], r[12], r[13], r[15])], since)
+                entries = live.run(r[0], r[12], r[13], r[15]).after(since)
+                if entries.ids:
+                    out.append(entries)
                 continue
             if r[0] <= since:
                 continue
@@ -734,24 +736,8 @@ class GeoPackageStore:
                 continue
             with self._lock:
                 boxes = _stored_boxes(self._db, entry.collection, list(dict.fromkeys(entry.ids)))
-            for k, (fid, sets) in enumerate(zip(entry.ids, entry.sets, strict=True)):
-                box = boxes.get(fid)
-                bounds = None if box is None or None in box else Bounds(*box)
-                out.append(
-                    Change(
-                        entry.seq + k,
-                        entry.collection,
-                        fid,
-                        ChangeKind.UPDATED,
-                        bounds,
-                        bounds,
-                        entry.user,
-                        entry.time,
-                        "reading",
-                        tuple(sets),
-                        sets,
-                    )
-                )
+            stored = [boxes.get(fid) for fid in entry.ids]
+            out += entry.changes([None if b is None or None in b else Bounds(*b) for b in stored])
         return out[:limit]
 
     def observe(self, readings: Sequence[Reading], *, user: str) -> Observed:

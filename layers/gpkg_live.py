@@ -382,26 +382,12 @@ def etags(db: sqlite3.Connection, table: str, name: str, ids: list[str]) -> dict
     return out
 
 
-def runs(rows: list[tuple], since: int) -> list[StateRun]:
-    """Log rows `(seq, n, user, time, properties)` of readings as runs of state changes,
-    without the entries up to `since`."""
-    out = []
-    for seq, n, user, stamp, text in rows:
-        payload = json.loads(text)
-        skip = max(0, since - seq + 1)
-        if skip >= n:
-            continue
-        out.append(
-            StateRun(
-                seq + skip,
-                payload["collection"],
-                payload["id"][skip:],
-                payload["set"][skip:],
-                user,
-                parse_utc(stamp),
-            )
-        )
-    return out
+def run(seq: int, user: str, stamp: str, text: str) -> StateRun:
+    """A log row of readings as the run of state changes it holds."""
+    payload = json.loads(text)
+    return StateRun(
+        seq, payload["collection"], payload["id"], payload["set"], user, parse_utc(stamp)
+    )
 
 
 # -- history ---------------------------------------------------------------------------------

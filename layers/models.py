@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
@@ -314,6 +314,31 @@ class StateRun(NamedTuple):
     def last(self) -> int:
         """The sequence number of its last entry."""
         return self.seq + len(self.ids) - 1
+
+    def after(self, seq: int) -> StateRun:
+        """Without its entries up to `seq`."""
+        cut = min(max(0, seq - self.seq + 1), len(self.ids))
+        return self._replace(seq=self.seq + cut, ids=self.ids[cut:], sets=self.sets[cut:])
+
+    def changes(self, boxes: Sequence[Bounds | None]) -> list[Change]:
+        """Its entries as one `Change` each, `boxes[k]` entry k's feature's box (before and
+        after: a reading moves nothing)."""
+        return [
+            Change(
+                self.seq + k,
+                self.collection,
+                fid,
+                ChangeKind.UPDATED,
+                box,
+                box,
+                self.user,
+                self.time,
+                "reading",
+                tuple(sets),
+                sets,
+            )
+            for k, (fid, sets, box) in enumerate(zip(self.ids, self.sets, boxes, strict=True))
+        ]
 
 
 class Reading(NamedTuple):

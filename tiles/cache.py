@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from layers.models import Access, Bounds
-from tiles.grid import ORIGIN, Tile, mercator_box, tile_range, tile_width, to_mercator
+from tiles.grid import ORIGIN, Tile, tile_width, to_mercator
 
 _EDGE = 1e-6
 """Metres of slack on tile edges, so a box exactly on an edge (up to floating-point error in
@@ -295,36 +295,8 @@ class TileCache:
         `revision` (the store's change-log sequence the collection is now at) becomes the
         collection's generation, so the caches of processes serving the same data agree (see
         `insert`); without one the token is random."""
-        with self._lock:
-            # Random rather than counted (and drawn from the OS, not a generator state that
-            # fork copies), so caches forked from one process that were invalidated
-            # differently never hold the same token (see `insert`).
-            self._generation[collection] = (
-                revision if revision is not None else -(secrets.randbits(62) + 1)
-            )
-            zooms = self._index.get(collection, {})
-            doomed: list[TileKey] = []
-            box = mercator_box(bounds) if bounds is not None else None
-            for z, cells in zooms.items():
-                if box is None:
-                    doomed.extend(k for keys in cells.values() for k in keys)
-                    continue
-                x0, y0, x1, y1 = tile_range(box, z, pad=_EDGE)
-                if x1 < x0 or y1 < y0:
-                    continue
-                if (x1 - x0 + 1) * (y1 - y0 + 1) < len(cells):
-                    for x in range(x0, x1 + 1):
-                        for y in range(y0, y1 + 1):
-                            doomed.extend(cells.get((x, y), ()))
-                else:
-                    doomed.extend(
-                        k
-                        for (x, y), keys in cells.items()
-                        if x0 <= x <= x1 and y0 <= y <= y1
-                        for k in keys
-                    )
-            self._retire(doomed)
-            return len(doomed)
+        boxes = None if bounds is None else np.array([bounds], dtype=float)
+        return self.invalidate_boxes(collection, boxes, revision)
 
     def _retire(self, doomed: list[TileKey]) -> None:
         """Tiles whose data changed: dropped, or kept aside as stale (see the class)."""
@@ -338,18 +310,24 @@ class TileCache:
         self, collection: str, boxes: np.ndarray | None, revision: int | None = None
     ) -> int:
         """`invalidate` for many boxes at once (`(k, 4)` lon/lat; None: the whole collection),
-        worked out column-wise: a batch of readings touches a thousand lamps."""
-        if boxes is None or len(boxes) == 0:
-            return self.invalidate(collection, None, revision)
-        x0s, y0s = to_mercator(boxes[:, 0], boxes[:, 1])
-        x1s, y1s = to_mercator(boxes[:, 2], boxes[:, 3])
+        worked out column-wise: a batch of readings touches a thousand lamps. A box exactly on
+        a tile edge (up to `_EDGE`) touches the tiles on both sides."""
+        if boxes is not None:
+            x0s, y0s = to_mercator(boxes[:, 0], boxes[:, 1])
+            x1s, y1s = to_mercator(boxes[:, 2], boxes[:, 3])
         with self._lock:
+            # Random rather than counted (and drawn from the OS, not a generator state that
+            # fork copies), so caches forked from one process that were invalidated
+            # differently never hold the same token (see `insert`).
             self._generation[collection] = (
                 revision if revision is not None else -(secrets.randbits(62) + 1)
             )
             doomed: list[TileKey] = []
             for z, cells in self._index.get(collection, {}).items():
-                if not cells:
+                if boxes is None:
+                    doomed.extend(k for keys in cells.values() for k in keys)
+                    continue
+                if not cells or not len(boxes):
                     continue
                 w, top = tile_width(z), (1 << z) - 1
                 xmin = np.clip(np.ceil((x0s - _EDGE + ORIGIN) / w) - 1, 0, top).astype(np.int64)

@@ -39,6 +39,19 @@ function csvCell(v) {
   return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
+/** A button that saves `csv` as the file `name`. */
+function csvButton(id, name, csv) {
+  return el("button", {
+    type: "button", id,
+    onclick: () => {
+      const a = el("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: name });
+      document.body.append(a);
+      a.click();
+      a.remove();
+    },
+  }, t("csv"));
+}
+
 export function toCsv(rows, columns) {
   return [columns.join(","), ...rows.map((r) => columns.map((c) => csvCell(r[c])).join(","))].join("\n") + "\n";
 }
@@ -303,15 +316,7 @@ export class Tools {
             el("td", {}, `${formatNumber(r.distance_m)} m`), el("td", {}, r.depth_m === "" ? "—" : `${r.depth_m} m`),
             el("td", {}, r.clearance_m === "" ? "—" : `${r.clearance_m} m`), el("td", {}, r.reached === true ? "⚠" : r.reached === false ? "✓" : "")));
         }
-        const download = el("button", {
-          type: "button", id: "dig-csv",
-          onclick: () => {
-            const a = el("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: "dig-check.csv" });
-            document.body.append(a);
-            a.click();
-            a.remove();
-          },
-        }, t("csv"));
+        const download = csvButton("dig-csv", "dig-check.csv", csv);
         this.root.querySelector(".results")?.remove();
         this.root.append(el("div", { class: "results", id: "tool-results" },
           el("h3", {}, `${t("conflicts")}: ${rows.length}`), download, table));
@@ -404,15 +409,7 @@ export class Tools {
       table.append(el("tr", { dataset: { id: f.id }, onclick: () => this.inspector.open(collection, f.id) },
         columns.map((c) => el("td", {}, value(f, c) === null || value(f, c) === undefined ? "" : String(value(f, c))))));
     }
-    const download = el("button", {
-      type: "button", id: "table-csv",
-      onclick: () => {
-        const a = el("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })), download: `${collection}.csv` });
-        document.body.append(a);
-        a.click();
-        a.remove();
-      },
-    }, t("csv"));
+    const download = csvButton("table-csv", `${collection}.csv`, csv);
     this.root.querySelector(".results")?.remove();
     this.root.append(el("div", { class: "results", id: "tool-results" },
       el("h3", {}, `${fc.numberReturned} / ${fc.numberMatched ?? fc.numberReturned} ${t("features")}`), download,
