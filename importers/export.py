@@ -18,8 +18,10 @@ import pyogrio
 import pyogrio.errors
 
 from importers.errors import ImporterError
+from layers.errors import UnknownCollection
 from layers.layer import SOURCE, Layer
 from layers.models import Access, FieldType
+from layers.policy import View
 from layers.store import Store
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
@@ -56,9 +58,15 @@ def layer_frame(layer: Layer) -> gpd.GeoDataFrame:
 
 
 def export_layer(
-    store: Store, collection: str, path: str | Path, *, scope: Access = Access.RESTRICTED
+    store: Store,
+    collection: str,
+    path: str | Path,
+    *,
+    scope: Access = Access.RESTRICTED,
+    view: View | None = None,
 ) -> ExportResult:
-    """Write `collection` (as `scope` may see it) to `path`; the format follows the suffix."""
+    """Write `collection` (as `scope`, and `view` when given, may see it) to `path`; the format
+    follows the suffix."""
     target = Path(path)
     driver = DRIVERS.get(target.suffix.lower())
     if driver is None:
@@ -68,6 +76,10 @@ def export_layer(
     if not target.parent.exists():
         raise ExportError(f"{target}: the folder {target.parent} does not exist")
     layer = store.load(collection, scope)
+    if view is not None:
+        if not view.sees(collection, layer.schema.classification):
+            raise UnknownCollection(collection)
+        layer, _ = view.sift(layer)
     frame = layer_frame(layer)
     staged = target.with_name(f".{target.stem}.partial{target.suffix}")
     try:

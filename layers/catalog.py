@@ -14,12 +14,16 @@ import pandas as pd
 
 from layers.errors import UnknownCollection
 from layers.layer import UPDATED, VERSION, Layer, coerce
-from layers.models import Access, Bounds, Change, StateRun
+from layers.models import Access, Bounds, Change, LayerSchema, StateRun
+from layers.policy import View
 from layers.store import RasterInfo, Store
 
 ChangeListener = Callable[[str, np.ndarray | None], None]
 """Called with a collection name and the boxes that changed, lon/lat, `(k, 4)` (None: the
 whole layer)."""
+Lens = Access | View
+"""What a read is seen through: a caller's `View` (rows, fields and layers it may see), or an
+`Access` level (whole layers at or below it: `Access.RESTRICTED` for everything)."""
 LayerHook = Callable[[Layer], None]
 """Called with a layer about to be served in place of another (to make its derived data)."""
 
@@ -263,33 +267,69 @@ class Catalog:
         or more after a change made here only (`put`)."""
         return self._revisions.get(name, 0)
 
-    def names(self, scope: Access) -> list[str]:
+    def names(self, scope: Lens) -> list[str]:
         """Every collection visible at `scope`, vector then raster, sorted."""
         return [*self.layers(scope), *self.rasters(scope)]
 
-    def layers(self, scope: Access) -> dict[str, Layer]:
-        """Vector layers visible at `scope`, by name."""
+    def layers(self, scope: Lens) -> dict[str, Layer]:
+        """Vector layers visible at `scope`, by name, each as the scope may see it (a caller's
+        `View` hides rows and fields; an `Access` level whole layers only)."""
+        if isinstance(scope, Access):
+            return {
+                n: lyr
+                for n, lyr in sorted(self._layers.items())
+                if lyr.schema.classification <= scope
+            }
         return {
-            n: lyr for n, lyr in sorted(self._layers.items()) if lyr.schema.classification <= scope
+            n: scope.apply(lyr)
+            for n, lyr in sorted(self._layers.items())
+            if scope.sees(n, lyr.schema.classification)
         }
 
-    def rasters(self, scope: Access) -> dict[str, RasterInfo]:
+    def rasters(self, scope: Lens) -> dict[str, RasterInfo]:
         """Raster collections visible at `scope`, by name."""
-        return {n: r for n, r in sorted(self._rasters.items()) if r.classification <= scope}
+        return {n: r for n, r in sorted(self._rasters.items()) if sees(scope, n, r.classification)}
 
-    def layer(self, name: str, scope: Access) -> Layer:
-        """One vector layer; `UnknownCollection` when absent or not visible at `scope`."""
+    def layer(self, name: str, scope: Lens) -> Layer:
+        """One vector layer as `scope` may see it; `UnknownCollection` when absent or not
+        visible at `scope` (alike)."""
         lyr = self._layers.get(name)
-        if lyr is None or lyr.schema.classification > scope:
+        if lyr is None or not sees(scope, name, lyr.schema.classification):
             raise UnknownCollection(name)
-        return lyr
+        return lyr if isinstance(scope, Access) else scope.apply(lyr)
 
-    def raster(self, name: str, scope: Access) -> RasterInfo:
+    def raster(self, name: str, scope: Lens) -> RasterInfo:
         """One raster collection; `UnknownCollection` when absent or not visible."""
         r = self._rasters.get(name)
-        if r is None or r.classification > scope:
+        if r is None or not sees(scope, name, r.classification):
             raise UnknownCollection(name)
         return r
+
+
+def sift(scope: Lens, layer: Layer) -> tuple[Layer, np.ndarray]:
+    """A layer read from the store (a past version, a feature's history) as `scope` may see
+    it, and the mask of its rows kept (the caller must have checked the collection is
+    visible)."""
+    if isinstance(scope, Access):
+        return layer, np.ones(len(layer), dtype=bool)
+    return scope.sift(layer)
+
+
+def hidden_fields(scope: Lens, schema: LayerSchema) -> frozenset[str]:
+    """The fields of `schema` that `scope` may not see."""
+    return frozenset() if isinstance(scope, Access) else scope.hidden(schema)
+
+
+def lens_key(scope: Lens) -> str:
+    """Text naming what `scope` sees (the same for callers who see the same)."""
+    return scope.label if isinstance(scope, Access) else scope.key
+
+
+def sees(scope: Lens, name: str, classification: Access) -> bool:
+    """Whether a collection `name` classified `classification` is visible at `scope`."""
+    if isinstance(scope, Access):
+        return classification <= scope
+    return scope.sees(name, classification)
 
 
 def _last(entry: Change | StateRun) -> int:

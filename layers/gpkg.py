@@ -773,10 +773,11 @@ class GeoPackageStore:
         end: str | None = None,
         limit: int = -1,
         offset: int = 0,
+        hidden: Sequence[str] = (),
     ) -> tuple[list[tuple[str, str, Any, str, str]], int]:
         """A page of one feature's readings (property, time, value, received, user), oldest
         first, optionally from `start` to `end` (ISO times, inclusive), and how many there are
-        in all (`limit` -1: every one)."""
+        in all (`limit` -1: every one; the readings of properties `hidden` left out)."""
         self.settle()
         where, params = live.conditions(
             [
@@ -786,6 +787,9 @@ class GeoPackageStore:
                 ("time <= ?", end),
             ]
         )
+        if hidden:
+            where += f" AND property NOT IN ({', '.join('?' * len(hidden))})"
+            params = [*params, *hidden]
         ((total,),) = self._rows(f"SELECT count(*) FROM twin_readings {where}", tuple(params))
         rows = self._rows(
             f"SELECT property, time, value, received, user FROM twin_readings {where} "

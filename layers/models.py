@@ -7,34 +7,53 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 
-class Access(IntEnum):
+class _Named(IntEnum):
+    """An ordered choice written by its lower-case name in configuration and on the wire."""
+
+    @classmethod
+    def _choices(cls) -> str:
+        names = [m.label for m in cls if m.value > 0 or cls.__name__ == "Access"]
+        return ", ".join(names[:-1]) + " or " + names[-1]
+
+    @classmethod
+    def parse(cls, value: str | int | _Named) -> Self:
+        """The member of its name (any case) or number."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        try:
+            return cls[str(value).strip().upper()]
+        except KeyError:
+            what = "access level" if cls.__name__ == "Access" else cls.__name__.lower()
+            raise ValueError(f"unknown {what} {value!r}: use {cls._choices()}") from None
+
+    @property
+    def label(self) -> str:
+        """Lower-case name, as written in configuration and on the wire."""
+        return self.name.lower()
+
+
+class Access(_Named):
     """A caller's scope, and a layer's classification: a caller sees layers at or below its scope."""
 
     PUBLIC = 0
     INTERNAL = 1
     RESTRICTED = 2
 
-    @classmethod
-    def parse(cls, value: str | int | Access) -> Access:
-        """`Access` from its name ('public', 'internal', 'restricted') or number."""
-        if isinstance(value, Access):
-            return value
-        if isinstance(value, int):
-            return cls(value)
-        try:
-            return cls[value.strip().upper()]
-        except KeyError:
-            raise ValueError(
-                f"unknown access level {value!r}: use public, internal or restricted"
-            ) from None
 
-    @property
-    def label(self) -> str:
-        """Lower-case name, as written in configuration and on the wire."""
-        return self.name.lower()
+class Role(_Named):
+    """What a caller is: anonymous (no key), or a key's role. Each role may do what the ones
+    below it may: a viewer reads internal data, an engineer also restricted data (of its
+    department, where a rule names departments) and writes, an admin everything."""
+
+    ANONYMOUS = 0
+    VIEWER = 1
+    ENGINEER = 2
+    ADMIN = 3
 
 
 class FieldType(StrEnum):

@@ -142,9 +142,10 @@ class Store(Protocol):
         end: str | None = None,
         limit: int = -1,
         offset: int = 0,
+        hidden: Sequence[str] = (),
     ) -> tuple[list[tuple[str, str, Any, str, str]], int]:
         """A page of one feature's readings (property, time, value, received, user), oldest
-        first, and how many there are in all."""
+        first, and how many there are in all (the readings of properties `hidden` left out)."""
         ...
 
     def revision(self) -> int:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from layers.models import Access, Bounds
+from layers.models import Bounds
 from tiles.grid import ORIGIN, Tile, tile_width, to_mercator
 
 _EDGE = 1e-6
@@ -31,7 +31,9 @@ the projection) counts as touching both tiles."""
 class TileKey(NamedTuple):
     """What a cached tile depends on besides the data: who asks, which layers, which filter."""
 
-    scope: Access
+    scope: str
+    """The caller's view of the data (`layers.catalog.lens_key`): callers who see the same
+    share tiles, and a tile of one view is never served to another."""
     collections: tuple[str, ...]
     filter: str | None
     z: int
@@ -44,7 +46,7 @@ class TileKey(NamedTuple):
         tile: Tile,
         collections: Iterable[str],
         *,
-        scope: Access = Access.PUBLIC,
+        scope: str = "public",
         filter: str | None = None,
     ) -> TileKey:
         """The key of `tile` for these collections (order kept: it is the layer order)."""

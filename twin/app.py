@@ -25,19 +25,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from layers.catalog import Applied, Catalog, Snapshots
+from layers.keys import KeyRing
 from layers.models import Access
 from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
 from twin import queries as queries_mod
-from twin.access import CallerMiddleware
+from twin.access import Auditor, CallerMiddleware, PolicyFile, Views
 from twin.cql2 import Limits
 from twin.crs import CrsSet
 from twin.events import ChangeFeed
 from twin.follow import Follower
 from twin.guard import Admission, Guard
+from twin.headers import CORS_EXPOSED, CORS_HEADERS, CORS_METHODS, SecurityHeaders
+from twin.limits import RateLimits
 from twin.metrics import Metrics, MetricsMiddleware
 from twin.problems import ERRORS, error_response, problem
 from twin.routes import (
+    admin,
     collections,
     edit,
     items,
@@ -50,7 +54,7 @@ from twin.routes import (
     tiles,
 )
 from twin.routes.responses import answer_validation_errors_400
-from twin.settings import GuardSettings, QuerySettings, ServerSettings
+from twin.settings import GuardSettings, LimitSettings, QuerySettings, ServerSettings
 from twin.tileserve import TileFastPath, TileServer
 from twin.warmup import warm, warm_layer, warm_queries
 from twin.webmap import MAP_SUFFIXES, MAPLIBRE_DIST
@@ -150,6 +154,15 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
+def _key_ring(settings: ServerSettings, catalog: Catalog) -> KeyRing | None:
+    """The key ring the settings name, else the one beside the store (None for a store that is
+    not a directory on disk: every caller is then anonymous)."""
+    if settings.keys_file is not None:
+        return KeyRing(settings.keys_file)
+    root = getattr(catalog.store, "root", None)
+    return None if root is None else KeyRing.beside(root)
+
+
 def create_app(
     settings: ServerSettings | None = None,
     store_settings: StoreSettings | None = None,
@@ -158,6 +171,7 @@ def create_app(
     tile_settings: TileSettings | None = None,
     query_settings: QuerySettings | None = None,
     guard_settings: GuardSettings | None = None,
+    limit_settings: LimitSettings | None = None,
 ) -> FastAPI:
     """The server over the store the settings name (or over a catalog already built)."""
     settings = settings or ServerSettings()
@@ -168,6 +182,8 @@ def create_app(
         own = catalog is None
         cat = catalog if catalog is not None else Catalog(open_store(store_settings))
         app.state.catalog = cat
+        ring = app.state.keys = _key_ring(settings, cat)
+        auditor = app.state.auditor = None if ring is None else Auditor(ring)
         # The thread pool of this event loop: as many threads as `work_threads`, no more.
         anyio.to_thread.current_default_thread_limiter().total_tokens = guard.work_threads
 
@@ -199,6 +215,8 @@ def create_app(
         finally:
             follower.stop()
             cat.unsubscribe(invalidate)
+            if auditor is not None:
+                auditor.close()
             if own:
                 cat.store.close()
 
@@ -213,6 +231,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.anonymous_access = Access.parse(settings.anonymous_access)
+    app.state.policy = PolicyFile(settings.policy, settings.policy_check_s)
+    app.state.views = Views()
+    app.state.keys = None
+    app.state.auditor = None
     app.state.crs = CrsSet(settings.extra_crs)
     app.state.metrics = Metrics()
     guard = app.state.guard = guard_settings or GuardSettings()
@@ -225,7 +247,8 @@ def create_app(
     app.state.rasters = queries_mod.RasterReader()
     _install_errors(app)
     answer_validation_errors_400(app)
-    for module in (landing, collections, items, edit, tiles, styles, queries, search, live, ops):
+    routers = (landing, collections, items, edit, tiles, styles, queries, search, live, ops, admin)
+    for module in routers:
         app.include_router(module.router)
     _mount_web_map(app, settings)
     # Added first, so they run inside the CORS and metrics middlewares added next (and near
@@ -237,11 +260,24 @@ def create_app(
     app.add_middleware(TileFastPath, routes=tiles.router.routes)
     # Outside the lean paths, so their requests are admitted and get a deadline too.
     app.add_middleware(Guard, settings=guard, admission=admission, metrics=app.state.metrics)
+    # Outside the guard (a caller over its rate takes no place among those admitted) and
+    # inside the caller's resolution, whose result it reads.
+    app.add_middleware(
+        RateLimits, settings=limit_settings or LimitSettings(), metrics=app.state.metrics
+    )
     # Outside everything that answers: every path reads the caller resolved here.
     app.add_middleware(CallerMiddleware)
+    # Never with credentials (cookies): a key is sent as `Authorization`, which a page must
+    # set itself, so `*` lets no other site act as a browser's user.
     app.add_middleware(
-        CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST"]
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=CORS_METHODS,
+        allow_headers=CORS_HEADERS,
+        expose_headers=CORS_EXPOSED,
     )
+    # Outside CORS, so that every answer (errors and preflights included) carries them.
+    app.add_middleware(SecurityHeaders, public_url=settings.public_url)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(HeadAsGet)
     return app

@@ -81,6 +81,46 @@ PortOption = Annotated[
 ]
 
 
+PolicyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        envvar="TWIN_POLICY",
+        help="Policy file (TOML) whose rules the output follows (default TWIN_POLICY).",
+    ),
+]
+
+
+RoleOption = Annotated[
+    str,
+    typer.Option(
+        help="Write what a caller of this role may see under the policy: anonymous (up to "
+        "--scope where there is one), viewer, engineer or admin (everything)."
+    ),
+]
+DepartmentOption = Annotated[str | None, typer.Option(help="The caller's department.")]
+
+
+def _view(policy: Path | None, role: str, department: str | None, anonymous: str, db: Any) -> Any:
+    """The policy's view for a caller of `role` (what an export may hold) over store `db`."""
+    from layers.models import Access, Role
+    from layers.policy import GRIDS, NO_POLICY, Policy, PolicyError, View, Who, cell_resolver
+
+    try:
+        rules = NO_POLICY if policy is None else Policy.load(policy)
+        who = Who(Role.parse(role), department, Access.parse(anonymous))
+    except (PolicyError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    grids = db.layers(Access.RESTRICTED)
+    return View(
+        rules,
+        who,
+        resolve=cell_resolver(
+            lambda: db.load(GRIDS, Access.RESTRICTED) if GRIDS in grids else None
+        ),
+    )
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear message to stderr and return the Exit to raise."""
     typer.echo(f"twin: {message}", err=True)
@@ -385,8 +425,12 @@ def export_(
         Path, typer.Argument(help="File to write: .gpkg, .geojson or .fgb (by its suffix).")
     ],
     store: StoreOption = DEFAULT_STORE,
+    role: RoleOption = "admin",
+    department: DepartmentOption = None,
+    policy: PolicyOption = None,
 ) -> None:
-    """Write a layer to a GeoPackage, GeoJSON or FlatGeobuf file (lon/lat, EPSG:4326)."""
+    """Write a layer to a GeoPackage, GeoJSON or FlatGeobuf file (lon/lat, EPSG:4326), as a
+    caller of `--role` may see it."""
     from importers.errors import ImporterError
     from importers.export import export_layer
     from layers.errors import LayersError
@@ -394,7 +438,8 @@ def export_(
 
     db = _existing_store(store)
     try:
-        result = export_layer(db, collection, path, scope=Access.RESTRICTED)
+        view = _view(policy, role, department, "public", db)
+        result = export_layer(db, collection, path, scope=Access.RESTRICTED, view=view)
     except (ImporterError, LayersError) as exc:
         raise fail(str(exc)) from None
     finally:
@@ -437,12 +482,166 @@ def serve(
             settings.port = port
     except ValueError as exc:
         raise fail(f"bad server settings: {exc}") from None
+    if settings.policy is not None:
+        from layers.policy import Policy, PolicyError
+
+        try:
+            Policy.load(settings.policy)
+        except PolicyError as exc:
+            raise fail(f"TWIN_POLICY: {exc}") from None
     try:
         run_server(settings, StoreSettings(store=store), workers=workers)
     except StoreError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot serve on {settings.host}:{settings.port}: {exc}") from None
+
+
+keys_app = typer.Typer(
+    cls=_Commands,
+    help="API keys: each with a role, optionally a department, an area and an expiry.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_ring(store: Path) -> Any:
+    from layers.keys import KeyRing
+
+    _existing_store(store).close()
+    return KeyRing.beside(store)
+
+
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[str, typer.Argument(help="The key's name (who holds it), unique.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="viewer (reads internal data), engineer (also restricted "
+            "data of its department, and changes data), admin (everything)."
+        ),
+    ],
+    store: StoreOption = DEFAULT_STORE,
+    department: Annotated[
+        str | None, typer.Option(help="The department (restricted rules may name it).")
+    ] = None,
+    cells: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated grid cell codes the key is limited to."),
+    ] = None,
+    area: Annotated[
+        Path | None,
+        typer.Option(help="GeoJSON file of the polygon(s) the key is limited to (lon/lat)."),
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Last day the key works (YYYY-MM-DD, UTC) or a time.")
+    ] = None,
+) -> None:
+    """Make an API key and print it once (only its hash is kept): send it as
+    `Authorization: Bearer <key>`."""
+    import json
+
+    from layers.keys import KeyRefused
+    from layers.policy import area_geometry
+
+    shape = None
+    if area is not None:
+        try:
+            doc = json.loads(area.read_text(encoding="utf-8"))
+            shape = shapely_mapping(area_geometry(doc))
+        except (OSError, ValueError) as exc:
+            raise fail(f"--area {area}: {exc}") from None
+    codes = [c.strip() for c in (cells or "").split(",") if c.strip()]
+    ring = _key_ring(store)
+    try:
+        key, secret = ring.add(
+            name, role, department=department, cells=codes, area=shape, expires=expires
+        )
+    except KeyRefused as exc:
+        raise fail(str(exc)) from None
+    limits = []
+    if key.department:
+        limits.append(f"department {key.department}")
+    if key.cells:
+        limits.append(f"cells {','.join(key.cells)}")
+    if key.area:
+        limits.append("an area")
+    if key.expires:
+        limits.append(f"until {key.expires}")
+    typer.echo(
+        f"key {key.name} ({key.role.label}{', ' if limits else ''}{', '.join(limits)}); "
+        "shown once, keep it safe:",
+        err=True,
+    )
+    typer.echo(secret)
+
+
+def shapely_mapping(geom: Any) -> dict:
+    import shapely.geometry
+
+    return dict(shapely.geometry.mapping(geom))
+
+
+@keys_app.command("list")
+def keys_list(
+    store: StoreOption = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List the keys (never their secrets): name, role, department, limits, expiry, state."""
+    import datetime as dt
+    import json
+
+    keys = _key_ring(store).keys()
+    if as_json:
+        typer.echo(json.dumps([k.as_json() for k in keys], indent=2))
+        return
+    now = dt.datetime.now(dt.UTC)
+    for k in keys:
+        state = f"revoked {k.revoked}" if k.revoked else ("expired" if k.expired(now) else "active")
+        limits = ",".join(k.cells) if k.cells else ("area" if k.area else "-")
+        typer.echo(
+            f"{k.name:<24} {k.role.label:<9} {k.department or '-':<14} {limits:<16} "
+            f"{k.expires or 'no expiry':<26} {state}"
+        )
+    if not keys:
+        typer.echo("no keys: twin keys add NAME --role viewer|engineer|admin", err=True)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key to revoke.")],
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Revoke a key: refused (401) from the next request on, by every server process."""
+    if not _key_ring(store).revoke(name):
+        raise fail(f"no active key named {name!r} (twin keys list)")
+    typer.echo(f"key {name} revoked")
+
+
+policy_app = typer.Typer(cls=_Commands, help="The access policy file.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(
+    path: Annotated[Path, typer.Argument(help="The policy file (TOML) to check.")],
+) -> None:
+    """Check a policy file: prints what it classifies, or the line at fault (exit 1)."""
+    from layers.policy import Policy, PolicyError
+
+    try:
+        policy = Policy.load(path)
+    except PolicyError as exc:
+        raise fail(str(exc)) from None
+    for name, rules in sorted(policy.layers.items()):
+        own = "as stored" if rules.rule is None else rules.rule.classification.label
+        typer.echo(
+            f"layer {name}: {own}; {len(rules.fields)} field rule(s), {len(rules.rows)} row rule(s)"
+        )
+    for a in policy.areas:
+        typer.echo(f"area {a.name}: {a.rule.classification.label}")
+    typer.echo(f"ok ({policy.generation})")
 
 
 tiles_app = typer.Typer(
@@ -464,8 +663,12 @@ def tiles_export(
     scope: Annotated[
         str, typer.Option(help="Classification the archive may hold: public, internal, restricted.")
     ] = "public",
+    role: RoleOption = "anonymous",
+    department: DepartmentOption = None,
+    policy: PolicyOption = None,
 ) -> None:
-    """Write a PMTiles archive holding the same vector tiles the server serves."""
+    """Write a PMTiles archive holding the same vector tiles the server serves to a caller of
+    `--role` (by default an anonymous one: a public archive, for static hosting)."""
     from layers.errors import LayersError
     from layers.gpkg import GeoPackageStore
     from layers.models import Access
@@ -478,10 +681,14 @@ def tiles_export(
     if not (store / "twin.gpkg").exists():
         raise fail(f"no store at {store}: import data first (twin import ...) or run twin demo")
     try:
-        access = Access.parse(scope)
         db = GeoPackageStore(store, create=False)
         try:
-            visible = db.layers(access)
+            view = _view(policy, role, department, scope, db)
+            visible = {
+                n: info
+                for n, info in db.layers(Access.RESTRICTED).items()
+                if view.sees(n, info.schema.classification)
+            }
             names = (
                 [c.strip() for c in collections.split(",") if c.strip()]
                 if collections
@@ -490,7 +697,7 @@ def tiles_export(
             unknown = [n for n in names if n not in visible]
             if unknown:
                 raise fail(f"unknown collection(s): {', '.join(unknown)}")
-            layers = [(db.load(n, access), None) for n in names]
+            layers = [(view.sift(db.load(n, Access.RESTRICTED))[0], None) for n in names]
         finally:
             db.close()
         report = export_pmtiles(

@@ -33,3 +33,17 @@ class TimeLimitExceeded(LimitExceeded):
 class Overloaded(TwinError):
     """The worker holds as many requests as it may (`TWIN_MAX_IN_FLIGHT`): answered 503 with
     `Retry-After`, at once, instead of queueing."""
+
+
+class RateLimited(TwinError):
+    """A caller over its request rate (`TWIN_RATE_*`): answered 429 with `Retry-After`."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        """Whole seconds (at least 1) until the caller may ask again."""
+
+
+class Forbidden(TwinError):
+    """The caller is known but may not do this (a viewer changing data, an engineer outside its
+    area, a key other than an admin's asking for keys or the audit log): 403."""

@@ -26,6 +26,7 @@ downstream, the usual convention of sewer GIS data).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import weakref
@@ -39,7 +40,9 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 from shapely.ops import substring
 
+from layers.catalog import Lens
 from layers.layer import Layer
+from layers.models import Access
 from twin import metric
 from twin.errors import GravityNetwork, InvalidParameter
 from twin.queries import Matches, feature_collection
@@ -852,3 +855,42 @@ def nearest_gravity_pipe(pipes: Layer, point: shapely.Point, within_m: float) ->
             f"no sewer or storm pipe lies within {within_m:g} m of ({point.x}, {point.y})"
         )
     return str(pipes.ids[rows[0]])
+
+
+# -- what a caller is shown ---------------------------------------------------------------------
+
+
+def shown(result: Isolation | Trace, scope: Lens) -> Isolation | Trace:
+    """`result` (worked out over every pipe and valve, so a valve the caller may not see is
+    still closed) as the caller at `scope` may see it: the pipes, valves and assets it may not
+    see left out of the answer (and of its lengths and counts), hidden fields dropped."""
+    if isinstance(scope, Access) or scope.everything:
+        return result
+    net = result.network
+    pipe_ok = scope.rows(net.pipes)
+    if net.valves is not None and scope.sees(net.valves.name, net.valves.schema.classification):
+        valve_ok = scope.rows(net.valves)
+        valves: Layer | None = scope.strip_fields(net.valves)
+    else:
+        valve_ok = np.zeros(0 if net.valves is None else len(net.valves), dtype=bool)
+        valves = net.valves
+    seen = dataclasses.replace(net, pipes=scope.strip_fields(net.pipes), valves=valves)
+
+    def edges(e: np.ndarray) -> np.ndarray:
+        return e[pipe_ok[net.edge_pipe[e]]]
+
+    def rows(r: np.ndarray) -> np.ndarray:
+        return r[valve_ok[r]]
+
+    if isinstance(result, Trace):
+        return dataclasses.replace(result, network=seen, edges=edges(result.edges))
+    return dataclasses.replace(
+        result,
+        network=seen,
+        to_close=rows(result.to_close),
+        shut=rows(result.shut),
+        inoperable=rows(result.inoperable),
+        fittings=rows(result.fittings),
+        isolated=edges(result.isolated),
+        unsupplied=edges(result.unsupplied),
+    )

@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from layers.catalog import Catalog
+from layers.catalog import Catalog, Lens
 from layers.layer import Layer
-from layers.models import Access, FieldType, Reading, parse_utc, utc_stamp
+from layers.models import FieldType, Reading, parse_utc, utc_stamp
 from twin.errors import InvalidParameter
 
 KEYS = ("collection", "id", "time", "property", "value")
@@ -45,7 +45,7 @@ def readings_of(body: Any, max_readings: int) -> list[Any]:
     return body
 
 
-def check(catalog: Catalog, scope: Access, items: list[Any], now: dt.datetime) -> Batch:
+def check(catalog: Catalog, scope: Lens, items: list[Any], now: dt.datetime) -> Batch:
     """Each reading checked against the layers `scope` may see and their schemas."""
     batch = Batch()
     layers = catalog.layers(scope)

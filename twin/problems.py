@@ -1,6 +1,7 @@
 """The one error table: each package's exceptions, the status they are answered with, and the
 JSON `{"code", "description"}` every error takes on the wire (with `Retry-After` on a 503 of a
-full worker). Used by the app's handlers, the lean paths and the request guard alike."""
+full worker and on a 429 of a caller over its rate). Used by the app's handlers, the lean paths,
+the request guard and the rate limits alike."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (twin_errors.LimitExceeded, 400),
     (twin_errors.NotAcceptable, 406),
     (twin_errors.Overloaded, 503),
+    (twin_errors.Forbidden, 403),
+    (twin_errors.RateLimited, 429),
     (twin_errors.TwinError, 400),
     (tile_errors.TileOutOfMatrix, 404),
     (tile_errors.RasterError, 404),
@@ -59,6 +62,5 @@ def problem(exc: Exception, retry_after: int = RETRY_AFTER_S) -> JSONResponse | 
     status = status_of(exc)
     if status is None:
         return None
-    return error_response(
-        status, type(exc).__name__, str(exc), retry_after if status == 503 else None
-    )
+    wait = retry_after if status == 503 else getattr(exc, "retry_after_s", None)
+    return error_response(status, type(exc).__name__, str(exc), wait)

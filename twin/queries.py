@@ -25,9 +25,8 @@ from pyproj import Transformer
 from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 
-from layers.catalog import Catalog
+from layers.catalog import Catalog, Lens
 from layers.layer import Layer, json_text, json_value
-from layers.models import Access
 from layers.raster import Dataset, MemoryRaster, Method, read_into_memory, sample_xy
 from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
@@ -245,7 +244,7 @@ def is_buried(layer: Layer) -> bool:
 
 def layers_for(
     catalog: Catalog,
-    scope: Access,
+    scope: Lens,
     collections: Iterable[str] | None,
     *,
     skip: Iterable[str] = (GRIDS,),
@@ -375,7 +374,7 @@ def cell_records(grid: Layer) -> _Cells:
     return grid.derived(_Cells, lambda: _grid_cells(grid))
 
 
-def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> list[dict[str, Any]]:
+def cells_at(catalog: Catalog, scope: Lens, geometry: shapely.Geometry) -> list[dict[str, Any]]:
     """The management cells (every level, district first) that `geometry` meets, when the
     caller may see the grid."""
     grid = catalog.layers(scope).get(GRIDS)
@@ -394,7 +393,7 @@ def cells_at(catalog: Catalog, scope: Access, geometry: shapely.Geometry) -> lis
 
 def near(
     catalog: Catalog,
-    scope: Access,
+    scope: Lens,
     point: shapely.Point,
     radius_m: float,
     collections: Iterable[str] | None = None,
@@ -540,7 +539,7 @@ def _underground(group: Matches, ground_m: float | None) -> Matches:
 
 def at(
     catalog: Catalog,
-    scope: Access,
+    scope: Lens,
     point: shapely.Point,
     tolerance_m: float = 1.0,
     *,
@@ -624,7 +623,7 @@ def _dig_depth(group: Matches, dig_depth_m: float) -> Matches:
 
 def intersects(
     catalog: Catalog,
-    scope: Access,
+    scope: Lens,
     geometry: shapely.Geometry,
     buffer_m: float = 0.0,
     collections: Iterable[str] | None = None,
@@ -718,7 +717,7 @@ def _inside(group: Matches, polygon: shapely.Geometry) -> Matches:
 
 def asset_buffer(
     catalog: Catalog,
-    scope: Access,
+    scope: Lens,
     collection: str,
     fid: str,
     distance_m: float,

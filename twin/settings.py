@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,13 +21,22 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     anonymous_access: str = "public"
-    """Scope of a caller without credentials: public, internal or restricted."""
+    """What a caller without a key may see: public (the default), internal or restricted
+    (everything: a closed deployment with no keys)."""
+    policy: Path | None = None
+    """The policy file (TOML) classifying layers, fields, features and areas; reloaded when it
+    changes. None: layers as the store classifies them, every field shown."""
+    policy_check_s: float = 1.0
+    """How often a server looks whether the policy file changed, seconds."""
+    keys_file: Path | None = None
+    """The key ring and audit log (SQLite); None: `access.sqlite` in the store's directory."""
     items_default_limit: int = 100
     items_max_limit: int = 10_000
     public_url: str = ""
     """Base URL clients reach the server at (behind a proxy); empty: taken from each request."""
     cors_origins: list[str] = ["*"]
-    """Origins allowed to read the API from a browser on another site."""
+    """Origins (`https://map.city.gov`) whose pages may read the API from a browser; `*`: any
+    (credentials are never allowed, so a page must send a key itself); empty: none."""
     gzip_level: int = 4
     """gzip level of JSON answers (tiles are compressed once by the tile cache)."""
     loop: Literal["asyncio", "uvloop"] = "asyncio"
@@ -62,6 +72,25 @@ class ServerSettings(BaseSettings):
     def _known_scope(cls, value: str) -> str:
         return Access.parse(value).label
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # A browser's Origin is scheme://host[:port] and nothing more: one written with a
+        # path or a trailing slash would never match.
+        out = []
+        for origin in value:
+            origin = origin.strip().rstrip("/")
+            parts = urlsplit(origin)
+            if origin != "*" and (
+                parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+            ):
+                raise ValueError(
+                    f"CORS origin {origin!r} is not scheme://host[:port] (or *), "
+                    "e.g. https://map.city.gov"
+                )
+            out.append(origin)
+        return out
+
 
 class GuardSettings(BaseSettings):
     """What one request may cost a worker, and how many a worker holds at once. Each limit is
@@ -91,6 +120,36 @@ class GuardSettings(BaseSettings):
     """Most `%` and `_` wildcards of one LIKE pattern."""
     max_answer_bytes: int = 256 * 2**20
     """Largest JSON answer, bytes: a bigger one is refused (ask for fewer features)."""
+
+
+class LimitSettings(BaseSettings):
+    """How many requests a caller may make (`twin.limits`): a token bucket per caller, per
+    worker process, refilled at `rate_*` requests a second up to `burst_*` held; over it a
+    request is answered 429 with `Retry-After`. Anonymous callers have a bucket per client
+    address (per /64 for IPv6), a key one of its own. A rate of 0 is no limit. The defaults
+    never trouble a map session (a map pulls ~50 tiles at once)."""
+
+    model_config = SettingsConfigDict(env_prefix="TWIN_", extra="ignore")
+
+    rate_anonymous: float = Field(default=50.0, ge=0)
+    """Requests a second a caller without a key may make, per client address; 0: no limit."""
+    burst_anonymous: int = Field(default=200, ge=1)
+    """Requests a caller without a key may make at once before `rate_anonymous` holds."""
+    rate_viewer: float = Field(default=100.0, ge=0)
+    """Requests a second of a viewer's key; 0: no limit."""
+    burst_viewer: int = Field(default=400, ge=1)
+    """Requests a viewer's key may make at once."""
+    rate_engineer: float = Field(default=200.0, ge=0)
+    """Requests a second of an engineer's key; 0: no limit."""
+    burst_engineer: int = Field(default=800, ge=1)
+    """Requests an engineer's key may make at once."""
+    rate_admin: float = Field(default=0.0, ge=0)
+    """Requests a second of an admin's key; 0: no limit."""
+    burst_admin: int = Field(default=800, ge=1)
+    """Requests an admin's key may make at once (when `rate_admin` is not 0)."""
+    rate_max_buckets: int = Field(default=65_536, ge=1)
+    """Most callers a worker keeps a bucket for (~300 bytes each); a bucket idle long enough
+    to be full again is dropped, the oldest first when there are more than this."""
 
 
 class QuerySettings(BaseSettings):

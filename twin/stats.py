@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import shapely
 
-from layers.catalog import Catalog
+from layers.catalog import Catalog, Lens
 from layers.layer import Layer
-from layers.models import Access
 from layers.schemas import GRID_LEVELS
 from twin import budget, metric
 from twin.cql2 import Filter, evaluate
@@ -223,7 +222,7 @@ def share_unchanged(layer: Layer) -> None:
 
 def cell_stats(
     catalog: Catalog,
-    scope: Access,
+    scope: Lens,
     level: str,
     collections: Iterable[str] | None = None,
     flt: Filter | None = None,

@@ -23,14 +23,14 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from layers.catalog import Lens, lens_key
 from layers.layer import Layer
-from layers.models import Access
 from layers.store import RasterInfo
 from tiles import grid
 from tiles.cache import CachedTile, TileCache, TileKey, etag
 from tiles.render import render_tile
 from tiles.settings import TileSettings
-from twin.access import caller_scope
+from twin.access import caller_view
 from twin.cql2 import Filter
 from twin.leanpath import LeanPath
 from twin.metrics import Metrics
@@ -147,7 +147,7 @@ class TileServer:
         self,
         layers: Mapping[str, Layer],
         tile: grid.Tile,
-        scope: Access,
+        scope: Lens,
         flt: Filter | None,
         requests: Callable[[], Sequence[tuple[Layer, Any]]],
         if_none_match: str | None,
@@ -159,7 +159,7 @@ class TileServer:
         variant = None if flt is None else flt.key
         if asof is not None:
             variant = f"asof={asof};{variant or ''}"
-        key = TileKey.of(tile, layers, scope=scope, filter=variant)
+        key = TileKey.of(tile, layers, scope=lens_key(scope), filter=variant)
         gzip_ok = accepts_gzip(accept_encoding)
         got = self.cache.get(key)
         if got is None:
@@ -292,7 +292,7 @@ class TileFastPath(LeanPath):
         collection = match["collection"]
         tile = grid.tile(int(match["z"]), int(match["x"]), int(match["y"]))
         request = Request(scope)
-        access = await caller_scope(request)
+        access = await caller_view(request)
         catalog = scope["app"].state.catalog
         if collection is None:
             layers = catalog.layers(access)

@@ -19,6 +19,10 @@ copy keeps the same layout."""
 MAPLIBRE_URL = "/web/vendor/maplibre-gl"
 """Where the server serves `MAPLIBRE_DIST` (the web map and the HTML pages load it there)."""
 
+PAGE_MAP_URL = "/web/page.js"
+"""The script drawing the small map of the HTML pages (`twin.routes.html`), one of the map's
+files: a file, so that the pages need no inline script."""
+
 MAPLIBRE_FILES = ("maplibre-gl.js", "maplibre-gl.css", "LICENSE.txt")
 """MapLibre's files the map loads (see `web/index.html`), and its licence."""
 

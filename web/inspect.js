@@ -78,6 +78,17 @@ export class Inspector {
     this.root.replaceChildren();
   }
 
+  forget() {
+    // The caller changed: nothing shown or known for the one before stays (the map's style is
+    // not asked: it may still be loading).
+    this.queryables = {};
+    this.selected = null;
+    this.lit = null;
+    this.root.hidden = true;
+    this.root.replaceChildren();
+    setHash({ sel: null });
+  }
+
   show(...children) {
     const close = el("button", { type: "button", class: "close", title: t("close"), "aria-label": t("close"), onclick: () => this.clear() }, "×");
     this.root.replaceChildren(close, ...children);
@@ -111,7 +122,7 @@ export class Inspector {
       const unit = unitOf(k);
       const text = v === null || v === undefined ? "—" : typeof v === "boolean" ? (v ? "✓" : "✗") : `${v}${unit ? ` ${unit}` : ""}`;
       const described = fields[k]?.description;
-      table.append(el("tr", {}, el("th", { title: described || k }, fieldName(k)), el("td", {}, text)));
+      table.append(el("tr", {}, el("th", { title: described || k, dataset: { field: k } }, fieldName(k)), el("td", {}, text)));
     }
     const parts = [
       el("h2", {}, labelOf(feature.properties, id)),

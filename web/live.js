@@ -2,10 +2,76 @@
 // collection and its box before and after; only the vector tiles those boxes touch are fetched
 // again (revalidated past the browser's cache), so a lamp that fails shows its fault mark
 // without a reload, and an open feature panel is refreshed.
+//
+// The stream is read with `fetch` rather than `EventSource`, which cannot send the caller's key
+// (`Authorization`): the text/event-stream format is parsed here, and a dropped stream is taken
+// up again with `Last-Event-ID`, so no change is missed.
 
-import { url } from "./api.js";
+import { send, url } from "./api.js";
 
 const AGAIN_MS = 1300; // the server's TWIN_TILES_REFRESH_S (1 s), and a little more
+const RETRY_MS = 3000; // before taking a dropped stream up again (the server's `retry:` wins)
+const RETRY_MAX_MS = 30000; // the longest wait, after failures in a row
+
+export class EventStreamParser {
+  // The text/event-stream format (the HTML standard's "Server-sent events" parsing): `push`
+  // the text as it comes, in chunks of any size; each event ends with a blank line and goes to
+  // `onEvent({type, data, id})`; `lastId` and `retry` keep the last `id:` and `retry:` fields.
+  constructor(onEvent) {
+    this.onEvent = onEvent;
+    this.rest = "";
+    this.started = false;
+    this.idBuffer = null;
+    this.lastId = null; // as of the last event dispatched (what a reconnection resumes after)
+    this.retry = null;
+    this.reset();
+  }
+
+  reset() {
+    this.type = "";
+    this.data = "";
+    this.hasData = false;
+  }
+
+  push(text) {
+    let buffer = this.rest + text;
+    if (!this.started && buffer) {
+      this.started = true;
+      if (buffer.charCodeAt(0) === 0xfeff) buffer = buffer.slice(1); // a byte order mark
+    }
+    // A CR at the end may be the first half of a CRLF: wait for what follows.
+    const cut = buffer.endsWith("\r") ? buffer.length - 1 : buffer.length;
+    const lines = buffer.slice(0, cut).split(/\r\n|\r|\n/);
+    this.rest = lines.pop() + buffer.slice(cut);
+    for (const line of lines) this.line(line);
+  }
+
+  line(line) {
+    if (line === "") return this.dispatch();
+    if (line.startsWith(":")) return; // a comment (the server's keep-alive pings)
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "data") {
+      this.data += `${value}\n`;
+      this.hasData = true;
+    } else if (field === "event") this.type = value;
+    else if (field === "id") {
+      if (!value.includes("\0")) this.idBuffer = value;
+    } else if (field === "retry") {
+      if (/^\d+$/.test(value)) this.retry = Number(value);
+    }
+  }
+
+  dispatch() {
+    this.lastId = this.idBuffer;
+    const event = { type: this.type || "message", data: this.data.slice(0, -1), id: this.lastId };
+    const any = this.hasData;
+    this.reset();
+    if (any) this.onEvent(event);
+  }
+}
 
 function tileRange(bbox, z) {
   const n = 2 ** z;
@@ -48,19 +114,77 @@ export class LiveFeed {
   }
 
   start() {
-    const source = new EventSource(url("events"));
-    source.addEventListener("open", () => this.setBadge(true));
-    source.addEventListener("error", () => this.setBadge(false));
-    source.addEventListener("change", (e) => {
-      let data;
+    // (Again) from now, as the caller the map now is: a stream that was open is closed.
+    this.stop();
+    const run = { abort: new AbortController(), lastId: null, retry: RETRY_MS };
+    this.run = run;
+    this.follow(run);
+  }
+
+  stop() {
+    if (this.run) this.run.abort.abort();
+    this.run = null;
+    this.setBadge(false);
+  }
+
+  async follow(run) {
+    const signal = run.abort.signal;
+    let failures = 0;
+    while (!signal.aborted) {
       try {
-        data = JSON.parse(e.data);
-      } catch (err) {
-        return;
+        const headers = { Accept: "text/event-stream" };
+        if (run.lastId) headers["Last-Event-ID"] = run.lastId;
+        const r = await send(url("events"), { headers, signal, cache: "no-store" });
+        if (r.status === 401) return; // the key is refused: the map falls back and starts anew
+        if (r.status === 400 && run.lastId) run.lastId = null; // a resume point it does not know
+        if (!r.ok || !r.body) {
+          r.body?.cancel().catch(() => {});
+          throw new Error(`events: ${r.status}`);
+        }
+        failures = 0;
+        this.setBadge(true);
+        await this.read(r.body, run);
+      } catch (e) {
+        if (signal.aborted) return;
+        failures += 1;
       }
-      for (const change of Array.isArray(data) ? data : [data]) this.apply(change);
+      if (signal.aborted) return;
+      this.setBadge(false);
+      const wait = Math.min(RETRY_MAX_MS, run.retry * 2 ** Math.max(0, failures - 1));
+      await new Promise((done) => {
+        const timer = setTimeout(done, wait);
+        signal.addEventListener("abort", () => { clearTimeout(timer); done(); }, { once: true });
+      });
+    }
+  }
+
+  async read(body, run) {
+    // Until the stream ends (or is dropped, which throws).
+    const parser = new EventStreamParser((event) => {
+      if (event.type === "change") this.changed(event.data);
     });
-    this.source = source;
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        parser.push(value);
+        if (parser.lastId !== null) run.lastId = parser.lastId;
+        if (parser.retry !== null) run.retry = parser.retry;
+      }
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+  }
+
+  changed(text) {
+    let data;
+    try {
+      data = JSON.parse(text);
+    } catch (err) {
+      return;
+    }
+    for (const change of Array.isArray(data) ? data : [data]) this.apply(change);
   }
 
   setBadge(on) {

@@ -1,10 +1,13 @@
 // The planners' web map: the server's own MapLibre style (labels drawn with local fonts),
 // a grouped layer panel with legend and counts, click-to-inspect, search, tools and the live
-// twin. Everything is served by twin itself; nothing comes from another host.
+// twin. Everything is served by twin itself; nothing comes from another host. Every request
+// goes as the caller (the key of this tab's session, `key.js`): what the server answers is what
+// that key may see, and when the key changes the style, panel and all come again.
 
-import { url } from "./api.js";
+import { getKey, keyRejected, keyedSession, sameOrigin, url } from "./api.js";
 import { t, lang, setLang } from "./i18n.js";
 import { Inspector } from "./inspect.js";
+import { KeyControl } from "./key.js";
 import { LiveFeed } from "./live.js";
 import { LayerPanel } from "./panel.js";
 import { SearchBox } from "./search.js";
@@ -14,6 +17,28 @@ import { Tools } from "./tools.js";
 window.twin = { asof: getHash("asof") };
 const startedWithView = Boolean(getHash("view")); // a shared link's view wins over fitting the data
 let live = null;
+let tools = null;
+let generation = 0; // of the caller: one more each time the key changes
+window.twin.rebuilds = 0;
+
+function transformRequest(resource, kind) {
+  let out = { url: resource };
+  if (window.twin.asof && kind === "Tile" && resource.includes("/tiles/WebMercatorQuad/")) {
+    // The time slider: tiles of the twin as recorded at an earlier instant (`asof`).
+    const u = new URL(resource);
+    u.searchParams.set("asof", window.twin.asof);
+    out = { url: u.href };
+  } else if (live) {
+    out = live.request(resource, kind) || out;
+  }
+  if (sameOrigin(out.url)) {
+    // As the caller: its key, and never an answer the browser cached for another caller.
+    const key = getKey();
+    if (key) out.headers = { Authorization: `Bearer ${key}` };
+    if (keyedSession()) out.cache = "no-cache";
+  }
+  return out;
+}
 
 const map = new maplibregl.Map({
   container: "map",
@@ -21,15 +46,7 @@ const map = new maplibregl.Map({
   hash: "view",
   attributionControl: { compact: false },
   localIdeographFontFamily: "'Noto Sans CJK SC', 'Noto Sans SC', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', sans-serif",
-  transformRequest: (resource, kind) => {
-    // The time slider: tiles of the twin as recorded at an earlier instant (`asof`).
-    if (window.twin.asof && kind === "Tile" && resource.includes("/tiles/WebMercatorQuad/")) {
-      const u = new URL(resource);
-      u.searchParams.set("asof", window.twin.asof);
-      return { url: u.href };
-    }
-    return live ? live.request(resource, kind) : undefined;
-  },
+  transformRequest,
 });
 map.addControl(new maplibregl.NavigationControl(), "bottom-right");
 map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-left");
@@ -47,8 +64,9 @@ function fitToData() {
 }
 
 map.on("load", async () => {
+  const gen = generation;
   fitToData();
-  const tools = new Tools(map, inspector, document.getElementById("tool"));
+  tools = new Tools(map, inspector, document.getElementById("tool"));
   window.twin.tools = tools;
   for (const button of document.querySelectorAll("#toolbar button[data-tool]")) {
     button.addEventListener("click", () => {
@@ -81,14 +99,50 @@ map.on("load", async () => {
     const at = sel.indexOf("/");
     inspector.open(sel.slice(0, at), sel.slice(at + 1)).catch(() => inspector.clear());
   }
-  window.twin.ready = true;
+  if (gen === generation) window.twin.ready = true; // (else once the new caller's style is in)
 });
 
 map.on("error", (e) => {
+  // The key was refused (expired, revoked) on a style, TileJSON, tile or glyph request.
+  if (e.error?.status === 401) return keyRejected(getKey());
   // Tile and style problems are told once on the console, not for every tile.
   if (!window.twin.mapError) console.warn("map:", e.error?.message || e);
   window.twin.mapError = e.error?.message || String(e);
 });
+
+// -- the caller ---------------------------------------------------------------------------
+
+function rebuild() {
+  // The caller changed: what was shown for the one before goes, and the style (so the layers,
+  // legend and panel), the collections and the event stream come again from the server.
+  window.twin.ready = false;
+  generation += 1;
+  inspector.forget();
+  tools?.forget();
+  live?.stop();
+  map.setStyle(url("style.json"), { diff: false });
+}
+
+map.on("style.load", async () => {
+  if (!tools) return; // the first style: the map's "load" sets everything up
+  const gen = generation;
+  tools.addLayers();
+  live.start();
+  await panel.build();
+  if (gen !== generation) return; // the caller changed again meanwhile
+  window.twin.rebuilds += 1;
+  window.twin.ready = true;
+});
+
+const byId = (id) => document.getElementById(id);
+window.twin.key = new KeyControl({
+  button: byId("key-button"),
+  state: byId("key-state"),
+  form: byId("key-form"),
+  input: byId("key-input"),
+  forget: byId("key-forget"),
+  message: byId("key-message"),
+}, rebuild);
 
 function setAsOf(value) {
   // `value`: an ISO instant, or null for now (the live twin).

@@ -59,8 +59,11 @@ export class LayerPanel {
   }
 
   async build() {
+    // (Again, after the caller changed: what the server now lists for it.)
     const style = this.map.getStyle();
     const meta = style.metadata || {};
+    this.baseFilters = {};
+    const built = (this.builds = (this.builds || 0) + 1);
     for (const layer of style.layers) {
       if (NETWORK_LAYERS.includes(layer["source-layer"])) this.baseFilters[layer.id] = layer.filter || null;
     }
@@ -70,6 +73,7 @@ export class LayerPanel {
     } catch (e) {
       collections = [];
     }
+    if (built !== this.builds) return; // the caller changed meanwhile: a newer build is on its way
     this.info = Object.fromEntries(collections.map((c) => [c.id, c]));
     this.meta = meta;
     this.render();

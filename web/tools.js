@@ -67,6 +67,13 @@ export class Tools {
     this.coords = [];
     this.mode = null;
     this.tool = null;
+    this.addLayers();
+  }
+
+  addLayers() {
+    // What the tools draw, over the server's style (again after the style is loaded anew).
+    const map = this.map;
+    if (map.getSource("twin-draw")) return;
     map.addSource("twin-draw", { type: "geojson", data: empty() });
     map.addSource("twin-result", { type: "geojson", data: empty() });
     map.addLayer({ id: "twin-result-fill", type: "fill", source: "twin-result", paint: { "fill-color": "#7b2cbf", "fill-opacity": 0.12 } });
@@ -154,11 +161,28 @@ export class Tools {
 
   close() {
     this.reset();
+    this.closeCard();
+  }
+
+  closeCard() {
     this.onDraw = this.onFinish = null;
     this.tool = null;
     this.root.hidden = true;
     this.root.replaceChildren();
     for (const b of document.querySelectorAll("#toolbar button")) b.setAttribute("aria-pressed", "false");
+  }
+
+  forget() {
+    // The caller changed and the style goes, and with it what the tools drew and found (the
+    // map's style is not asked: it may still be loading).
+    this.stopDrawing();
+    this.coords = [];
+    this.drawnMode = null;
+    this.hits = [];
+    this.pipePick = null;
+    if (this.onMoved) this.map.off("moveend", this.onMoved);
+    this.onMoved = null;
+    this.closeCard();
   }
 
   card(name, ...children) {

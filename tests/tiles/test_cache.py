@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import shapely
 
-from layers.models import Access, Bounds
+from layers.models import Bounds
 from tiles.cache import TileCache, TileKey, etag, pack
 from tiles.grid import TMS, Tile
 
@@ -70,8 +70,8 @@ def test_a_box_on_a_tile_edge_touches_both_neighbours() -> None:
 def test_none_box_drops_the_whole_collection_and_scope_is_part_of_the_key() -> None:
     cache = TileCache()
     t = Tile(3, 4, 5)
-    pub = TileKey.of(t, ["lights"], scope=Access.PUBLIC)
-    internal = TileKey.of(t, ["lights"], scope=Access.INTERNAL, filter="status='on'")
+    pub = TileKey.of(t, ["lights"], scope="public")
+    internal = TileKey.of(t, ["lights"], scope="internal", filter="status='on'")
     cache.put(pub, b"a")
     cache.put(internal, b"b")
     assert cache.get(pub).raw() == b"a" and cache.get(internal).raw() == b"b"

@@ -161,6 +161,7 @@ def query_app(store: Path, scope: str = "public", **query: Any) -> Any:
         ServerSettings(_env_file=None, anonymous_access=scope),  # type: ignore[call-arg]
         StoreSettings(_env_file=None, store=store),  # type: ignore[call-arg]
         query_settings=QuerySettings(_env_file=None, **query),  # type: ignore[call-arg]
+        limit_settings=serve_fixtures.NO_LIMITS,
     )
 
 

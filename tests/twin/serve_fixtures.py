@@ -25,7 +25,7 @@ from layers.schemas import LIGHTS, PIPES, SITES, custom_schema
 from layers.settings import StoreSettings
 from tests.conftest import shared
 from twin.app import create_app
-from twin.settings import ServerSettings
+from twin.settings import LimitSettings, ServerSettings
 
 STREETLIGHTS = "cambridge_ma/INFRA_StreetLights.geojson"
 SECRET = custom_schema(
@@ -145,11 +145,22 @@ def served_store_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def app_for(store: Path, **settings: Any):
-    """The app over `store` with the given server settings (environment ignored)."""
+    """The app over `store` with the given server settings (environment ignored), and no rate
+    limit (a test sends every request from one address; the limits' own tests set them)."""
     return create_app(
         ServerSettings(_env_file=None, **settings),  # type: ignore[call-arg]
         StoreSettings(_env_file=None, store=store),  # type: ignore[call-arg]
+        limit_settings=NO_LIMITS,
     )
+
+
+NO_LIMITS = LimitSettings(
+    _env_file=None,  # type: ignore[call-arg]
+    rate_anonymous=0,
+    rate_viewer=0,
+    rate_engineer=0,
+    rate_admin=0,
+)
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, what: str, timeout_s: float = 60) -> None:
@@ -203,3 +214,14 @@ def live_server_fixture(served_store: Path) -> Iterator[LiveServer]:
     """The served store behind a real uvicorn server on a free port."""
     with LiveServer(app_for(served_store)) as server:
         yield server
+
+
+def write_key(store: Path, role: str = "engineer") -> dict[str, str]:
+    """Headers carrying a new key of `role` for the store at `store` (changing data needs an
+    engineer's or an admin's key)."""
+    import uuid
+
+    from layers.keys import KeyRing
+
+    _, secret = KeyRing.beside(store).add(f"tests-{role}-{uuid.uuid4().hex[:8]}", role)
+    return {"Authorization": f"Bearer {secret}"}

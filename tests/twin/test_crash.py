@@ -21,7 +21,7 @@ import shapely
 
 from layers.gpkg import GPKG_FILE
 from layers.schemas import LIGHTS
-from tests.twin.serve_fixtures import fill_store, free_port, make_layer, wait_healthy
+from tests.twin.serve_fixtures import fill_store, free_port, make_layer, wait_healthy, write_key
 
 N = 40
 BATCH = 25
@@ -40,8 +40,9 @@ class Stream:
     """Readings batches and PATCH edits sent one after another until stopped; what was
     acknowledged is recorded."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.url = url
+        self.headers = headers
         self.batches: list[tuple[int, list[dict]]] = []  # (index, readings) acknowledged
         self.sent: list[list[dict]] = []
         self.patches: list[tuple[str, float]] = []  # (id, wattage) acknowledged
@@ -51,7 +52,7 @@ class Stream:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        client = httpx.Client(timeout=10)
+        client = httpx.Client(timeout=10, headers=self.headers)
         k = 0
         while not self.stop.is_set():
             batch = [
@@ -97,7 +98,8 @@ def test_sigkill_during_edits_and_readings(tmp_path: Path, kill_after_s: float) 
     store = fill_store(tmp_path / "store", [lights])
     log = tmp_path / "serve.log"
     proc, url = start(store, log)
-    stream = Stream(url)
+    key = write_key(store)
+    stream = Stream(url, key)
     stream.thread.start()
     # The moments count from the first acknowledged edit and batch (a loaded machine may take
     # a while to answer the first ones).
@@ -164,6 +166,7 @@ def test_sigkill_during_edits_and_readings(tmp_path: Path, kill_after_s: float) 
                     if len(ids) == 1:
                         r = httpx.post(
                             f"{url}/twin/observations",
+                            headers=key,
                             json=[
                                 {
                                     "collection": "lights",

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from layers.gpkg import GeoPackageStore
 from layers.schemas import LIGHTS
-from tests.twin.serve_fixtures import LiveServer, app_for, fill_store, make_layer
+from tests.twin.serve_fixtures import LiveServer, app_for, fill_store, make_layer, write_key
 
 ITEMS = "/collections/lights/items"
 
@@ -55,7 +55,7 @@ def lamp(fid: str | None, x: float, **props: object) -> dict:
 
 
 def test_create_replace_update_delete(store: Path) -> None:
-    with TestClient(app_for(store)) as c:
+    with TestClient(app_for(store), headers=write_key(store)) as c:
         conf = c.get("/conformance").json()["conformsTo"]
         for cls in ("create-replace-delete", "update", "optimistic-locking-etags"):
             assert f"http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/{cls}" in conf
@@ -129,7 +129,7 @@ def test_create_replace_update_delete(store: Path) -> None:
     ],
 )
 def test_edits_outside_the_schema_change_nothing(store: Path, method, body, words) -> None:
-    with TestClient(app_for(store)) as c:
+    with TestClient(app_for(store), headers=write_key(store)) as c:
         before = c.get(f"{ITEMS}/L1")
         seq = revision(store)
         r = getattr(c, method)(f"{ITEMS}/L1", json=body)
@@ -138,7 +138,7 @@ def test_edits_outside_the_schema_change_nothing(store: Path, method, body, word
         after = c.get(f"{ITEMS}/L1")
         assert after.json() == before.json() and after.headers["etag"] == before.headers["etag"]
         assert revision(store) == seq
-    with TestClient(app_for(store)) as c:
+    with TestClient(app_for(store), headers=write_key(store)) as c:
         r = c.patch(f"{ITEMS}/L1", content=b"{", headers={"content-type": "application/json"})
         assert r.status_code == 400 and "not JSON" in r.json()["description"]
         assert c.patch(f"{ITEMS}/L404", json={"properties": {}}).status_code == 404
@@ -146,6 +146,7 @@ def test_edits_outside_the_schema_change_nothing(store: Path, method, body, word
 
 
 def test_two_concurrent_patches_with_one_etag(store: Path) -> None:
+    key = write_key(store)
     with LiveServer(app_for(store)) as server:
         etag = httpx.get(f"{server.url}{ITEMS}/L2").headers["etag"]
         start = threading.Barrier(2)
@@ -156,7 +157,7 @@ def test_two_concurrent_patches_with_one_etag(store: Path) -> None:
             answers[status] = httpx.patch(
                 f"{server.url}{ITEMS}/L2",
                 json={"properties": {"status": status}},
-                headers={"If-Match": etag},
+                headers={"If-Match": etag, **key},
                 timeout=30,
             )
 
@@ -174,7 +175,7 @@ def test_two_concurrent_patches_with_one_etag(store: Path) -> None:
 
 
 def test_the_document_declares_what_edits_answer(store: Path) -> None:
-    with TestClient(app_for(store)) as c:
+    with TestClient(app_for(store), headers=write_key(store)) as c:
         paths = c.get("/api").json()["paths"]
     item = paths["/collections/{collectionId}/items/{featureId}"]
     for method in ("put", "patch", "delete"):
@@ -186,7 +187,7 @@ def test_the_document_declares_what_edits_answer(store: Path) -> None:
 
 
 def test_out_of_range_times_and_long_ids_are_refused(store: Path) -> None:
-    with TestClient(app_for(store)) as c:
+    with TestClient(app_for(store), headers=write_key(store)) as c:
         far = {
             "collection": "lights",
             "id": "L1",

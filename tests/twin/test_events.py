@@ -18,12 +18,21 @@ import shapely
 from layers.gpkg import GeoPackageStore
 from layers.models import Change, Reading
 from layers.schemas import LIGHTS
-from tests.twin.serve_fixtures import LiveServer, app_for, fill_store, make_layer
+from tests.twin.serve_fixtures import LiveServer, app_for, fill_store, make_layer, write_key
 
 XS = [114.3000 + i * 0.0002 for i in range(10)] + [114.3400 + i * 0.0002 for i in range(10)]
 YS = [30.35] * 10 + [30.37] * 10
 IDS = [f"L{i}" for i in range(20)]
 EVENT_WITHIN_S = 1.0
+
+
+KEYS: dict[str, dict[str, str]] = {}
+"""A writer's key per server URL (readings need an engineer's key)."""
+
+
+def keyed(server: LiveServer, store: Path) -> LiveServer:
+    KEYS[server.url] = write_key(store)
+    return server
 
 
 @pytest.fixture(name="store")
@@ -80,7 +89,7 @@ class Subscriber:
 
 
 def post(url: str, readings: list[dict]) -> dict:
-    r = httpx.post(f"{url}/twin/observations", json=readings, timeout=30)
+    r = httpx.post(f"{url}/twin/observations", json=readings, timeout=30, headers=KEYS[url])
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -90,7 +99,7 @@ def lamp(fid: str, status: str, at: str = "2026-12-07T10:00:00Z") -> dict:
 
 
 def test_a_reading_is_pushed_within_a_second_and_bbox_filters(store: Path) -> None:
-    with LiveServer(app_for(store)) as server:
+    with keyed(LiveServer(app_for(store)), store) as server:
         far_box = "114.339,30.369,114.345,30.371"
         with (
             Subscriber(f"{server.url}/events?collections=lights") as everything,
@@ -118,7 +127,10 @@ def test_a_reading_is_pushed_within_a_second_and_bbox_filters(store: Path) -> No
 
 
 def test_a_client_resumes_after_a_restart_and_misses_nothing(store: Path) -> None:
-    with LiveServer(app_for(store)) as server, Subscriber(f"{server.url}/events") as sub:
+    with (
+        keyed(LiveServer(app_for(store)), store) as server,
+        Subscriber(f"{server.url}/events") as sub,
+    ):
         post(server.url, [lamp("L1", "fault")])
         (first,) = sub.wait(1)
     # While no server runs, readings land through another process's store.
@@ -129,7 +141,7 @@ def test_a_client_resumes_after_a_restart_and_misses_nothing(store: Path) -> Non
     other.close()
     resume = {"Last-Event-ID": first["id"]}
     with (
-        LiveServer(app_for(store)) as server,
+        keyed(LiveServer(app_for(store)), store) as server,
         Subscriber(f"{server.url}/events", resume) as sub,
     ):
         missed = sub.wait(2)
@@ -143,7 +155,7 @@ def test_a_client_resumes_inside_a_batch_of_readings(store: Path) -> None:
     """A batch's changes are one row of the log; a stream resumes after any one of them, from
     this process's memory or, after a restart, from the store, and a bbox keeps its part."""
     batch = [lamp(f"L{i}", "fault") for i in (1, 2, 3, 11, 12)]  # three west, two east
-    with LiveServer(app_for(store)) as server:
+    with keyed(LiveServer(app_for(store)), store) as server:
         with Subscriber(f"{server.url}/events") as sub:
             answer = post(server.url, batch)
             got = sub.wait(5)
@@ -154,7 +166,7 @@ def test_a_client_resumes_inside_a_batch_of_readings(store: Path) -> None:
             assert [e["data"]["id"] for e in sub.wait(3)] == ["L3", "L11", "L12"]
     west = f"bbox={XS[0] - 1e-4},{YS[0] - 1e-4},{XS[9] + 1e-4},{YS[0] + 1e-4}"
     with (
-        LiveServer(app_for(store)) as server,
+        keyed(LiveServer(app_for(store)), store) as server,
         Subscriber(f"{server.url}/events?{west}", {"Last-Event-ID": str(first)}) as sub,
     ):
         resumed = sub.wait(2)

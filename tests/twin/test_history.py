@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from layers.gpkg import GeoPackageStore
 from layers.schemas import LIGHTS
-from tests.twin.serve_fixtures import app_for, fill_store, make_layer
+from tests.twin.serve_fixtures import app_for, fill_store, make_layer, write_key
 
 XS = [114.30 + i * 0.001 for i in range(5)]
 
@@ -49,7 +49,9 @@ def store_fixture(tmp_path: Path) -> Path:
 
 def test_history_and_asof(store: Path) -> None:
     t_start = now()
-    with TestClient(app_for(store)) as c:
+    key = write_key(store)
+    with TestClient(app_for(store), headers=key) as c:
+        crew = c.app.state.keys.find(key["Authorization"].split()[1]).name
         t0 = now()
         readings = [
             {
@@ -75,7 +77,7 @@ def test_history_and_asof(store: Path) -> None:
         versions = history["versions"]
         assert [v["properties"]["status"] for v in versions] == ["on", "fault", "on"]
         assert [v["version"] for v in versions] == [1, 2, 3]
-        assert [v["ended_by"] for v in versions] == ["api", "gis", None]
+        assert [v["ended_by"] for v in versions] == [crew, "gis", None]  # who sent the readings
         assert versions[-1]["recorded_to"] is None
         assert versions[0]["recorded_to"] == versions[1]["recorded_from"]
         assert versions[2]["geometry"]["coordinates"][0] == pytest.approx(XS[1] + 0.0005)
@@ -135,7 +137,7 @@ def test_asof_on_tiles_and_queries(store: Path) -> None:
         assert r.status_code == 200, r.text
         return [f["id"] for f in r.json()["features"]]
 
-    with TestClient(app_for(store)) as c:
+    with TestClient(app_for(store), headers=write_key(store)) as c:
         t0 = now()
         reading = {
             "collection": "lights",

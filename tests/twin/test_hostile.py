@@ -42,7 +42,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import pytest
 
-from tests.twin.serve_fixtures import free_port
+from tests.twin.serve_fixtures import free_port, write_key
 
 # One server for the whole module: its cases run in one xdist worker (`--dist loadgroup`).
 pytestmark = pytest.mark.xdist_group("hostile-server")
@@ -114,8 +114,11 @@ class Server:
     def start(self) -> None:
         """Start the server on a free port and wait until it answers `/healthz`."""
         self.port = free_port()
-        # The server's defaults are under test: no TWIN_* setting of the caller's leaks in.
+        # The server's defaults are under test: no TWIN_* setting of the caller's leaks in;
+        # but for the rate limits (their own tests are in test_limits.py): every case here
+        # comes from one address, one after another, far over what one caller may send.
         env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
+        env.update(TWIN_RATE_ANONYMOUS="0", TWIN_RATE_ENGINEER="0")
         self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -208,6 +211,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(demo_store: Path) -> Iterator[Server]:
     """One real server process for the module (restarted by a case that broke it)."""
     srv = Server(demo_store, demo_store.parent / "serve.log")
+    WRITER[:] = list(write_key(demo_store).items())
     srv.start()
     try:
         yield srv
@@ -263,13 +267,20 @@ def _streamed_body(size: int, chunked: bool) -> Iterator[bytes]:
         yield b"0\r\n\r\n"
 
 
+WRITER: list[tuple[str, str]] = []
+"""The header of an engineer's key, sent with every change (POST, PATCH, PUT, DELETE) so that
+the hostile body, not the missing key, is what is refused."""
+
+
 def _wire(req: Hostile, port: int) -> Iterator[bytes]:
     """The request's bytes, head first."""
+    writes = req.method in ("POST", "PATCH", "PUT", "DELETE")
     lines = [
         f"{req.method} {req.target} HTTP/1.1",
         f"Host: 127.0.0.1:{port}",
         "Connection: close",
         *(f"{k}: {v}" for k, v in req.headers),
+        *(f"{k}: {v}" for k, v in (WRITER if writes else [])),
     ]
     if req.stream_bytes and req.chunked:
         lines.append("Transfer-Encoding: chunked")

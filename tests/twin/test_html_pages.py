@@ -203,8 +203,9 @@ def test_markup_in_values_and_ids_is_escaped(client: TestClient) -> None:
     for fid in (marked["id"], odd["id"]):
         page, text = html_of(client, _item_path(fid))
         assert SCRIPT not in text and "<i>" not in text and '"q"' not in text
-        # Only the MapLibre script and the map's own one are scripts.
-        assert page.inline_scripts == 1 and len(page.scripts) == 1
+        # Only the MapLibre script and the map's own one are scripts, both files (no inline
+        # script: the pages' content security policy allows none).
+        assert page.inline_scripts == 0 and len(page.scripts) == 2
         # Read back as text, the values are what the data holds.
         table = {row[0]: row[1] for row in page.rows if len(row) == 2}
         assert table["id"] == fid
@@ -214,7 +215,7 @@ def test_markup_in_values_and_ids_is_escaped(client: TestClient) -> None:
     assert {row[1] for row in page.rows if row and row[0] == "Note"} == {SCRIPT}
     listing, text = html_of(client, "/collections/pipes/items")
     assert SCRIPT not in text and "<i>" not in text
-    assert listing.inline_scripts == 1
+    assert listing.inline_scripts == 0 and len(listing.scripts) == 2
     assert any(SCRIPT in row for row in listing.rows)
     assert any(odd["id"] in row for row in listing.rows)
 
@@ -304,12 +305,17 @@ def test_map_is_drawn_by_the_projects_own_maplibre(client: TestClient, path: str
         path = _item_path(features[0]["id"])
         features = features[:1]
     page, text = html_of(client, path)
-    (src,) = page.scripts
-    assert src.startswith(f"{BASE}/web/")
-    script = client.get(src)
-    assert script.status_code == 200
-    assert "javascript" in script.headers["content-type"]
-    assert "maplibregl" in script.text[:5000] or "maplibre" in script.text[:5000]
+    lib, own = page.scripts
+    scripts = {}
+    for src in (lib, own):
+        assert src.startswith(f"{BASE}/web/")
+        scripts[src] = client.get(src)
+        assert scripts[src].status_code == 200
+        assert "javascript" in scripts[src].headers["content-type"]
+    assert "maplibregl" in scripts[lib].text[:5000] or "maplibre" in scripts[lib].text[:5000]
+    # The page's own script draws its data blocks with that MapLibre.
+    assert 'getElementById("map-data")' in scripts[own].text
+    assert "new maplibregl.Map" in scripts[own].text
     for css in page.styles:
         assert client.get(css).status_code == 200
     # No URL in the page (nor in the style it draws) leads to another host: no CDN.
@@ -407,7 +413,7 @@ def test_an_unknown_format_is_refused(client: TestClient, path: str) -> None:
 def test_item_page_in_a_browser_shows_the_map_and_the_table(
     client: TestClient, store: Path
 ) -> None:
-    from tests.twin.test_web_map import CHROMIUM, CHROMIUM_ARGS, wait_for_map, watch
+    from tests.twin.test_web_map import CHROMIUM, CHROMIUM_ARGS, PAGE, wait_for_map, watch
 
     needs(Path(CHROMIUM).exists(), "Debian chromium")
     _needs_web_map()
@@ -417,7 +423,7 @@ def test_item_page_in_a_browser_shows_the_map_and_the_table(
     with LiveServer(query_app(store)) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page = browser.new_page(viewport={"width": 1000, "height": 800}, **PAGE)
             problems = watch(page, server.url)
             page.goto(f"{server.url}{_item_path(fid)}?f=html")
             wait_for_map(page)

@@ -300,7 +300,7 @@ def test_traces_over_http(client) -> None:
     assert {f["id"] for f in spill["pipes"]["features"]} == {"s3", "s2", "s4"}
 
 
-def test_isolation_needs_valves_the_caller_may_see(tmp_path: Path) -> None:
+def test_hidden_valves_are_closed_but_not_reported(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = GeoPackageStore(root)
     hidden = valves_layer()
@@ -313,12 +313,20 @@ def test_isolation_needs_valves_the_caller_may_see(tmp_path: Path) -> None:
     for layer in (pipes_layer(), hidden):
         store.write(layer, source="hand-made", user="tests")
     store.close()
-    with TestClient(query_app(root)) as public:
-        r = public.get("/collections/pipes/items/p2/isolation")
-    assert r.status_code == 404 and "valves" in r.json()["description"]
     with TestClient(query_app(root, scope="restricted")) as admin:
         body = admin.get("/collections/pipes/items/p2/isolation").json()
     assert {f["id"] for f in body["valves_to_close"]["features"]} == {"V2", "V4", "V5", "V6"}
+    # A caller who may not see the valves gets the same isolation (the pipes cut off are the
+    # same: the hidden valves are still closed), without a valve in it.
+    with TestClient(query_app(root)) as public:
+        seen = public.get("/collections/pipes/items/p2/isolation").json()
+    assert seen["valves_to_close"]["features"] == []
+    assert seen["summary"]["valves_to_close"] == 0
+    assert [f["id"] for f in seen["pipes"]["features"]] == [
+        f["id"] for f in body["pipes"]["features"]
+    ]
+    assert seen["length_m"] == body["length_m"]
+    assert "V2" not in json.dumps(seen)
 
 
 def test_gravity_pipes_are_not_isolated_but_traced(net, client) -> None:

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from layers.gpkg import GeoPackageStore
 from layers.models import Access
 from layers.schemas import GRIDS, LIGHTS
-from tests.twin.serve_fixtures import app_for, fill_store, make_layer
+from tests.twin.serve_fixtures import app_for, fill_store, make_layer, write_key
 from tests.twin.worker_fixtures import children, connect_to, get, serving
 from tiles.settings import TileSettings
 
@@ -72,7 +72,7 @@ def test_each_reading_lands_or_is_rejected_with_its_reason(store: Path) -> None:
         ["lights", "L2"],
         reading("L3", "2026-12-07T10:00:00+08:00", 75, prop="wattage_w"),
     ]
-    with TestClient(app_for(store)) as c:
+    with TestClient(app_for(store), headers=write_key(store)) as c:
         r = c.post("/twin/observations", json=batch)
         assert r.status_code == 200, r.text
         body = r.json()
@@ -112,7 +112,7 @@ def test_each_reading_lands_or_is_rejected_with_its_reason(store: Path) -> None:
         assert r.status_code == 400 and "not JSON" in r.json()["description"]
         r = c.post("/twin/observations", content=b"[" + b" " * 11_000_000 + b"]")
         assert r.status_code == 413
-    with TestClient(app_for(store, max_readings=3)) as c:
+    with TestClient(app_for(store, max_readings=3), headers=write_key(store)) as c:
         r = c.post("/twin/observations", json=[reading("L1", "2026-12-07T10:00:00Z", "on")] * 4)
         assert r.status_code == 400 and "TWIN_MAX_READINGS" in r.json()["description"]
 
@@ -127,7 +127,7 @@ def test_the_newest_reading_by_time_is_the_state_whatever_the_order(store: Path)
             history.append((lamp, start + dt.timedelta(minutes=5 * k + rng.random()), status))
     shuffled = history[:]
     rng.shuffle(shuffled)
-    with TestClient(app_for(store)) as c:
+    with TestClient(app_for(store), headers=write_key(store)) as c:
         # In three batches, arriving out of order.
         for part in (shuffled[:10], shuffled[10:25], shuffled[25:]):
             batch = [reading(fid, t.isoformat(), s) for fid, t, s in part]
@@ -174,9 +174,12 @@ def _status_in_tile(conn: http.client.HTTPConnection, path: str, fid: str) -> tu
     return r.getheader("ETag"), lamp["properties"]["status"]
 
 
-def _post(conn: http.client.HTTPConnection, batch: list[dict]) -> dict:
+def _post(conn: http.client.HTTPConnection, batch: list[dict], key: dict[str, str]) -> dict:
     conn.request(
-        "POST", "/twin/observations", json.dumps(batch), {"Content-Type": "application/json"}
+        "POST",
+        "/twin/observations",
+        json.dumps(batch),
+        {"Content-Type": "application/json", **key},
     )
     r = conn.getresponse()
     body = json.loads(r.read())
@@ -185,6 +188,7 @@ def _post(conn: http.client.HTTPConnection, batch: list[dict]) -> dict:
 
 
 def test_a_reading_reaches_every_worker(tmp_path: Path, store: Path) -> None:
+    key = write_key(store)
     with serving(store, 2, tmp_path / "serve.log") as served:
         workers = children(served.proc.pid)
         conns = [connect_to(served.port, pid, workers) for pid in workers]
@@ -195,7 +199,7 @@ def test_a_reading_reaches_every_worker(tmp_path: Path, store: Path) -> None:
             etag_far, _ = _status_in_tile(c, far, "L15")
             assert status == "on"
             before.append((etag_near, etag_far))
-        body = _post(conns[0], [reading("L3", "2026-12-07T10:00:00Z", "fault")])
+        body = _post(conns[0], [reading("L3", "2026-12-07T10:00:00Z", "fault")], key)
         posted = time.monotonic()
         assert body["changed"] == 1
         seen: dict[int, float] = {}
@@ -207,7 +211,7 @@ def test_a_reading_reaches_every_worker(tmp_path: Path, store: Path) -> None:
             time.sleep(0.02)
         assert sorted(seen) == [0, 1] and max(seen.values()) < FOLLOW_WITHIN_S, seen
         # A late reading (older time) arriving after it changes nothing.
-        late = _post(conns[1], [reading("L3", "2026-12-07T09:00:00Z", "on")])
+        late = _post(conns[1], [reading("L3", "2026-12-07T09:00:00Z", "on")], key)
         assert late["accepted"] == 1 and late["changed"] == 0
         time.sleep(0.5)
         for c, (etag_near, etag_far) in zip(conns, before, strict=True):
@@ -235,7 +239,9 @@ def test_a_reading_reaches_every_worker(tmp_path: Path, store: Path) -> None:
 def test_a_batch_waits_until_the_worker_serves_what_came_before(store: Path) -> None:
     """With TWIN_MAX_LAG entries of lag allowed (here none), a batch lands only once this
     worker has applied the store's log up to it: readings never run ahead of what is served."""
-    with TestClient(app_for(store, max_lag=0, follow_interval_s=30.0)) as c:
+    with TestClient(
+        app_for(store, max_lag=0, follow_interval_s=30.0), headers=write_key(store)
+    ) as c:
         catalog = c.app.state.catalog
         real_follow, real_observe = catalog.follow, catalog.store.observe
         behind: list[int] = []

@@ -18,7 +18,7 @@ from layers.layer import Layer
 from layers.models import Access
 from layers.schemas import LIGHTS, PARKS
 from tests.twin.query_fixtures import demo_store_fixture, query_app  # noqa: F401  (fixture)
-from tests.twin.serve_fixtures import fill_store, make_layer, secret_layer
+from tests.twin.serve_fixtures import fill_store, make_layer, secret_layer, write_key
 from twin import search
 
 
@@ -208,7 +208,7 @@ def test_an_edit_is_found_once_served(tmp_path: Path):
     )
     lamp = make_layer(LIGHTS, shapely.points([[114.3, 30.35]]), ["L1"], status=["on"])
     store = fill_store(tmp_path / "store", [park, lamp])
-    with TestClient(query_app(store, scope="restricted")) as c:
+    with TestClient(query_app(store, scope="restricted"), headers=write_key(store)) as c:
         assert [h["id"] for h in c.get("/search?q=荷花").json()["features"]] == ["p1"]
         r = c.patch("/collections/parks/items/p1", json={"properties": {"name": "睡莲公园"}})
         assert r.status_code == 200, r.text

@@ -27,6 +27,7 @@ from tests.twin.query_fixtures import (  # noqa: F401  (fixtures)
     demo_store_fixture,
     query_app,
 )
+from tests.twin.serve_fixtures import write_key
 
 
 def _key_name(key: Hashable) -> str:
@@ -81,7 +82,9 @@ def test_first_queries_after_start_up_make_nothing(demo_store: Path, made: Any) 
     mid = shapely.line_interpolate_point(
         pipes.geometry[np.flatnonzero(pipes.ids == water)[0]], 0.5, normalized=True
     )
-    with TestClient(query_app(demo_store, scope="restricted")) as client:
+    with TestClient(
+        query_app(demo_store, scope="restricted"), headers=write_key(demo_store)
+    ) as client:
         assert client.get("/healthz").status_code == 200
         counts = made()
         point = {"lon": mid.x, "lat": mid.y}
@@ -142,7 +145,7 @@ def test_first_queries_after_a_change_make_nothing(
     lights = demo_layer(store, "lights")
     fid, lamp = lights.ids[3], lights.geometry[3]
     moved = [lamp.x + 0.0003, lamp.y]
-    with TestClient(query_app(store, scope="restricted")) as client:
+    with TestClient(query_app(store, scope="restricted"), headers=write_key(store)) as client:
         r = client.patch(
             f"/collections/lights/items/{fid}",
             json={"geometry": {"type": "Point", "coordinates": moved}},

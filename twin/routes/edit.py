@@ -15,13 +15,14 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from layers.catalog import Catalog
+from layers.catalog import Catalog, Lens, hidden_fields, sift
 from layers.errors import PreconditionFailed, UnknownFeature
 from layers.layer import Layer
 from layers.models import Access
 from twin import edits
-from twin.access import Scope
+from twin.access import CallerDep, Scope
 from twin.dependencies import CatalogDep, CollectionId, FeatureId, SettingsDep, read_json
+from twin.errors import Forbidden, InvalidParameter
 from twin.geojson import features_json
 from twin.routes.links import GEOJSON
 from twin.routes.responses import responses
@@ -79,19 +80,47 @@ def _text(feature: Layer) -> str:
     return text
 
 
-def _answer(request: Request, catalog: Catalog, name: str, fid: str, status: int) -> Response:
-    """The feature as stored now, with its ETag (the change already applied here: this
-    worker serves it from now on)."""
+def _answer(
+    request: Request, catalog: Catalog, scope: Lens, name: str, fid: str, status: int
+) -> Response:
+    """The feature as stored now, as the caller may see it, with its ETag (the change already
+    applied here: this worker serves it from now on)."""
     request.app.state.follower.step()
-    stored = _stored(catalog, name, fid)
+    stored, _ = sift(scope, _stored(catalog, name, fid))
     headers = {"ETag": stored.etag(0)}
     if status == 201:
         headers["Location"] = str(request.url_for("get_item", collectionId=name, featureId=fid))
     return Response(_text(stored), status_code=status, media_type=GEOJSON, headers=headers)
 
 
-def _write(catalog: Catalog, feature: Layer, expect: dict[str, str | None]) -> None:
-    catalog.store.write(feature, source=edits.SOURCE_API, user="api", expect=expect)
+def _write(
+    catalog: Catalog, scope: Lens, user: str, feature: Layer, expect: dict[str, str | None]
+) -> None:
+    """Store an edited feature, if the caller may see it as edited (an engineer may not move
+    a feature out of its area, or make it one of those it may not see)."""
+    if not sift(scope, feature)[1].all():
+        raise Forbidden("the feature as edited would be outside what this key may change")
+    catalog.store.write(feature, source=edits.SOURCE_API, user=user, expect=expect)
+
+
+def _writable(catalog: Catalog, scope: Lens, name: str, body: Any) -> Layer:
+    """The layer an edit is checked against: the whole layer (hidden fields are kept as they
+    are), after checking the body names no field hidden from the caller (answered as if the
+    field did not exist)."""
+    full = catalog.layer(name, Access.RESTRICTED)
+    hidden = hidden_fields(scope, full.schema)
+    props = body.get("properties") if isinstance(body, dict) else None
+    if hidden and isinstance(props, dict):
+        for key in props:
+            if key in hidden:
+                raise InvalidParameter(f"{name} has no field {key!r}")
+    return full
+
+
+def _shown(catalog: Catalog, scope: Lens, name: str, fid: str) -> None:
+    """404 unless the caller may see feature `fid` (a hidden one answers as a missing one)."""
+    if fid not in catalog.layer(name, scope).row_of:
+        raise UnknownFeature(name, fid)
 
 
 def _conditionally(
@@ -127,19 +156,22 @@ async def create_item(
     collectionId: CollectionId,
     catalog: CatalogDep,
     scope: Scope,
+    who: CallerDep,
     settings: SettingsDep,
     body: Body,
 ) -> Response:
     """A new feature from a GeoJSON Feature checked against the layer's schema; its `id` is
     the body's or a new one (412 if that id is taken). Answered 201 with `Location` and
-    `ETag`."""
-    layer = catalog.layer(collectionId, scope)
+    `ETag`. Needs an engineer or admin key (and the feature in its area)."""
+    catalog.layer(collectionId, scope)
+    who.may_write()
+    layer = _writable(catalog, scope, collectionId, body)
     feature = await run_in_threadpool(
         partial(edits.feature_of, max_vertices=settings.max_feature_vertices), layer, body, None
     )
     fid = str(feature.ids[0])
-    await run_in_threadpool(_write, catalog, feature, {fid: None})
-    return await run_in_threadpool(_answer, request, catalog, collectionId, fid, 201)
+    await run_in_threadpool(_write, catalog, scope, who.name, feature, {fid: None})
+    return await run_in_threadpool(_answer, request, catalog, scope, collectionId, fid, 201)
 
 
 @dataclass(frozen=True)
@@ -150,6 +182,8 @@ class ItemEdit:
     name: str
     fid: str
     catalog: Catalog
+    scope: Lens
+    user: str
     layer: Layer
     max_vertices: int
     body: Any
@@ -162,17 +196,23 @@ async def item_edit(
     featureId: FeatureId,
     catalog: CatalogDep,
     scope: Scope,
+    who: CallerDep,
     settings: SettingsDep,
     body: Body,
     if_match: IfMatch = None,
 ) -> ItemEdit:
-    """The edit a PUT or PATCH asks for (404 for a collection the caller may not see)."""
-    layer = catalog.layer(collectionId, scope)
+    """The edit a PUT or PATCH asks for (404 for a collection or feature the caller may not
+    see; 403 for a caller that may not change data)."""
+    _shown(catalog, scope, collectionId, featureId)
+    who.may_write()
+    layer = _writable(catalog, scope, collectionId, body)
     return ItemEdit(
         request,
         collectionId,
         featureId,
         catalog,
+        scope,
+        who.name,
         layer,
         settings.max_feature_vertices,
         body,
@@ -195,19 +235,33 @@ def _item_route(method: str, summary: str, what: str, body: dict[str, Any]) -> A
 
 @_item_route("put", "Replace a feature", "The feature as replaced", FEATURE_BODY)
 async def replace_item(edit: Edit) -> Response:
-    """The feature replaced whole (geometry and properties) by a GeoJSON Feature."""
-    feature = await run_in_threadpool(
-        partial(edits.feature_of, max_vertices=edit.max_vertices), edit.layer, edit.body, edit.fid
-    )
+    """The feature replaced whole (geometry and properties) by a GeoJSON Feature (the fields
+    hidden from the caller kept as they are)."""
+    hidden = hidden_fields(edit.scope, edit.layer.schema)
+
+    def replace(stored: Layer, expect: dict[str, str | None]) -> None:
+        body = edit.body
+        if hidden and isinstance(body, dict):
+            kept = json.loads(_text(stored))["properties"]
+            props = dict(body.get("properties") or {})
+            props.update({k: kept.get(k) for k in hidden})
+            body = {**body, "properties": props}
+        feature = edits.feature_of(edit.layer, body, edit.fid, max_vertices=edit.max_vertices)
+        _write(edit.catalog, edit.scope, edit.user, feature, expect)
+
+    if not hidden:  # checked before the store is read
+        await run_in_threadpool(
+            partial(edits.feature_of, max_vertices=edit.max_vertices),
+            edit.layer,
+            edit.body,
+            edit.fid,
+        )
     await run_in_threadpool(
-        _conditionally,
-        edit.catalog,
-        edit.name,
-        edit.fid,
-        edit.if_match,
-        lambda _, expect: _write(edit.catalog, feature, expect),
+        _conditionally, edit.catalog, edit.name, edit.fid, edit.if_match, replace
     )
-    return await run_in_threadpool(_answer, edit.request, edit.catalog, edit.name, edit.fid, 200)
+    return await run_in_threadpool(
+        _answer, edit.request, edit.catalog, edit.scope, edit.name, edit.fid, 200
+    )
 
 
 @_item_route("patch", "Update a feature", "The feature as updated", PATCH_BODY)
@@ -222,10 +276,12 @@ async def update_item(edit: Edit) -> Response:
         feature = edits.feature_of(
             edit.layer, doc, edit.fid, max_vertices=edit.max_vertices, source=source
         )
-        _write(edit.catalog, feature, expect)
+        _write(edit.catalog, edit.scope, edit.user, feature, expect)
 
     await run_in_threadpool(_conditionally, edit.catalog, edit.name, edit.fid, edit.if_match, patch)
-    return await run_in_threadpool(_answer, edit.request, edit.catalog, edit.name, edit.fid, 200)
+    return await run_in_threadpool(
+        _answer, edit.request, edit.catalog, edit.scope, edit.name, edit.fid, 200
+    )
 
 
 @router.delete(
@@ -241,14 +297,17 @@ async def delete_item(
     featureId: FeatureId,
     catalog: CatalogDep,
     scope: Scope,
+    who: CallerDep,
     if_match: IfMatch = None,
 ) -> Response:
-    """The feature removed (its history stays: `.../history`)."""
-    catalog.layer(collectionId, scope)
+    """The feature removed (its history stays: `.../history`). Needs an engineer or admin
+    key (and the feature in its area)."""
+    _shown(catalog, scope, collectionId, featureId)
+    who.may_write()
 
     def delete(_: Layer, expect: dict[str, str | None]) -> None:
         catalog.store.delete_features(
-            collectionId, [featureId], user="api", source="api", expect=expect
+            collectionId, [featureId], user=who.name, source="api", expect=expect
         )
 
     await run_in_threadpool(_conditionally, catalog, collectionId, featureId, if_match, delete)

@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from twin.routes.links import HTML, JSON, link, request_url, url
-from twin.webmap import MAPLIBRE_URL
+from twin.webmap import MAPLIBRE_URL, PAGE_MAP_URL
 
 VARY = {"Vary": "Accept"}
 """Answers chosen by the Accept header say so, for caches."""
@@ -57,30 +57,6 @@ th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
 th{background:#f3f3f3;font-weight:600}.null{color:#999}.unit{color:#666}
 #map{width:100%;max-width:48em;height:320px;border:1px solid #ccc;margin:.5em 0}
 .paging a{margin-right:1em}code{font-size:90%}
-"""
-
-_MAP_JS = """
-(() => {
-  const data = JSON.parse(document.getElementById("map-data").textContent);
-  const opts = JSON.parse(document.getElementById("map-options").textContent);
-  const view = opts.bounds
-    ? { bounds: opts.bounds, fitBoundsOptions: { padding: 30, maxZoom: 17 } }
-    : { center: [0, 0], zoom: 1 };
-  const map = new maplibregl.Map({ container: "map", style: opts.style, ...view });
-  map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-left");
-  window.twinMap = map;
-  map.on("load", () => {
-    map.addSource("shown", { type: "geojson", data });
-    const color = "#d7301f";
-    map.addLayer({ id: "shown-fill", type: "fill", source: "shown",
-      filter: ["==", "$type", "Polygon"], paint: { "fill-color": color, "fill-opacity": 0.25 } });
-    map.addLayer({ id: "shown-line", type: "line", source: "shown",
-      filter: ["!=", "$type", "Point"], paint: { "line-color": color, "line-width": 3 } });
-    map.addLayer({ id: "shown-point", type: "circle", source: "shown",
-      filter: ["==", "$type", "Point"], paint: { "circle-color": color, "circle-radius": 6,
-        "circle-stroke-color": "#fff", "circle-stroke-width": 2 } });
-  });
-})();
 """
 
 
@@ -367,7 +343,7 @@ def _map(request: Request, ids: Sequence[Any], lonlat: np.ndarray) -> str:
         f'<script type="application/json" id="map-data">{_script_json(data)}</script>'
         f'<script type="application/json" id="map-options">'
         f"{_script_json(json.dumps(options))}</script>"
-        f"<script>{_MAP_JS}</script>"
+        f'<script src="{_text(url(request, PAGE_MAP_URL))}"></script>'
     )
 
 

@@ -8,7 +8,9 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from layers.catalog import sift
 from layers.layer import Layer
+from layers.models import Access
 from twin.access import Scope
 from twin.dependencies import (
     AsOf,
@@ -163,7 +165,9 @@ def get_item(
     """One feature by id (as recorded at `asof`: 404 if it did not exist then)."""
     layer = catalog.layer(collectionId, scope)
     if asof is not None:
-        layer = catalog.store.as_of(collectionId, asof, scope, ids=[featureId])
+        layer, _ = sift(
+            scope, catalog.store.as_of(collectionId, asof, Access.RESTRICTED, [featureId])
+        )
     row = layer.row(featureId)
     rows = [row]
     geoms_lonlat = layer.geometry[rows]

@@ -16,12 +16,12 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from layers.catalog import AppliedRun, Catalog
+from layers.catalog import AppliedRun, Catalog, Lens, hidden_fields, sift
 from layers.errors import UnknownCollection, UnknownFeature
 from layers.layer import UPDATED, VERSION, Layer
 from layers.models import Access, utc_stamp
 from twin import observations
-from twin.access import Scope
+from twin.access import Scope, Writer
 from twin.dependencies import (
     BBox,
     CatalogDep,
@@ -126,6 +126,7 @@ async def post_observations(
     request: Request,
     catalog: CatalogDep,
     scope: Scope,
+    who: Writer,
     settings: SettingsDep,
     items: Annotated[list[Any], Depends(readings_body)],
 ) -> JSONResponse:
@@ -134,11 +135,12 @@ async def post_observations(
     or is listed in `rejected` with its index and reason. Every reading is kept as history;
     the newest of each feature's property, by `time` (not by arrival), becomes the feature's
     state, so a late reading never undoes a newer one. Every server process serves the new
-    state within a second."""
+    state within a second. Needs an engineer or admin key; a reading of a feature outside
+    what the key may see is rejected as an unknown feature."""
 
     def land() -> dict[str, Any]:
         batch = observations.check(catalog, scope, items, dt.datetime.now(dt.UTC))
-        done = catalog.store.observe(batch.accepted, user="api")
+        done = catalog.store.observe(batch.accepted, user=who.name)
         return {
             "accepted": len(batch.accepted),
             "rejected": batch.rejected,
@@ -255,17 +257,70 @@ async def events(
     try:
         async for changes in feed.changes(start, lambda: bool(server and server.should_exit)):
             # Every collection for the restricted scope: a dropped one's change too.
-            visible = None if scope is Access.RESTRICTED else set(catalog.names(scope))
+            everything = scope is Access.RESTRICTED or getattr(scope, "everything", False)
+            visible = None if everything else set(catalog.names(scope))
             wanted = matches(visible, collections, bbox)
             wanted_in = run_matches(visible, collections, bbox)
             for part in changes:
                 if isinstance(part, AppliedRun):
-                    for seq, data in run_events(part, wanted_in(part)):
+                    rows = wanted_in(part)
+                    shown = _shown(catalog, scope, part.run.collection)
+                    if shown is not None:
+                        rows = rows[shown.ids(part.run.ids, rows)]
+                    for seq, data in run_events(part, rows):
+                        if shown is not None and not shown.strip(data):
+                            continue
                         yield ServerSentEvent(data=data, event="change", id=str(seq))
                 elif wanted(part):
-                    yield ServerSentEvent(data=event_data(part), event="change", id=str(part.seq))
+                    data = event_data(part)
+                    shown = _shown(catalog, scope, part.collection)
+                    if shown is not None and (
+                        part.id is None
+                        or not shown.ids([part.id], np.arange(1)).any()
+                        or not shown.strip(data)
+                    ):
+                        continue
+                    yield ServerSentEvent(data=data, event="change", id=str(part.seq))
     finally:
         feed.streams -= 1
+
+
+class _Shown:
+    """What a caller whose view hides some rows or fields of a collection is shown of its
+    changes: the features it sees now (a feature removed, or one it may not see, is not
+    shown), and the properties it may see."""
+
+    def __init__(self, layer: Layer | None, hidden: frozenset[str]) -> None:
+        self.layer, self.hidden = layer, hidden
+
+    def ids(self, ids: list[str], rows: np.ndarray) -> np.ndarray:
+        """Mask over `rows` (indexes into `ids`) of the features shown."""
+        if not len(rows) or self.layer is None:
+            return np.zeros(len(rows), dtype=bool)
+        got = self.layer.row_of.get_indexer([ids[k] for k in rows.tolist()])
+        return np.asarray(got >= 0)
+
+    def strip(self, data: dict[str, Any]) -> bool:
+        """Take the hidden properties out of an event; False when none is left of a change
+        that named some (a reading of a hidden property is no event for this caller)."""
+        props = data.get("properties")
+        if props is None or not self.hidden:
+            return True
+        kept = [p for p in props if p not in self.hidden]
+        data["properties"] = kept
+        return bool(kept) or not props
+
+
+def _shown(catalog: Catalog, scope: Lens, collection: str) -> _Shown | None:
+    """How a stream at `scope` filters the changes of `collection` (None: it sees them all)."""
+    if isinstance(scope, Access) or not scope.limits(collection):
+        return None
+    try:
+        layer = catalog.layer(collection, scope)
+        full = catalog.layer(collection, Access.RESTRICTED)
+    except UnknownCollection:
+        return _Shown(None, frozenset())
+    return _Shown(layer, scope.hidden(full.schema))
 
 
 def _stamp(t: Any) -> str | None:
@@ -320,8 +375,12 @@ def get_history(
     recorded and the readings observed within that interval."""
     layer = catalog.layer(collectionId, scope)
     store = catalog.store
-    earlier, ended = store.versions(collectionId, featureId, scope)
-    versions = _versions_json(earlier, ended)
+    everything = catalog.layer(collectionId, Access.RESTRICTED)
+    if featureId in everything.row_of and featureId not in layer.row_of:
+        raise UnknownFeature(collectionId, featureId)  # hidden from this caller: as if missing
+    earlier, ended = store.versions(collectionId, featureId, Access.RESTRICTED)
+    earlier, kept = sift(scope, earlier)
+    versions = _versions_json(earlier, [e for e, k in zip(ended, kept, strict=True) if k])
     try:
         row = layer.row(featureId)
     except UnknownFeature:
@@ -340,7 +399,13 @@ def get_history(
             and (start is None or v["recorded_to"] is None or v["recorded_to"] > start)
         ]
     page, matched = store.readings(
-        collectionId, featureId, start=start, end=end, limit=limit, offset=offset
+        collectionId,
+        featureId,
+        start=start,
+        end=end,
+        limit=limit,
+        offset=offset,
+        hidden=sorted(hidden_fields(scope, everything.schema)),
     )
     links = [link(request_url(request), "self", JSON, "This page")]
     if offset + len(page) < matched:

@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from layers.catalog import Catalog
-from layers.errors import UnknownCollection
+from layers.catalog import Catalog, Lens
+from layers.errors import UnknownFeature
 from layers.models import Access
 from layers.schemas import GRID_LEVELS
 from twin import network, queries, stats
-from twin.access import Scope, caller_scope
+from twin.access import Scope, caller_view
 from twin.dependencies import (
     AT_LEAST_ONE,
     LATITUDE,
@@ -166,7 +166,7 @@ AT_SAMPLING: Literal["bilinear", "nearest"] = "bilinear"
 
 def near_answer(
     catalog: Catalog,
-    scope: Access,
+    scope: Lens,
     settings: QuerySettings,
     point: shapely.Point,
     radius: float,
@@ -182,7 +182,7 @@ def near_answer(
 
 def at_answer(
     catalog: Catalog,
-    scope: Access,
+    scope: Lens,
     settings: QuerySettings,
     rasters: queries.RasterReader,
     point: shapely.Point,
@@ -365,12 +365,17 @@ def get_stats(
 PipeId = Annotated[str, Path(description="Feature id of a pipe.")]
 
 
-def _network(catalog: Catalog, scope: Access, settings: QuerySettings) -> network.Network:
-    pipes = catalog.layer("pipes", scope)
-    valves = catalog.layers(scope).get("valves")
-    if valves is None and "valves" in catalog.layers(Access.RESTRICTED):
-        # Traced without the valves the caller may not see, the answer would be wrong.
-        raise UnknownCollection("valves")
+def _network(
+    catalog: Catalog, scope: Lens, settings: QuerySettings, fid: str | None = None
+) -> network.Network:
+    """The network of every pipe and valve (a trace without the valves a caller may not see
+    would be wrong: `network.shown` leaves them out of the answer instead); 404 when the
+    caller may not see the pipes, or pipe `fid`."""
+    seen = catalog.layer("pipes", scope)
+    if fid is not None and fid not in seen.row_of:
+        raise UnknownFeature("pipes", fid)
+    pipes = catalog.layer("pipes", Access.RESTRICTED)
+    valves = catalog.layers(Access.RESTRICTED).get("valves")
     return network.network_for(
         pipes, valves, snap_m=settings.network_snap_m, attach_m=settings.network_attach_m
     )
@@ -407,9 +412,9 @@ def get_isolation(
     if (lon is None) != (lat is None):
         raise InvalidParameter("give both lon and lat of the break, or neither")
     at = None if lon is None or lat is None else queries.check_point(lon, lat)
-    net = _network(catalog, scope, settings)
+    net = _network(catalog, scope, settings, featureId)
     result = network.isolate(net, featureId, at=at, max_m=settings.trace_snap_m)
-    return _json(result.to_json())
+    return _json(network.shown(result, scope).to_json())
 
 
 _TRACES: dict[str, str] = {
@@ -424,8 +429,8 @@ def _pipe_trace(direction: Literal["upstream", "downstream"]) -> Any:
     def route(
         catalog: CatalogAt, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
     ) -> JSONResponse:
-        net = _network(catalog, scope, settings)
-        return _json(network.trace(net, featureId, direction).to_json())
+        net = _network(catalog, scope, settings, featureId)
+        return _json(network.shown(network.trace(net, featureId, direction), scope).to_json())
 
     route.__doc__ = _TRACES[direction]
     return route
@@ -462,8 +467,9 @@ def get_point_trace(
     """The trace from the nearest sewer or storm pipe to the point (within the configured
     snap distance): where a spill there flows (downstream), or what drains to it (upstream)."""
     net = _network(catalog, scope, settings)
-    fid = network.nearest_gravity_pipe(net.pipes, point, settings.trace_snap_m)
-    return _json(network.trace(net, fid, direction).to_json())
+    seen = catalog.layer("pipes", scope)
+    fid = network.nearest_gravity_pipe(seen, point, settings.trace_snap_m)
+    return _json(network.shown(network.trace(net, fid, direction), scope).to_json())
 
 
 # -- the lean path ------------------------------------------------------------------------------
@@ -534,7 +540,7 @@ class QueryFastPath(LeanPath):
         if "lon" not in params or "lat" not in params:
             return None
         app = scope["app"]
-        access = await caller_scope(Request(scope))
+        access = await caller_view(Request(scope))
         settings: QuerySettings = app.state.query_settings
         catalog: Catalog = app.state.catalog
         point = queries.check_point(params["lon"], params["lat"])

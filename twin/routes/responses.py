@@ -34,6 +34,10 @@ STATUSES: dict[int, str] = {
     400: "A parameter or body that cannot be used, or a request over a configured limit "
     "(LimitExceeded, naming the setting) or past its time budget (TimeLimitExceeded, "
     "TWIN_REQUEST_TIMEOUT_S)",
+    401: "The Authorization header is not a valid key (unknown, revoked or expired): code "
+    "InvalidKey",
+    403: "The key may not do this (a viewer changing data, an engineer outside its area, a "
+    "key other than an admin's asking for keys or the audit log): code Forbidden",
     404: "No such collection, feature, tile matrix set or tile (outside the tile matrix), or "
     "none the caller may see",
     412: "The feature is not in the state If-Match names any more (or, creating, its id is "

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from layers.catalog import Catalog
+from layers.catalog import Catalog, Lens
 from layers.layer import Layer
-from layers.models import Access, Bounds
+from layers.models import Bounds
 from tiles import grid
 from tiles.errors import TileOutOfMatrix
 from twin.access import Scope
@@ -147,7 +147,7 @@ def _tileset_links(request: Request, base: str) -> list[dict]:
     ]
 
 
-def _visible(catalog: Catalog, scope: Access, names: list[str] | None) -> dict[str, Layer]:
+def _visible(catalog: Catalog, scope: Lens, names: list[str] | None) -> dict[str, Layer]:
     """The requested vector layers (all visible ones by default), each checked against scope."""
     if names is None:
         return catalog.layers(scope)
