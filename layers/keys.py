@@ -5,7 +5,10 @@ nor a log can give it back. Each key has a role, and optionally a department, an
 limited to (grid cell codes or a GeoJSON polygon) and an expiry. The key ring lives in its own
 SQLite file beside the store (`access.sqlite`), apart from the layers, so a long import never
 makes a caller wait to be recognised, and every process reads the same file: a key revoked by
-`twin keys revoke` is refused on the next request by every worker.
+`twin keys revoke` is refused on the next request by every worker. Beside it, `access.generation`
+holds a counter that every change of a key bumps (after it is committed); each process maps it
+into memory and keeps the keys it has looked up until the counter moves, so recognising a key
+costs a request a hash and a memory read, not a query.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import mmap
+import os
 import secrets
+import struct
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -139,8 +145,11 @@ class KeyRing:
         self.path = Path(path)
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._made: dict[str, tuple[Key, dt.datetime | None] | None] = {}
+        self._seen_generation = -1
         with self._db() as db:
             db.executescript(_SCHEMA)
+        self._generation = _Generation(self.path.with_suffix(".generation"))
 
     @classmethod
     def beside(cls, store_root: str | Path) -> KeyRing:
@@ -208,6 +217,7 @@ class KeyRing:
             raise KeyRefused(
                 f"a key named {name!r} exists (revoked keys keep their name)"
             ) from None
+        self._generation.bump()
         return key, secret
 
     def keys(self) -> list[Key]:
@@ -222,21 +232,42 @@ class KeyRing:
         cur = self._db().execute(
             "UPDATE twin_keys SET revoked = ? WHERE name = ? AND revoked IS NULL", (when, name)
         )
+        self._generation.bump()
         return cur.rowcount == 1
 
     def find(self, secret: str, now: dt.datetime | None = None) -> Key | None:
-        """The key whose secret is `secret`, if it is known, not revoked and not expired."""
+        """The key whose secret is `secret`, if it is known, not revoked and not expired (as
+        the key ring is now: a key revoked by another process a moment ago is refused)."""
+        hashed = digest(secret)
+        generation = self._generation.read()
+        if generation != self._seen_generation:
+            self._made = {}
+            self._seen_generation = generation
+        try:
+            held = self._made[hashed]
+        except KeyError:
+            held = self._made[hashed] = self._lookup(hashed)
+            if len(self._made) > 10_000:  # unknown keys sent at random: bounded
+                self._made = {}
+        if held is None:
+            return None
+        key, ends = held
+        if ends is not None and ends <= (now or dt.datetime.now(dt.UTC)):
+            return None
+        return key
+
+    def _lookup(self, hashed: str) -> tuple[Key, dt.datetime | None] | None:
         row = (
             self._db()
-            .execute(f"SELECT {_KEY_COLUMNS} FROM twin_keys WHERE hash = ?", (digest(secret),))
+            .execute(f"SELECT {_KEY_COLUMNS} FROM twin_keys WHERE hash = ?", (hashed,))
             .fetchone()
         )
         if row is None:
             return None
         key = _key(row)
-        if key.revoked is not None or key.expired(now or dt.datetime.now(dt.UTC)):
+        if key.revoked is not None:
             return None
-        return key
+        return key, _expiry(key.expires)
 
     # -- audit -------------------------------------------------------------------------------
 
@@ -312,7 +343,37 @@ class KeyRing:
             self._local.db = None
 
 
+class _Generation:
+    """A counter in a small file that every process maps into memory: bumped (under a file
+    lock) after every change of the key ring, read by every request."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.pwrite(fd, b"\0" * 8, 0)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def read(self) -> int:
+        return int(struct.unpack_from("<Q", self._map)[0])
+
+    def bump(self) -> None:
+        import fcntl
+
+        with open(self.path, "r+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            struct.pack_into("<Q", self._map, 0, self.read() + 1)
+            self._map.flush()
+
+
 _KEY_COLUMNS = "name, role, department, cells, area, expires, created, revoked"
+
+
+def _expiry(text: str | None) -> dt.datetime | None:
+    return None if text is None else parse_utc(text)
 
 
 def _key(row: tuple) -> Key:

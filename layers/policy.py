@@ -458,6 +458,8 @@ class View:
         self.key = key or f"{policy.generation}|{who.role.label}|{who.department}|{who.anonymous}"
         self.everything = area is None and not self.areas and who.role is Role.ADMIN
         """Whether this view hides nothing (an admin without an area limit)."""
+        self._limits: dict[str, bool] = {}
+        self._reveals: dict[tuple[str, Access], bool] = {}
 
     def __repr__(self) -> str:
         return f"View({self.key!r})"
@@ -480,6 +482,12 @@ class View:
     def limits(self, name: str) -> bool:
         """Whether this view may hide some rows or fields of layer `name` (False: `apply`
         gives the layer itself)."""
+        got = self._limits.get(name)
+        if got is None:
+            got = self._limits[name] = self._limit(name)
+        return got
+
+    def _limit(self, name: str) -> bool:
         if self.everything:
             return False
         rules = self.policy.layers.get(name)
@@ -499,6 +507,12 @@ class View:
         """Whether this caller is shown restricted data of layer `name` (classified
         `classification` by the store): a restricted layer, or restricted rows, fields or
         areas of it, that it may see."""
+        got = self._reveals.get((name, classification))
+        if got is None:
+            got = self._reveals[(name, classification)] = self._reveal(name, classification)
+        return got
+
+    def _reveal(self, name: str, classification: Access) -> bool:
         rules = self.policy.layers.get(name)
         pieces = [Rule(classification)] if rules is None or rules.rule is None else [rules.rule]
         if rules is not None:

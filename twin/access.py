@@ -306,7 +306,13 @@ class CallerMiddleware:
         scope.setdefault("state", {})[STATE_KEY] = who
         keyed = who.key is not None
         auditor: Auditor | None = getattr(scope["app"].state, "auditor", None)
-        audited = auditor is not None and keyed
+        # Changes are recorded, and reads by those who may be shown restricted data (a viewer
+        # never is).
+        audited = (
+            auditor is not None
+            and keyed
+            and (who.role >= Role.ENGINEER or scope["method"] in WRITES)
+        )
         seen: set[str] = set()
         status = 500
 
