@@ -19,8 +19,8 @@ import json
 import mmap
 import os
 import secrets
-import struct
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass

@@ -492,6 +492,12 @@ def test_events_carry_only_what_each_caller_sees(store, tmp_path) -> None:
         r = c.post("/twin/observations", json=readings, headers=headers["admin"])
         assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
         del start
+        # Removals: one in the depot (C-2, restricted there), then one in C-1, last.
+        for fid in ("light-AREAX2", "light-3"):
+            assert (
+                c.delete(f"/collections/lights/items/{fid}", headers=headers["admin"]).status_code
+                == 204
+            )
         got: dict[str, list[dict]] = {}
         for who in CALLERS:
             events = []
@@ -500,7 +506,7 @@ def test_events_carry_only_what_each_caller_sees(store, tmp_path) -> None:
                     if line.startswith("data:"):
                         ev = json.loads(line[5:])
                         events.append(ev)
-                        if ev["collection"] == "lights" and ev["id"] == "light-1":
+                        if ev["id"] == "light-3" and ev["kind"] == "removed":
                             break
             got[who] = events
 
@@ -511,6 +517,9 @@ def test_events_carry_only_what_each_caller_sees(store, tmp_path) -> None:
     for who in ("anonymous", "viewer", "engineer"):
         assert "pipe-GASX1" not in ids(who) and "light-AREAX2" not in ids(who), who
         assert "light-1" in ids(who)
+    for who in CALLERS:  # a removal of what each could see reaches each
+        assert any(e["id"] == "light-3" and e["kind"] == "removed" for e in got[who]), who
+    assert [e["kind"] for e in got["admin"] if e["id"] == "light-AREAX2"][-1] == "removed"
     # A reading of an internal field is no event for the anonymous caller.
     assert "pipe-W2X" not in ids("anonymous")
     assert "pipe-W2X" in ids("viewer") and "pipe-W2X" not in ids("engineer")

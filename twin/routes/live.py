@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from layers.catalog import AppliedRun, Catalog, Lens, hidden_fields, sift
 from layers.errors import UnknownCollection, UnknownFeature
 from layers.layer import UPDATED, VERSION, Layer
-from layers.models import Access, utc_stamp
+from layers.models import Access, Change, ChangeKind, utc_stamp
 from twin import observations
 from twin.access import Scope, Writer
 from twin.dependencies import (
@@ -276,7 +276,13 @@ async def events(
                     shown = _shown(catalog, scope, part.collection)
                     if shown is not None and (
                         part.id is None
-                        or not shown.ids([part.id], np.arange(1)).any()
+                        or not (
+                            shown.ids([part.id], np.arange(1)).any()
+                            or (
+                                part.kind is ChangeKind.REMOVED
+                                and await asyncio.to_thread(_was_shown, catalog, scope, part)
+                            )
+                        )
                         or not shown.strip(data)
                     ):
                         continue
@@ -309,6 +315,19 @@ class _Shown:
         kept = [p for p in props if p not in self.hidden]
         data["properties"] = kept
         return bool(kept) or not props
+
+
+def _was_shown(catalog: Catalog, scope: Lens, change: Change) -> bool:
+    """Whether the caller at `scope` could see a feature the change removed (as it was last
+    stored), so that its map learns it is gone."""
+    assert change.id is not None
+    try:
+        earlier, _ = catalog.store.versions(change.collection, change.id, Access.RESTRICTED)
+    except UnknownCollection:
+        return False
+    if not len(earlier):
+        return False
+    return bool(sift(scope, earlier.take([len(earlier) - 1]))[1].all())
 
 
 def _shown(catalog: Catalog, scope: Lens, collection: str) -> _Shown | None:
