@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from overload_bench import Server, tiles_covering  # noqa: E402
 
 from layers.gpkg import GeoPackageStore  # noqa: E402
+from layers.keys import KeyRing  # noqa: E402
 from layers.layer import (  # noqa: E402
     Layer,
     coerce,
@@ -169,8 +170,9 @@ class Posters:
     server's) as fast as they are answered; what each POST covered. Run in a process of
     their own (`post`), so the tile clients' threads do not wait on their GIL."""
 
-    def __init__(self, port: int, bodies: list[bytes], clients: int) -> None:
+    def __init__(self, port: int, bodies: list[bytes], clients: int, key: str) -> None:
         self.port, self.bodies, self.clients = port, bodies, clients
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         self.posts: list[dict[str, Any]] = []
         self.stop = threading.Event()
         self._next = 0
@@ -190,7 +192,7 @@ class Posters:
             if body is None:
                 return
             t0 = time.monotonic()
-            conn.request("POST", "/twin/observations", body, {"Content-Type": "application/json"})
+            conn.request("POST", "/twin/observations", body, self.headers)
             r = conn.getresponse()
             answer = json.loads(r.read())
             t1 = time.monotonic()
@@ -198,9 +200,10 @@ class Posters:
                 self.posts.append({"start": t0, "end": t1, **answer, "rejected": 0})
 
 
-def post(port: int, bodies: list[bytes], clients: int, stop: Any, out: str) -> None:
-    """`Posters` until `stop` is set, then what each POST covered written to `out`."""
-    posters = Posters(port, bodies, clients)
+def post(port: int, bodies: list[bytes], clients: int, key: str, stop: Any, out: str) -> None:
+    """`Posters` (sending readings with an engineer's `key`) until `stop` is set, then what
+    each POST covered written to `out`."""
+    posters = Posters(port, bodies, clients, key)
     threads = [threading.Thread(target=posters.client) for _ in range(clients)]
     started = time.monotonic()
     for t in threads:
@@ -312,6 +315,7 @@ def main() -> None:
     ids = [f"L{i:07d}" for i in range(a.lights)]
     start = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
     work = batches(ids, int(a.seconds * 200), 7, start)  # more than can be posted
+    _, key = KeyRing.beside(store).add("live-bench", "engineer")  # readings need a key
     server = Server(store, a.workers, work_dir / "serve.log")
     log(f"store of {a.lights} lights; starting twin serve --workers {a.workers}")
     server.start()
@@ -345,7 +349,7 @@ def main() -> None:
         stop = fork.Event()
         posts_file = work_dir / "posts.json"
         poster = fork.Process(
-            target=post, args=(server.port, bodies, a.posters, stop, str(posts_file))
+            target=post, args=(server.port, bodies, a.posters, key, stop, str(posts_file))
         )
         log(f"ingest: {a.posters} posters of {BATCH}-reading batches with the same tile load")
         spies = []
