@@ -24,7 +24,6 @@ from rasterio.warp import transform_bounds
 
 from importers.errors import EmptySource, InvalidOption, UnknownCRS, UnreadableFile, damaged
 from layers.errors import InvalidSchema
-from layers.gpkg import RASTER_DIR, GeoPackageStore
 from layers.models import Access
 from layers.schemas import BUILTIN, check_name
 from layers.store import RasterInfo, Store
@@ -241,10 +240,8 @@ def import_raster(
     name = check_raster(path, crs=crs)
     given_crs = _parse_crs(crs) if crs else None
     # Staging beside the store's rasters lets the store move the file in instead of copying.
-    staging: Path | None = None
-    if isinstance(store, GeoPackageStore):
-        staging = store.root / RASTER_DIR
-        staging.mkdir(parents=True, exist_ok=True)
+    stage = getattr(store, "staging_dir", None)  # a store keeping raster files offers one
+    staging: Path | None = stage() if callable(stage) else None
     with tempfile.TemporaryDirectory(prefix=".import-", dir=staging) as tmp:
         cog = Path(tmp) / f"{collection}.tif"
         try:

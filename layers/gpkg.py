@@ -1163,6 +1163,13 @@ class GeoPackageStore:
         if raster.exists():
             raster.unlink()
 
+    def staging_dir(self) -> Path:
+        """A folder on the file system of the store's rasters: a file made there is moved in
+        by `put_raster`, not copied."""
+        folder = self.root / RASTER_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:
         """Move the finished COG at `info.path` into the store under `info.name`, atomically."""
         name = check_name(info.name)

@@ -143,6 +143,7 @@ class KeyRing:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._made: dict[str, tuple[Key, dt.datetime | None] | None] = {}

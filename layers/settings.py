@@ -3,22 +3,50 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from layers.gpkg import GeoPackageStore
 
+if TYPE_CHECKING:
+    from layers.postgis import PostGISStore
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(location: str | Path) -> bool:
+    """Whether a store location names a PostgreSQL database rather than a directory."""
+    return isinstance(location, str) and location.startswith(URL_SCHEMES)
+
 
 class StoreSettings(BaseSettings):
-    """Store location: `TWIN_STORE` (a directory for the embedded GeoPackage store)."""
+    """Store location: `TWIN_STORE`, a directory for the embedded GeoPackage store or a
+    `postgresql://user@host:port/db` URL for the PostGIS store (`pip install twin[postgis]`)."""
 
     model_config = SettingsConfigDict(env_prefix="TWIN_", extra="ignore")
 
-    store: Path = Path("twin-data")
-    backend: Literal["gpkg"] = "gpkg"
+    # A URL is kept as it was given (a Path would fold its `//`); anything else is a Path.
+    store: Path | str = Path("twin-data")
+    backend: Literal["gpkg", "postgis"] = "gpkg"
+    """Informative: the backend follows from `store`."""
+    raster_dir: Path | None = None
+    """Where the PostGIS store keeps its COG rasters (`TWIN_RASTER_DIR`); None: a folder per
+    database under `~/.local/share/twin/rasters`. The embedded store keeps them beside its file."""
+
+    def model_post_init(self, __context: object) -> None:
+        """A location that is not a database URL is a directory."""
+        if isinstance(self.store, str) and not is_database_url(self.store):
+            self.store = Path(self.store)
+        if is_database_url(self.store):
+            self.backend = "postgis"
 
 
-def open_store(settings: StoreSettings, *, create: bool = True) -> GeoPackageStore:
-    """The store the settings name (the embedded GeoPackage store for now)."""
+def open_store(settings: StoreSettings, *, create: bool = True) -> GeoPackageStore | PostGISStore:
+    """The store the settings name: PostGIS for a `postgresql://` URL, else the embedded
+    GeoPackage store in that directory."""
+    if is_database_url(settings.store):
+        from layers.postgis import PostGISStore  # psycopg: an optional extra
+
+        return PostGISStore(str(settings.store), create=create, raster_dir=settings.raster_dir)
     return GeoPackageStore(settings.store, create=create)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -35,7 +36,7 @@ from starlette.types import Scope as AsgiScope
 
 from layers.catalog import Catalog
 from layers.errors import UnknownCollection
-from layers.keys import AuditEntry, Key, KeyRing
+from layers.keys import KEYS_FILE, AuditEntry, Key, KeyRing
 from layers.layer import Layer
 from layers.models import Access, Role, utc_stamp
 from layers.policy import (
@@ -195,8 +196,7 @@ class Views:
 
 
 def area_geometry_text(text: str) -> shapely.Geometry:
-    import json
-
+    """A key's area as kept (GeoJSON text) as a geometry."""
     return area_geometry(json.loads(text))
 
 
@@ -398,6 +398,18 @@ Scope = Annotated[View, Depends(caller_view)]
 """Route parameter type giving the caller's view of the layers."""
 CallerDep = Annotated[Caller, Depends(caller)]
 """Route parameter type giving the caller."""
+
+
+def key_ring_path(configured: Path | None, root: Path | None) -> Path:
+    """Where the key ring is: `configured` (`TWIN_KEYS_FILE`), else beside a directory store
+    (`root`), else (a database store) in the user's data folder: every server process of a
+    deployment, and `twin keys`, must name the same file."""
+    if configured is not None:
+        return configured
+    if root is not None:
+        return root / KEYS_FILE
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "twin" / KEYS_FILE
 
 
 def writer(request: Request) -> Caller:

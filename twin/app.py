@@ -30,7 +30,7 @@ from layers.models import Access
 from layers.settings import StoreSettings, open_store
 from tiles.settings import TileSettings
 from twin import queries as queries_mod
-from twin.access import Auditor, CallerMiddleware, PolicyFile, Views
+from twin.access import Auditor, CallerMiddleware, PolicyFile, Views, key_ring_path
 from twin.cql2 import Limits
 from twin.crs import CrsSet
 from twin.events import ChangeFeed
@@ -154,13 +154,11 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
-def _key_ring(settings: ServerSettings, catalog: Catalog) -> KeyRing | None:
-    """The key ring the settings name, else the one beside the store (None for a store that is
-    not a directory on disk: every caller is then anonymous)."""
-    if settings.keys_file is not None:
-        return KeyRing(settings.keys_file)
+def _key_ring(settings: ServerSettings, catalog: Catalog) -> KeyRing:
+    """The key ring the settings name, else the one beside a directory store, else the user's
+    (`twin.access.key_ring_path`)."""
     root = getattr(catalog.store, "root", None)
-    return None if root is None else KeyRing.beside(root)
+    return KeyRing(key_ring_path(settings.keys_file, root if isinstance(root, Path) else None))
 
 
 def create_app(
@@ -183,7 +181,7 @@ def create_app(
         cat = catalog if catalog is not None else Catalog(open_store(store_settings))
         app.state.catalog = cat
         ring = app.state.keys = _key_ring(settings, cat)
-        auditor = app.state.auditor = None if ring is None else Auditor(ring)
+        auditor = app.state.auditor = Auditor(ring)
         # The thread pool of this event loop: as many threads as `work_threads`, no more.
         anyio.to_thread.current_default_thread_limiter().total_tokens = guard.work_threads
 

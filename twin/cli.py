@@ -12,8 +12,8 @@ import typer
 from typer.core import TyperGroup
 
 if TYPE_CHECKING:
-    from layers.gpkg import GeoPackageStore
     from layers.models import LayerSchema
+    from layers.store import Store
 
 
 class _Commands(TyperGroup):
@@ -42,37 +42,45 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: flags shown as flags, not as `--json <bool>`
 )
 
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
-"""A store given as a URL (`postgresql://...`); a `Path` has already folded its `//`."""
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+"""A store given as a URL (`postgresql://...`)."""
+
+StoreRef = Path | str
+"""A store: a directory (the embedded GeoPackage store) or a database URL."""
 
 
-def _store_path(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+def store_ref(value: str | Path) -> StoreRef:
+    """A store as given: a URL stays text (a `Path` would fold its `//`), anything else is a
+    directory."""
+    text = str(value)
+    return text if _URL.match(text) else Path(text)
+
+
+def _store_path(
+    ctx: typer.Context, param: typer.CallbackParam, value: str | None
+) -> StoreRef | None:
     """The store a command works on: its own `--store`, else the one given before the command
-    (`twin --store PATH COMMAND`), else `TWIN_STORE` or the default; a URL is refused."""
-    if value is not None and (url := _URL.match(str(value))):
-        raise fail(
-            f"--store {url.group(1)}://...: this build serves only a directory store "
-            "(a folder holding twin.gpkg); give a directory path"
-        )
+    (`twin --store PATH COMMAND`), else `TWIN_STORE` or the default."""
     source = ctx.get_parameter_source(param.name or "store")
     if ctx.parent is not None and source is not None and source.name in ("DEFAULT", "ENVIRONMENT"):
         given = ctx.find_root().params.get("store")
         if given is not None:
-            return Path(given)
-    return value
+            return store_ref(given)
+    return None if value is None else store_ref(value)
 
 
 StoreOption = Annotated[
-    Path,
+    str,
     typer.Option(
         "--store",
         envvar="TWIN_STORE",
-        help="Store directory (holds twin.gpkg and rasters/); also `twin --store PATH COMMAND`.",
+        help="Store: a directory (holds twin.gpkg and rasters/) or a PostgreSQL + PostGIS URL "
+        "(postgresql://...); also `twin --store STORE COMMAND`.",
         show_default=True,
         callback=_store_path,
     ),
 ]
-DEFAULT_STORE = Path("twin-data")
+DEFAULT_STORE = "twin-data"
 HostOption = Annotated[
     str | None, typer.Option(help="Address to listen on (default 127.0.0.1, TWIN_HOST).")
 ]
@@ -130,11 +138,11 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @app.callback()
 def main(
     store: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--store",
-            help="Store directory for the command (its own --store wins; default TWIN_STORE "
-            "or twin-data).",
+            help="Store for the command: a directory or a postgresql:// URL (its own --store "
+            "wins; default TWIN_STORE or twin-data).",
             callback=_store_path,
         ),
     ] = None,
@@ -258,14 +266,14 @@ def import_(
     )
 
 
-def _check_collection(store: Path, collection: str) -> None:
+def _check_collection(store: StoreRef, collection: str) -> None:
     """Refuse an import into a layer that is neither built in nor in the store (which is left
     untouched): most likely a typo or another word for a built-in one (`lamps` for `lights`)."""
     from layers.models import Access
     from layers.schemas import BUILTIN
 
     known = dict(BUILTIN)
-    if collection not in known and (store / "twin.gpkg").is_file():
+    if collection not in known and _holds_store(store):
         db = _existing_store(store)
         try:
             known |= {name: info.schema for name, info in db.layers(Access.RESTRICTED).items()}
@@ -311,7 +319,7 @@ def _login() -> str:
         return "twin"
 
 
-def _existing_store(store: Path) -> GeoPackageStore:
+def _existing_store(store: StoreRef) -> Store:
     """The store at `store`, or one clear message when there is none."""
     from layers.errors import LayersError
     from layers.settings import StoreSettings, open_store
@@ -320,6 +328,18 @@ def _existing_store(store: Path) -> GeoPackageStore:
         return open_store(StoreSettings(store=store), create=False)
     except LayersError as exc:
         raise fail(f"{exc}: import data first (twin import ...) or run twin demo") from None
+
+
+def _holds_store(store: StoreRef) -> bool:
+    """Whether there is a store at `store` (nothing is made)."""
+    from layers.errors import LayersError
+    from layers.settings import StoreSettings, open_store
+
+    try:
+        open_store(StoreSettings(store=store), create=False).close()
+    except LayersError:
+        return False
+    return True
 
 
 @app.command("layers")
@@ -472,8 +492,7 @@ def serve(
     from twin.server import serve as run_server
     from twin.settings import ServerSettings
 
-    if not (store / "twin.gpkg").exists():
-        raise fail(f"no store at {store}: import data first (twin import ...) or run twin demo")
+    _existing_store(store).close()
     try:
         settings = ServerSettings()
         if host is not None:
@@ -497,6 +516,77 @@ def serve(
         raise fail(f"cannot serve on {settings.host}:{settings.port}: {exc}") from None
 
 
+@app.command("migrate")
+def migrate_(store: StoreOption = DEFAULT_STORE) -> None:
+    """Create the store's tables, or bring them up to this twin's version. For a PostgreSQL +
+    PostGIS database (`--store postgresql://USER@HOST/DB`); a directory is made ready by any
+    command. A store newer than this twin is refused."""
+    from layers.errors import LayersError
+    from layers.settings import StoreSettings, open_store
+
+    try:
+        db = open_store(StoreSettings(store=store), create=True)
+    except LayersError as exc:
+        raise fail(str(exc)) from None
+    try:
+        migrate = getattr(db, "migrate", None)
+        version = migrate() if callable(migrate) else None
+    except LayersError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        db.close()
+    where = db.location
+    typer.echo(f"store {where} is ready" + (f" (schema version {version})" if version else ""))
+
+
+def _transfer(source: StoreRef, target: StoreRef) -> None:
+    from importers.transfer import copy_store
+    from layers.errors import LayersError
+    from layers.settings import StoreSettings, open_store
+
+    if str(source) == str(target):
+        raise fail("the source and the target are the same store")
+    src = _existing_store(source)
+    try:
+        try:
+            dst = open_store(StoreSettings(store=target), create=True)
+        except LayersError as exc:
+            raise fail(str(exc)) from None
+        try:
+            done = copy_store(src, dst, user=_login(), told=typer.echo)
+        except LayersError as exc:
+            raise fail(f"{exc} (the layers told above were copied)") from None
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    n = sum(done.layers.values())
+    typer.echo(
+        f"copied {len(done.layers)} layers ({n:,} features) and {len(done.rasters)} rasters "
+        f"from {source} to {target}"
+    )
+
+
+@app.command("export-store")
+def export_store_(
+    target: Annotated[str, typer.Argument(help="The store to copy into: a directory or URL.")],
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Copy every layer and raster into another store (a directory or a database URL). The
+    embedded store into PostgreSQL + PostGIS (made ready as by `twin migrate`) or back; each
+    layer lands whole, histories stay where they are."""
+    _transfer(store, store_ref(target))
+
+
+@app.command("import-store")
+def import_store_(
+    source: Annotated[str, typer.Argument(help="The store to copy from: a directory or URL.")],
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Copy every layer and raster of another store into this one (see export-store)."""
+    _transfer(store_ref(source), store)
+
+
 keys_app = typer.Typer(
     cls=_Commands,
     help="API keys: each with a role, optionally a department, an area and an expiry.",
@@ -505,11 +595,15 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 
 
-def _key_ring(store: Path) -> Any:
+def _key_ring(store: StoreRef) -> Any:
+    """The key ring the servers of `store` use (`TWIN_KEYS_FILE`, else beside the store)."""
     from layers.keys import KeyRing
+    from twin.access import key_ring_path
+    from twin.settings import ServerSettings
 
     _existing_store(store).close()
-    return KeyRing.beside(store)
+    root = store if isinstance(store, Path) else None
+    return KeyRing(key_ring_path(ServerSettings().keys_file, root))
 
 
 @keys_app.command("add")
@@ -670,7 +764,6 @@ def tiles_export(
     """Write a PMTiles archive holding the same vector tiles the server serves to a caller of
     `--role` (by default an anonymous one: a public archive, for static hosting)."""
     from layers.errors import LayersError
-    from layers.gpkg import GeoPackageStore
     from layers.models import Access
     from tiles.errors import TilesError
     from tiles.export import export_pmtiles
@@ -678,10 +771,8 @@ def tiles_export(
 
     if path.suffix.lower() != ".pmtiles":
         raise fail(f"{path}: the archive name must end in .pmtiles")
-    if not (store / "twin.gpkg").exists():
-        raise fail(f"no store at {store}: import data first (twin import ...) or run twin demo")
     try:
-        db = GeoPackageStore(store, create=False)
+        db = _existing_store(store)
         try:
             view = _view(policy, role, department, scope, db)
             visible = {

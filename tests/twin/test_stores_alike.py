@@ -1,0 +1,300 @@
+"""The API answers alike over either store: the same district written into a GeoPackage
+directory and into a PostgreSQL + PostGIS database, served by two apps, walked route by route
+(every GET path of the OpenAPI document, enumerated, and the lean paths) as an anonymous caller
+and as an admin under the same policy: the same status and the same body (times of writing,
+which differ by nature, set aside), tiles byte for byte."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from layers.keys import KeyRing
+from layers.settings import StoreSettings, open_store
+
+from .serve_fixtures import app_for
+from .test_policy import POLICY, body_text, district, walk
+
+pytestmark = [pytest.mark.postgis, pytest.mark.xdist_group("postgis")]
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)")
+TODAY = time.strftime("%Y-%m-%d", time.gmtime())
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    """A new PostGIS database on the local server, dropped afterwards."""
+    import psycopg
+
+    name = f"twin_alike_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+    try:
+        yield url
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def twins(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    where = tmp_path_factory.mktemp("alike")
+    directory = district(where / "store")
+    # The same layers, in the same order, into the database.
+    source = open_store(StoreSettings(store=directory), create=False)
+    target = open_store(StoreSettings(store=database))
+    try:
+        for name in source.layers(_everything()):
+            target.write(source.load(name, _everything()), source="test", user="tests")
+    finally:
+        source.close()
+        target.close()
+    policy = where / "policy.toml"
+    policy.write_text(POLICY)
+    ring = KeyRing(where / "access.sqlite")
+    _, secret = ring.add("admin", "admin")
+    clients = {}
+    with (
+        TestClient(
+            app_for(directory, policy=policy, keys_file=where / "access.sqlite"),
+            raise_server_exceptions=False,
+        ) as gpkg,
+        TestClient(
+            app_for(database, policy=policy, keys_file=where / "access.sqlite"),
+            raise_server_exceptions=False,
+        ) as pg,
+    ):
+        clients = {"gpkg": gpkg, "postgis": pg}
+        yield {"clients": clients, "admin": {"Authorization": f"Bearer {secret}"}}
+
+
+def _everything() -> Any:
+    from layers.models import Access
+
+    return Access.RESTRICTED
+
+
+def _plain(text: str) -> str:
+    """An answer with the instants of writing (which differ between two stores written a
+    moment apart) set aside."""
+    return STAMP.sub("<time>", text)
+
+
+@pytest.mark.parametrize("who", ["anonymous", "admin"])
+def test_every_route_answers_alike_over_both_stores(twins, who: str) -> None:
+    headers = twins["admin"] if who == "admin" else {}
+    answers = {kind: walk(client, headers) for kind, client in twins["clients"].items()}
+    assert len(answers["gpkg"]) == len(answers["postgis"]) > 200
+    differ = []
+    for (url, _, a), (url_b, _, b) in zip(answers["gpkg"], answers["postgis"], strict=True):
+        assert url == url_b
+        assert a.status_code < 500 and b.status_code < 500, (url, a.status_code, b.status_code)
+        if url == "/metrics":  # latencies and counts of this process: its own by nature
+            continue
+        if a.status_code != b.status_code or _plain(body_text(a)) != _plain(body_text(b)):
+            differ.append(
+                (url, a.status_code, b.status_code, body_text(a)[:200], body_text(b)[:200])
+            )
+    assert not differ, differ[:5]
+
+
+def test_a_store_url_names_the_database_in_settings(database: str) -> None:
+    assert str(StoreSettings(store=database).store) == database
+    assert isinstance(StoreSettings(store="twin-data").store, Path)
+
+
+def test_the_command_line_works_on_a_database_store(tmp_path, monkeypatch) -> None:
+    import json
+
+    import geopandas as gpd
+    import psycopg
+    import shapely
+    from typer.testing import CliRunner
+
+    from twin.cli import app as cli
+
+    name = f"twin_cli_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # where its key ring goes
+    monkeypatch.chdir(tmp_path)
+    lamps = tmp_path / "lamps.geojson"
+    gpd.GeoDataFrame(
+        {"POLEID": ["P1", "P2", "P3"], "WATTS": [70, 100, 150]},
+        geometry=[shapely.Point(114.32 + i * 0.001, 30.35) for i in range(3)],
+        crs="EPSG:4326",
+    ).to_file(lamps, driver="GeoJSON")
+    runner = CliRunner()
+    try:
+        r = runner.invoke(cli, ["layers", "--store", url])
+        assert r.exit_code == 1 and "twin migrate" in r.output, r.output  # not made yet
+        r = runner.invoke(cli, ["migrate", "--store", url])
+        assert r.exit_code == 0 and "schema version" in r.output, r.output
+        r = runner.invoke(cli, ["--store", url, "import", "lights", str(lamps)])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(cli, ["layers", "--json"], env={"TWIN_STORE": url})
+        assert r.exit_code == 0, r.output
+        assert [(x["name"], x["features"]) for x in json.loads(r.stdout)] == [("lights", 3)]
+        r = runner.invoke(cli, ["keys", "add", "crew", "--role", "engineer", "--store", url])
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / "data" / "twin" / "access.sqlite").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "lamps.geojson"]
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_servers_on_one_database_serve_each_others_edits(tmp_path, monkeypatch) -> None:
+    """Two `twin serve` processes on one PostGIS database: an edit through one is in the
+    other's items, tiles and event stream within the follow bound, no restart."""
+    import http.client
+    import json
+    import threading
+
+    import mapbox_vector_tile
+    import psycopg
+
+    from .test_policy import TILE, Z
+    from .worker_fixtures import serving
+
+    name = f"twin_two_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        directory = district(tmp_path / "store")
+        source = open_store(StoreSettings(store=directory), create=False)
+        target = open_store(StoreSettings(store=url))
+        for layer in source.layers(_everything()):
+            target.write(source.load(layer, _everything()), source="test", user="tests")
+        source.close()
+        target.close()
+        monkeypatch.setenv("TWIN_KEYS_FILE", str(tmp_path / "access.sqlite"))
+        _, secret = KeyRing(tmp_path / "access.sqlite").add("crew", "engineer")
+        with (
+            serving(url, 1, tmp_path / "a.log") as a,  # type: ignore[arg-type]
+            serving(url, 1, tmp_path / "b.log") as b,  # type: ignore[arg-type]
+        ):
+            events: list[dict] = []
+            opened = threading.Event()
+
+            def listen() -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", b.port, timeout=30)
+                conn.request("GET", "/events?collections=lights")
+                r = conn.getresponse()
+                opened.set()
+                while True:
+                    line = r.fp.readline()
+                    if not line:
+                        return
+                    if line.startswith(b"data:"):
+                        events.append(json.loads(line[5:]))
+                        return
+
+            threading.Thread(target=listen, daemon=True).start()
+            assert opened.wait(10)
+            edit = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+            edit.request(
+                "PATCH",
+                "/collections/lights/items/light-1",
+                json.dumps({"properties": {"status": "fault"}}),
+                {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"},
+            )
+            answer = edit.getresponse()
+            assert answer.status == 200, answer.read()
+            answer.read()
+            done = time.monotonic()
+            other = http.client.HTTPConnection("127.0.0.1", b.port, timeout=30)
+            seen = None
+            while time.monotonic() - done < 2.0:
+                other.request("GET", "/collections/lights/items/light-1")
+                got = json.loads(other.getresponse().read())
+                if got["properties"]["status"] == "fault":
+                    seen = time.monotonic() - done
+                    break
+                time.sleep(0.02)
+            assert seen is not None, "the other server never served the edit"
+            path = f"/collections/lights/tiles/WebMercatorQuad/{Z}/{TILE.y}/{TILE.x}"
+            deadline = time.monotonic() + 3.0  # a changed tile is drawn anew within a second
+            status = None
+            while time.monotonic() < deadline:
+                other.request("GET", path, headers={"Accept-Encoding": "identity"})
+                tile = mapbox_vector_tile.decode(other.getresponse().read())
+                lamps = {f["properties"]["id"]: f for f in tile["lights"]["features"]}
+                status = lamps["light-1"]["properties"]["status"]
+                if status == "fault":
+                    break
+                time.sleep(0.1)
+            assert status == "fault"
+            deadline = time.monotonic() + 2.0
+            while not events and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert events and events[0]["id"] == "light-1", events
+            assert events[0]["properties"] == ["status"]
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_whole_twin_moves_to_the_database_and_back(tmp_path) -> None:
+    import json
+
+    import psycopg
+    from typer.testing import CliRunner
+
+    from twin.cli import app as cli
+
+    name = f"twin_move_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    runner = CliRunner()
+    try:
+        directory = district(tmp_path / "store")
+        r = runner.invoke(cli, ["export-store", url, "--store", str(directory)])
+        assert r.exit_code == 0, r.output
+        assert "copied 6 layers (15 features)" in r.output
+        back = tmp_path / "back"
+        r = runner.invoke(cli, ["import-store", url, "--store", str(back)])
+        assert r.exit_code == 0, r.output
+
+        def listing(store: str) -> list[tuple]:
+            out = runner.invoke(cli, ["layers", "--json", "--store", store])
+            assert out.exit_code == 0, out.output
+            return [
+                (x["name"], x["features"], x["classification"], x["bounds"])
+                for x in json.loads(out.stdout)
+            ]
+
+        first = listing(str(directory))
+        assert listing(url) == first == listing(str(back))
+        assert [x[:3] for x in first if x[0] == "substations"] == [("substations", 2, "restricted")]
+        # The same features, field by field, sources kept.
+        for store in (url, str(back)):
+            a = open_store(StoreSettings(store=directory), create=False)
+            b = open_store(StoreSettings(store=store if "://" in store else Path(store)))
+            for layer in a.layers(_everything()):
+                x, y = a.load(layer, _everything()), b.load(layer, _everything())
+                assert list(x.ids) == list(y.ids)
+                cols = [f.name for f in x.schema.fields] + ["source"]
+                assert x.attrs[cols].equals(y.attrs[cols]), layer
+                assert all(g.equals(h) for g, h in zip(x.geometry, y.geometry, strict=True))
+            a.close()
+            b.close()
+        r = runner.invoke(cli, ["export-store", str(directory), "--store", str(directory)])
+        assert r.exit_code == 1 and "same store" in r.output
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
