@@ -34,6 +34,7 @@ from layers.models import (
     Bounds,
     Change,
     ChangeKind,
+    Field,
     FieldType,
     GeometryFamily,
     ImportRecord,
@@ -241,13 +242,21 @@ def _stored(db: sqlite3.Connection, name: str, ids: list[str], cols: str) -> lis
 
 
 def _changed(
-    db: sqlite3.Connection, name: str, ids: list[str], names: list[str], new: list[list[Any]]
+    db: sqlite3.Connection, name: str, ids: list[str], fields: Sequence[Field], new: list[list[Any]]
 ) -> tuple[list[tuple], list[list[str]]]:
     """For each feature of `ids`: the box of its stored geometry, and the properties whose
     `new` values (as `columns` gives them: geometry blobs, then one list per field) differ
-    from those stored (`geometry` first)."""
+    from those served (the stored row with the live state readings set laid over it;
+    `geometry` first)."""
+    names = [f.name for f in fields]
     cols = ", ".join([GEOM, *(_q(n) for n in names)])
-    stored = {r[0]: r[1:] for r in _stored(db, name, ids, cols)}
+    stored = {r[0]: list(r[1:]) for r in _stored(db, name, ids, cols)}
+    at = {n: i + 1 for i, n in enumerate(names)}
+    types = {f.name: f.type for f in fields}
+    for fid, prop, value, _, _ in live.live_rows(db, name, ids):
+        if fid in stored and prop in at:
+            (sql,) = _sql_values(pd.Series([json.loads(value)], dtype=object), types[prop])
+            stored[fid][at[prop]] = sql
     olds = [stored[fid] for fid in ids]
     boxes = _boxes(decode_geometries([old[0] for old in olds])) if olds else []
     labels = ["geometry", *names]
@@ -633,7 +642,7 @@ class GeoPackageStore:
             live.settle(db)
             rows = db.execute(
                 "SELECT id, geom, properties, source, version, valid_from, valid_to, user, why "
-                "FROM twin_versions WHERE collection = ? AND id = ? ORDER BY version, seq",
+                "FROM twin_versions WHERE collection = ? AND id = ? ORDER BY valid_to, seq",
                 (name, fid),
             ).fetchall()
             now = db.execute(f"SELECT id, {GEOM}, {cols} FROM {_q(name)} WHERE id = ?", (fid,))
@@ -976,7 +985,7 @@ class GeoPackageStore:
                     log.layer()
             elif n_changed:
                 upd_ids = id_array[rows_upd].tolist()
-                was, changed_props = _changed(db, name, upd_ids, names, columns(rows_upd))
+                was, changed_props = _changed(db, name, upd_ids, fields, columns(rows_upd))
                 log.features(
                     ChangeKind.ADDED,
                     id_array[rows_new].tolist(),
@@ -996,6 +1005,9 @@ class GeoPackageStore:
                 _keep_versions(db, name, ended, log)
                 live.fold(db, name, name, ended)
             if len(rows_new):
+                # A feature new here has no live state yet (a reading of an id that was not
+                # there set none on what comes later under that id).
+                live.end(db, name, id_array[rows_new].tolist())
                 # Columns null throughout are left to their default (NULL), and the version
                 # to its default of 1: fewer parameters to bind per row.
                 new_attrs = layer.attrs.iloc[rows_new]

@@ -312,6 +312,22 @@ def fold(db: sqlite3.Connection, table: str, name: str, ids: list[str]) -> None:
     )
 
 
+def end(db: sqlite3.Connection, name: str, ids: list[str]) -> None:
+    """No live state for features of `ids` (new ones: a reading of an id not there then sets
+    nothing on a feature added under it later)."""
+    held = {
+        r[0]
+        for r in db.execute(
+            "SELECT DISTINCT id FROM twin_state WHERE collection = ? AND live", (name,)
+        )
+    }
+    ended = held.intersection(ids)  # mostly none: one query, not one per feature
+    db.executemany(
+        "UPDATE twin_state SET live = 0, n = 0 WHERE collection = ? AND id = ?",
+        ((name, fid) for fid in ended),
+    )
+
+
 def end_all(db: sqlite3.Connection, name: str) -> None:
     """A collection dropped: no live state of its features outlives it."""
     db.execute("UPDATE twin_state SET live = 0 WHERE collection = ?", (name,))

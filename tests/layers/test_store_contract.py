@@ -690,21 +690,9 @@ def test_rasters(store: Any, tmp_path: Path) -> None:
     assert store.rasters(ALL) == {} and not info.path.exists()
 
 
-EMBEDDED_BUG = pytest.mark.xfail(strict=True, reason="the embedded store's answer looks wrong")
-
-
-def _on_gpkg_fails(request: pytest.FixtureRequest) -> None:
-    """The test states what the contract promises; the embedded store is known to differ."""
-    if request.node.callspec.params["store"] == "gpkg":
-        request.applymarker(EMBEDDED_BUG)
-
-
-def test_versions_of_a_re_added_id_are_oldest_first(
-    store: Any, request: pytest.FixtureRequest
-) -> None:
-    """The embedded store orders versions by version number, so a feature removed and added
-    again lists its second life's early versions after its first life's later ones."""
-    _on_gpkg_fails(request)
+def test_versions_of_a_re_added_id_are_oldest_first(store: Any) -> None:
+    """A feature removed and added again lists its versions in the order they ended (not by
+    version number: its second life starts at 1 again)."""
     store.write(lamps(["a"], [1.0], ["on"]), source="f", user="u")
     store.write(lamps(["a"], [1.0], ["off"]), source="f", user="u")  # version 2
     store.delete_features("lamps", ["a"], user="u", source="api")
@@ -716,12 +704,9 @@ def test_versions_of_a_re_added_id_are_oldest_first(
     assert [e[2] for e in ended] == ["upsert from f", "delete by api", "upsert from f"]
 
 
-def test_a_reading_of_an_absent_feature_sets_nothing_on_a_later_one(
-    store: Any, request: pytest.FixtureRequest
-) -> None:
-    """The embedded store keeps the state of a reading of an id that is not there and lays it
-    over a feature added later under that id (served as version 2 while its history says 1)."""
-    _on_gpkg_fails(request)
+def test_a_reading_of_an_absent_feature_sets_nothing_on_a_later_one(store: Any) -> None:
+    """The state of a reading of an id that is not there is not laid over a feature added
+    later under that id."""
     store.write(lamps(["a"], [1.0], ["on"]), source="f", user="u")
     assert store.observe([reading("b", 1, "fault")], user="gw").changed == 1
     store.write(lamps(["b"], [2.0], ["on"]), source="f", user="u")
@@ -729,13 +714,9 @@ def test_a_reading_of_an_absent_feature_sets_nothing_on_a_later_one(
     assert values(b, "status") == ["on"] and values(b, VERSION) == [1]
 
 
-def test_an_update_names_what_changed_from_the_feature_as_served(
-    store: Any, request: pytest.FixtureRequest
-) -> None:
-    """The embedded store compares an update with the row as last written, not with the state
-    a reading set since: here it would say only `watts` changed, though `status` went from
-    fault back to on."""
-    _on_gpkg_fails(request)
+def test_an_update_names_what_changed_from_the_feature_as_served(store: Any) -> None:
+    """An update is compared with the feature as served (the state a reading set since laid
+    over it): here `status` went from fault back to on, and `watts` changed."""
     store.write(lamps(["a"], [1.0], ["on"], watts=[60]), source="f", user="u")
     store.observe([reading("a", 1, "fault")], user="gw")
     seq = store.revision()
