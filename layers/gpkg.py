@@ -871,10 +871,16 @@ class GeoPackageStore:
                 f"{SOURCE} TEXT, {VERSION} INTEGER NOT NULL DEFAULT 1, {UPDATED} DATETIME, "
                 f"{HASH} INTEGER)"
             )
+            # A GeoPackage's identifiers are unique: a title another layer has already is
+            # told apart by the layer's name (twin's own titles may repeat).
+            taken = db.execute(
+                "SELECT 1 FROM gpkg_contents WHERE identifier = ?", (schema.title,)
+            ).fetchone()
+            identifier = f"{schema.title} ({name})" if taken else schema.title
             db.execute(
                 "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
                 "srs_id) VALUES (?, 'features', ?, ?, ?)",
-                (name, schema.title, schema.description, SRS_ID),
+                (name, identifier, schema.description, SRS_ID),
             )
             db.execute(
                 "INSERT INTO gpkg_geometry_columns VALUES (?, ?, 'GEOMETRY', ?, 0, 0)",

@@ -981,3 +981,16 @@ def test_the_store_setting_names_a_directory_or_a_database(
     monkeypatch.delenv("TWIN_STORE")
     assert StoreSettings(_env_file=None).store == Path("twin-data")  # type: ignore[call-arg]
     assert StoreSettings(store=tmp_path).store == tmp_path
+
+
+def test_two_layers_may_share_a_title(store: Any) -> None:
+    """Titles are free text: two layers of one title both land (a GeoPackage's identifiers
+    are unique, so the embedded store tells them apart there) and keep their own title."""
+    a = lamps(["a"], [1.0], ["on"])
+    other = dataclasses.replace(a.schema, name="lamps_two")
+    b = Layer(other, a.ids, a.geometry, a.attrs)
+    store.write(a, source="f", user="u")
+    store.write(b, source="f", user="u")
+    got = store.layers(ALL)
+    assert got["lamps"].schema.title == got["lamps_two"].schema.title == a.schema.title
+    assert got["lamps"].count == got["lamps_two"].count == 1
