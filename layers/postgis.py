@@ -14,7 +14,8 @@ import datetime as dt
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ SCHEMA_VERSION = 1
 LOCK = 0x7477696E  # "twin": the advisory lock every write transaction takes
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 5
+CHANNEL = "twin_changes"
+"""The `LISTEN`/`NOTIFY` channel every committed write is announced on."""
+LISTEN_POLL_S = 0.5
+"""How often the listening thread looks whether the store is being closed."""
 
 _SYSTEM = ("fid", "id", "geom", SOURCE, VERSION, UPDATED, "_hash")
 
@@ -171,6 +176,8 @@ class PostGISStore:
     ) -> None:
         self._url = url  # with its password: never shown
         self.location = _public(url)
+        self._listener: threading.Thread | None = None
+        self._listening = threading.Event()
         self.raster_dir = Path(raster_dir) if raster_dir else default_raster_dir(url)
         try:
             with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S) as db:
@@ -249,6 +256,8 @@ class PostGISStore:
                 else:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 yield cur
+                if write:  # delivered at commit, to every process listening (`listen`)
+                    cur.execute(f"NOTIFY {CHANNEL}")
         except PoolTimeout:
             raise StoreError(f"store {self.location} is unreachable") from None
         except psycopg.Error as exc:
@@ -891,8 +900,42 @@ class PostGISStore:
             )
         return int(done)
 
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` whenever any process commits a change to this store (`LISTEN` on
+        its channel, a connection of its own, on a thread, reconnecting after a fault), so a
+        server applies a change at once instead of at its next look at the log."""
+        if self._listener is not None:
+            return
+        self._listening.clear()
+        self._listener = threading.Thread(
+            target=self._listen, args=(wake,), name="twin-pg-listen", daemon=True
+        )
+        self._listener.start()
+
+    def _listen(self, wake: Callable[[], None]) -> None:
+        pause = 0.1
+        while not self._listening.is_set():
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                ) as db:
+                    db.execute(f"LISTEN {CHANNEL}")
+                    pause = 0.1
+                    wake()  # anything committed while not listening
+                    while not self._listening.is_set():
+                        for _ in db.notifies(timeout=LISTEN_POLL_S, stop_after=64):
+                            wake()
+            except psycopg.Error:
+                # The database gone: the log is still read every interval; listen again.
+                self._listening.wait(pause)
+                pause = min(pause * 2, 5.0)
+
     def close(self) -> None:
-        """Close the connection pool."""
+        """Stop listening and close the connection pool."""
+        self._listening.set()
+        if self._listener is not None:
+            self._listener.join(LISTEN_POLL_S * 2 + 1)
+            self._listener = None
         self._pool.close()
 
 

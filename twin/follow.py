@@ -69,6 +69,11 @@ class Follower:
         if self.interval_s > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="twin-follow", daemon=True)
             self._thread.start()
+            # A store that can say when any process changed it (PostgreSQL's LISTEN/NOTIFY)
+            # wakes the follower at once; the interval stays the fallback.
+            listen = getattr(self.catalog.store, "listen", None)
+            if callable(listen):
+                listen(self.wake)
             self._settler = threading.Thread(target=self._settle, name="twin-settle", daemon=True)
             self._settler.start()
 
