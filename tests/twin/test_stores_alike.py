@@ -300,3 +300,48 @@ def test_a_whole_twin_moves_to_the_database_and_back(tmp_path) -> None:
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as db:
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_database_gone_mid_service_is_a_503_and_the_server_recovers(tmp_path) -> None:
+    """The database's connections killed and new ones refused: a request that needs the
+    store is answered 503 with a JSON error (never a 500); once the database is back, the same
+    request is answered by itself, no restart."""
+    import psycopg
+
+    name = f"twin_gone_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        directory = district(tmp_path / "store")
+        source = open_store(StoreSettings(store=directory), create=False)
+        target = open_store(StoreSettings(store=url))
+        for layer in source.layers(_everything()):
+            target.write(source.load(layer, _everything()), source="test", user="tests")
+        source.close()
+        target.close()
+        history = "/collections/lights/items/light-1/history"  # read from the store itself
+        with TestClient(
+            app_for(url, keys_file=tmp_path / "access.sqlite"), raise_server_exceptions=False
+        ) as c:
+            assert c.get(history).status_code == 200
+            with psycopg.connect(ADMIN, autocommit=True) as db:
+                db.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                db.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+            r = c.get(history)
+            assert r.status_code == 503, r.text
+            assert r.json()["code"] == "StoreError" and name in r.json()["description"]
+            assert c.get("/collections/lights/items").status_code == 200  # memory still serves
+            with psycopg.connect(ADMIN, autocommit=True) as db:
+                db.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            deadline = time.monotonic() + 30
+            while (status := c.get(history).status_code) != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert status == 200
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as db:
+            db.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
