@@ -22,6 +22,7 @@ import secrets
 import sqlite3
 import struct
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,33 +139,39 @@ def parse_expiry(text: str) -> str:
         raise KeyRefused(f"expiry {text!r} is not a date (YYYY-MM-DD) or date-time") from None
 
 
-class KeyRing:
-    """The keys and the audit log of one store, in `<store>/access.sqlite`."""
+class Ring(ABC):
+    """What every key ring does, over SQL written with `?` placeholders; a backend gives the
+    statements a connection (`_fetch`, `_run`, `_run_many`), says whether an error is a
+    duplicate name, and keeps the generation counter (`_generation`, `_bump`)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
         self._made: dict[str, tuple[Key, dt.datetime | None] | None] = {}
         self._seen_generation = -1
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-        self._generation = _Generation(self.path.with_suffix(".generation"))
 
-    @classmethod
-    def beside(cls, store_root: str | Path) -> KeyRing:
-        """The key ring of the store at directory `store_root`."""
-        return cls(Path(store_root) / KEYS_FILE)
+    @abstractmethod
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of one query."""
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        return db
+    @abstractmethod
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement in a transaction of its own; the rows it changed."""
+
+    @abstractmethod
+    def _run_many(self, sql: str, rows: list[tuple]) -> None:
+        """Run one statement for each of `rows`, in one transaction."""
+
+    @abstractmethod
+    def _duplicate(self, exc: Exception) -> bool:
+        """Whether `exc` is the backend's refusal of a name or hash already there."""
+
+    @abstractmethod
+    def _generation(self) -> int:
+        """A number that moves whenever the ring changes, in any process (the keys looked up
+        are kept while it stays)."""
+
+    @abstractmethod
+    def _bump(self) -> None:
+        """Move the generation, for every process (after a change is committed)."""
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -201,46 +208,48 @@ class KeyRing:
         )
         secret = PREFIX + secrets.token_urlsafe(32)
         try:
-            self._db().execute(
-                "INSERT INTO twin_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            self._run(
+                f"INSERT INTO twin_keys ({_KEY_COLUMNS}, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.name,
-                    digest(secret),
                     key.role.label,
                     key.department,
                     json.dumps(list(key.cells)) if key.cells else None,
                     key.area,
                     key.expires,
                     key.created,
+                    None,
+                    digest(secret),
                 ),
             )
-        except sqlite3.IntegrityError:
-            raise KeyRefused(
-                f"a key named {name!r} exists (revoked keys keep their name)"
-            ) from None
-        self._generation.bump()
+        except Exception as exc:
+            if self._duplicate(exc):
+                raise KeyRefused(
+                    f"a key named {name!r} exists (revoked keys keep their name)"
+                ) from None
+            raise
+        self._bump()
         return key, secret
 
     def keys(self) -> list[Key]:
         """Every key, revoked ones included, by name."""
-        rows = self._db().execute(f"SELECT {_KEY_COLUMNS} FROM twin_keys ORDER BY name")
-        return [_key(r) for r in rows.fetchall()]
+        return [_key(r) for r in self._fetch(f"SELECT {_KEY_COLUMNS} FROM twin_keys ORDER BY name")]
 
     def revoke(self, name: str, now: dt.datetime | None = None) -> bool:
         """Revoke key `name` (refused from the next request on); False when there is no such
         key, or it was revoked already."""
         when = utc_stamp(now or dt.datetime.now(dt.UTC))
-        cur = self._db().execute(
+        done = self._run(
             "UPDATE twin_keys SET revoked = ? WHERE name = ? AND revoked IS NULL", (when, name)
         )
-        self._generation.bump()
-        return cur.rowcount == 1
+        self._bump()
+        return done == 1
 
     def find(self, secret: str, now: dt.datetime | None = None) -> Key | None:
         """The key whose secret is `secret`, if it is known, not revoked and not expired (as
         the key ring is now: a key revoked by another process a moment ago is refused)."""
         hashed = digest(secret)
-        generation = self._generation.read()
+        generation = self._generation()
         if generation != self._seen_generation:
             self._made = {}
             self._seen_generation = generation
@@ -258,14 +267,10 @@ class KeyRing:
         return key
 
     def _lookup(self, hashed: str) -> tuple[Key, dt.datetime | None] | None:
-        row = (
-            self._db()
-            .execute(f"SELECT {_KEY_COLUMNS} FROM twin_keys WHERE hash = ?", (hashed,))
-            .fetchone()
-        )
-        if row is None:
+        rows = self._fetch(f"SELECT {_KEY_COLUMNS} FROM twin_keys WHERE hash = ?", (hashed,))
+        if not rows:
             return None
-        key = _key(row)
+        key = _key(rows[0])
         if key.revoked is not None:
             return None
         return key, _expiry(key.expires)
@@ -287,21 +292,12 @@ class KeyRing:
             )
             for e in entries
         ]
-        if not rows:
-            return
-        db = self._db()
-        with self._lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT INTO twin_audit (time, who, role, action, method, path, collections,"
-                    " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        if rows:
+            self._run_many(
+                "INSERT INTO twin_audit (time, who, role, action, method, path, collections,"
+                " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def audit(
         self,
@@ -329,12 +325,71 @@ class KeyRing:
         params.append(limit)
         names = ("seq", "time", "who", "role", "action", "method", "path", "collections")
         out = []
-        for r in self._db().execute(sql, params).fetchall():
+        for r in self._fetch(sql, params):
             entry = dict(zip(names, r[:8], strict=True))
             entry["collections"] = [c for c in str(r[7]).split(",") if c]
             entry["status"] = r[8]
             out.append(entry)
         return out
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the ring's connections."""
+
+
+class KeyRing(Ring):
+    """The keys and the audit log in a SQLite file (`<store>/access.sqlite` beside a directory
+    store, or `TWIN_KEYS_FILE`), shared by the processes of one machine."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+        self._counter = _Generation(self.path.with_suffix(".generation"))
+
+    @classmethod
+    def beside(cls, store_root: str | Path) -> KeyRing:
+        """The key ring of the store at directory `store_root`."""
+        return cls(Path(store_root) / KEYS_FILE)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._db().execute(sql, tuple(params)).fetchall()
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._db().execute(sql, tuple(params)).rowcount
+
+    def _run_many(self, sql: str, rows: list[tuple]) -> None:
+        db = self._db()
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _duplicate(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def _generation(self) -> int:
+        return self._counter.read()
+
+    def _bump(self) -> None:
+        self._counter.bump()
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""

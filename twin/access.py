@@ -36,7 +36,7 @@ from starlette.types import Scope as AsgiScope
 
 from layers.catalog import Catalog
 from layers.errors import UnknownCollection
-from layers.keys import KEYS_FILE, AuditEntry, Key, KeyRing
+from layers.keys import KEYS_FILE, AuditEntry, Key, KeyRing, Ring
 from layers.layer import Layer
 from layers.models import Access, Role, utc_stamp
 from layers.policy import (
@@ -217,7 +217,7 @@ class Auditor:
     """Collects audit entries and writes them to the key ring's log in batches (a thread,
     every second), so recording costs a request an append."""
 
-    def __init__(self, ring: KeyRing, every_s: float = 1.0) -> None:
+    def __init__(self, ring: Ring, every_s: float = 1.0) -> None:
         self.ring = ring
         self.every_s = every_s
         self._pending: list[AuditEntry] = []
@@ -277,7 +277,7 @@ def resolve(scope: AsgiScope) -> Caller:
     secret = secret.strip()
     if kind.lower() != "bearer" or not secret:
         raise Unauthorized("send the key as 'Authorization: Bearer <key>'")
-    ring: KeyRing | None = state.keys
+    ring: Ring | None = state.keys
     key = None if ring is None else ring.find(secret)
     if key is None:
         raise Unauthorized("the key is unknown, revoked or expired")
@@ -400,16 +400,20 @@ CallerDep = Annotated[Caller, Depends(caller)]
 """Route parameter type giving the caller."""
 
 
-def key_ring_path(configured: Path | None, root: Path | None) -> Path:
-    """Where the key ring is: `configured` (`TWIN_KEYS_FILE`), else beside a directory store
-    (`root`), else (a database store) in the user's data folder: every server process of a
-    deployment, and `twin keys`, must name the same file."""
+def open_key_ring(configured: Path | None, root: Path | None, database: str | None) -> Ring:
+    """The key ring of a deployment: `configured` (`TWIN_KEYS_FILE`), else the one beside a
+    directory store (`root`), else the database store's own (`database`, a URL: every server
+    on every machine shares it), else one in the user's data folder."""
     if configured is not None:
-        return configured
+        return KeyRing(configured)
     if root is not None:
-        return root / KEYS_FILE
+        return KeyRing.beside(root)
+    if database is not None:
+        from layers.keys_pg import DatabaseKeyRing
+
+        return DatabaseKeyRing(database)
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "twin" / KEYS_FILE
+    return KeyRing(base / "twin" / KEYS_FILE)
 
 
 def writer(request: Request) -> Caller:

@@ -25,12 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from layers.catalog import Applied, Catalog, Snapshots
-from layers.keys import KeyRing
+from layers.keys import Ring
 from layers.models import Access
-from layers.settings import StoreSettings, open_store
+from layers.settings import StoreSettings, is_database_url, open_store
 from tiles.settings import TileSettings
 from twin import queries as queries_mod
-from twin.access import Auditor, CallerMiddleware, PolicyFile, Views, key_ring_path
+from twin.access import Auditor, CallerMiddleware, PolicyFile, Views, open_key_ring
 from twin.cql2 import Limits
 from twin.crs import CrsSet
 from twin.events import ChangeFeed
@@ -154,11 +154,15 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
-def _key_ring(settings: ServerSettings, catalog: Catalog) -> KeyRing:
-    """The key ring the settings name, else the one beside a directory store, else the user's
-    (`twin.access.key_ring_path`)."""
+def _key_ring(settings: ServerSettings, store: StoreSettings, catalog: Catalog) -> Ring:
+    """The key ring of this deployment (`twin.access.open_key_ring`)."""
     root = getattr(catalog.store, "root", None)
-    return KeyRing(key_ring_path(settings.keys_file, root if isinstance(root, Path) else None))
+    database = store.store if is_database_url(store.store) else None
+    return open_key_ring(
+        settings.keys_file,
+        root if isinstance(root, Path) else None,
+        None if database is None else str(database),
+    )
 
 
 def create_app(
@@ -180,7 +184,7 @@ def create_app(
         own = catalog is None
         cat = catalog if catalog is not None else Catalog(open_store(store_settings))
         app.state.catalog = cat
-        ring = app.state.keys = _key_ring(settings, cat)
+        ring = app.state.keys = _key_ring(settings, store_settings, cat)
         auditor = app.state.auditor = Auditor(ring)
         # The thread pool of this event loop: as many threads as `work_threads`, no more.
         anyio.to_thread.current_default_thread_limiter().total_tokens = guard.work_threads

@@ -596,14 +596,14 @@ app.add_typer(keys_app, name="keys")
 
 
 def _key_ring(store: StoreRef) -> Any:
-    """The key ring the servers of `store` use (`TWIN_KEYS_FILE`, else beside the store)."""
-    from layers.keys import KeyRing
-    from twin.access import key_ring_path
+    """The key ring the servers of `store` use (`twin.access.open_key_ring`)."""
+    from twin.access import open_key_ring
     from twin.settings import ServerSettings
 
     _existing_store(store).close()
     root = store if isinstance(store, Path) else None
-    return KeyRing(key_ring_path(ServerSettings().keys_file, root))
+    database = store if isinstance(store, str) else None
+    return open_key_ring(ServerSettings().keys_file, root, database)
 
 
 @keys_app.command("add")

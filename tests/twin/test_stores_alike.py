@@ -128,7 +128,7 @@ def test_the_command_line_works_on_a_database_store(tmp_path, monkeypatch) -> No
     with psycopg.connect(ADMIN, autocommit=True) as db:
         db.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # where its key ring goes
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # nothing may land there
     monkeypatch.chdir(tmp_path)
     lamps = tmp_path / "lamps.geojson"
     gpd.GeoDataFrame(
@@ -149,8 +149,13 @@ def test_the_command_line_works_on_a_database_store(tmp_path, monkeypatch) -> No
         assert [(x["name"], x["features"]) for x in json.loads(r.stdout)] == [("lights", 3)]
         r = runner.invoke(cli, ["keys", "add", "crew", "--role", "engineer", "--store", url])
         assert r.exit_code == 0, r.output
-        assert (tmp_path / "data" / "twin" / "access.sqlite").exists()
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "lamps.geojson"]
+        from layers.keys_pg import DatabaseKeyRing
+
+        ring = DatabaseKeyRing(url)  # the keys live in the database, for every server
+        assert [k.name for k in ring.keys()] == ["crew"]  # noqa: SIM118  (no mapping)
+        assert ring.find(r.stdout.strip().splitlines()[-1]) is not None
+        ring.close()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["lamps.geojson"]
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as db:
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -182,9 +187,11 @@ def test_two_servers_on_one_database_serve_each_others_edits(tmp_path, monkeypat
             target.write(source.load(layer, _everything()), source="test", user="tests")
         source.close()
         target.close()
-        monkeypatch.setenv("TWIN_KEYS_FILE", str(tmp_path / "access.sqlite"))
         monkeypatch.setenv("TWIN_FOLLOW_INTERVAL_S", "60")
-        _, secret = KeyRing(tmp_path / "access.sqlite").add("crew", "engineer")
+        from layers.keys_pg import DatabaseKeyRing
+
+        ring = DatabaseKeyRing(url)  # the servers' key ring: the database's own
+        _, secret = ring.add("crew", "engineer")
         with (
             serving(url, 1, tmp_path / "a.log") as a,  # type: ignore[arg-type]
             serving(url, 1, tmp_path / "b.log") as b,  # type: ignore[arg-type]
@@ -245,6 +252,19 @@ def test_two_servers_on_one_database_serve_each_others_edits(tmp_path, monkeypat
                 time.sleep(0.02)
             assert events and events[0]["id"] == "light-1", events
             assert events[0]["properties"] == ["status"]
+            # A key revoked in one place is refused by both servers.
+            keyed = {"Authorization": f"Bearer {secret}"}
+            for port in (a.port, b.port):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                c.request("GET", "/collections/lights/items?limit=1", headers=keyed)
+                assert c.getresponse().status == 200
+            assert ring.revoke("crew")
+            time.sleep(0.3)  # the notification's way to each server
+            for port in (a.port, b.port):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                c.request("GET", "/collections/lights/items?limit=1", headers=keyed)
+                assert c.getresponse().status == 401, port
+            ring.close()
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as db:
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

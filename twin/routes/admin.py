@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from layers.keys import KeyRefused, KeyRing
+from layers.keys import KeyRefused, Ring
 from layers.policy import area_geometry
 from twin.access import Admin, Auditor, PolicyFile
 from twin.errors import InvalidParameter
@@ -30,8 +30,8 @@ class NewKey(BaseModel):
     expires: str | None = Field(default=None, description="Last day (YYYY-MM-DD) or a time.")
 
 
-def _ring(request: Request) -> KeyRing:
-    ring: KeyRing | None = request.app.state.keys
+def _ring(request: Request) -> Ring:
+    ring: Ring | None = request.app.state.keys
     if ring is None:
         raise InvalidParameter("this server keeps no keys (its store is not a directory)")
     return ring
