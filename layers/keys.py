@@ -14,6 +14,7 @@ costs a request a hash and a memory read, not a query.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import mmap
@@ -23,7 +24,8 @@ import sqlite3
 import struct
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -347,9 +349,13 @@ class KeyRing(Ring):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._lock = threading.Lock()
-        with self._db() as db:
-            db.executescript(_SCHEMA)
         self._counter = _Generation(self.path.with_suffix(".generation"))
+        # Processes starting together (the workers of one server) make the file one at a
+        # time: switching it to WAL does not wait for another connection, it fails.
+        with self._counter.locked():
+            db = self._db()
+            db.execute("PRAGMA journal_mode=WAL")  # kept in the file
+            db.executescript(_SCHEMA)
 
     @classmethod
     def beside(cls, store_root: str | Path) -> KeyRing:
@@ -360,7 +366,6 @@ class KeyRing(Ring):
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
@@ -416,11 +421,15 @@ class _Generation:
     def read(self) -> int:
         return int(struct.unpack_from("<Q", self._map)[0])
 
-    def bump(self) -> None:
-        import fcntl
-
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the ring's file lock (one process at a time)."""
         with open(self.path, "r+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def bump(self) -> None:
+        with self.locked():
             struct.pack_into("<Q", self._map, 0, self.read() + 1)
             self._map.flush()
 

@@ -11,6 +11,7 @@ gaps in the order they commit.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -26,7 +27,7 @@ import pandas as pd
 import psycopg
 import shapely
 from psycopg import Cursor, sql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from layers import postgis_live as live
 from layers import postgis_write as pgw
@@ -49,6 +50,7 @@ from layers.models import (
     parse_utc,
     utc_stamp,
 )
+from layers.postgis_replica import FLUSH_LSN, Replica
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
 
@@ -61,6 +63,36 @@ CHANNEL = "twin_changes"
 """The `LISTEN`/`NOTIFY` channel every committed write is announced on."""
 LISTEN_POLL_S = 0.5
 """How often the listening thread looks whether the store is being closed."""
+REPLICA_MAX_LAG_S = 5.0
+"""How far behind a replica may be before reads leave it (`StoreSettings.replica_max_lag_s`)."""
+
+_T = TypeVar("_T", bound=Callable[..., Any])
+
+
+class _ReplicaFailed(Exception):
+    """A read on the replica failed: it is run again on the primary."""
+
+
+def _routed(method: _T) -> _T:
+    """A read that may be served by the replica (see `layers.postgis_replica`): run again on
+    the primary when the replica fails it. Pure reads only: they may run twice."""
+
+    @functools.wraps(method)
+    def read(self: PostGISStore, *args: Any, **kwargs: Any) -> Any:
+        local = self._local
+        if self._replica is None or getattr(local, "route", None) is not None:
+            return method(self, *args, **kwargs)
+        local.route = "replica"
+        try:
+            return method(self, *args, **kwargs)
+        except _ReplicaFailed:
+            local.route = "primary"
+            return method(self, *args, **kwargs)
+        finally:
+            local.route = None
+
+    return read  # type: ignore[return-value]
+
 
 _SYSTEM = ("fid", "id", "geom", SOURCE, VERSION, UPDATED, "_hash")
 
@@ -173,9 +205,23 @@ class PostGISStore:
         create: bool = True,
         raster_dir: str | Path | None = None,
         pool_size: int = POOL_MAX,
+        replica: str | None = None,
+        replica_max_lag_s: float = REPLICA_MAX_LAG_S,
     ) -> None:
+        """`replica`: the URL of a streaming replica of the same database that serves reads
+        when it has replayed what they must see (else the primary does)."""
         self._url = url  # with its password: never shown
         self.location = _public(url)
+        self._local = threading.local()
+        self._replica: Replica | None = None
+        if replica:
+            self._replica = Replica(
+                replica,
+                _public(replica),
+                max_lag_s=replica_max_lag_s,
+                pool_size=max(1, pool_size),
+                connect_timeout=CONNECT_TIMEOUT_S,
+            )
         self._listener: threading.Thread | None = None
         self._listening = threading.Event()
         self.raster_dir = Path(raster_dir) if raster_dir else default_raster_dir(url)
@@ -185,6 +231,8 @@ class PostGISStore:
                     self._migrate(db)
                 else:
                     self._check_version(db, missing_ok=False)
+                if self._replica is not None:  # no read older than the store as opened
+                    self._replica.saw(_lsn(db.execute(FLUSH_LSN).fetchone()))
         except psycopg.Error as exc:
             raise StoreError(f"cannot open store {self.location}: {_reason(exc)}") from None
         self._pool = ConnectionPool(
@@ -248,16 +296,42 @@ class PostGISStore:
     @contextmanager
     def _cursor(self, *, write: bool = False) -> Iterator[Cursor]:
         """A cursor in one transaction (a write one takes the writers' lock; a read one sees
-        one snapshot); database faults as `StoreError`."""
-        try:
-            with self._pool.connection() as db, db.transaction(), db.cursor() as cur:
-                if write:
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
-                else:
+        one snapshot); database faults as `StoreError`. A read inside a `_routed` method goes
+        to the replica when it may (`_ReplicaFailed` when the replica fails it)."""
+        replica = self._replica
+        pool = None
+        if not write and replica is not None and getattr(self._local, "route", None) == "replica":
+            pool = replica.pool()
+        if pool is not None:
+            assert replica is not None
+            try:
+                with pool.connection() as db, db.transaction(), db.cursor() as cur:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                yield cur
-                if write:  # delivered at commit, to every process listening (`listen`)
-                    cur.execute(f"NOTIFY {CHANNEL}")
+                    yield cur
+            except (PoolTimeout, PoolClosed, psycopg.OperationalError) as exc:
+                replica.failed(_reason(exc))
+                raise _ReplicaFailed from None
+            except psycopg.Error:  # e.g. cancelled by a conflict with recovery
+                raise _ReplicaFailed from None
+            replica.served += 1
+            return
+        try:
+            with self._pool.connection() as db:
+                with db.transaction(), db.cursor() as cur:
+                    if write:
+                        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+                        if replica is not None:  # committed where the replica will find it
+                            cur.execute("SET LOCAL synchronous_commit TO on")
+                    else:
+                        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    yield cur
+                    if write:  # delivered at commit, to every process listening (`listen`)
+                        cur.execute(f"NOTIFY {CHANNEL}")
+                    elif replica is not None:  # no later read older than this one
+                        replica.saw(_lsn(cur.execute(FLUSH_LSN).fetchone()))
+                if write and replica is not None:  # later reads see this commit
+                    with db.transaction():
+                        replica.saw(_lsn(db.execute(FLUSH_LSN).fetchone()))
         except PoolTimeout:
             raise StoreError(f"store {self.location} is unreachable") from None
         except psycopg.Error as exc:
@@ -292,6 +366,7 @@ class PostGISStore:
 
     # -- reads ------------------------------------------------------------------------------
 
+    @_routed
     def layers(self, scope: Access) -> dict[str, LayerInfo]:
         """Vector layers visible at `scope`, with counts, bounds and last change."""
         out = {}
@@ -311,6 +386,7 @@ class PostGISStore:
                 )
         return out
 
+    @_routed
     def rasters(self, scope: Access) -> dict[str, RasterInfo]:
         """Raster collections visible at `scope`."""
         return {
@@ -319,20 +395,24 @@ class PostGISStore:
             if schema.classification <= scope
         }
 
+    @_routed
     def schema(self, name: str, scope: Access) -> LayerSchema:
         """The schema of vector layer `name`."""
         with self._cursor() as cur:
             return self._entry(cur, name, scope)[0]
 
+    @_routed
     def meta(self, name: str, scope: Access) -> dict[str, Any]:
         """Free-form metadata of a layer (attribution, licence, ...)."""
         with self._cursor() as cur:
             return self._entry(cur, name, scope)[1]
 
+    @_routed
     def load(self, name: str, scope: Access) -> Layer:
         """Read a whole vector layer into memory."""
         return self._read(name, scope)
 
+    @_routed
     def features(self, name: str, ids: Sequence[str], scope: Access) -> Layer:
         """The stored features of `ids` (those that exist), in the layer's stored order."""
         return self._read(name, scope, list(dict.fromkeys(ids)))
@@ -353,6 +433,7 @@ class PostGISStore:
             layer.seq = seq
         return layer
 
+    @_routed
     def versions(self, name: str, fid: str, scope: Access) -> tuple[Layer, list[tuple]]:
         """Every earlier version of feature `fid`, oldest first, as a layer of rows with the
         id repeated (`_version`, `_updated` = when it began), and for each when it ended, by
@@ -369,6 +450,7 @@ class PostGISStore:
         layer = _layer_of(schema, meta, [_version_row(schema, r) for r in rows])
         return layer, [(live.stamp(r[6]), r[7], r[8]) for r in rows]
 
+    @_routed
     def as_of(self, name: str, time: str, scope: Access, ids: list[str] | None = None) -> Layer:
         """The layer (or features `ids`) as the store recorded it at `time` (ISO, UTC): the
         current rows recorded by then, and for the features changed or removed since, the
@@ -402,11 +484,13 @@ class PostGISStore:
         )
         return _layer_of(schema, meta, [row for _, row in order])
 
+    @_routed
     def revision(self) -> int:
         """The sequence number of the newest change-log entry (0: none yet)."""
         with self._cursor() as cur:
             return live.revision(cur)
 
+    @_routed
     def log(self, since: int, limit: int = 100_000) -> list[Change | StateRun]:
         """The change log after `since`, oldest first, as written: feature entries one by one,
         the entries of a batch of readings as one `StateRun`; at most `limit` of either."""
@@ -450,6 +534,7 @@ class PostGISStore:
             )
         return out
 
+    @_routed
     def changes(self, since: int, limit: int = 100_000) -> list[Change]:
         """Change-log entries after `since`, oldest first, at most `limit`: a reading's entry
         with the values it set (`state`) and its feature's stored box as both boxes."""
@@ -470,6 +555,7 @@ class PostGISStore:
             out += entry.changes([None if b is None or None in b else Bounds(*b) for b in stored])
         return out[:limit]
 
+    @_routed
     def readings(
         self,
         collection: str,
@@ -508,6 +594,7 @@ class PostGISStore:
         page = [(p, live.stamp(t), json.loads(v), live.stamp(rc), u) for p, t, v, rc, u in rows]
         return page, int(total)
 
+    @_routed
     def history(self, collection: str | None = None) -> list[ImportRecord]:
         """Import history, newest first."""
         query: sql.Composable = sql.SQL(
@@ -921,22 +1008,38 @@ class PostGISStore:
                 ) as db:
                     db.execute(f"LISTEN {CHANNEL}")
                     pause = 0.1
+                    self._heard(db)
                     wake()  # anything committed while not listening
                     while not self._listening.is_set():
-                        for _ in db.notifies(timeout=LISTEN_POLL_S, stop_after=64):
+                        # One at a time: the connection is not free for `_heard` until the
+                        # generator is done.
+                        if list(db.notifies(timeout=LISTEN_POLL_S, stop_after=1)):
+                            self._heard(db)
                             wake()
             except psycopg.Error:
                 # The database gone: the log is still read every interval; listen again.
                 self._listening.wait(pause)
                 pause = min(pause * 2, 5.0)
 
+    def _heard(self, db: psycopg.Connection) -> None:
+        """A change was announced: the reads that follow it must see it (from the primary,
+        until the replica has replayed it)."""
+        if self._replica is not None:
+            self._replica.saw(_lsn(db.execute(FLUSH_LSN).fetchone()))
+
     def close(self) -> None:
-        """Stop listening and close the connection pool."""
+        """Stop listening and close the connection pools."""
         self._listening.set()
         if self._listener is not None:
             self._listener.join(LISTEN_POLL_S * 2 + 1)
             self._listener = None
+        if self._replica is not None:
+            self._replica.close()
         self._pool.close()
+
+
+def _lsn(row: tuple | None) -> int:
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def _reason(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from layers.gpkg import GeoPackageStore
@@ -33,6 +34,14 @@ class StoreSettings(BaseSettings):
     raster_dir: Path | None = None
     """Where the PostGIS store keeps its COG rasters (`TWIN_RASTER_DIR`); None: a folder per
     database under `~/.local/share/twin/rasters`. The embedded store keeps them beside its file."""
+    replica: str | None = Field(
+        default=None, validation_alias=AliasChoices("replica", "twin_store_replica")
+    )
+    """A streaming replica of the PostGIS store's database (`TWIN_STORE_REPLICA`, a
+    `postgresql://` URL) that serves reads once it has replayed what they must see; writes, and
+    reads it cannot serve yet, go to `store`."""
+    replica_max_lag_s: float = 5.0
+    """How far behind the replica may fall before reads leave it (`TWIN_REPLICA_MAX_LAG_S`)."""
 
     def model_post_init(self, __context: object) -> None:
         """A location that is not a database URL is a directory."""
@@ -40,6 +49,10 @@ class StoreSettings(BaseSettings):
             self.store = Path(self.store)
         if is_database_url(self.store):
             self.backend = "postgis"
+        if self.replica is not None and not is_database_url(self.replica):
+            raise ValueError(
+                f"TWIN_STORE_REPLICA must be a postgresql:// URL, not {self.replica!r}"
+            )
 
 
 def open_store(settings: StoreSettings, *, create: bool = True) -> GeoPackageStore | PostGISStore:
@@ -48,5 +61,11 @@ def open_store(settings: StoreSettings, *, create: bool = True) -> GeoPackageSto
     if is_database_url(settings.store):
         from layers.postgis import PostGISStore  # psycopg: an optional extra
 
-        return PostGISStore(str(settings.store), create=create, raster_dir=settings.raster_dir)
+        return PostGISStore(
+            str(settings.store),
+            create=create,
+            raster_dir=settings.raster_dir,
+            replica=settings.replica,
+            replica_max_lag_s=settings.replica_max_lag_s,
+        )
     return GeoPackageStore(settings.store, create=create)
