@@ -621,7 +621,10 @@ def write_extract(
     """
     source = source or extract.source
     options = ImportOptions(id_column="id", id_prefix=ID_PREFIX, mode=mode, source=source)
-    store_dir = Path(store.location)
+    # The store's folder for files beside its tables (a directory store's own, a database
+    # store's raster folder); a store without one keeps no road graph.
+    files = getattr(store, "files_dir", None)
+    store_dir = files() if callable(files) else Path(store.location)
     staged: Path | None = None
     target: Path | None = None
     reports: dict[str, ImportReport] = {}

@@ -1181,6 +1181,10 @@ class GeoPackageStore:
         if raster.exists():
             raster.unlink()
 
+    def files_dir(self) -> Path:
+        """The folder of the files kept beside the store's tables (rasters, road graphs)."""
+        return self.root
+
     def staging_dir(self) -> Path:
         """A folder on the file system of the store's rasters: a file made there is moved in
         by `put_raster`, not copied."""

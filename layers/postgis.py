@@ -879,6 +879,12 @@ class PostGISStore:
         if path is not None and Path(path).exists():
             Path(path).unlink()
 
+    def files_dir(self) -> Path:
+        """The folder of the files kept beside the database's tables (rasters, road graphs):
+        the raster folder of this database."""
+        self.raster_dir.mkdir(parents=True, exist_ok=True)
+        return self.raster_dir
+
     def staging_dir(self) -> Path:
         """A folder on the file system of the store's rasters: a file made there (or in a
         folder inside it) is moved in by `put_raster`, not copied."""

@@ -365,3 +365,36 @@ def test_a_database_gone_mid_service_is_a_503_and_the_server_recovers(tmp_path) 
         with psycopg.connect(ADMIN, autocommit=True) as db:
             db.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_an_osm_import_into_the_database_keeps_its_road_graph(tmp_path, monkeypatch) -> None:
+    import psycopg
+    from typer.testing import CliRunner
+
+    from importers.osm import load_road_graph
+    from tests.conftest import shared
+    from twin.cli import app as cli
+
+    extract = shared("osm_osmnx_fixtures/West-Oakland.osm.bz2")
+    name = f"twin_osm_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    monkeypatch.setenv("TWIN_RASTER_DIR", str(tmp_path / "files"))
+    try:
+        r = CliRunner().invoke(cli, ["import-osm", str(extract), "--store", url])
+        assert r.exit_code == 0, r.output
+        store = open_store(StoreSettings(store=url), create=False)
+        try:
+            roads = store.load("roads", _everything())
+            meta = store.layers(_everything())["roads"].meta
+            graph = load_road_graph(store.files_dir())
+        finally:
+            store.close()
+        assert meta["graph"] == "graphs/West-Oakland.graphml"
+        assert graph is not None
+        assert {d["road_id"] for _, _, d in graph.edges(data=True)} == set(roads.ids)
+        assert (tmp_path / "files" / "graphs" / "West-Oakland.graphml").is_file()
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
