@@ -72,6 +72,9 @@ class Caller:
     view: View
     """What it may see under the policy in force."""
     key: Key | None = None
+    refused: str | None = None
+    """Why the credentials sent are not a valid key (answered 401 by `KeyRefusal`, after the
+    rate limit of the caller's address: floods of bad keys are limited like anonymous ones)."""
 
     @property
     def department(self) -> str | None:
@@ -299,9 +302,10 @@ class CallerMiddleware:
         try:
             who = resolve(scope)
         except Unauthorized as exc:
-            answer = error_response(401, "InvalidKey", str(exc))
-            answer.headers["WWW-Authenticate"] = 'Bearer realm="twin", error="invalid_token"'
-            await answer(scope, receive, send)
+            # Resolved as the anonymous caller of its address, marked refused: the rate limit
+            # counts it, then `KeyRefusal` answers 401 (never an answer as anonymous).
+            scope.setdefault("state", {})[STATE_KEY] = _refused(scope, str(exc))
+            await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_KEY] = who
         keyed = who.key is not None
@@ -331,6 +335,33 @@ class CallerMiddleware:
                 READS.reset(token)
                 assert auditor is not None
                 _audit(auditor, who, scope, seen, status)
+
+
+def _refused(scope: AsgiScope, why: str) -> Caller:
+    state = scope["app"].state
+    policy = state.policy.current()
+    who = Who(Role.ANONYMOUS, None, Access.PUBLIC)
+    view = state.views.of(policy, who, None, getattr(state, "catalog", None))
+    return Caller("anonymous", Role.ANONYMOUS, view, refused=why)
+
+
+class KeyRefusal:
+    """Answers 401 a request whose credentials are not a valid key (see `Caller.refused`);
+    runs inside the rate limits, before anything else answers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            who = scope.get("state", {}).get(STATE_KEY)
+            if who is None or who.refused is not None:
+                why = "no caller resolved" if who is None else who.refused
+                answer = error_response(401, "InvalidKey", why)
+                answer.headers["WWW-Authenticate"] = 'Bearer realm="twin", error="invalid_token"'
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _private(headers: list[tuple[bytes, bytes]], keyed: bool) -> list[tuple[bytes, bytes]]:

@@ -30,7 +30,14 @@ from layers.models import Access
 from layers.settings import StoreSettings, is_database_url, open_store
 from tiles.settings import TileSettings
 from twin import queries as queries_mod
-from twin.access import Auditor, CallerMiddleware, PolicyFile, Views, open_key_ring
+from twin.access import (
+    Auditor,
+    CallerMiddleware,
+    KeyRefusal,
+    PolicyFile,
+    Views,
+    open_key_ring,
+)
 from twin.cql2 import Limits
 from twin.crs import CrsSet
 from twin.events import ChangeFeed
@@ -262,6 +269,8 @@ def create_app(
     app.add_middleware(TileFastPath, routes=tiles.router.routes)
     # Outside the lean paths, so their requests are admitted and get a deadline too.
     app.add_middleware(Guard, settings=guard, admission=admission, metrics=app.state.metrics)
+    # Credentials that are not a valid key: 401, after the rate limit counted them.
+    app.add_middleware(KeyRefusal)
     # Outside the guard (a caller over its rate takes no place among those admitted) and
     # inside the caller's resolution, whose result it reads.
     app.add_middleware(

@@ -296,3 +296,16 @@ def test_the_app_lets_a_caller_in_again_after_retry_after(client: TestClient) ->
     # Waiting as long as told is enough (a lower bound on the wait, not a speed test).
     time.sleep(math.ceil(float(r.headers["retry-after"])))
     assert client.get("/conformance", headers=one).status_code == 200
+
+
+def test_bad_keys_count_against_their_address_and_are_401_until_over_it(client) -> None:
+    """Credentials that are not a valid key are answered 401 — counted first against the
+    rate of the address they come from, so a flood of guessed keys is limited like any
+    anonymous flood (429), and does not spend another address's allowance."""
+    bad = {"X-Test-Client": "192.0.2.9", "Authorization": "Bearer twin_guess"}
+    got = [client.get("/collections/sites/items", headers=bad) for _ in range(4)]
+    assert [r.status_code for r in got] == [401, 401, 401, 429]
+    assert got[0].json()["code"] == "InvalidKey"
+    assert got[0].headers["www-authenticate"].startswith("Bearer")
+    other = {"X-Test-Client": "192.0.2.10"}
+    assert client.get("/collections", headers=other).status_code == 200
