@@ -156,7 +156,7 @@ _CHANGE_COLUMNS = (
 )
 
 
-def _boxes(geoms: np.ndarray) -> list[tuple[float | None, ...]]:
+def feature_boxes(geoms: np.ndarray) -> list[tuple[float | None, ...]]:
     """Each geometry's bounds as four numbers (four None for a missing or empty one)."""
     b = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
     return [tuple(None if v != v else v for v in row) for row in b.tolist()]
@@ -258,7 +258,7 @@ def _changed(
             (sql,) = _sql_values(pd.Series([json.loads(value)], dtype=object), types[prop])
             stored[fid][at[prop]] = sql
     olds = [stored[fid] for fid in ids]
-    boxes = _boxes(decode_geometries([old[0] for old in olds])) if olds else []
+    boxes = feature_boxes(decode_geometries([old[0] for old in olds])) if olds else []
     labels = ["geometry", *names]
     changed = [
         [
@@ -314,7 +314,7 @@ def _check_expected(db: sqlite3.Connection, name: str, expect: dict[str, str | N
 def _stored_boxes(db: sqlite3.Connection, name: str, ids: list[str]) -> dict[str, tuple]:
     """The boxes of the stored geometries of `ids` (before a change)."""
     rows = _stored(db, name, ids, GEOM)
-    boxes = _boxes(decode_geometries([r[1] for r in rows])) if rows else []
+    boxes = feature_boxes(decode_geometries([r[1] for r in rows])) if rows else []
     return dict(zip((r[0] for r in rows), boxes, strict=True))
 
 
@@ -391,6 +391,22 @@ def decode_geometries(blobs: list[bytes | None]) -> np.ndarray:
     """Shapely geometries from GeoPackage geometry blobs."""
     wkb = [None if b is None else b[8 + _ENVELOPE.get((b[3] >> 1) & 7, 0) :] for b in blobs]
     return shapely.from_wkb(np.array(wkb, dtype=object)) if wkb else np.array([], dtype=object)
+
+
+def offered(layer: Layer, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """What every store checks and works out of a layer offered to `write`: the mode known,
+    no id twice; each feature's 2D little-endian ISO WKB and its hash (what tells an update
+    from an unchanged feature)."""
+    if mode not in ("upsert", "replace"):
+        raise ValueError(f"unknown write mode {mode!r}")
+    if len(set(layer.ids.tolist())) != len(layer):
+        raise StoreError(f"duplicate feature ids offered to {layer.name!r}")
+    wkb = (
+        shapely.to_wkb(layer.geometry, byte_order=1, flavor="iso", output_dimension=2)
+        if len(layer)
+        else np.array([], dtype=object)
+    )
+    return wkb, feature_hashes(layer, wkb)
 
 
 def feature_hashes(layer: Layer, wkb: np.ndarray | None = None) -> np.ndarray:
@@ -930,19 +946,10 @@ class GeoPackageStore:
         bumped), identical ones left alone; with `mode="replace"` the features of `source`
         that `layer` lacks are removed.
         """
-        if mode not in ("upsert", "replace"):
-            raise ValueError(f"unknown write mode {mode!r}")
         schema = layer.schema
         name = schema.name
         details = dict(details or {})
-        if len(set(layer.ids.tolist())) != len(layer):
-            raise StoreError(f"duplicate feature ids offered to {name!r}")
-        wkb = (
-            shapely.to_wkb(layer.geometry, byte_order=1, flavor="iso", output_dimension=2)
-            if len(layer)
-            else np.array([], dtype=object)
-        )
-        hashes = feature_hashes(layer, wkb)
+        wkb, hashes = offered(layer, mode)
         now = _now()
         with self._transaction() as db:
             live.settle(db, history=False)  # the live state, folded into what this changes
@@ -995,13 +1002,13 @@ class GeoPackageStore:
                 log.features(
                     ChangeKind.ADDED,
                     id_array[rows_new].tolist(),
-                    new=_boxes(layer.geometry[rows_new]),
+                    new=feature_boxes(layer.geometry[rows_new]),
                 )
                 log.features(
                     ChangeKind.UPDATED,
                     upd_ids,
                     was,
-                    _boxes(layer.geometry[rows_upd]),
+                    feature_boxes(layer.geometry[rows_upd]),
                     changed_props,
                 )
                 gone = _stored_boxes(db, name, removed)

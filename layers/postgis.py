@@ -25,14 +25,13 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pandas as pd
 import psycopg
-import shapely
 from psycopg import Cursor, sql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from layers import postgis_live as live
 from layers import postgis_write as pgw
 from layers.errors import StoreError, UnknownCollection
-from layers.gpkg import FEED_FEATURES_MAX, feature_hashes
+from layers.gpkg import FEED_FEATURES_MAX, feature_boxes, offered
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
 from layers.models import (
     Access,
@@ -722,20 +721,11 @@ class PostGISStore:
         bumped), identical ones left alone; with `mode="replace"` the features of `source`
         that `layer` lacks are removed.
         """
-        if mode not in ("upsert", "replace"):
-            raise ValueError(f"unknown write mode {mode!r}")
         schema = layer.schema
         name = schema.name
         details = dict(details or {})
-        if len(set(layer.ids.tolist())) != len(layer):
-            raise StoreError(f"duplicate feature ids offered to {name!r}")
         n = len(layer)
-        wkb = (
-            shapely.to_wkb(layer.geometry, byte_order=1, flavor="iso", output_dimension=2)
-            if n
-            else np.array([], dtype=object)
-        )
-        hashes = feature_hashes(layer, wkb)
+        wkb, hashes = offered(layer, mode)
         src = layer.attrs[SOURCE].astype(object).where(layer.attrs[SOURCE].notna(), source)
         stamp = utc_stamp(_now())
         table = live.table(name)
@@ -779,13 +769,15 @@ class PostGISStore:
             elif n_changed:
                 was, props = pgw.changed(cur, name, fields, upd_ids)
                 log.features(
-                    ChangeKind.ADDED, ids[is_new].tolist(), new=pgw.boxes(layer.geometry[is_new])
+                    ChangeKind.ADDED,
+                    ids[is_new].tolist(),
+                    new=feature_boxes(layer.geometry[is_new]),
                 )
                 log.features(
                     ChangeKind.UPDATED,
                     upd_ids,
                     [was[i] for i in upd_ids],
-                    pgw.boxes(layer.geometry[changed]),
+                    feature_boxes(layer.geometry[changed]),
                     [props[i] for i in upd_ids],
                 )
                 gone = pgw.stored_boxes(cur, name, removed)

@@ -15,6 +15,7 @@ from psycopg import Cursor, sql
 
 from layers import postgis_live as live
 from layers.errors import PreconditionFailed
+from layers.gpkg import feature_boxes
 from layers.layer import SOURCE, UPDATED, Layer
 from layers.models import ChangeKind, FieldType, feature_etag
 
@@ -39,12 +40,6 @@ CHANGE_COLUMNS = (
     "seq, collection, id, kind, old_min_x, old_min_y, old_max_x, old_max_y, "
     "new_min_x, new_min_y, new_max_x, new_max_y, who, time, why, properties"
 )
-
-
-def boxes(geoms: np.ndarray) -> list[tuple[float | None, ...]]:
-    """Each geometry's bounds as four numbers (four None for a missing or empty one)."""
-    b = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
-    return [tuple(None if v != v else v for v in row) for row in b.tolist()]
 
 
 def geometries(wkb: Sequence[bytes | None]) -> np.ndarray:
@@ -123,7 +118,7 @@ def stored_boxes(cur: Cursor, name: str, ids: list[str]) -> dict[str, tuple]:
         (ids,),
     )
     rows = cur.fetchall()
-    found = boxes(geometries([r[1] for r in rows]))
+    found = feature_boxes(geometries([r[1] for r in rows]))
     return dict(zip((r[0] for r in rows), found, strict=True))
 
 
@@ -217,7 +212,7 @@ def changed(
     )
     rows = cur.fetchall()
     labels = ["geometry", *(f.name for f in fields)]
-    found = boxes(geometries([r[1] for r in rows]))
+    found = feature_boxes(geometries([r[1] for r in rows]))
     was = {r[0]: box for r, box in zip(rows, found, strict=True)}
     props = {r[0]: [lb for lb, d in zip(labels, r[2:], strict=True) if d] for r in rows}
     return was, props

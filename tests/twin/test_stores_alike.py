@@ -26,7 +26,36 @@ pytestmark = [pytest.mark.postgis, pytest.mark.xdist_group("postgis")]
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)")
-TODAY = time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def create_database(what: str) -> tuple[str, str]:
+    """A new database on the local server: its name and URL (drop it with `drop_database`)."""
+    import psycopg
+
+    name = f"twin_{what}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN, autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def copy_into(directory: Path, url: str) -> None:
+    """The layers of the directory store `directory`, in the same order, into the database."""
+    from importers.transfer import copy_store
+
+    source = open_store(StoreSettings(store=directory), create=False)
+    target = open_store(StoreSettings(store=url))
+    try:
+        copy_store(source, target, user="tests")
+    finally:
+        source.close()
+        target.close()
 
 
 @pytest.fixture(scope="module")
@@ -34,37 +63,24 @@ def database() -> Iterator[str]:
     """A new PostGIS database on the local server, dropped afterwards."""
     import psycopg
 
-    name = f"twin_alike_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    name, url = create_database("alike")
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("CREATE EXTENSION IF NOT EXISTS postgis")
     try:
         yield url
     finally:
-        with psycopg.connect(ADMIN, autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 @pytest.fixture(scope="module")
 def twins(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     where = tmp_path_factory.mktemp("alike")
     directory = district(where / "store")
-    # The same layers, in the same order, into the database.
-    source = open_store(StoreSettings(store=directory), create=False)
-    target = open_store(StoreSettings(store=database))
-    try:
-        for name in source.layers(_everything()):
-            target.write(source.load(name, _everything()), source="test", user="tests")
-    finally:
-        source.close()
-        target.close()
+    copy_into(directory, database)
     policy = where / "policy.toml"
     policy.write_text(POLICY)
     ring = KeyRing(where / "access.sqlite")
     _, secret = ring.add("admin", "admin")
-    clients = {}
     with (
         TestClient(
             app_for(directory, policy=policy, keys_file=where / "access.sqlite"),
@@ -118,16 +134,12 @@ def test_the_command_line_works_on_a_database_store(tmp_path, monkeypatch) -> No
     import json
 
     import geopandas as gpd
-    import psycopg
     import shapely
     from typer.testing import CliRunner
 
     from twin.cli import app as cli
 
-    name = f"twin_cli_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    name, url = create_database("cli")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # nothing may land there
     monkeypatch.chdir(tmp_path)
     lamps = tmp_path / "lamps.geojson"
@@ -157,8 +169,7 @@ def test_the_command_line_works_on_a_database_store(tmp_path, monkeypatch) -> No
         ring.close()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["lamps.geojson"]
     finally:
-        with psycopg.connect(ADMIN, autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def test_two_servers_on_one_database_serve_each_others_edits(tmp_path, monkeypatch) -> None:
@@ -170,23 +181,14 @@ def test_two_servers_on_one_database_serve_each_others_edits(tmp_path, monkeypat
     import threading
 
     import mapbox_vector_tile
-    import psycopg
 
     from .test_policy import TILE, Z
     from .worker_fixtures import serving
 
-    name = f"twin_two_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    name, url = create_database("two")
     try:
         directory = district(tmp_path / "store")
-        source = open_store(StoreSettings(store=directory), create=False)
-        target = open_store(StoreSettings(store=url))
-        for layer in source.layers(_everything()):
-            target.write(source.load(layer, _everything()), source="test", user="tests")
-        source.close()
-        target.close()
+        copy_into(directory, url)
         monkeypatch.setenv("TWIN_FOLLOW_INTERVAL_S", "60")
         from layers.keys_pg import DatabaseKeyRing
 
@@ -266,22 +268,17 @@ def test_two_servers_on_one_database_serve_each_others_edits(tmp_path, monkeypat
                 assert c.getresponse().status == 401, port
             ring.close()
     finally:
-        with psycopg.connect(ADMIN, autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def test_a_whole_twin_moves_to_the_database_and_back(tmp_path) -> None:
     import json
 
-    import psycopg
     from typer.testing import CliRunner
 
     from twin.cli import app as cli
 
-    name = f"twin_move_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    name, url = create_database("move")
     runner = CliRunner()
     try:
         directory = district(tmp_path / "store")
@@ -318,8 +315,7 @@ def test_a_whole_twin_moves_to_the_database_and_back(tmp_path) -> None:
         r = runner.invoke(cli, ["export-store", str(directory), "--store", str(directory)])
         assert r.exit_code == 1 and "same store" in r.output
     finally:
-        with psycopg.connect(ADMIN, autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def test_a_database_gone_mid_service_is_a_503_and_the_server_recovers(tmp_path) -> None:
@@ -328,18 +324,10 @@ def test_a_database_gone_mid_service_is_a_503_and_the_server_recovers(tmp_path) 
     request is answered by itself, no restart."""
     import psycopg
 
-    name = f"twin_gone_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    name, url = create_database("gone")
     try:
         directory = district(tmp_path / "store")
-        source = open_store(StoreSettings(store=directory), create=False)
-        target = open_store(StoreSettings(store=url))
-        for layer in source.layers(_everything()):
-            target.write(source.load(layer, _everything()), source="test", user="tests")
-        source.close()
-        target.close()
+        copy_into(directory, url)
         history = "/collections/lights/items/light-1/history"  # read from the store itself
         with TestClient(
             app_for(url, keys_file=tmp_path / "access.sqlite"), raise_server_exceptions=False
@@ -368,7 +356,6 @@ def test_a_database_gone_mid_service_is_a_503_and_the_server_recovers(tmp_path) 
 
 
 def test_an_osm_import_into_the_database_keeps_its_road_graph(tmp_path, monkeypatch) -> None:
-    import psycopg
     from typer.testing import CliRunner
 
     from importers.osm import load_road_graph
@@ -376,10 +363,7 @@ def test_an_osm_import_into_the_database_keeps_its_road_graph(tmp_path, monkeypa
     from twin.cli import app as cli
 
     extract = shared("osm_osmnx_fixtures/West-Oakland.osm.bz2")
-    name = f"twin_osm_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    name, url = create_database("osm")
     monkeypatch.setenv("TWIN_RASTER_DIR", str(tmp_path / "files"))
     try:
         r = CliRunner().invoke(cli, ["import-osm", str(extract), "--store", url])
@@ -396,5 +380,4 @@ def test_an_osm_import_into_the_database_keeps_its_road_graph(tmp_path, monkeypa
         assert {d["road_id"] for _, _, d in graph.edges(data=True)} == set(roads.ids)
         assert (tmp_path / "files" / "graphs" / "West-Oakland.graphml").is_file()
     finally:
-        with psycopg.connect(ADMIN, autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
