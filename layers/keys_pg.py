@@ -11,7 +11,6 @@ reads the ring.
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +19,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from layers.errors import StoreError
 from layers.keys import Ring
+from layers.pg_listen import Listener
 
 CHANNEL = "twin_keys"
-POLL_S = 0.5
 CONNECT_TIMEOUT_S = 5
 
 _SCHEMA = """
@@ -86,10 +85,7 @@ class DatabaseKeyRing(Ring):
         )
         self._changes = 0
         self._uncached = itertools.count(-2, -1)
-        self._listening = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, name="twin-keys-listen", daemon=True)
-        self._thread.start()
+        self._listener = Listener(url, CHANNEL, self._heard, "twin-keys-listen")
 
     # -- the backend -------------------------------------------------------------------------
 
@@ -121,35 +117,18 @@ class DatabaseKeyRing(Ring):
 
     def _generation(self) -> int:
         # Not listening: a number never seen before, so nothing looked up is kept.
-        return self._changes if self._listening else next(self._uncached)
+        return self._changes if self._listener.listening else next(self._uncached)
 
     def _bump(self) -> None:
         self._changes += 1  # this process at once; the others when told
         with self._pool.connection() as db:
             db.execute(f"NOTIFY {CHANNEL}")
 
-    def _listen(self) -> None:
-        pause = 0.1
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(
-                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                ) as db:
-                    db.execute(f"LISTEN {CHANNEL}")
-                    self._changes += 1  # whatever changed while not listening
-                    self._listening = True
-                    pause = 0.1
-                    while not self._stop.is_set():
-                        for _ in db.notifies(timeout=POLL_S, stop_after=64):
-                            self._changes += 1
-            except psycopg.Error:
-                pass
-            self._listening = False
-            self._stop.wait(pause)
-            pause = min(pause * 2, 5.0)
+    def _heard(self, db: psycopg.Connection) -> None:
+        """The ring changed (or may have, while not listening): drop what was looked up."""
+        self._changes += 1
 
     def close(self) -> None:
         """Stop listening and close the pool."""
-        self._stop.set()
-        self._thread.join(POLL_S * 2 + 1)
+        self._listener.stop()
         self._pool.close()

@@ -49,6 +49,7 @@ from layers.models import (
     parse_utc,
     utc_stamp,
 )
+from layers.pg_listen import Listener
 from layers.postgis_replica import FLUSH_LSN, Replica
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
@@ -60,8 +61,6 @@ POOL_MAX = 8
 CONNECT_TIMEOUT_S = 5
 CHANNEL = "twin_changes"
 """The `LISTEN`/`NOTIFY` channel every committed write is announced on."""
-LISTEN_POLL_S = 0.5
-"""How often the listening thread looks whether the store is being closed."""
 REPLICA_MAX_LAG_S = 5.0
 """How far behind a replica may be before reads leave it (`StoreSettings.replica_max_lag_s`)."""
 
@@ -221,8 +220,7 @@ class PostGISStore:
                 pool_size=max(1, pool_size),
                 connect_timeout=CONNECT_TIMEOUT_S,
             )
-        self._listener: threading.Thread | None = None
-        self._listening = threading.Event()
+        self._listener: Listener | None = None
         self.raster_dir = Path(raster_dir) if raster_dir else default_raster_dir(url)
         try:
             with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S) as db:
@@ -991,33 +989,12 @@ class PostGISStore:
         server applies a change at once instead of at its next look at the log."""
         if self._listener is not None:
             return
-        self._listening.clear()
-        self._listener = threading.Thread(
-            target=self._listen, args=(wake,), name="twin-pg-listen", daemon=True
-        )
-        self._listener.start()
 
-    def _listen(self, wake: Callable[[], None]) -> None:
-        pause = 0.1
-        while not self._listening.is_set():
-            try:
-                with psycopg.connect(
-                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                ) as db:
-                    db.execute(f"LISTEN {CHANNEL}")
-                    pause = 0.1
-                    self._heard(db)
-                    wake()  # anything committed while not listening
-                    while not self._listening.is_set():
-                        # One at a time: the connection is not free for `_heard` until the
-                        # generator is done.
-                        if list(db.notifies(timeout=LISTEN_POLL_S, stop_after=1)):
-                            self._heard(db)
-                            wake()
-            except psycopg.Error:
-                # The database gone: the log is still read every interval; listen again.
-                self._listening.wait(pause)
-                pause = min(pause * 2, 5.0)
+        def heard(db: psycopg.Connection) -> None:
+            self._heard(db)
+            wake()
+
+        self._listener = Listener(self._url, CHANNEL, heard, "twin-pg-listen")
 
     def _heard(self, db: psycopg.Connection) -> None:
         """A change was announced: the reads that follow it must see it (from the primary,
@@ -1027,9 +1004,8 @@ class PostGISStore:
 
     def close(self) -> None:
         """Stop listening and close the connection pools."""
-        self._listening.set()
         if self._listener is not None:
-            self._listener.join(LISTEN_POLL_S * 2 + 1)
+            self._listener.stop()
             self._listener = None
         if self._replica is not None:
             self._replica.close()
