@@ -11,12 +11,16 @@ from typing import Any, NamedTuple, Self
 
 
 class _Named(IntEnum):
-    """An ordered choice written by its lower-case name in configuration and on the wire."""
+    """An ordered choice written by its lower-case name in configuration and on the wire;
+    each kind says what it is called (`_what`) and which members may be written (`_offered`)."""
 
     @classmethod
-    def _choices(cls) -> str:
-        names = [m.label for m in cls if m.value > 0 or cls.__name__ == "Access"]
-        return ", ".join(names[:-1]) + " or " + names[-1]
+    def _what(cls) -> str:
+        return cls.__name__.lower()
+
+    @classmethod
+    def _offered(cls) -> list[Self]:
+        return list(cls)
 
     @classmethod
     def parse(cls, value: str | int | _Named) -> Self:
@@ -28,8 +32,9 @@ class _Named(IntEnum):
         try:
             return cls[str(value).strip().upper()]
         except KeyError:
-            what = "access level" if cls.__name__ == "Access" else cls.__name__.lower()
-            raise ValueError(f"unknown {what} {value!r}: use {cls._choices()}") from None
+            names = [m.label for m in cls._offered()]
+            choices = ", ".join(names[:-1]) + " or " + names[-1]
+            raise ValueError(f"unknown {cls._what()} {value!r}: use {choices}") from None
 
     @property
     def label(self) -> str:
@@ -44,6 +49,10 @@ class Access(_Named):
     INTERNAL = 1
     RESTRICTED = 2
 
+    @classmethod
+    def _what(cls) -> str:
+        return "access level"
+
 
 class Role(_Named):
     """What a caller is: anonymous (no key), or a key's role. Each role may do what the ones
@@ -54,6 +63,10 @@ class Role(_Named):
     VIEWER = 1
     ENGINEER = 2
     ADMIN = 3
+
+    @classmethod
+    def _offered(cls) -> list[Role]:
+        return [r for r in cls if r is not cls.ANONYMOUS]  # a key's roles
 
 
 class FieldType(StrEnum):

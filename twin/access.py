@@ -165,9 +165,9 @@ class Views:
     def of(self, policy: Policy, who: Who, key: Key | None, catalog: Catalog | None) -> View:
         cells = key.cells if key is not None else ()
         area = key.area if key is not None else None
-        grid_rev = catalog.revision(GRIDS) if catalog is not None and cells else 0
-        if policy.areas and catalog is not None:
-            grid_rev = catalog.revision(GRIDS)
+        # Cells (the key's, the policy's areas') are resolved in the grid as it is now.
+        uses_grid = catalog is not None and (cells or policy.areas)
+        grid_rev = catalog.revision(GRIDS) if uses_grid and catalog is not None else 0
         ident = (policy.generation, who, cells, area, grid_rev)
         got = self._held.get(ident)
         if got is not None:
