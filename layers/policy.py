@@ -570,14 +570,33 @@ class View:
         return self._strip(layer, keep), keep
 
     def _filtered(self, layer: Layer) -> Layer:
-        out = self._strip(layer, self.rows(layer))
-        if out is layer:
-            return layer
         held = layer.previous() if layer.previous is not None else None
         before = None if held is None else held.held(("view", self.key))
+        kept = self._kept(layer, held, before)
+        keep = self.rows(layer) if kept is None else kept
+        out = self._strip(layer, keep)
+        if out is layer:
+            return layer
+        out.derived(("kept", self.key), lambda: keep)
         if before is not None:
             out.previous = weakref.ref(before)
+            if kept is not None and "tree" in before.__dict__:  # the same rows, where they were
+                out.__dict__["tree"] = before.__dict__["tree"]
         return out
+
+    def _kept(self, layer: Layer, held: Layer | None, before: Layer | None) -> np.ndarray | None:
+        """The rows of `held`'s view, when `layer` is `held` with values changed in place
+        (a batch of readings) that none of this view's rules looks at: the same rows are kept,
+        in the same places (None: work them out)."""
+        patch = layer.origin
+        if before is None or patch is None or patch.base() is not held or not patch.same_geometry:
+            return None
+        rules = self.policy.layers.get(layer.name)
+        looked_at = {f for rr in (rules.rows if rules else ()) for f, _ in rr.match}
+        if patch.columns & looked_at:
+            return None
+        kept: np.ndarray | None = before.held(("kept", self.key))
+        return kept
 
     def _strip(self, layer: Layer, keep: np.ndarray) -> Layer:
         every = bool(keep.all())
