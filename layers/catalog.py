@@ -7,13 +7,15 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple, overload
 
 import numpy as np
 import pandas as pd
 
 from layers.errors import UnknownCollection
-from layers.layer import UPDATED, VERSION, Layer, coerce
+from layers.layer import UPDATED, VERSION, Head, Layer, LayerHead, coerce
+from layers.life import temporal_extent
 from layers.models import Access, Bounds, Change, LayerSchema, StateRun
 from layers.policy import View
 from layers.store import RasterInfo, Store
@@ -206,13 +208,7 @@ class Catalog:
         with self._lock:
             self._layers[name] = layer
             self._revisions[name] = last
-        boxes = [
-            np.array([b for b in (p.old, p.new) if b is not None], dtype=float).reshape(-1, 4)
-            if isinstance(p, Change)
-            else p.boxes[~np.isnan(p.boxes[:, 0])]
-            for p in applied
-        ]
-        changed = np.unique(np.concatenate(boxes), axis=0) if boxes else np.empty((0, 4))
+        changed = _boxes_of(applied)
         if len(changed):
             self.notify(name, changed)
         return applied
@@ -298,6 +294,33 @@ class Catalog:
             raise UnknownCollection(name)
         return lyr if isinstance(scope, Access) else scope.apply(lyr)
 
+    holds = True
+    """Whether every layer is held in memory (else windows are read from the store)."""
+
+    def around(self, name: str, scope: Lens, bbox: Bounds | None) -> Layer:
+        """A layer holding at least every feature of `name` whose box meets `bbox` (None:
+        every feature), in stored order, as `scope` may see it: what a tile or a query there
+        reads. Here, the layer held."""
+        return self.layer(name, scope)
+
+    def picked(self, name: str, scope: Lens, ids: Sequence[str]) -> Layer:
+        """A layer holding at least the features `ids` of `name` (those that exist), as
+        `scope` may see it. Here, the layer held."""
+        return self.layer(name, scope)
+
+    def head(self, name: str, scope: Lens) -> Head:
+        """What describes a vector layer (name, schema, metadata, bounds, count) without its
+        features; `UnknownCollection` when absent or not visible."""
+        return self.layer(name, scope)
+
+    def heads(self, scope: Lens) -> dict[str, Head]:
+        """`head` of every vector layer visible at `scope`, by name."""
+        return dict(self.layers(scope))
+
+    def temporal(self, name: str, scope: Lens) -> list[str | None] | None:
+        """The temporal extent of a vector layer as `scope` sees it (`layers.life`)."""
+        return temporal_extent(self.layer(name, scope))
+
     def raster(self, name: str, scope: Lens) -> RasterInfo:
         """One raster collection; `UnknownCollection` when absent or not visible."""
         r = self._rasters.get(name)
@@ -330,6 +353,17 @@ def sees(scope: Lens, name: str, classification: Access) -> bool:
     if isinstance(scope, Access):
         return classification <= scope
     return scope.sees(name, classification)
+
+
+def _boxes_of(parts: list[Part]) -> np.ndarray:
+    """The distinct boxes (lon/lat, `(k, 4)`) the applied `parts` touch, before and after."""
+    boxes = [
+        np.array([b for b in (p.old, p.new) if b is not None], dtype=float).reshape(-1, 4)
+        if isinstance(p, Change)
+        else p.boxes[~np.isnan(p.boxes[:, 0])]
+        for p in parts
+    ]
+    return np.unique(np.concatenate(boxes), axis=0) if boxes else np.empty((0, 4))
 
 
 def _last(entry: Change | StateRun) -> int:
@@ -446,6 +480,176 @@ def _with_state(held: Layer, group: list[Change]) -> Layer | None:
     now.attrs[VERSION] = version
     now.attrs[UPDATED] = pd.Series(updated.astype("datetime64[ms]")).dt.tz_localize("UTC")
     return now
+
+
+_NONE = object()
+
+
+class WindowCatalog(Catalog):
+    """A catalog that holds no layer, over a database store: a tile or a query reads the
+    features of its window from the store (`around`), collection documents come from the
+    store's list of layers (`head`), and what still needs a whole layer (`layer`: searches,
+    traces, statistics, filters without a box) reads it into a cache of `whole` layers, the
+    least lately used dropped first and a layer dropped when it changes. Following the change
+    log applies nothing in memory: it tells the listeners (tiles, events) what changed where."""
+
+    holds = False
+
+    def __init__(self, store: Store, whole: int = 1) -> None:
+        self._heads: dict[str, LayerHead] = {}
+        self._whole: OrderedDict[str, Layer] = OrderedDict()
+        self._keep = whole
+        self._stale_heads: set[str] = set()
+        self._temporal: dict[tuple[str, int], list[str | None] | None] = {}
+        super().__init__(store)
+
+    def reload(self, name: str | None = None, seq: int | None = None) -> None:
+        """Re-read the list of layers (one collection, or all, changed as a whole)."""
+        everything = Access.RESTRICTED
+        if name is None:
+            seq = self.store.revision()
+        infos = self.store.layers(everything)
+        rasters = self.store.rasters(everything)
+        heads = {n: LayerHead(i.schema, i.meta, i.bounds, i.count) for n, i in infos.items()}
+        changed = [*heads, *rasters] if name is None else [name]
+        with self._lock:
+            if name is None:
+                self.seq = max(self.seq, seq or 0)
+            self._heads, self._rasters = heads, rasters
+            self._stale_heads.clear()
+            for n in changed:
+                self._revisions[n] = max(self._revisions.get(n, 0) + 1, seq or self.seq)
+                self._whole.pop(n, None)
+        for n in changed:
+            self.notify(n, None)
+
+    def _follow(self, name: str, group: list[Change | StateRun]) -> list[Part]:
+        """One collection's entries, told to the listeners with the boxes they touch (a
+        reading's box read from the store): nothing is held to apply them to."""
+        last = _last(group[-1])
+        if any(isinstance(e, Change) and e.id is None for e in group):
+            self.reload(name, last)
+            return [self._part(e) for e in group]
+        done = [self._part(e) for e in group]
+        with self._lock:
+            self._whole.pop(name, None)
+            self._revisions[name] = max(self._revisions.get(name, 0), last)
+            if any(isinstance(p, Change) for p in done):
+                self._stale_heads.add(name)  # a count or bounds may have changed
+        changed = _boxes_of(done)
+        if len(changed):
+            self.notify(name, changed)
+        return done
+
+    def _part(self, entry: Change | StateRun) -> Part:
+        if isinstance(entry, Change):
+            return entry
+        try:
+            boxes = self.store.boxes(entry.collection, entry.ids)
+        except UnknownCollection:
+            boxes = np.full((len(entry.ids), 4), np.nan)
+        return AppliedRun(entry, boxes)
+
+    def read_back(self, since: int, limit: int) -> list[Part]:
+        return [self._part(e) for e in self.store.log(since, limit)]
+
+    def put(self, layer: Layer, changed: Bounds | None = None) -> None:
+        """A layer changed here: forget what is cached of it and tell the listeners."""
+        with self._lock:
+            self._whole.pop(layer.name, None)
+            self._stale_heads.add(layer.name)
+            self._revisions[layer.name] = self._revisions.get(layer.name, 0) + 1
+        self.notify(layer.name, None if changed is None else np.array([changed], dtype=float))
+
+    def _head(self, name: str) -> LayerHead | None:
+        if name in self._stale_heads:
+            info = self.store.layers(Access.RESTRICTED).get(name)
+            with self._lock:
+                self._stale_heads.discard(name)
+                if info is None:
+                    self._heads.pop(name, None)
+                else:
+                    self._heads[name] = LayerHead(info.schema, info.meta, info.bounds, info.count)
+        return self._heads.get(name)
+
+    def _visible(self, name: str, scope: Lens) -> LayerHead:
+        head = self._head(name)
+        if head is None or not sees(scope, name, head.schema.classification):
+            raise UnknownCollection(name)
+        return head
+
+    def head(self, name: str, scope: Lens) -> Head:
+        return self._seen(self._visible(name, scope), scope)
+
+    def heads(self, scope: Lens) -> dict[str, Head]:
+        return {
+            n: self._seen(h, scope)
+            for n in sorted(self._heads)
+            if (h := self._head(n)) is not None and sees(scope, n, h.schema.classification)
+        }
+
+    def _seen(self, head: LayerHead, scope: Lens) -> Head:
+        """`head` as `scope` sees the layer: its schema without the fields hidden; a view
+        hiding rows counts and bounds what it sees of the whole layer."""
+        if isinstance(scope, Access):
+            return head
+        scope.note(head.name, head.schema.classification)
+        if not scope.limits(head.name):
+            return head
+        if scope.hides_rows(head.name):
+            return self.layer(head.name, scope)
+        hidden = scope.hidden(head.schema)
+        fields = tuple(f for f in head.schema.fields if f.name not in hidden)
+        return replace(head, schema=replace(head.schema, fields=fields))
+
+    def temporal(self, name: str, scope: Lens) -> list[str | None] | None:
+        head = self._visible(name, scope)
+        if not isinstance(scope, Access) and scope.hides_rows(name):
+            return temporal_extent(self.layer(name, scope))
+        key = (name, self._revisions.get(name, 0))
+        got = self._temporal.get(key, _NONE)
+        if got is _NONE:
+            got = self._temporal[key] = self.store.temporal(head.name)
+            while len(self._temporal) > 64:
+                self._temporal.pop(next(iter(self._temporal)))
+        return got  # type: ignore[return-value]
+
+    def _through(self, layer: Layer, scope: Lens) -> Layer:
+        return layer if isinstance(scope, Access) else scope.apply(layer)
+
+    def around(self, name: str, scope: Lens, bbox: Bounds | None) -> Layer:
+        if bbox is None:
+            return self.layer(name, scope)
+        self._visible(name, scope)
+        with self._lock:
+            whole = self._whole.get(name)
+        if whole is not None:  # held for a while anyway
+            return self._through(whole, scope)
+        window = self.store.window(name, bbox, Access.RESTRICTED)
+        return self._through(window, scope)
+
+    def picked(self, name: str, scope: Lens, ids: Sequence[str]) -> Layer:
+        self._visible(name, scope)
+        return self._through(self.store.features(name, ids, Access.RESTRICTED), scope)
+
+    def layer(self, name: str, scope: Lens) -> Layer:
+        self._visible(name, scope)
+        with self._lock:
+            whole = self._whole.get(name)
+            if whole is not None:
+                self._whole.move_to_end(name)
+            revision = self._revisions.get(name, 0)
+        if whole is None:
+            whole = self.store.load(name, Access.RESTRICTED)
+            with self._lock:
+                if self._revisions.get(name, 0) == revision:  # not changed meanwhile
+                    self._whole[name] = whole
+                    while len(self._whole) > self._keep:
+                        self._whole.popitem(last=False)
+        return self._through(whole, scope)
+
+    def layers(self, scope: Lens) -> dict[str, Layer]:
+        return {n: self.layer(n, scope) for n in self.heads(scope)}
 
 
 class _AsOfStore:

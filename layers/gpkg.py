@@ -29,6 +29,7 @@ import shapely
 from layers import gpkg_live as live
 from layers.errors import PreconditionFailed, StoreError, UnknownCollection
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
+from layers.life import temporal_extent
 from layers.models import (
     Access,
     Bounds,
@@ -612,6 +613,26 @@ class GeoPackageStore:
         if len(parts) == 1:
             return parts[0]
         return Layer.concat(parts)
+
+    def window(self, name: str, bbox: Bounds, scope: Access) -> Layer:
+        """The features whose box meets `bbox` (lon/lat), in the layer's stored order (read
+        whole and cut: a server on this store holds its layers and never asks)."""
+        layer = self.load(name, scope)
+        return layer.take(np.sort(layer.query(shapely.box(*bbox), predicate=None)))
+
+    def temporal(self, name: str) -> list[str | None] | None:
+        """The layer's temporal extent (`layers.life.temporal_extent`)."""
+        return temporal_extent(self.load(name, Access.RESTRICTED))
+
+    def boxes(self, name: str, ids: Sequence[str]) -> np.ndarray:
+        """The boxes (lon/lat, `(k, 4)`) of features `ids`, NaN for those absent or without
+        geometry."""
+        out = np.full((len(ids), 4), np.nan)
+        got = self.features(name, list(ids), Access.RESTRICTED)
+        rows = got.row_of.get_indexer(list(ids)) if len(got) else np.full(len(ids), -1)
+        known = rows >= 0
+        out[known] = got.boxes()[rows[known]]
+        return out
 
     def _read(self, name: str, scope: Access, ids: list[str] | None = None) -> Layer:
         """Stored features as served: their rows with their live state laid over them."""

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -575,3 +575,40 @@ class Layer:
             }
             for fid, g, p in zip(self.ids[rows].tolist(), geoms, props, strict=True)
         ]
+
+
+class Head(Protocol):
+    """What describes a vector layer without its features: a `Layer` is one, and so is
+    `LayerHead` (a layer a catalog does not hold)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def schema(self) -> LayerSchema: ...
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    @property
+    def bounds(self) -> Bounds | None: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class LayerHead:
+    """A vector layer as the store's list describes it (`LayerInfo`), for one a catalog does
+    not hold."""
+
+    schema: LayerSchema
+    meta: dict[str, Any]
+    bounds: Bounds | None
+    count: int
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+    def __len__(self) -> int:
+        return self.count

@@ -488,19 +488,13 @@ class View:
         return got
 
     def _limit(self, name: str) -> bool:
-        if self.everything:
-            return False
+        if self.hides_rows(name):
+            return True
         rules = self.policy.layers.get(name)
         return (
-            self.area is not None
-            or any(a.layers is None or name in a.layers for a, _ in self.areas)
-            or (
-                rules is not None
-                and (
-                    any(not self.who.clears(r.rule) for r in rules.rows)
-                    or any(not self.who.clears(r) for r in rules.fields.values())
-                )
-            )
+            not self.everything
+            and rules is not None
+            and any(not self.who.clears(r) for r in rules.fields.values())
         )
 
     def reveals(self, name: str, classification: Access) -> bool:
@@ -521,16 +515,28 @@ class View:
         pieces += [a.rule for a in self.policy.areas if a.layers is None or name in a.layers]
         return any(p.classification is Access.RESTRICTED and self.who.clears(p) for p in pieces)
 
+    def hides_rows(self, name: str) -> bool:
+        """Whether this view may hide some rows of layer `name` (not only fields)."""
+        if self.everything:
+            return False
+        rules = self.policy.layers.get(name)
+        return (
+            self.area is not None
+            or any(a.layers is None or name in a.layers for a, _ in self.areas)
+            or (rules is not None and any(not self.who.clears(r.rule) for r in rules.rows))
+        )
+
+    def note(self, name: str, classification: Access) -> None:
+        """Count layer `name` among the restricted data this request is shown, when it is
+        (the audit log)."""
+        reads = READS.get()
+        if reads is not None and name not in reads and self.reveals(name, classification):
+            reads.add(name)
+
     def apply(self, layer: Layer) -> Layer:
         """`layer` as this caller may see it (the layer itself when nothing is hidden): made
         once per layer and view."""
-        reads = READS.get()
-        if (
-            reads is not None
-            and layer.name not in reads
-            and self.reveals(layer.name, layer.schema.classification)
-        ):
-            reads.add(layer.name)
+        self.note(layer.name, layer.schema.classification)
         if not self.limits(layer.name):
             return layer
         return layer.derived(("view", self.key), lambda: self._filtered(layer))

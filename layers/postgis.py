@@ -33,11 +33,13 @@ from layers import postgis_write as pgw
 from layers.errors import StoreError, UnknownCollection
 from layers.gpkg import FEED_FEATURES_MAX, feature_boxes, offered
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
+from layers.life import ENDED, extent_text, life_fields
 from layers.models import (
     Access,
     Bounds,
     Change,
     ChangeKind,
+    Field,
     FieldType,
     GeometryFamily,
     ImportRecord,
@@ -175,6 +177,25 @@ def _layer_of(schema: LayerSchema, meta: dict[str, Any], rows: list[tuple]) -> L
         "datetime64[ms, UTC]"
     )
     return Layer(schema, fids, geometry, pd.DataFrame(data), meta)
+
+
+def _instant(f: Field, *, end: bool) -> sql.Composable:
+    """A date, date-time or year field as the UTC instant its life starts or ends at (as
+    `layers.life.times` reads it: a year or a day ends on its last millisecond)."""
+    c = sql.Identifier(f.name)
+    if f.type is FieldType.INTEGER:
+        year = sql.SQL("(CASE WHEN {c} BETWEEN 1678 AND 2261 THEN {c} END)").format(c=c)
+        if end:
+            return sql.SQL(
+                "make_timestamptz({y}::int + 1, 1, 1, 0, 0, 0, 'UTC') - interval '1 millisecond'"
+            ).format(y=year)
+        return sql.SQL("make_timestamptz({y}::int, 1, 1, 0, 0, 0, 'UTC')").format(y=year)
+    if f.type is FieldType.DATE:
+        day = sql.SQL("({c}::timestamp AT TIME ZONE 'UTC')").format(c=c)
+        if end:
+            return sql.SQL("({d} + interval '1 day' - interval '1 millisecond')").format(d=day)
+        return day
+    return c
 
 
 def _version_row(schema: LayerSchema, r: tuple) -> tuple:
@@ -414,15 +435,86 @@ class PostGISStore:
         """The stored features of `ids` (those that exist), in the layer's stored order."""
         return self._read(name, scope, list(dict.fromkeys(ids)))
 
-    def _read(self, name: str, scope: Access, ids: list[str] | None = None) -> Layer:
+    @_routed
+    def window(self, name: str, bbox: Bounds, scope: Access) -> Layer:
+        """The features whose box meets `bbox` (lon/lat), in the layer's stored order: a
+        GIST index scan."""
+        return self._read(name, scope, bbox=bbox)
+
+    @_routed
+    def temporal(self, name: str) -> list[str | None] | None:
+        """The layer's temporal extent (`layers.life.temporal_extent`), worked out in the
+        database by the same rules."""
+        with self._cursor() as cur:
+            schema, _ = self._entry(cur, name, Access.RESTRICTED)
+            fields = life_fields(schema)
+            updated = sql.Identifier(UPDATED)
+            if fields.kind == "changed" or fields.start is None:
+                start: sql.Composable = updated
+                end: sql.Composable = updated
+            else:
+                start = _instant(fields.start, end=False)
+                end = (
+                    sql.SQL("NULL::timestamptz")
+                    if fields.end is None
+                    else _instant(fields.end, end=True)
+                )
+                if fields.status:
+                    end = sql.SQL(
+                        "CASE WHEN {e} IS NULL AND status IN ({ended}) THEN {u} ELSE {e} END"
+                    ).format(e=end, u=updated, ended=sql.SQL(", ").join(map(sql.Literal, ENDED)))
+            cur.execute(
+                sql.SQL(
+                    "SELECT min(s), max(e), coalesce(bool_or(s IS NOT NULL AND e IS NULL), false)"
+                    " FROM (SELECT {s} AS s, {e} AS e FROM {t}) q"
+                ).format(s=start, e=end, t=live.table(name))
+            )
+            first, last, open_end = cur.fetchone() or (None, None, False)
+        return extent_text(first, last, bool(open_end), fields.kind)
+
+    @_routed
+    def boxes(self, name: str, ids: Sequence[str]) -> np.ndarray:
+        """The boxes (lon/lat, `(k, 4)`) of features `ids`, NaN for those absent or without
+        geometry."""
+        out = np.full((len(ids), 4), np.nan)
+        if not len(ids):
+            return out
+        with self._cursor() as cur:
+            self._entry(cur, name, Access.RESTRICTED)
+            cur.execute(
+                sql.SQL(
+                    "SELECT id, ST_XMin(geom), ST_YMin(geom), ST_XMax(geom), ST_YMax(geom) "
+                    "FROM {t} WHERE id = ANY(%s) AND geom IS NOT NULL"
+                ).format(t=live.table(name)),
+                [list(dict.fromkeys(ids))],
+            )
+            found = {r[0]: r[1:] for r in cur.fetchall()}
+        for i, fid in enumerate(ids):
+            box = found.get(fid)
+            if box is not None:
+                out[i] = box
+        return out
+
+    def _read(
+        self,
+        name: str,
+        scope: Access,
+        ids: list[str] | None = None,
+        bbox: Bounds | None = None,
+    ) -> Layer:
         with self._cursor() as cur:
             schema, meta = self._entry(cur, name, scope)
             query: sql.Composable = sql.SQL(
                 "SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t}"
             ).format(cols=_columns(schema), t=live.table(name))
+            params: list[Any] = []
             if ids is not None:
                 query += sql.SQL(" WHERE id = ANY(%s)")
-            cur.execute(query + sql.SQL(" ORDER BY fid"), [] if ids is None else [ids])
+                params.append(ids)
+            elif bbox is not None:
+                query += sql.SQL(" WHERE geom && ST_MakeEnvelope(%s, %s, %s, %s, 4326)")
+                params += [float(v) for v in bbox]
+            cur.execute(query + sql.SQL(" ORDER BY fid"), params)
             rows = cur.fetchall()
             seq = live.revision(cur)
         layer = _layer_of(schema, meta, rows)

@@ -230,7 +230,7 @@ def keep_versions(
         cols=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(n)) for n in names)
     )
     if not names:
-        props = sql.SQL("'{{}}'::jsonb")
+        props = sql.SQL("'{}'::jsonb")
     cur.execute(
         sql.SQL(
             "INSERT INTO twin_versions (collection, id, version, valid_from, valid_to, geom, "

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from layers.catalog import Catalog, WindowCatalog
 from layers.gpkg import GeoPackageStore
+from layers.store import Store
 
 if TYPE_CHECKING:
     from layers.postgis import PostGISStore
@@ -42,6 +44,18 @@ class StoreSettings(BaseSettings):
     reads it cannot serve yet, go to `store`."""
     replica_max_lag_s: float = 5.0
     """How far behind the replica may fall before reads leave it (`TWIN_REPLICA_MAX_LAG_S`)."""
+    hold_layers: bool | None = None
+    """Whether a server holds every layer in memory (`TWIN_HOLD_LAYERS`). None: the embedded
+    store's are held (served from memory); the PostGIS store's are not (a tile or a query
+    reads its window from the database, so a server's memory stays flat as the data grows)."""
+    whole_layers: int = 1
+    """A server that does not hold its layers keeps this many whole layers read for what
+    still needs one (searches, traces, statistics; `TWIN_WHOLE_LAYERS`)."""
+
+    @property
+    def holds(self) -> bool:
+        """Whether servers hold every layer (see `hold_layers`)."""
+        return self.backend == "gpkg" if self.hold_layers is None else self.hold_layers
 
     def model_post_init(self, __context: object) -> None:
         """A location that is not a database URL is a directory."""
@@ -69,3 +83,12 @@ def open_store(settings: StoreSettings, *, create: bool = True) -> GeoPackageSto
             replica_max_lag_s=settings.replica_max_lag_s,
         )
     return GeoPackageStore(settings.store, create=create)
+
+
+def open_catalog(settings: StoreSettings, store: Store | None = None) -> Catalog:
+    """The catalog a server serves the store from: every layer held in memory, or (see
+    `StoreSettings.hold_layers`) windows read from the store as tiles and queries ask."""
+    store = store if store is not None else open_store(settings)
+    if settings.holds:
+        return Catalog(store)
+    return WindowCatalog(store, whole=settings.whole_layers)

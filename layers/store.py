@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
+
 from layers.layer import Layer
 from layers.models import (
     Access,
@@ -107,6 +109,22 @@ class Store(Protocol):
 
     def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:
         """Move a finished COG into the store and register it atomically."""
+        ...
+
+    def window(self, name: str, bbox: Bounds, scope: Access) -> Layer:
+        """The features whose box meets `bbox` (lon/lat), in the layer's stored order: what a
+        server that does not hold the layer reads for a tile or a query there."""
+        ...
+
+    def temporal(self, name: str) -> list[str | None] | None:
+        """The layer's temporal extent: [first, last] instant of its features' lives (see
+        `layers.life`; last None while one of known start has no end); None when none is
+        known."""
+        ...
+
+    def boxes(self, name: str, ids: Sequence[str]) -> np.ndarray:
+        """The boxes (lon/lat, `(k, 4)`) of features `ids`, NaN for those absent or without
+        geometry."""
         ...
 
     def features(self, name: str, ids: Sequence[str], scope: Access) -> Layer:

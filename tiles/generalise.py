@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from layers.layer import Layer
+from layers.layer import Head, Layer
 from layers.models import GeometryFamily
 from tiles.settings import TileSettings
 
@@ -71,7 +71,7 @@ PRIORITY_FIELD: dict[str, str] = {"pipes": "diameter_mm", "valves": "diameter_mm
 """The attribute that ranks features of a kind before their size does."""
 
 
-def minzoom(layer: Layer, settings: TileSettings) -> int:
+def minzoom(layer: Head, settings: TileSettings) -> int:
     """The lowest zoom at which `layer` appears in tiles (settings override the defaults)."""
     name = layer.name
     if name in settings.minzoom:

@@ -51,6 +51,18 @@ def lonlat_bounds(t: Tile) -> Bounds:
     return Bounds(b.left, b.bottom, b.right, b.top)
 
 
+def window(t: Tile, buffer: int, extent: int) -> Bounds:
+    """The lon/lat box a tile's features are read from: the tile grown by `buffer` extent
+    units and a tenth of its side more (Mercator is not linear in latitude), within the
+    world."""
+    b = lonlat_bounds(t)
+    pad = (b.maxx - b.minx) * (buffer / extent + 0.1)
+    padlat = (b.maxy - b.miny) * (buffer / extent + 0.1)
+    return Bounds(
+        b.minx - pad, max(b.miny - padlat, -90.0), b.maxx + pad, min(b.maxy + padlat, 90.0)
+    )
+
+
 def buffered(b: Bounds, t: Tile, buffer: int, extent: int) -> Bounds:
     """`b` (EPSG:3857 tile bounds) grown by `buffer` extent units on every side."""
     pad = (b.maxx - b.minx) * buffer / extent

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from layers.layer import Layer
+from layers.layer import Head
 from layers.models import FieldType, GeometryFamily
 from tiles.generalise import minzoom
 from tiles.prepared import COUNT_PROPERTY, ID_PROPERTY
@@ -45,7 +45,7 @@ class VectorLayer:
         }
 
 
-def vector_layer(layer: Layer, settings: TileSettings | None = None) -> VectorLayer:
+def vector_layer(layer: Head, settings: TileSettings | None = None) -> VectorLayer:
     """The `vector_layers` entry of a collection: `id` first, then the fields its tiles carry
     (extras included, as `TileSettings.properties` narrows them), and
     `point_count` for point layers (cluster points below the detail zoom carry it)."""

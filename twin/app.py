@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from layers.catalog import Applied, Catalog, Snapshots
 from layers.keys import Ring
 from layers.models import Access
-from layers.settings import StoreSettings, is_database_url, open_store
+from layers.settings import StoreSettings, is_database_url, open_catalog
 from tiles.settings import TileSettings
 from twin import queries as queries_mod
 from twin.access import (
@@ -189,7 +189,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = catalog is None
-        cat = catalog if catalog is not None else Catalog(open_store(store_settings))
+        cat = catalog if catalog is not None else open_catalog(store_settings)
         app.state.catalog = cat
         ring = app.state.keys = _key_ring(settings, store_settings, cat)
         auditor = app.state.auditor = Auditor(ring)

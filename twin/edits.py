@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from layers.layer import SOURCE, Layer, coerce, empty_attrs
+from layers.layer import SOURCE, Head, Layer, coerce, empty_attrs
 from twin import queries
 from twin.errors import InvalidParameter
 from twin.observations import field_value
@@ -22,7 +22,7 @@ SOURCE_API = "api"
 
 
 def feature_of(
-    layer: Layer, body: Any, fid: str | None, *, max_vertices: int, source: str = SOURCE_API
+    layer: Head, body: Any, fid: str | None, *, max_vertices: int, source: str = SOURCE_API
 ) -> Layer:
     """The one-feature layer a GeoJSON Feature `body` describes (id `fid`, or the body's, or a
     new one); `InvalidParameter` naming each thing wrong with it."""

@@ -48,7 +48,7 @@ def readings_of(body: Any, max_readings: int) -> list[Any]:
 def check(catalog: Catalog, scope: Lens, items: list[Any], now: dt.datetime) -> Batch:
     """Each reading checked against the layers `scope` may see and their schemas."""
     batch = Batch()
-    layers = catalog.layers(scope)
+    layers = batch_layers(catalog, scope, items)
     fields = {n: {f.name: f for f in lyr.schema.fields} for n, lyr in layers.items()}
     for i, item in enumerate(items):
         try:
@@ -56,6 +56,21 @@ def check(catalog: Catalog, scope: Lens, items: list[Any], now: dt.datetime) -> 
         except ValueError as exc:
             batch.rejected.append({"index": i, "reason": str(exc)})
     return batch
+
+
+def batch_layers(catalog: Catalog, scope: Lens, items: list[Any]) -> dict[str, Layer]:
+    """The layers a batch names, as `scope` sees them: those held, or (a catalog not holding
+    its layers) each holding at least the features the batch names."""
+    if catalog.holds:
+        return catalog.layers(scope)
+    wanted: dict[str, list[str]] = {}
+    for item in items:
+        if isinstance(item, dict):
+            name, fid = item.get("collection"), item.get("id")
+            if isinstance(name, str) and isinstance(fid, str):
+                wanted.setdefault(name, []).append(fid)
+    heads = catalog.heads(scope)
+    return {n: catalog.picked(n, scope, ids) for n, ids in wanted.items() if n in heads}
 
 
 def _reading(

@@ -27,6 +27,7 @@ from rasterio.io import DatasetReader
 
 from layers.catalog import Catalog, Lens
 from layers.layer import Layer, json_text, json_value
+from layers.models import Bounds
 from layers.raster import Dataset, MemoryRaster, Method, read_into_memory, sample_xy
 from layers.schemas import GRID_LEVELS
 from layers.store import RasterInfo
@@ -248,22 +249,37 @@ def layers_for(
     collections: Iterable[str] | None,
     *,
     skip: Iterable[str] = (GRIDS,),
+    around: tuple[shapely.Geometry, float] | None = None,
 ) -> list[Layer]:
     """The vector layers a query searches: those named (each visible at `scope`, else
-    `UnknownCollection`), or every visible layer except `skip`."""
+    `UnknownCollection`), or every visible layer except `skip`; with `around` (a geometry and
+    a distance in metres), each holding at least the features that may lie within that
+    distance of it (a catalog that does not hold its layers reads just those)."""
+    box = None if around is None else _window(*around)
     if collections is None:
         skipped = set(skip)
-        return [lyr for n, lyr in catalog.layers(scope).items() if n not in skipped]
-    rasters = catalog.rasters(scope)
-    out = []
-    for name in dict.fromkeys(collections):
-        if name in rasters:
-            raise InvalidParameter(
-                f"{name!r} is a raster collection; name vector collections (see /query/at "
-                "for raster values)"
-            )
-        out.append(catalog.layer(name, scope))
-    return out
+        names = [n for n in catalog.heads(scope) if n not in skipped]
+    else:
+        rasters = catalog.rasters(scope)
+        names = []
+        for name in dict.fromkeys(collections):
+            if name in rasters:
+                raise InvalidParameter(
+                    f"{name!r} is a raster collection; name vector collections (see /query/at "
+                    "for raster values)"
+                )
+            catalog.head(name, scope)  # visible, else UnknownCollection before any reading
+            names.append(name)
+    return [catalog.around(n, scope, box) for n in names]
+
+
+def _window(geometry: shapely.Geometry, distance_m: float) -> Bounds:
+    """The lon/lat box holding every place within `distance_m` metres of `geometry`."""
+    area = metric.search_area(metric.check_geometry(geometry), metric.check_distance(distance_m))
+    b = shapely.bounds(area.boxes)
+    return Bounds(
+        float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
+    )
 
 
 @dataclass(frozen=True)
@@ -377,9 +393,9 @@ def cell_records(grid: Layer) -> _Cells:
 def cells_at(catalog: Catalog, scope: Lens, geometry: shapely.Geometry) -> list[dict[str, Any]]:
     """The management cells (every level, district first) that `geometry` meets, when the
     caller may see the grid."""
-    grid = catalog.layers(scope).get(GRIDS)
-    if grid is None:
+    if GRIDS not in catalog.heads(scope):
         return []
+    grid = catalog.around(GRIDS, scope, Bounds(*shapely.bounds(geometry).tolist()))
     rows = grid.query(geometry, "intersects")
     if not len(rows):
         return []
@@ -400,7 +416,8 @@ def near(
     caps: Caps | None = None,
 ) -> list[Matches]:
     """Features within `radius_m` metres of `point`, one group per layer, nearest first."""
-    return _search(layers_for(catalog, scope, collections), point, radius_m, caps)
+    searched = layers_for(catalog, scope, collections, around=(point, radius_m))
+    return _search(searched, point, radius_m, caps)
 
 
 # -- at / under ---------------------------------------------------------------------------------
@@ -562,7 +579,9 @@ def at(
     ground = (values.get(dem) or [None])[0]
     groups = [
         _underground(g, ground) if is_buried(g.layer) else g
-        for g in _search(layers_for(catalog, scope, None), point, tolerance_m, caps)
+        for g in _search(
+            layers_for(catalog, scope, None, around=(point, tolerance_m)), point, tolerance_m, caps
+        )
     ]
     return AtResult(
         point,
@@ -640,7 +659,8 @@ def intersects(
     are in the answer. `LimitExceeded` before any work when the search would be too big."""
     searched = metric.reduced(geometry, buffer_m / 1000)
     shape_tolerance = buffer_m / 1000 if searched is not geometry else 0.0
-    groups = _search(layers_for(catalog, scope, collections), searched, buffer_m, caps)
+    layers = layers_for(catalog, scope, collections, around=(searched, buffer_m))
+    groups = _search(layers, searched, buffer_m, caps)
     if dig_depth_m is not None:
         groups = [_dig_depth(g, dig_depth_m) if is_buried(g.layer) else g for g in groups]
     area, area_tolerance = geometry, 0.0
@@ -727,19 +747,21 @@ def asset_buffer(
     """The lon/lat polygon `distance_m` metres around feature `fid` of `collection`, and the
     features of the other layers (or of `collections`) within that distance of the asset, each
     with the length (area) of it inside the buffer."""
-    layer = catalog.layer(collection, scope)
+    layer = catalog.picked(collection, scope, [fid])
     row = layer.row(fid)
     geom = layer.geometry[row]
     if geom is None or geom.is_empty:
         raise InvalidParameter(f"feature {fid!r} of {collection!r} has no geometry to buffer")
-    searched = layers_for(catalog, scope, collections, skip=(GRIDS, collection))
+    searched = layers_for(
+        catalog, scope, collections, skip=(GRIDS, collection), around=(geom, distance_m)
+    )
     found = _search(searched, geom, distance_m, caps)
     budget.check("drawing the buffer")
     polygon = metric.buffer(metric.drawable(geom, distance_m)[0], distance_m, quad_segs=32)
     groups = []
     for g in found:
-        if g.layer is layer:  # the asset is not in its own buffer's answer
-            keep = g.rows != row
+        if g.layer.name == collection:  # the asset is not in its own buffer's answer
+            keep = g.layer.ids[g.rows] != fid
             g = Matches(g.layer, g.rows[keep], g.distance_m[keep])
         if len(g):
             groups.append(_inside(g, polygon))

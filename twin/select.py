@@ -14,8 +14,16 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from layers.layer import UPDATED, Layer
-from layers.models import Bounds, Field, FieldType, LayerSchema
+from layers.layer import Layer
+from layers.life import (  # noqa: F401  (what `datetime` matches is part of selecting)
+    END_NAMES,
+    ENDED,
+    INSTALL_YEAR,
+    START_NAMES,
+    Life,
+    life,
+)
+from layers.models import Bounds, FieldType, LayerSchema
 from twin.cql2 import Filter, evaluate
 from twin.errors import InvalidParameter
 
@@ -77,103 +85,6 @@ def _instant(text: str, *, end: bool) -> pd.Timestamp | None:
     return t
 
 
-INSTALL_YEAR = "install_year"
-START_NAMES = ("start_date", "install_date", "installed", "installation_date", "date_installed")
-"""Fields (dates) a feature's life starts at, besides `install_year`; first found wins."""
-END_NAMES = (
-    "end_date",
-    "removed_date",
-    "removal_date",
-    "date_removed",
-    "abandoned_date",
-    "abandon_date",
-    "date_abandoned",
-    "decommissioned_date",
-    "removed_year",
-    "removal_year",
-    "year_removed",
-    "abandoned_year",
-    "year_abandoned",
-)
-"""Fields (dates, or years) a feature's life ends at; first found wins."""
-ENDED = ("abandoned", "removed")
-"""Statuses of an asset whose life has ended."""
-
-
-@dataclass(frozen=True)
-class Life:
-    """When each feature of a layer existed, as `datetime` matches it (UTC; NaT: unknown)."""
-
-    start: pd.Series
-    end: pd.Series
-    kind: str
-    """`life` (installed to removed), `period` (start and end dates) or `changed` (the time
-    of the feature's last change, for layers that record no life)."""
-
-
-def _field(schema: LayerSchema, names: tuple[str, ...]) -> Field | None:
-    by_name = {f.name.lower(): f for f in schema.fields}
-    for name in names:
-        f = by_name.get(name)
-        if f is not None and f.type in (FieldType.DATE, FieldType.DATETIME, FieldType.INTEGER):
-            return f
-    return None
-
-
-def _times(col: pd.Series, ftype: FieldType, *, end: bool) -> pd.Series:
-    """A date, date-time or year column as UTC timestamps (a year ends on its last instant)."""
-    if ftype is FieldType.INTEGER:
-        years = pd.to_numeric(col, errors="coerce").astype("float64")
-        years = years.where((years >= 1678) & (years <= 2261))  # what timestamps hold
-        days = pd.DataFrame({"year": years, "month": 1, "day": 1}, index=col.index)
-        t = _as_utc(pd.to_datetime(days, errors="coerce"))
-        return t + pd.DateOffset(years=1) - pd.Timedelta(milliseconds=1) if end else t
-    t = _as_utc(pd.to_datetime(col, errors="coerce", utc=ftype is FieldType.DATETIME))
-    if ftype is FieldType.DATE and end:
-        t = t + pd.Timedelta(days=1) - pd.Timedelta(milliseconds=1)
-    return t
-
-
-def life(layer: Layer) -> Life:
-    """When each feature of `layer` existed, as `datetime` (OGC API Features) matches it.
-
-    An asset's life runs from its installation (`install_year`, from the first instant of that
-    year, or an install date) to its removal (a removal or abandonment date or year, when the
-    schema has one); an asset whose status says it was abandoned or removed, with no date for
-    it, ended at an unknown time before its last change, taken as its end. A layer with
-    `start_date` and `end_date` (construction sites) is matched by the period it covers; any
-    other by the time of its last change (`_updated`). Made once per layer.
-    """
-    return layer.derived(life, lambda: _life(layer))
-
-
-def _life(layer: Layer) -> Life:
-    schema = layer.schema
-    names = schema.field_names
-    if "start_date" in names and "end_date" in names:
-        first, last = schema.field("start_date"), schema.field("end_date")
-        return Life(
-            _times(layer.attrs["start_date"], first.type, end=False),
-            _times(layer.attrs["end_date"], last.type, end=True),
-            "period",
-        )
-    start_f = _field(schema, (INSTALL_YEAR, *START_NAMES))
-    if start_f is None:
-        changed = _as_utc(pd.to_datetime(layer.attrs[UPDATED], utc=True))
-        return Life(changed, changed, "changed")
-    start = _times(layer.attrs[start_f.name], start_f.type, end=False)
-    end_f = _field(schema, END_NAMES)
-    if end_f is not None:
-        end = _times(layer.attrs[end_f.name], end_f.type, end=True)
-    else:
-        end = pd.Series(pd.NaT, index=layer.attrs.index, dtype="datetime64[ns, UTC]")
-    if "status" in names:
-        ended = np.asarray(layer.attrs["status"].isin(ENDED).fillna(False), dtype=bool)
-        changed = _as_utc(pd.to_datetime(layer.attrs[UPDATED], utc=True))
-        end = end.where(~(ended & end.isna().to_numpy()), changed)
-    return Life(start, end, "life")
-
-
 def coerce_value(schema: LayerSchema, name: str, raw: str) -> Any:
     """A query-string value as the type of field `name` (for `property=value` equality)."""
     ftype = schema.field(name).type
@@ -203,12 +114,6 @@ def coerce_value(schema: LayerSchema, name: str, raw: str) -> Any:
             f"{name}={raw!r}: {name} is a {ftype.value} field; give a {ftype.value}"
         ) from None
     return raw
-
-
-def _as_utc(col: pd.Series) -> pd.Series:
-    if getattr(col.dt, "tz", None) is None:
-        return col.dt.tz_localize("UTC")
-    return col
 
 
 def select(

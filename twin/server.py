@@ -44,7 +44,7 @@ from typing import Any
 import uvicorn
 
 from layers.catalog import Catalog
-from layers.settings import StoreSettings, open_store
+from layers.settings import StoreSettings, open_catalog, open_store
 from twin.app import create_app
 from twin.peers import TilePeers, control_pair, link, send_link
 from twin.protocol import JsonErrorsProtocol
@@ -66,7 +66,7 @@ SWITCH_S = 0.001
 
 def load_catalog(store_settings: StoreSettings) -> Catalog:
     """The catalog of the store with every layer's tile arrays and spatial index built."""
-    return warm(Catalog(open_store(store_settings, create=False)))
+    return warm(open_catalog(store_settings, open_store(store_settings, create=False)))
 
 
 def _uvicorn_options(settings: ServerSettings, access_log: bool, log_level: str) -> dict[str, Any]:

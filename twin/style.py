@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from layers.layer import Layer
+from layers.layer import Head
 from layers.models import GeometryFamily
 from layers.store import RasterInfo
 
@@ -571,7 +571,7 @@ GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 """The layer panel's groups: id, English and Chinese titles, collections (others: `other`)."""
 
 
-def legend(layers: Mapping[str, Layer]) -> dict[str, list[dict[str, Any]]]:
+def legend(layers: Mapping[str, Head]) -> dict[str, list[dict[str, Any]]]:
     """What each visible layer's symbols mean, from the same tables the layers are drawn
     with: per collection, entries of a swatch (`line`, `circle`, `ring`, `fill`, `mark`),
     its colours and a label in English and Chinese; `filter` names the property and value an
@@ -617,12 +617,12 @@ def legend(layers: Mapping[str, Layer]) -> dict[str, list[dict[str, Any]]]:
 
 
 def style(
-    layers: Mapping[str, Layer],
+    layers: Mapping[str, Head],
     rasters: Mapping[str, RasterInfo],
     *,
     tilejson_url: str,
     raster_tiles_url: Callable[[str, str], str],
-    minzoom: Callable[[Layer], int],
+    minzoom: Callable[[Head], int],
     name: str = "twin",
     glyphs_url: str | None = None,
 ) -> dict[str, Any]:

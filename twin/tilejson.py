@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from layers.layer import Layer
+from layers.layer import Head
 from layers.models import Bounds
 from tiles import grid
 from tiles.metadata import vector_layer
@@ -15,7 +15,7 @@ TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"
 WORLD = Bounds(-180.0, -85.0511287798066, 180.0, 85.0511287798066)
 
 
-def _attribution(layers: Mapping[str, Layer]) -> str | None:
+def _attribution(layers: Mapping[str, Head]) -> str | None:
     seen = dict.fromkeys(
         str(lyr.meta["attribution"]) for lyr in layers.values() if lyr.meta.get("attribution")
     )
@@ -23,7 +23,7 @@ def _attribution(layers: Mapping[str, Layer]) -> str | None:
 
 
 def tilejson(
-    base_url: str, layers: Mapping[str, Layer], path: str, settings: TileSettings, *, name: str
+    base_url: str, layers: Mapping[str, Head], path: str, settings: TileSettings, *, name: str
 ) -> dict[str, Any]:
     """TileJSON 3.0.0 of the tiles under `path` (`{path}/{z}/{y}/{x}`) holding `layers`."""
     entries = [vector_layer(lyr, settings).tilejson() for lyr in layers.values()]
@@ -70,7 +70,7 @@ def _limits(bounds: Bounds, lo: int, hi: int) -> list[dict[str, Any]]:
 
 def tileset_document(
     base_url: str,
-    layers: Mapping[str, Layer],
+    layers: Mapping[str, Head],
     path: str,
     settings: TileSettings,
     *,

@@ -24,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from layers.catalog import Lens, lens_key
-from layers.layer import Layer
+from layers.layer import Head, Layer
+from layers.models import Bounds
 from layers.store import RasterInfo
 from tiles import grid
 from tiles.cache import CachedTile, TileCache, TileKey, etag
@@ -101,6 +102,10 @@ class TileServer:
         self._redrawn = metrics.tile_cache.labels("redrawn")
         """Stale tiles drawn anew in the background."""
 
+    def window(self, tile: grid.Tile) -> Bounds:
+        """The lon/lat box the features of `tile` are read from (`Catalog.around`)."""
+        return grid.window(tile, self.settings.buffer, self.settings.extent)
+
     def _admitted(self) -> AbstractContextManager[None]:
         """A place for rendering one tile (`Overloaded` when the worker is full)."""
         return nullcontext() if self.admission is None else self.admission.admit()
@@ -145,7 +150,7 @@ class TileServer:
 
     async def respond(
         self,
-        layers: Mapping[str, Layer],
+        layers: Mapping[str, Head],
         tile: grid.Tile,
         scope: Lens,
         flt: Filter | None,
@@ -295,19 +300,20 @@ class TileFastPath(LeanPath):
         access = await caller_view(request)
         catalog = scope["app"].state.catalog
         if collection is None:
-            layers = catalog.layers(access)
+            layers = catalog.heads(access)
         else:
-            layers = {collection: catalog.layer(collection, access)}
+            layers = {collection: catalog.head(collection, access)}
         tiles: TileServer = scope["app"].state.tiles
         headers = request.headers
         names = list(layers)
+        box = tiles.window(tile)
         response = await tiles.respond(
             layers,
             tile,
             access,
             None,
             # The layers served when drawn (a stale tile is drawn anew later).
-            lambda: [(catalog.layer(n, access), None) for n in names],
+            lambda: [(catalog.around(n, access, box), None) for n in names],
             headers.get("if-none-match"),
             headers.get("accept-encoding"),
         )

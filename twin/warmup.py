@@ -34,6 +34,9 @@ def warm(
     that needs it (seconds at 1M features); what is already made is kept."""
     settings = settings or QuerySettings()
     started = time.perf_counter()
+    if not catalog.holds:  # windows are read as they are asked for
+        metric.area_m2(shapely.box(0.0, 0.0, 1e-3, 1e-3))
+        return catalog
     layers = catalog.layers(EVERYTHING)
     for layer in layers.values():
         warm_layer(layer)
@@ -72,6 +75,8 @@ def warm_queries(
     def fresh(*names: str) -> bool:
         return changed is None or any(n in changed for n in names)
 
+    if not catalog.holds:  # made as the queries needing them ask
+        return
     everything = catalog.layers(EVERYTHING)
     grid = everything.get(queries.GRIDS)
     # A new grid counts every layer again.

@@ -20,6 +20,7 @@ import shapely
 from layers.errors import PreconditionFailed, StoreError, UnknownCollection
 from layers.gpkg import GeoPackageStore
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, empty_attrs
+from layers.life import temporal_extent
 from layers.models import (
     Access,
     Bounds,
@@ -635,6 +636,110 @@ def test_features_by_ids(store: Any) -> None:
     assert values(got, "status") == ["off", "on"] and values(got, VERSION) == [2, 1]
     assert len(store.features("lamps", [], ALL)) == 0
     assert got.schema == LAMPS
+
+
+def test_a_window_holds_every_feature_whose_box_meets_it(store: Any) -> None:
+    lines = LayerSchema(name="cables", title="Cables", geometry=GeometryFamily.ANY, fields=())
+    rng = np.random.default_rng(7)
+    n = 300
+    x0 = 114.2 + rng.random(n) * 0.2
+    y0 = 30.3 + rng.random(n) * 0.2
+    geoms = list(
+        shapely.linestrings(
+            np.stack([np.stack([x0, y0], 1), np.stack([x0 + 0.01, y0 + 0.003], 1)], 1)
+        )
+    )
+    geoms[5] = None  # no geometry: in no window
+    ids = [f"c{i:03d}" for i in range(n)]
+    store.write(layer(lines, geoms, ids), source="f", user="u")
+    store.write(layer(lines, [shapely.Point(114.3, 30.4)], ["c007"]), source="f", user="u")
+    geoms[7] = shapely.Point(114.3, 30.4)  # moved: keeps its place in the stored order
+    whole = store.load("cables", ALL)
+    for bbox in [
+        (114.25, 30.35, 114.3, 30.4),
+        (114.0, 30.0, 114.1, 30.1),
+        (114.3, 30.4, 114.3, 30.4),
+    ]:
+        got = store.window("cables", Bounds(*bbox), ALL)
+        # The oracle: shapely's own box test over every stored feature.
+        meets = [
+            g is not None
+            and shapely.intersects(shapely.box(*shapely.bounds(g)), shapely.box(*bbox))
+            for g in geoms
+        ]
+        assert got.ids.tolist() == [i for i, m in zip(ids, meets, strict=True) if m]
+        rows = whole.row_of.get_indexer(got.ids.tolist())
+        assert got.geometry.tolist() == whole.geometry[rows].tolist()
+        assert got.attrs.reset_index(drop=True).equals(
+            whole.attrs.iloc[rows].reset_index(drop=True)
+        )
+    with pytest.raises(UnknownCollection):
+        store.window("nothing", Bounds(0, 0, 1, 1), ALL)
+    boxes = store.boxes("cables", ["c001", "zz", "c005", "c007"])
+    assert boxes[0].tolist() == list(shapely.bounds(geoms[1]))
+    assert np.isnan(boxes[1]).all() and np.isnan(boxes[2]).all()
+    assert boxes[3].tolist() == [114.3, 30.4, 114.3, 30.4]
+
+
+def test_the_temporal_extent_follows_the_features_lives(store: Any) -> None:
+    assets = LayerSchema(
+        name="assets",
+        title="Assets",
+        geometry=GeometryFamily.POINT,
+        fields=(
+            Field("install_year", FieldType.INTEGER),
+            Field("removed_date", FieldType.DATE),
+            Field("status", FieldType.STRING),
+        ),
+    )
+    pts = [shapely.Point(114.3, 30.3)] * 4
+    ids = ["a", "b", "c", "d"]
+    built = [1990, 2004, 1500, None]  # 1500: outside what the rules read as a year
+    removed = [dt.date(2010, 5, 1), dt.date(2021, 3, 9), None, None]
+    status = ["removed", "removed", "in_service", None]
+    store.write(
+        layer(assets, pts, ids, install_year=built, removed_date=removed, status=status),
+        source="f",
+        user="u",
+    )
+    # Hand-worked: life from 1990-01-01 to the last millisecond of 2021-03-09; c has no known
+    # start, d none at all, so no life is open.
+    assert store.temporal("assets") == ["1990-01-01T00:00:00Z", "2021-03-09T23:59:59.999000Z"]
+    # A removed asset without a removal date ended at its last change; one in service with a
+    # known start keeps the extent open.
+    store.write(
+        layer(assets, pts[:2], ["e", "f"], install_year=[1980, 2001], status=["abandoned", "ok"]),
+        source="f",
+        user="u",
+    )
+    assert store.temporal("assets") == ["1980-01-01T00:00:00Z", None]
+    assert store.temporal("assets") == temporal_extent(store.load("assets", ALL))
+    sites = LayerSchema(
+        name="works",
+        title="Works",
+        geometry=GeometryFamily.POINT,
+        fields=(Field("start_date", FieldType.DATETIME), Field("end_date", FieldType.DATE)),
+    )
+    t = pd.Timestamp("2026-03-01T08:30:00Z")
+    store.write(
+        layer(
+            sites,
+            pts[:2],
+            ["w1", "w2"],
+            start_date=[t, None],
+            end_date=[dt.date(2026, 9, 30), None],
+        ),
+        source="f",
+        user="u",
+    )
+    assert store.temporal("works") == ["2026-03-01T08:30:00Z", "2026-09-30T23:59:59.999000Z"]
+    assert store.temporal("works") == temporal_extent(store.load("works", ALL))
+    # No life recorded: the times of the features' last changes.
+    before = now_stamp()
+    store.write(lamps(["x"], [1.0], ["on"]), source="f", user="u")
+    first, last = store.temporal("lamps")
+    assert first == last and first[:19] >= before[:19]
+    assert store.temporal("lamps") == temporal_extent(store.load("lamps", ALL))
 
 
 def test_layer_info(store: Any) -> None:

@@ -12,8 +12,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from rasterio.warp import transform_bounds
 
+from layers.catalog import Catalog, Lens
 from layers.errors import UnknownCollection
-from layers.layer import Layer
+from layers.layer import Head, Layer
+from layers.life import temporal_extent
 from layers.models import FieldType, GeometryFamily
 from layers.store import RasterInfo
 from twin.access import Scope
@@ -41,31 +43,10 @@ from twin.routes.links import (
     url,
 )
 from twin.routes.responses import responses
-from twin.select import life
 
 router = APIRouter(tags=["Collections"])
 
 GREGORIAN = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"
-
-
-def temporal_extent(layer: Layer) -> list[str | None] | None:
-    """[first, last] instant of the features' lives, as `datetime` matches them (`select.life`:
-    installed to removed for assets, start to end for sites, last change otherwise); the end is
-    open (None) while a feature of known start has no end. Computed once per layer version."""
-    ext = layer.derived(temporal_extent, lambda: _life_span(layer))
-    return None if ext == [None, None] else ext
-
-
-def _life_span(layer: Layer) -> list[str | None]:
-    lived = life(layer)
-    known = lived.start.notna() | lived.end.notna()
-    if not known.any():
-        return [None, None]
-    first = lived.start.min() if lived.start.notna().any() else None
-    last = lived.end.max() if lived.end.notna().any() else None
-    if lived.kind != "changed" and (lived.end.isna() & lived.start.notna()).any():
-        last = None  # still in service
-    return [None if t is None else t.isoformat().replace("+00:00", "Z") for t in (first, last)]
 
 
 @lru_cache(maxsize=256)
@@ -90,8 +71,22 @@ def raster_bounds(info: RasterInfo) -> tuple[float, float, float, float] | None:
     return _raster_bounds(str(p), mtime)
 
 
-def vector_collection(request: Request, layer: Layer, crs_uris: list[str]) -> dict[str, Any]:
-    """The OGC collection document of a vector layer."""
+def head_temporal(catalog: Catalog, scope: Lens, head: Head) -> list[str | None] | None:
+    """The temporal extent of a layer, held (`head` is the layer) or not (the catalog asks
+    its store)."""
+    if isinstance(head, Layer):
+        return temporal_extent(head)
+    return catalog.temporal(head.name, scope)
+
+
+def vector_collection(
+    request: Request,
+    layer: Head,
+    crs_uris: list[str],
+    temporal: list[str | None] | None = None,
+) -> dict[str, Any]:
+    """The OGC collection document of a vector layer (`temporal`: its temporal extent, for a
+    layer not held)."""
     name = layer.name
     base = f"/collections/{name}"
     doc: dict[str, Any] = {
@@ -106,7 +101,7 @@ def vector_collection(request: Request, layer: Layer, crs_uris: list[str]) -> di
     extent: dict[str, Any] = {}
     if layer.bounds is not None:
         extent["spatial"] = {"bbox": [list(layer.bounds)], "crs": CRS84}
-    temporal = temporal_extent(layer)
+    temporal = temporal_extent(layer) if isinstance(layer, Layer) else temporal
     if temporal is not None:
         extent["temporal"] = {"interval": [temporal], "trs": GREGORIAN}
     if extent:
@@ -162,7 +157,10 @@ def list_collections(
     request: Request, catalog: CatalogDep, scope: Scope, crs_set: CrsSetDep, html: HtmlOrJson
 ) -> Response:
     """Every layer and raster the caller may see."""
-    docs = [vector_collection(request, lyr, crs_set.uris) for lyr in catalog.layers(scope).values()]
+    docs = [
+        vector_collection(request, h, crs_set.uris, head_temporal(catalog, scope, h))
+        for h in catalog.heads(scope).values()
+    ]
     docs += [raster_collection(request, r) for r in catalog.rasters(scope).values()]
     doc = {
         "links": [
@@ -195,7 +193,8 @@ def get_collection(
         doc = raster_collection(request, catalog.raster(collectionId, scope))
         pages = [("Map tilesets", html_url(request, f"{_path(collectionId)}/map/tiles"))]
     else:
-        doc = vector_collection(request, catalog.layer(collectionId, scope), crs_set.uris)
+        head = catalog.head(collectionId, scope)
+        doc = vector_collection(request, head, crs_set.uris, head_temporal(catalog, scope, head))
         pages = [
             ("The features", html_url(request, f"{_path(collectionId)}/items")),
             ("Queryables", html_url(request, f"{_path(collectionId)}/queryables")),
@@ -241,7 +240,7 @@ def queryables(
     """The properties a filter may use, as a JSON Schema."""
     if collectionId in catalog.rasters(scope):
         raise UnknownCollection(collectionId)
-    schema = catalog.layer(collectionId, scope).schema
+    schema = catalog.head(collectionId, scope).schema
     props: dict[str, Any] = {
         GEOMETRY_NAMES[0]: {
             "title": "Geometry",

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from layers.catalog import Catalog, Lens, hidden_fields, sift
 from layers.errors import PreconditionFailed, UnknownFeature
-from layers.layer import Layer
+from layers.layer import Head, Layer
 from layers.models import Access
 from twin import edits
 from twin.access import CallerDep, Scope
@@ -103,11 +103,11 @@ def _write(
     catalog.store.write(feature, source=edits.SOURCE_API, user=user, expect=expect)
 
 
-def _writable(catalog: Catalog, scope: Lens, name: str, body: Any) -> Layer:
-    """The layer an edit is checked against: the whole layer (hidden fields are kept as they
+def _writable(catalog: Catalog, scope: Lens, name: str, body: Any) -> Head:
+    """The layer an edit is checked against: its whole schema (hidden fields are kept as they
     are), after checking the body names no field hidden from the caller (answered as if the
     field did not exist)."""
-    full = catalog.layer(name, Access.RESTRICTED)
+    full = catalog.head(name, Access.RESTRICTED)
     hidden = hidden_fields(scope, full.schema)
     props = body.get("properties") if isinstance(body, dict) else None
     if hidden and isinstance(props, dict):
@@ -119,7 +119,7 @@ def _writable(catalog: Catalog, scope: Lens, name: str, body: Any) -> Layer:
 
 def _shown(catalog: Catalog, scope: Lens, name: str, fid: str) -> None:
     """404 unless the caller may see feature `fid` (a hidden one answers as a missing one)."""
-    if fid not in catalog.layer(name, scope).row_of:
+    if fid not in catalog.picked(name, scope, [fid]).row_of:
         raise UnknownFeature(name, fid)
 
 
@@ -163,7 +163,7 @@ async def create_item(
     """A new feature from a GeoJSON Feature checked against the layer's schema; its `id` is
     the body's or a new one (412 if that id is taken). Answered 201 with `Location` and
     `ETag`. Needs an engineer or admin key (and the feature in its area)."""
-    catalog.layer(collectionId, scope)
+    catalog.head(collectionId, scope)
     who.may_write()
     layer = _writable(catalog, scope, collectionId, body)
     feature = await run_in_threadpool(
@@ -184,7 +184,7 @@ class ItemEdit:
     catalog: Catalog
     scope: Lens
     user: str
-    layer: Layer
+    layer: Head
     max_vertices: int
     body: Any
     if_match: str | None

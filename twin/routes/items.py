@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import shapely
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from layers.catalog import sift
-from layers.layer import Layer
-from layers.models import Access
+from layers.layer import Head
+from layers.models import Access, Bounds
 from twin.access import Scope
 from twin.dependencies import (
     AsOf,
@@ -55,7 +56,7 @@ KNOWN_PARAMS = frozenset(
 )
 
 
-def _check_params(request: Request, layer: Layer) -> dict[str, str]:
+def _check_params(request: Request, layer: Head) -> dict[str, str]:
     """Property-equality parameters of the request; `InvalidParameter` for an unknown one."""
     equals: dict[str, str] = {}
     fields = set(layer.schema.field_names)
@@ -101,8 +102,10 @@ def get_items(
 
     Any property of the layer can also be given as `name=value` for equality.
     """
-    layer = catalog.layer(collectionId, scope)  # as recorded at `asof`, when given
-    equals = _check_params(request, layer)
+    equals = _check_params(request, catalog.head(collectionId, scope))
+    # As recorded at `asof`, when given; a box is all a catalog not holding the layer reads.
+    window = None if bbox is None else Bounds(*shapely.bounds(shapely.box(*bbox)).tolist())
+    layer = catalog.around(collectionId, scope, window)
     rows = select(layer, Selection(bbox=bbox, equals=equals, interval=interval, filter=cql))
     matched = len(rows)
     page = rows[offset : offset + limit]
@@ -163,7 +166,7 @@ def get_item(
     asof: AsOf,
 ) -> Response:
     """One feature by id (as recorded at `asof`: 404 if it did not exist then)."""
-    layer = catalog.layer(collectionId, scope)
+    layer = catalog.picked(collectionId, scope, [featureId])
     if asof is not None:
         layer, _ = sift(
             scope, catalog.store.as_of(collectionId, asof, Access.RESTRICTED, [featureId])

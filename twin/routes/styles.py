@@ -23,7 +23,7 @@ router = APIRouter(tags=["Styles"])
 def style_json(request: Request, catalog: CatalogDep, scope: Scope, tiles: TilesDep) -> dict:
     """A MapLibre style drawing every layer the caller may see, coloured by kind and status."""
     return style(
-        catalog.layers(scope),
+        catalog.heads(scope),
         catalog.rasters(scope),
         tilejson_url=url(request, f"/tiles/{TMS_ID}/tilejson.json"),
         raster_tiles_url=lambda name, kind: url(

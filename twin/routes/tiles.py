@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from layers.catalog import Catalog, Lens
-from layers.layer import Layer
+from layers.layer import Head, Layer
 from layers.models import Bounds
 from tiles import grid
 from tiles.errors import TileOutOfMatrix
@@ -147,11 +147,11 @@ def _tileset_links(request: Request, base: str) -> list[dict]:
     ]
 
 
-def _visible(catalog: Catalog, scope: Lens, names: list[str] | None) -> dict[str, Layer]:
+def _visible(catalog: Catalog, scope: Lens, names: list[str] | None) -> dict[str, Head]:
     """The requested vector layers (all visible ones by default), each checked against scope."""
     if names is None:
-        return catalog.layers(scope)
-    return {n: catalog.layer(n, scope) for n in names}
+        return catalog.heads(scope)
+    return {n: catalog.head(n, scope) for n in names}
 
 
 def _rows(layer: Layer, flt: Filter | None, tile: grid.Tile) -> Any:
@@ -193,7 +193,7 @@ def collection_tilesets(
     html: HtmlOrJson,
 ) -> Response:
     """The tilesets of one collection (WebMercatorQuad vector tiles)."""
-    title = catalog.layer(collectionId, scope).schema.title
+    title = catalog.head(collectionId, scope).schema.title
     base = f"/collections/{collectionId}/tiles/{TMS_ID}"
     doc = _tilesets(request, f"/collections/{collectionId}/tiles", base, title)
     crumbs = collection_crumbs(request, collectionId, title)
@@ -216,7 +216,7 @@ def collection_tileset(
 ) -> Response:
     """Tileset metadata (OGC API Tiles): tile URL template, zooms, bounds, layers."""
     _tms_check(tileMatrixSetId)
-    layer = catalog.layer(collectionId, scope)
+    layer = catalog.head(collectionId, scope)
     base = f"/collections/{collectionId}/tiles/{TMS_ID}"
     doc = tileset_document(
         base_url(request),
@@ -245,7 +245,7 @@ def collection_tilejson(
 ) -> dict:
     """TileJSON 3.0.0 of one collection's vector tiles."""
     _tms_check(tileMatrixSetId)
-    layer = catalog.layer(collectionId, scope)
+    layer = catalog.head(collectionId, scope)
     return tilejson(
         base_url(request),
         {collectionId: layer},
@@ -333,12 +333,14 @@ async def collection_tile(
     """The Mapbox Vector Tile at zoom `z`, row `y`, column `x`; 204 when empty (with `asof`,
     of the layer as the twin recorded it then)."""
     _tms_check(tileMatrixSetId)
-    layer = catalog.layer(collectionId, scope)
+    layer = catalog.head(collectionId, scope)
     if cql is not None:
         cql.check(layer.schema)
+    box = tiles.window(tile)
 
     def requests() -> list[tuple[Layer, Any]]:
-        now = catalog.layer(collectionId, scope)  # served when drawn (a stale tile: later)
+        # Served when drawn (a stale tile: later).
+        now = catalog.around(collectionId, scope, box)
         return [(now, _rows(now, cql, tile))]
 
     return await tiles.respond(
@@ -377,12 +379,14 @@ async def dataset_tile(
     """
     _tms_check(tileMatrixSetId)
     layers = _visible(catalog, scope, collections)
+    box = tiles.window(tile)
 
     def requests() -> list[tuple[Layer, Any]]:
         out = []
-        for layer in _visible(catalog, scope, collections).values():
-            if cql is not None and not cql.properties <= _names(layer):
+        for name, head in _visible(catalog, scope, collections).items():
+            if cql is not None and not cql.properties <= _names(head):
                 continue
+            layer = catalog.around(name, scope, box)
             out.append((layer, _rows(layer, cql, tile)))
         return out
 
@@ -391,7 +395,7 @@ async def dataset_tile(
     )
 
 
-def _names(layer: Layer) -> set[str]:
+def _names(layer: Head) -> set[str]:
     return queryable_names(layer.schema)
 
 
