@@ -317,6 +317,11 @@ class Catalog:
         """`head` of every vector layer visible at `scope`, by name."""
         return dict(self.layers(scope))
 
+    def page(self, name: str, scope: Lens, limit: int, offset: int) -> tuple[Layer, int] | None:
+        """Features `offset` to `offset + limit` of `name` as `scope` sees it, in stored order,
+        and how many it sees; None when the layer held is to be paged instead (here)."""
+        return None
+
     def temporal(self, name: str, scope: Lens) -> list[str | None] | None:
         """The temporal extent of a vector layer as `scope` sees it (`layers.life`)."""
         return temporal_extent(self.layer(name, scope))
@@ -613,6 +618,13 @@ class WindowCatalog(Catalog):
             while len(self._temporal) > 64:
                 self._temporal.pop(next(iter(self._temporal)))
         return got  # type: ignore[return-value]
+
+    def page(self, name: str, scope: Lens, limit: int, offset: int) -> tuple[Layer, int] | None:
+        self._visible(name, scope)
+        if not isinstance(scope, Access) and scope.hides_rows(name):
+            return None  # which rows it sees is worked out over the whole layer
+        got, count = self.store.page(name, Access.RESTRICTED, limit, offset)
+        return self._through(got, scope), count
 
     def _through(self, layer: Layer, scope: Lens) -> Layer:
         return layer if isinstance(scope, Access) else scope.apply(layer)

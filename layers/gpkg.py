@@ -620,6 +620,12 @@ class GeoPackageStore:
         layer = self.load(name, scope)
         return layer.take(np.sort(layer.query(shapely.box(*bbox), predicate=None)))
 
+    def page(self, name: str, scope: Access, limit: int, offset: int) -> tuple[Layer, int]:
+        """Features `offset` to `offset + limit` of the layer in stored order, and how many
+        it holds."""
+        layer = self.load(name, scope)
+        return layer.take(np.arange(len(layer))[offset : offset + limit]), len(layer)
+
     def temporal(self, name: str) -> list[str | None] | None:
         """The layer's temporal extent (`layers.life.temporal_extent`)."""
         return temporal_extent(self.load(name, Access.RESTRICTED))

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,10 @@ SCHEMA_VERSION = 1
 LOCK = 0x7477696E  # "twin": the advisory lock every write transaction takes
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 5
+DOWN_S = 5.0
+"""How long after the pool timed out the store counts as unreachable (see `DOWN_WAIT_S`)."""
+DOWN_WAIT_S = 0.25
+"""How long a read waits for a connection while the store counts as unreachable."""
 CHANNEL = "twin_changes"
 """The `LISTEN`/`NOTIFY` channel every committed write is announced on."""
 REPLICA_MAX_LAG_S = 5.0
@@ -232,6 +237,8 @@ class PostGISStore:
         self._url = url  # with its password: never shown
         self.location = _public(url)
         self._local = threading.local()
+        self._down_until = 0.0
+        """Until when (monotonic) the database counts as unreachable."""
         self._replica: Replica | None = None
         if replica:
             self._replica = Replica(
@@ -333,8 +340,11 @@ class PostGISStore:
                 raise _ReplicaFailed from None
             replica.served += 1
             return
+        # Lately unreachable: a request waits a moment, not the pool's whole timeout, so that
+        # one needing several reads is answered 503 at once (the pool keeps reconnecting).
+        down = time.monotonic() < self._down_until
         try:
-            with self._pool.connection() as db:
+            with self._pool.connection(timeout=DOWN_WAIT_S if down else None) as db:
                 with db.transaction(), db.cursor() as cur:
                     if write:
                         cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
@@ -351,6 +361,7 @@ class PostGISStore:
                     with db.transaction():
                         replica.saw(_lsn(db.execute(FLUSH_LSN).fetchone()))
         except PoolTimeout:
+            self._down_until = time.monotonic() + DOWN_S
             raise StoreError(f"store {self.location} is unreachable") from None
         except psycopg.Error as exc:
             raise StoreError(f"store {self.location}: {_reason(exc)}") from None
@@ -495,6 +506,16 @@ class PostGISStore:
                 out[i] = box
         return out
 
+    @_routed
+    def page(self, name: str, scope: Access, limit: int, offset: int) -> tuple[Layer, int]:
+        """Features `offset` to `offset + limit` of the layer in stored order, and how many
+        it holds."""
+        with self._cursor() as cur:
+            layer = self._select(cur, name, scope, page=(limit, offset))
+            cur.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=live.table(name)))
+            (count,) = cur.fetchone() or (0,)
+        return layer, int(count)
+
     def _read(
         self,
         name: str,
@@ -503,24 +524,40 @@ class PostGISStore:
         bbox: Bounds | None = None,
     ) -> Layer:
         with self._cursor() as cur:
-            schema, meta = self._entry(cur, name, scope)
-            query: sql.Composable = sql.SQL(
-                "SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t}"
-            ).format(cols=_columns(schema), t=live.table(name))
-            params: list[Any] = []
-            if ids is not None:
-                query += sql.SQL(" WHERE id = ANY(%s)")
-                params.append(ids)
-            elif bbox is not None:
-                query += sql.SQL(" WHERE geom && ST_MakeEnvelope(%s, %s, %s, %s, 4326)")
-                params += [float(v) for v in bbox]
-            cur.execute(query + sql.SQL(" ORDER BY fid"), params)
-            rows = cur.fetchall()
+            layer = self._select(cur, name, scope, ids, bbox)
             seq = live.revision(cur)
-        layer = _layer_of(schema, meta, rows)
         if ids is None:
             layer.seq = seq
         return layer
+
+    def _select(
+        self,
+        cur: Cursor,
+        name: str,
+        scope: Access,
+        ids: list[str] | None = None,
+        bbox: Bounds | None = None,
+        page: tuple[int, int] | None = None,
+    ) -> Layer:
+        """Stored features in stored order: of `ids`, meeting `bbox`, a `page` (limit,
+        offset), or all."""
+        schema, meta = self._entry(cur, name, scope)
+        query: sql.Composable = sql.SQL(
+            "SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t}"
+        ).format(cols=_columns(schema), t=live.table(name))
+        params: list[Any] = []
+        if ids is not None:
+            query += sql.SQL(" WHERE id = ANY(%s)")
+            params.append(ids)
+        elif bbox is not None:
+            query += sql.SQL(" WHERE geom && ST_MakeEnvelope(%s, %s, %s, %s, 4326)")
+            params += [float(v) for v in bbox]
+        query += sql.SQL(" ORDER BY fid")
+        if page is not None:
+            query += sql.SQL(" LIMIT %s OFFSET %s")
+            params += list(page)
+        cur.execute(query, params)
+        return _layer_of(schema, meta, cur.fetchall())
 
     @_routed
     def versions(self, name: str, fid: str, scope: Access) -> tuple[Layer, list[tuple]]:

@@ -116,6 +116,11 @@ class Store(Protocol):
         server that does not hold the layer reads for a tile or a query there."""
         ...
 
+    def page(self, name: str, scope: Access, limit: int, offset: int) -> tuple[Layer, int]:
+        """Features `offset` to `offset + limit` of the layer in stored order, and how many
+        it holds (items paged without conditions, for a server not holding the layer)."""
+        ...
+
     def temporal(self, name: str) -> list[str | None] | None:
         """The layer's temporal extent: [first, last] instant of its features' lives (see
         `layers.life`; last None while one of known start has no end); None when none is

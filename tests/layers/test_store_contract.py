@@ -675,6 +675,11 @@ def test_a_window_holds_every_feature_whose_box_meets_it(store: Any) -> None:
         )
     with pytest.raises(UnknownCollection):
         store.window("nothing", Bounds(0, 0, 1, 1), ALL)
+    for limit, offset in [(10, 0), (10, 295), (7, 100), (5, 400)]:
+        got, count = store.page("cables", ALL, limit, offset)
+        assert count == n
+        assert got.ids.tolist() == whole.ids[offset : offset + limit].tolist()
+        assert got.geometry.tolist() == whole.geometry[offset : offset + limit].tolist()
     boxes = store.boxes("cables", ["c001", "zz", "c005", "c007"])
     assert boxes[0].tolist() == list(shapely.bounds(geoms[1]))
     assert np.isnan(boxes[1]).all() and np.isnan(boxes[2]).all()

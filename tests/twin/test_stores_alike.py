@@ -156,6 +156,8 @@ def test_a_server_on_postgis_reads_windows_not_whole_layers(twins) -> None:
             "/query/at?lon=114.295&lat=30.494",
             "/collections/pipes/items?bbox=114.29,30.49,114.30,30.50",
             "/collections/lights/items?bbox=114.29,30.49,114.31,30.50&limit=1",
+            "/collections/pipes/items?limit=2&offset=1",
+            "/collections/pipes/items",
         ]
         ids = client.get("/collections/pipes/items?bbox=114.2,30.4,114.4,30.6", headers=headers)
         fid = ids.json()["features"][0]["id"]
@@ -398,16 +400,22 @@ def test_a_database_gone_mid_service_is_a_503_and_the_server_recovers(tmp_path) 
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                     (name,),
                 )
-            r = c.get(history)
-            assert r.status_code == 503, r.text
-            assert r.json()["code"] == "StoreError" and name in r.json()["description"]
-            assert c.get("/collections/lights/items").status_code == 200  # memory still serves
+            # The server holds no layer: items, tiles and queries read the database too (the
+            # lights, read whole for the history, are kept a while).
+            tile = "/collections/pipes/tiles/WebMercatorQuad/16/26934/53574"
+            near = "/query/near?lon=114.3&lat=30.49&radius=500"
+            paths = [history, "/collections/pipes/items", tile, near]
+            for path in paths:
+                r = c.get(path)
+                assert r.status_code == 503, (path, r.text)
+                assert r.json()["code"] == "StoreError" and name in r.json()["description"]
             with psycopg.connect(ADMIN, autocommit=True) as db:
                 db.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             deadline = time.monotonic() + 30
             while (status := c.get(history).status_code) != 200 and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert status == 200
+            assert [c.get(p).status_code for p in paths] == [200, 200, 200, 200]
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as db:
             db.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

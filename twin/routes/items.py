@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import numpy as np
 import shapely
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from layers.catalog import sift
-from layers.layer import Head
+from layers.catalog import Catalog, Lens, sift
+from layers.layer import Head, Layer
 from layers.models import Access, Bounds
 from twin.access import Scope
 from twin.dependencies import (
@@ -75,6 +76,23 @@ def _check_params(request: Request, layer: Head) -> dict[str, str]:
     return equals
 
 
+def _selected(
+    catalog: Catalog, name: str, scope: Lens, sel: Selection, limit: int, offset: int
+) -> tuple[Layer, np.ndarray, int]:
+    """A layer, the rows of it on the page asked for, and how many features meet `sel`
+    (the layer as recorded at `asof`, when given). A catalog not holding the layer reads a
+    page of it when nothing narrows it, or the features in the box."""
+    if sel == Selection():
+        paged = catalog.page(name, scope, limit, offset)
+        if paged is not None:
+            got, matched = paged
+            return got, np.arange(len(got)), matched
+    window = None if sel.bbox is None else Bounds(*shapely.bounds(shapely.box(*sel.bbox)).tolist())
+    layer = catalog.around(name, scope, window)
+    rows = select(layer, sel)
+    return layer, rows[offset : offset + limit], len(rows)
+
+
 @router.get(
     "/collections/{collectionId}/items",
     summary="Features",
@@ -103,12 +121,9 @@ def get_items(
     Any property of the layer can also be given as `name=value` for equality.
     """
     equals = _check_params(request, catalog.head(collectionId, scope))
-    # As recorded at `asof`, when given; a box is all a catalog not holding the layer reads.
-    window = None if bbox is None else Bounds(*shapely.bounds(shapely.box(*bbox)).tolist())
-    layer = catalog.around(collectionId, scope, window)
-    rows = select(layer, Selection(bbox=bbox, equals=equals, interval=interval, filter=cql))
-    matched = len(rows)
-    page = rows[offset : offset + limit]
+    layer, page, matched = _selected(
+        catalog, collectionId, scope, Selection(bbox, equals, interval, cql), limit, offset
+    )
     geoms = crs_set.to_crs(layer.geometry[page], crs)
     features = features_json(layer, page, geoms)
     links = [
