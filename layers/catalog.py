@@ -322,6 +322,11 @@ class Catalog:
         and how many it sees; None when the layer held is to be paged instead (here)."""
         return None
 
+    def chunks(self, name: str, scope: Lens) -> Iterator[Layer]:
+        """`name` as `scope` sees it, in stored order, a chunk at a time (here: one, the layer
+        held)."""
+        yield self.layer(name, scope)
+
     def temporal(self, name: str, scope: Lens) -> list[str | None] | None:
         """The temporal extent of a vector layer as `scope` sees it (`layers.life`)."""
         return temporal_extent(self.layer(name, scope))
@@ -499,6 +504,8 @@ class WindowCatalog(Catalog):
     log applies nothing in memory: it tells the listeners (tiles, events) what changed where."""
 
     holds = False
+    chunk_size = 50_000
+    """Features read at a time by a scan of a whole layer (`chunks`)."""
 
     def __init__(self, store: Store, whole: int = 1) -> None:
         self._heads: dict[str, LayerHead] = {}
@@ -625,6 +632,16 @@ class WindowCatalog(Catalog):
             return None  # which rows it sees is worked out over the whole layer
         got, count = self.store.page(name, Access.RESTRICTED, limit, offset)
         return self._through(got, scope), count
+
+    def chunks(self, name: str, scope: Lens) -> Iterator[Layer]:
+        self._visible(name, scope)
+        with self._lock:
+            whole = self._whole.get(name)
+        if whole is not None or (not isinstance(scope, Access) and scope.hides_rows(name)):
+            yield self.layer(name, scope)  # held a while anyway / its view is of the whole
+            return
+        for chunk in self.store.chunks(name, Access.RESTRICTED, self.chunk_size):
+            yield self._through(chunk, scope)
 
     def _through(self, layer: Layer, scope: Lens) -> Layer:
         return layer if isinstance(scope, Access) else scope.apply(layer)

@@ -626,6 +626,12 @@ class GeoPackageStore:
         layer = self.load(name, scope)
         return layer.take(np.arange(len(layer))[offset : offset + limit]), len(layer)
 
+    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
+        """The whole layer in stored order, `size` features at a time."""
+        layer = self.load(name, scope)
+        for lo in range(0, len(layer), size):
+            yield layer.take(np.arange(lo, min(lo + size, len(layer))))
+
     def temporal(self, name: str) -> list[str | None] | None:
         """The layer's temporal extent (`layers.life.temporal_extent`)."""
         return temporal_extent(self.load(name, Access.RESTRICTED))

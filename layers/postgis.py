@@ -516,6 +516,18 @@ class PostGISStore:
             (count,) = cur.fetchone() or (0,)
         return layer, int(count)
 
+    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
+        """The whole layer in stored order, `size` features at a time, from one snapshot (a
+        server-side cursor): a scan that never holds more than a chunk."""
+        with self._cursor() as cur:
+            schema, meta = self._entry(cur, name, scope)
+            query = sql.SQL("SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t} ORDER BY fid")
+            with cur.connection.cursor(name="twin_chunks") as scan:
+                scan.itersize = size
+                scan.execute(query.format(cols=_columns(schema), t=live.table(name)))
+                while rows := scan.fetchmany(size):
+                    yield _layer_of(schema, meta, rows)
+
     def _read(
         self,
         name: str,

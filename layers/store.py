@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -119,6 +119,11 @@ class Store(Protocol):
     def page(self, name: str, scope: Access, limit: int, offset: int) -> tuple[Layer, int]:
         """Features `offset` to `offset + limit` of the layer in stored order, and how many
         it holds (items paged without conditions, for a server not holding the layer)."""
+        ...
+
+    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
+        """The whole layer in stored order, `size` features at a time, from one snapshot
+        (items filtered over a whole layer a server does not hold)."""
         ...
 
     def temporal(self, name: str) -> list[str | None] | None:

@@ -675,6 +675,10 @@ def test_a_window_holds_every_feature_whose_box_meets_it(store: Any) -> None:
         )
     with pytest.raises(UnknownCollection):
         store.window("nothing", Bounds(0, 0, 1, 1), ALL)
+    chunks = list(store.chunks("cables", ALL, 64))
+    assert [len(c) for c in chunks] == [64, 64, 64, 64, 44]
+    assert np.concatenate([c.ids for c in chunks]).tolist() == whole.ids.tolist()
+    assert chunks[1].geometry.tolist() == whole.geometry[64:128].tolist()
     for limit, offset in [(10, 0), (10, 295), (7, 100), (5, 400)]:
         got, count = store.page("cables", ALL, limit, offset)
         assert count == n

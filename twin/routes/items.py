@@ -87,10 +87,29 @@ def _selected(
         if paged is not None:
             got, matched = paged
             return got, np.arange(len(got)), matched
+    if sel.bbox is None and not catalog.holds:
+        return _scanned(catalog, name, scope, sel, limit, offset)
     window = None if sel.bbox is None else Bounds(*shapely.bounds(shapely.box(*sel.bbox)).tolist())
     layer = catalog.around(name, scope, window)
     rows = select(layer, sel)
     return layer, rows[offset : offset + limit], len(rows)
+
+
+def _scanned(
+    catalog: Catalog, name: str, scope: Lens, sel: Selection, limit: int, offset: int
+) -> tuple[Layer, np.ndarray, int]:
+    """`_selected` over a layer not held, without a box: the layer read a chunk at a time,
+    each chunk's matches counted and the page's kept."""
+    matched = 0
+    parts = []
+    for chunk in catalog.chunks(name, scope):
+        rows = select(chunk, sel)
+        keep = rows[max(offset - matched, 0) : max(offset + limit - matched, 0)]
+        if len(keep):
+            parts.append(chunk.take(keep))
+        matched += len(rows)
+    layer = Layer.concat(parts) if parts else Layer.empty(catalog.head(name, scope).schema)
+    return layer, np.arange(len(layer)), matched
 
 
 @router.get(
