@@ -16,7 +16,7 @@ import pandas as pd
 from layers.errors import UnknownCollection
 from layers.layer import UPDATED, VERSION, Head, Layer, LayerHead, coerce
 from layers.life import temporal_extent
-from layers.models import Access, Bounds, Change, LayerSchema, StateRun
+from layers.models import Access, Bounds, Change, LayerSchema, StateRun, Thinning
 from layers.policy import View
 from layers.store import RasterInfo, Store
 
@@ -297,9 +297,12 @@ class Catalog:
     holds = True
     """Whether every layer is held in memory (else windows are read from the store)."""
 
-    def around(self, name: str, scope: Lens, bbox: Bounds | None) -> Layer:
+    def around(
+        self, name: str, scope: Lens, bbox: Bounds | None, thin: Thinning | None = None
+    ) -> Layer:
         """A layer holding at least every feature of `name` whose box meets `bbox` (None:
-        every feature), in stored order, as `scope` may see it: what a tile or a query there
+        every feature; with `thin`, of its lines and polygons those a tile below the detail
+        zoom keeps), in stored order, as `scope` may see it: what a tile or a query there
         reads. Here, the layer held."""
         return self.layer(name, scope)
 
@@ -646,7 +649,9 @@ class WindowCatalog(Catalog):
     def _through(self, layer: Layer, scope: Lens) -> Layer:
         return layer if isinstance(scope, Access) else scope.apply(layer)
 
-    def around(self, name: str, scope: Lens, bbox: Bounds | None) -> Layer:
+    def around(
+        self, name: str, scope: Lens, bbox: Bounds | None, thin: Thinning | None = None
+    ) -> Layer:
         if bbox is None:
             return self.layer(name, scope)
         self._visible(name, scope)
@@ -654,7 +659,9 @@ class WindowCatalog(Catalog):
             whole = self._whole.get(name)
         if whole is not None:  # held for a while anyway
             return self._through(whole, scope)
-        window = self.store.window(name, bbox, Access.RESTRICTED)
+        if thin is not None and not isinstance(scope, Access) and scope.hides_rows(name):
+            thin = None  # the most important of what the caller sees may lie further down
+        window = self.store.window(name, bbox, Access.RESTRICTED, thin)
         return self._through(window, scope)
 
     def picked(self, name: str, scope: Lens, ids: Sequence[str]) -> Layer:

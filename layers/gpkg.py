@@ -43,6 +43,7 @@ from layers.models import (
     Observed,
     Reading,
     StateRun,
+    Thinning,
     WriteResult,
     utc_stamp,
 )
@@ -614,9 +615,10 @@ class GeoPackageStore:
             return parts[0]
         return Layer.concat(parts)
 
-    def window(self, name: str, bbox: Bounds, scope: Access) -> Layer:
+    def window(self, name: str, bbox: Bounds, scope: Access, thin: Thinning | None = None) -> Layer:
         """The features whose box meets `bbox` (lon/lat), in the layer's stored order (read
-        whole and cut: a server on this store holds its layers and never asks)."""
+        whole and cut: a server on this store holds its layers and never asks; `thin` is
+        left to the tile, which applies it itself)."""
         layer = self.load(name, scope)
         return layer.take(np.sort(layer.query(shapely.box(*bbox), predicate=None)))
 

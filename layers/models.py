@@ -221,6 +221,21 @@ class LayerSchema:
         )
 
 
+@dataclass(frozen=True)
+class Thinning:
+    """What a tile below the detail zoom draws of a layer, so that a store need not read more
+    (`Store.window`): every point, but of the lines and polygons at least `min_size` across
+    (the larger side of their box, EPSG:3857 metres) only the `most` most important, by the
+    `priority` field when the layer is a built-in one holding it (the rank of `classes`, else
+    larger values first; missing last), then by size (the diagonal of the box, larger first),
+    then in stored order."""
+
+    min_size: float
+    most: int
+    priority: str | None = None
+    classes: tuple[str, ...] | None = None
+
+
 class Bounds(NamedTuple):
     """A bounding box in lon/lat (CRS84) unless stated otherwise."""
 

@@ -48,6 +48,7 @@ from layers.models import (
     Observed,
     Reading,
     StateRun,
+    Thinning,
     WriteResult,
     parse_utc,
     utc_stamp,
@@ -182,6 +183,39 @@ def _layer_of(schema: LayerSchema, meta: dict[str, Any], rows: list[tuple]) -> L
         "datetime64[ms, UTC]"
     )
     return Layer(schema, fids, geometry, pd.DataFrame(data), meta)
+
+
+def _mercator(axis: str, edge: str) -> str:
+    """SQL of an edge of a geometry's box in EPSG:3857 metres (as `tiles.grid.to_mercator`)."""
+    v = f"ST_{axis}{edge}(geom)"
+    if axis == "X":
+        return f"(radians({v}) * 6378137.0)"
+    lat = f"greatest(least({v}, 85.0511287798066), -85.0511287798066)"
+    return f"(ln(tan(pi() / 4 + radians({lat}) / 2)) * 6378137.0)"
+
+
+_DX = f"({_mercator('X', 'Max')} - {_mercator('X', 'Min')})"
+_DY = f"({_mercator('Y', 'Max')} - {_mercator('Y', 'Min')})"
+_MERCATOR_SIDE = sql.SQL(f"greatest({_DX}, {_DY})")
+_MERCATOR_DIAGONAL = sql.SQL(f"sqrt({_DX} * {_DX} + {_DY} * {_DY})")
+
+
+def _priority(schema: LayerSchema, thin: Thinning) -> sql.Composable:
+    """SQL of a feature's priority in `thin`'s order, and a comma (nothing for a layer
+    without one)."""
+    field = thin.priority
+    if field is None or not schema.builtin or field not in schema.field_names:
+        return sql.SQL("")
+    c = sql.Identifier(field)
+    if thin.classes is not None:
+        cases = sql.SQL(" ").join(
+            sql.SQL("WHEN {v} THEN {i}").format(v=sql.Literal(v), i=sql.Literal(i))
+            for i, v in enumerate(thin.classes)
+        )
+        return sql.SQL("(CASE {c} {cases} ELSE {n} END), ").format(
+            c=c, cases=cases, n=sql.Literal(len(thin.classes))
+        )
+    return sql.SQL("(-coalesce({c}::float8, '-Infinity'::float8)), ").format(c=c)
 
 
 def _instant(f: Field, *, end: bool) -> sql.Composable:
@@ -447,10 +481,10 @@ class PostGISStore:
         return self._read(name, scope, list(dict.fromkeys(ids)))
 
     @_routed
-    def window(self, name: str, bbox: Bounds, scope: Access) -> Layer:
+    def window(self, name: str, bbox: Bounds, scope: Access, thin: Thinning | None = None) -> Layer:
         """The features whose box meets `bbox` (lon/lat), in the layer's stored order: a
-        GIST index scan."""
-        return self._read(name, scope, bbox=bbox)
+        GIST index scan; with `thin`, of the lines and polygons only those it keeps."""
+        return self._read(name, scope, bbox=bbox, thin=thin)
 
     @_routed
     def temporal(self, name: str) -> list[str | None] | None:
@@ -534,9 +568,10 @@ class PostGISStore:
         scope: Access,
         ids: list[str] | None = None,
         bbox: Bounds | None = None,
+        thin: Thinning | None = None,
     ) -> Layer:
         with self._cursor() as cur:
-            layer = self._select(cur, name, scope, ids, bbox)
+            layer = self._select(cur, name, scope, ids, bbox, thin=thin)
             seq = live.revision(cur)
         if ids is None:
             layer.seq = seq
@@ -550,9 +585,10 @@ class PostGISStore:
         ids: list[str] | None = None,
         bbox: Bounds | None = None,
         page: tuple[int, int] | None = None,
+        thin: Thinning | None = None,
     ) -> Layer:
-        """Stored features in stored order: of `ids`, meeting `bbox`, a `page` (limit,
-        offset), or all."""
+        """Stored features in stored order: of `ids`, meeting `bbox` (thinned by `thin`), a
+        `page` (limit, offset), or all."""
         schema, meta = self._entry(cur, name, scope)
         query: sql.Composable = sql.SQL(
             "SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t}"
@@ -562,8 +598,22 @@ class PostGISStore:
             query += sql.SQL(" WHERE id = ANY(%s)")
             params.append(ids)
         elif bbox is not None:
+            envelope = [float(v) for v in bbox]
             query += sql.SQL(" WHERE geom && ST_MakeEnvelope(%s, %s, %s, %s, 4326)")
-            params += [float(v) for v in bbox]
+            params += envelope
+            if thin is not None:
+                query += sql.SQL(
+                    " AND (ST_Dimension(geom) = 0 OR fid IN (SELECT fid FROM {t} "
+                    "WHERE geom && ST_MakeEnvelope(%s, %s, %s, %s, 4326) "
+                    "AND ST_Dimension(geom) >= 1 AND {side} >= %s "
+                    "ORDER BY {prio}{diag} DESC, fid LIMIT %s))"
+                ).format(
+                    t=live.table(name),
+                    side=_MERCATOR_SIDE,
+                    diag=_MERCATOR_DIAGONAL,
+                    prio=_priority(schema, thin),
+                )
+                params += [*envelope, thin.min_size * (1 - 1e-9), thin.most]
         query += sql.SQL(" ORDER BY fid")
         if page is not None:
             query += sql.SQL(" LIMIT %s OFFSET %s")

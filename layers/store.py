@@ -19,6 +19,7 @@ from layers.models import (
     Observed,
     Reading,
     StateRun,
+    Thinning,
     WriteResult,
 )
 
@@ -111,9 +112,10 @@ class Store(Protocol):
         """Move a finished COG into the store and register it atomically."""
         ...
 
-    def window(self, name: str, bbox: Bounds, scope: Access) -> Layer:
+    def window(self, name: str, bbox: Bounds, scope: Access, thin: Thinning | None = None) -> Layer:
         """The features whose box meets `bbox` (lon/lat), in the layer's stored order: what a
-        server that does not hold the layer reads for a tile or a query there."""
+        server that does not hold the layer reads for a tile or a query there; with `thin`
+        (a tile below the detail zoom), at least the lines and polygons it keeps."""
         ...
 
     def page(self, name: str, scope: Access, limit: int, offset: int) -> tuple[Layer, int]:

@@ -23,7 +23,8 @@ import pandas as pd
 import shapely
 
 from layers.layer import Head, Layer
-from layers.models import GeometryFamily
+from layers.models import GeometryFamily, Thinning
+from tiles.grid import Tile, xy_bounds
 from tiles.settings import TileSettings
 
 PIXELS_PER_TILE = 512
@@ -79,6 +80,22 @@ def minzoom(layer: Head, settings: TileSettings) -> int:
     if name in MINZOOM and layer.schema.builtin:
         return MINZOOM[name]
     return FAMILY_MINZOOM[layer.schema.geometry]
+
+
+def thinning(name: str, tile: Tile, settings: TileSettings) -> Thinning | None:
+    """What of layer `name` a tile below the detail zoom may draw, for a store to read no
+    more (None: at or past the detail zoom, everything under the tile). Generous: the tile
+    itself picks its features among what is read."""
+    if tile.z >= settings.detail_zoom:
+        return None
+    b = xy_bounds(tile)
+    field = PRIORITY_FIELD.get(name)
+    return Thinning(
+        min_size=settings.min_size_px * pixel(b.maxx - b.minx),
+        most=settings.max_features * 9 // 8 + 16,
+        priority=field,
+        classes=ROAD_CLASS_RANK if field == "class" else None,
+    )
 
 
 def pixel(tile_width: float) -> float:

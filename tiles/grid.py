@@ -51,13 +51,15 @@ def lonlat_bounds(t: Tile) -> Bounds:
     return Bounds(b.left, b.bottom, b.right, b.top)
 
 
-def window(t: Tile, buffer: int, extent: int) -> Bounds:
+def window(t: Tile, buffer: int, extent: int, padded: bool = True) -> Bounds:
     """The lon/lat box a tile's features are read from: the tile grown by `buffer` extent
     units and a tenth of its side more (Mercator is not linear in latitude), within the
-    world."""
+    world; not `padded` (a tile below the detail zoom draws only what meets the tile), the
+    tile and a hair more."""
     b = lonlat_bounds(t)
-    pad = (b.maxx - b.minx) * (buffer / extent + 0.1)
-    padlat = (b.maxy - b.miny) * (buffer / extent + 0.1)
+    grow = buffer / extent + 0.1 if padded else 1e-7
+    pad = (b.maxx - b.minx) * grow
+    padlat = (b.maxy - b.miny) * grow
     return Bounds(
         b.minx - pad, max(b.miny - padlat, -90.0), b.maxx + pad, min(b.maxy + padlat, 90.0)
     )

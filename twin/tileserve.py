@@ -25,10 +25,11 @@ from starlette.requests import Request
 
 from layers.catalog import Lens, lens_key
 from layers.layer import Head, Layer
-from layers.models import Bounds
+from layers.models import Bounds, Thinning
 from layers.store import RasterInfo
 from tiles import grid
 from tiles.cache import CachedTile, TileCache, TileKey, etag
+from tiles.generalise import thinning
 from tiles.render import render_tile
 from tiles.settings import TileSettings
 from twin.access import caller_view
@@ -104,7 +105,12 @@ class TileServer:
 
     def window(self, tile: grid.Tile) -> Bounds:
         """The lon/lat box the features of `tile` are read from (`Catalog.around`)."""
-        return grid.window(tile, self.settings.buffer, self.settings.extent)
+        s = self.settings
+        return grid.window(tile, s.buffer, s.extent, padded=tile.z >= s.detail_zoom)
+
+    def thinning(self, name: str, tile: grid.Tile) -> Thinning | None:
+        """What of layer `name` the tile may draw (`Catalog.around`)."""
+        return thinning(name, tile, self.settings)
 
     def _admitted(self) -> AbstractContextManager[None]:
         """A place for rendering one tile (`Overloaded` when the worker is full)."""
@@ -313,7 +319,9 @@ class TileFastPath(LeanPath):
             access,
             None,
             # The layers served when drawn (a stale tile is drawn anew later).
-            lambda: [(catalog.around(n, access, box), None) for n in names],
+            lambda: [
+                (catalog.around(n, access, box, tiles.thinning(n, tile)), None) for n in names
+            ],
             headers.get("if-none-match"),
             headers.get("accept-encoding"),
         )

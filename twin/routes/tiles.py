@@ -340,7 +340,9 @@ async def collection_tile(
 
     def requests() -> list[tuple[Layer, Any]]:
         # Served when drawn (a stale tile: later).
-        now = catalog.around(collectionId, scope, box)
+        # A filter may leave out the most important features: it picks among them all.
+        thin = None if cql is not None else tiles.thinning(collectionId, tile)
+        now = catalog.around(collectionId, scope, box, thin)
         return [(now, _rows(now, cql, tile))]
 
     return await tiles.respond(
@@ -386,7 +388,8 @@ async def dataset_tile(
         for name, head in _visible(catalog, scope, collections).items():
             if cql is not None and not cql.properties <= _names(head):
                 continue
-            layer = catalog.around(name, scope, box)
+            thin = None if cql is not None else tiles.thinning(name, tile)
+            layer = catalog.around(name, scope, box, thin)
             out.append((layer, _rows(layer, cql, tile)))
         return out
 
