@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,12 @@ Lens = Access | View
 `Access` level (whole layers at or below it: `Access.RESTRICTED` for everything)."""
 LayerHook = Callable[[Layer], None]
 """Called with a layer about to be served in place of another (to make its derived data)."""
+
+
+_NONE = object()
+MEMO_KEEP = 256
+"""Results a catalog keeps made (`Catalog.memo`)."""
+T = TypeVar("T")
 
 
 class AppliedRun(NamedTuple):
@@ -116,6 +122,7 @@ class Catalog:
         self._rasters: dict[str, RasterInfo] = {}
         self._revisions: dict[str, int] = {}
         self._listeners: list[ChangeListener] = []
+        self._memo: dict[Hashable, Any] = {}
         self.prepare: LayerHook | None = None
         """Made ready before a changed layer is served (the server's warm-up of one layer)."""
         self.seq = 0
@@ -296,6 +303,20 @@ class Catalog:
 
     holds = True
     """Whether every layer is held in memory (else windows are read from the store)."""
+
+    def memo(self, key: Hashable, make: Callable[[], T]) -> T:
+        """`make()`, kept under `key` (which names the revisions it rests on) with the few
+        hundred most lately made."""
+        with self._lock:
+            found = self._memo.get(key, _NONE)
+        if found is not _NONE:
+            return found
+        value = make()
+        with self._lock:
+            self._memo[key] = value
+            while len(self._memo) > MEMO_KEEP:
+                self._memo.pop(next(iter(self._memo)))
+        return value
 
     def around(
         self, name: str, scope: Lens, bbox: Bounds | None, thin: Thinning | None = None
@@ -495,9 +516,6 @@ def _with_state(held: Layer, group: list[Change]) -> Layer | None:
     return now
 
 
-_NONE = object()
-
-
 class WindowCatalog(Catalog):
     """A catalog that holds no layer, over a database store: a tile or a query reads the
     features of its window from the store (`around`), collection documents come from the
@@ -515,7 +533,6 @@ class WindowCatalog(Catalog):
         self._whole: OrderedDict[str, Layer] = OrderedDict()
         self._keep = whole
         self._stale_heads: set[str] = set()
-        self._temporal: dict[tuple[str, int], list[str | None] | None] = {}
         super().__init__(store)
 
     def reload(self, name: str | None = None, seq: int | None = None) -> None:
@@ -621,13 +638,8 @@ class WindowCatalog(Catalog):
         head = self._visible(name, scope)
         if not isinstance(scope, Access) and scope.hides_rows(name):
             return temporal_extent(self.layer(name, scope))
-        key = (name, self._revisions.get(name, 0))
-        got = self._temporal.get(key, _NONE)
-        if got is _NONE:
-            got = self._temporal[key] = self.store.temporal(head.name)
-            while len(self._temporal) > 64:
-                self._temporal.pop(next(iter(self._temporal)))
-        return got  # type: ignore[return-value]
+        key = ("temporal", name, self._revisions.get(name, 0))
+        return self.memo(key, lambda: self.store.temporal(head.name))
 
     def page(self, name: str, scope: Lens, limit: int, offset: int) -> tuple[Layer, int] | None:
         self._visible(name, scope)

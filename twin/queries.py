@@ -26,7 +26,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 
 from layers.catalog import Catalog, Lens
-from layers.layer import Layer, json_text, json_value
+from layers.layer import Head, Layer, json_text, json_value
 from layers.models import Bounds
 from layers.raster import Dataset, MemoryRaster, Method, read_into_memory, sample_xy
 from layers.schemas import GRID_LEVELS
@@ -256,21 +256,28 @@ def layers_for(
     a distance in metres), each holding at least the features that may lie within that
     distance of it (a catalog that does not hold its layers reads just those)."""
     box = None if around is None else _window(*around)
+    return [
+        catalog.around(h.name, scope, box) for h in heads_for(catalog, scope, collections, skip)
+    ]
+
+
+def heads_for(
+    catalog: Catalog, scope: Lens, collections: Iterable[str] | None, skip: Iterable[str] = (GRIDS,)
+) -> list[Head]:
+    """What describes each layer a query searches (see `layers_for`), before reading any."""
     if collections is None:
         skipped = set(skip)
-        names = [n for n in catalog.heads(scope) if n not in skipped]
-    else:
-        rasters = catalog.rasters(scope)
-        names = []
-        for name in dict.fromkeys(collections):
-            if name in rasters:
-                raise InvalidParameter(
-                    f"{name!r} is a raster collection; name vector collections (see /query/at "
-                    "for raster values)"
-                )
-            catalog.head(name, scope)  # visible, else UnknownCollection before any reading
-            names.append(name)
-    return [catalog.around(n, scope, box) for n in names]
+        return [h for n, h in catalog.heads(scope).items() if n not in skipped]
+    rasters = catalog.rasters(scope)
+    out = []
+    for name in dict.fromkeys(collections):
+        if name in rasters:
+            raise InvalidParameter(
+                f"{name!r} is a raster collection; name vector collections (see /query/at "
+                "for raster values)"
+            )
+        out.append(catalog.head(name, scope))  # visible, else UnknownCollection
+    return out
 
 
 def _window(geometry: shapely.Geometry, distance_m: float) -> Bounds:

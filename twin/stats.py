@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import shapely
 
-from layers.catalog import Catalog, Lens
-from layers.layer import Layer
+from layers.catalog import Catalog, Lens, lens_key
+from layers.layer import Head, Layer
 from layers.schemas import GRID_LEVELS
 from twin import budget, metric
 from twin.cql2 import Filter, evaluate
 from twin.errors import InvalidParameter
-from twin.queries import GRIDS, layers_for
+from twin.queries import GRIDS, heads_for
 
 _POINT, _LINE, _POLYGON = (0, 4), (1, 2, 5), (3, 6)
 
@@ -231,32 +231,77 @@ def cell_stats(
     but the grid), counting only the features `flt` selects."""
     grid = catalog.layer(GRIDS, scope)
     cells = grid_cells(grid, level)
-    layers = layers_for(catalog, scope, collections)
+    heads = heads_for(catalog, scope, collections)
     if collections is None and flt is not None:
         # A filter names properties: by default, apply it to the layers that have them.
-        layers = [lyr for lyr in layers if _applies(flt, lyr)]
-        if not layers:
+        heads = [h for h in heads if _applies(flt, h)]
+        if not heads:
             raise InvalidParameter(
                 "filter names properties no visible layer has; name the collections to count"
             )
     columns: dict[str, np.ndarray] = {}
-    for layer in layers:
-        if layer.name == GRIDS:
+    for head in heads:
+        if head.name == GRIDS:
             raise InvalidParameter("statistics are per grid cell; name other collections")
-        budget.check(f"counting {layer.name} per cell")
-        for stat, values in _cached_layer_stats(layer, grid, level, cells, flt).items():
-            columns[f"{layer.name}_{stat}"] = values
+        budget.check(f"counting {head.name} per cell")
+        if catalog.holds:
+            layer = catalog.layer(head.name, scope)
+            got = _cached_layer_stats(layer, grid, level, cells, flt)
+        else:
+            got = _scanned_stats(catalog, scope, head.name, grid, level, cells, flt)
+        for stat, values in got.items():
+            columns[f"{head.name}_{stat}"] = values
     return CellStats(
         grid,
         level,
         cells,
-        [lyr.name for lyr in layers],
+        [h.name for h in heads],
         columns,
         None if flt is None else flt.key,
     )
 
 
-def _applies(flt: Filter, layer: Layer) -> bool:
+def _scanned_stats(
+    catalog: Catalog,
+    scope: Lens,
+    name: str,
+    grid: Layer,
+    level: str,
+    cells: np.ndarray,
+    flt: Filter | None,
+) -> dict[str, np.ndarray]:
+    """`_cached_layer_stats` of a layer the catalog does not hold: the layer read a chunk at a
+    time, each chunk's statistics added up (each feature counts and measures on its own).
+    Kept per revision of the layer and the grid."""
+    key = (
+        "stats",
+        name,
+        catalog.revision(name),
+        catalog.revision(GRIDS),
+        lens_key(scope),
+        level,
+        None if flt is None else flt.key,
+    )
+
+    def make() -> dict[str, np.ndarray]:
+        polygons = grid.geometry[cells]
+        earlier = grid.derived(("earlier cells", level), lambda: earlier_cells(polygons))
+        total: dict[str, np.ndarray] = {}
+        for chunk in catalog.chunks(name, scope):
+            budget.check(f"counting {name} per cell")
+            rows = (
+                np.arange(len(chunk), dtype=np.int64)
+                if flt is None
+                else np.flatnonzero(evaluate(flt, chunk))
+            )
+            for stat, values in layer_stats(chunk, rows, polygons, earlier).items():
+                total[stat] = total[stat] + values if stat in total else values
+        return total or {"count": np.zeros(len(cells), dtype=np.int64)}
+
+    return catalog.memo(key, make)
+
+
+def _applies(flt: Filter, layer: Head) -> bool:
     try:
         flt.check(layer.schema)
     except InvalidParameter:

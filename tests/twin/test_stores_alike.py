@@ -183,6 +183,24 @@ def test_a_server_on_postgis_reads_windows_not_whole_layers(twins) -> None:
             again = client.get(url, headers=headers)
             assert _plain(again.text) == _plain(answered[url].text), url
         catalog.chunk_size = 50_000
+        # Statistics per cell read the (small) grid whole and the layers a chunk at a time:
+        # the same numbers as the layers held, also added up over one-feature chunks.
+        catalog.chunk_size = 1
+        held = twins["clients"]["gpkg"]
+        for q in [
+            "level=cell",
+            "level=district&collections=pipes",
+            "level=street&filter=network='water'",
+        ]:
+            got = client.get(f"/query/stats?{q}", headers=headers)
+            assert (
+                got.status_code == 200
+                and got.text == held.get(f"/query/stats?{q}", headers=headers).text
+            )
+        catalog.chunk_size = 50_000
+        assert set(loads) == {"grids"}
+        loads.clear()
+        catalog._whole.clear()
         search = client.get("/search?q=W", headers=headers)
         assert search.status_code == 200
         assert loads and len(catalog._whole) <= 1
