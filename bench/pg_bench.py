@@ -4,7 +4,7 @@ database cluster, the kit's city, one run.
 Run by hand (never in tests), one benchmark at a time on the machine:
 
     cp -r ../shared/bench /tmp/tipg-kit && (cd /tmp/tipg-kit && ./setup.sh)
-    flock /tmp/twin-bench.lock .venv/bin/python bench/pg_bench.py --quick       # ~2 min check
+    flock /tmp/twin-bench.lock .venv/bin/python bench/pg_bench.py --quick       # ~4 min check
     flock /tmp/twin-bench.lock .venv/bin/python bench/pg_bench.py --n 100000
     flock /tmp/twin-bench.lock .venv/bin/python bench/pg_bench.py --no-compare \\
         --rss-sizes 100000,1000000,5000000
@@ -28,7 +28,9 @@ What it does:
    the issue's aims name, and the feature counts of both servers' tiles and near answers;
 4. `--rss-sizes`: for each size a fresh database `twin_rss_N` holding only the city's pipes,
    `twin serve --workers 1`, the tile and near lists once each, then the server's VmRSS and
-   VmHWM (from /proc), its start-up time and the table size.
+   VmHWM (from /proc), its start-up time and the table size. A server still loading when the
+   host's MemAvailable falls under `--mem-floor-gb` (3 GB; the machine is shared) is stopped
+   and reported with the memory it had reached.
 
 "Cold" is the first request for each URL after PostgreSQL and the server started; the OS page
 cache is not dropped (other people share the machine). Raw loadgen JSON goes to the cache
