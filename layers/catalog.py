@@ -272,7 +272,7 @@ class Catalog:
 
     def names(self, scope: Lens) -> list[str]:
         """Every collection visible at `scope`, vector then raster, sorted."""
-        return [*self.layers(scope), *self.rasters(scope)]
+        return [*self.heads(scope), *self.rasters(scope)]
 
     def layers(self, scope: Lens) -> dict[str, Layer]:
         """Vector layers visible at `scope`, by name, each as the scope may see it (a caller's
@@ -528,7 +528,7 @@ class WindowCatalog(Catalog):
     chunk_size = 50_000
     """Features read at a time by a scan of a whole layer (`chunks`)."""
 
-    def __init__(self, store: Store, whole: int = 1) -> None:
+    def __init__(self, store: Store, whole: int = 2) -> None:
         self._heads: dict[str, LayerHead] = {}
         self._whole: OrderedDict[str, Layer] = OrderedDict()
         self._keep = whole

@@ -48,9 +48,9 @@ class StoreSettings(BaseSettings):
     """Whether a server holds every layer in memory (`TWIN_HOLD_LAYERS`). None: the embedded
     store's are held (served from memory); the PostGIS store's are not (a tile or a query
     reads its window from the database, so a server's memory stays flat as the data grows)."""
-    whole_layers: int = 1
+    whole_layers: int = 2
     """A server that does not hold its layers keeps this many whole layers read for what
-    still needs one (searches, traces, statistics; `TWIN_WHOLE_LAYERS`)."""
+    still needs one (searches, traces: the pipes and the valves; `TWIN_WHOLE_LAYERS`)."""
 
     @property
     def holds(self) -> bool:

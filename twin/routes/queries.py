@@ -371,11 +371,12 @@ def _network(
     """The network of every pipe and valve (a trace without the valves a caller may not see
     would be wrong: `network.shown` leaves them out of the answer instead); 404 when the
     caller may not see the pipes, or pipe `fid`."""
-    seen = catalog.layer("pipes", scope)
+    seen = catalog.picked("pipes", scope, [] if fid is None else [fid])
     if fid is not None and fid not in seen.row_of:
         raise UnknownFeature("pipes", fid)
     pipes = catalog.layer("pipes", Access.RESTRICTED)
-    valves = catalog.layers(Access.RESTRICTED).get("valves")
+    has_valves = "valves" in catalog.heads(Access.RESTRICTED)
+    valves = catalog.layer("valves", Access.RESTRICTED) if has_valves else None
     return network.network_for(
         pipes, valves, snap_m=settings.network_snap_m, attach_m=settings.network_attach_m
     )
