@@ -428,7 +428,7 @@ def _part(entry: Change | StateRun, layer: Layer | None) -> Part:
     """An entry as applied, a reading's box that of its feature in `layer`."""
     if isinstance(entry, Change):
         return entry
-    rows = layer.row_of.get_indexer(entry.ids) if layer is not None and len(layer) else None
+    rows = layer.rows_of(entry.ids) if layer is not None and len(layer) else None
     return _applied(entry, layer, rows)
 
 
@@ -444,7 +444,7 @@ def _with_runs(held: Layer, runs: list[StateRun]) -> tuple[Layer, list[Part]]:
     """Runs of readings applied column-wise: each entry sets its values, one more version,
     recorded at its run's time (what the store lays over the stored rows)."""
     ids = [fid for r in runs for fid in r.ids]
-    rows = held.row_of.get_indexer(ids) if len(held) else np.full(len(ids), -1)
+    rows = held.rows_of(ids) if len(held) else np.full(len(ids), -1)
     n = len(held)
     counts = np.zeros(n, dtype=np.int64)
     stamps = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)

@@ -42,6 +42,7 @@ from layers.models import (
     LayerSchema,
     Observed,
     Reading,
+    Readings,
     StateRun,
     Thinning,
     WriteResult,
@@ -800,27 +801,24 @@ class GeoPackageStore:
             out += entry.changes([None if b is None or None in b else Bounds(*b) for b in stored])
         return out[:limit]
 
-    def observe(self, readings: Sequence[Reading], *, user: str) -> Observed:
+    def observe(self, readings: Readings | Sequence[Reading], *, user: str) -> Observed:
         """Keep every reading as history and make the newest of each feature's property (by
         its time, not by arrival) that feature's state, in one transaction: a reading older
         than the state recorded is kept in the history only. Each feature whose state changed
         is one change-log entry. Both are appends (see `layers.gpkg_live`)."""
         if not readings:
             return Observed(0, self.revision())
+        batch = Readings.of(readings)
         stamp = utc_stamp(_now())
-        stamps = [utc_stamp(r.time) for r in readings]
         with self._lock:
             try:
                 with self._transaction() as db:
                     held = self._times.current(db)
-                    done, payloads = live.observe(
-                        db, readings, stamps, user=user, stamp=stamp, held=held
-                    )
+                    done, times = live.observe(db, batch, user=user, stamp=stamp, held=held)
             except BaseException:
                 self._times = live.StateTimes()  # made again from the store next time
                 raise
-            for payload in payloads:
-                self._times.note(payload)
+            self._times.add(times)
             self._times.seq = max(self._times.seq, done.revision)
         return done
 

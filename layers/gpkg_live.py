@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from itertools import chain, compress, repeat
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from layers.layer import UPDATED, VERSION, Layer, coerce
-from layers.models import LayerSchema, Observed, Reading, StateRun, feature_etag, parse_utc
+from layers.models import LayerSchema, Observed, Readings, StateRun, feature_etag, parse_utc
 
 _READINGS_NEW = """CREATE TABLE IF NOT EXISTS twin_readings_new (
   rid INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, id TEXT NOT NULL,
@@ -107,17 +108,16 @@ class StateTimes:
     entry `seq`: what a new reading is compared with (kept per process, brought up to date
     from the log inside each write transaction)."""
 
-    times: dict[tuple[str, str], dict[str, str]] | None = None
-    """(collection, property) -> {id: time}."""
+    times: dict[tuple[str, str, str], str] | None = None
+    """(collection, id, property) -> time."""
     seq: int = 0
 
-    def current(self, db: sqlite3.Connection) -> dict[tuple[str, str], dict[str, str]]:
+    def current(self, db: sqlite3.Connection) -> dict[tuple[str, str, str], str]:
         """Up to date (inside a write transaction)."""
         if self.times is None:
             settle(db, history=False)
-            times: dict[tuple[str, str], dict[str, str]] = {}
-            for c, fid, p, t in db.execute("SELECT collection, id, property, time FROM twin_state"):
-                times.setdefault((c, p), {})[fid] = t
+            state = db.execute("SELECT collection, id, property, time FROM twin_state")
+            times = {(c, fid, p): t for c, fid, p, t in state}
             self.times, self.seq = times, revision(db)
             return times
         rows = db.execute(
@@ -133,61 +133,71 @@ class StateTimes:
     def note(self, payload: dict[str, Any]) -> None:
         """The state times a log row of readings set."""
         assert self.times is not None
-        for fid, times in zip(payload["id"], payload["time"], strict=True):
-            for p, t in times.items():
-                self.times.setdefault((payload["collection"], p), {})[fid] = t
+        c = payload["collection"]
+        self.times.update(
+            ((c, fid, p), t)
+            for fid, set_at in zip(payload["id"], payload["time"], strict=True)
+            for p, t in set_at.items()
+        )
+
+    def add(self, times: dict[tuple[str, str, str], str]) -> None:
+        """State times set, as `observe` gives them."""
+        assert self.times is not None
+        self.times.update(times)
 
 
 def observe(
     db: sqlite3.Connection,
-    readings: Sequence[Reading],
-    stamps: list[str],
+    readings: Readings,
     *,
     user: str,
     stamp: str,
-    held: dict[tuple[str, str], dict[str, str]],
-) -> tuple[Observed, list[dict[str, Any]]]:
-    """Append `readings` (their times as `stamps`) inside a write transaction: all to the
-    history, and one log row per collection for the features whose state they change (the
-    newest reading of each property, by time, when not older than the state `held`); what
-    it did, and the payload of each log row."""
-    newest: dict[tuple[str, str, str], int] = {}
-    for i, (r, t) in enumerate(zip(readings, stamps, strict=True)):
-        key = (r.collection, r.id, r.property)
-        j = newest.get(key)
-        if j is None or t >= stamps[j]:
-            newest[key] = i
+    held: dict[tuple[str, str, str], str],
+) -> tuple[Observed, dict[tuple[str, str, str], str]]:
+    """Append `readings` inside a write transaction: all to the history, and one log row per
+    collection for the features whose state they change (the newest reading of each
+    property, by time, when not older than the state `held`); what it did, and the state
+    times it set (as `StateTimes.times` holds them)."""
+    stamps, values = readings.time, readings.value
+    best = readings.newest()
+    keys = list(best)
+    at = list(best.values())
+    ts = list(map(stamps.__getitem__, at))
+    fresh = list(map(str.__le__, map(held.get, keys, repeat("")), ts))  # not older than held
     # Per collection, the features changed in the order first met, each with what it sets.
     runs: dict[str, dict[str, tuple[dict[str, Any], dict[str, str], list[int]]]] = {}
-    for (c, fid, p), i in newest.items():
-        if held.get((c, p), {}).get(fid, "") <= stamps[i]:
-            sets, times, which = runs.setdefault(c, {}).setdefault(fid, ({}, {}, []))
-            sets[p], times[p] = readings[i].value, stamps[i]
-            which.append(i)
+    for (c, fid, p), i, t in compress(zip(keys, at, ts, strict=True), fresh):
+        features = runs.get(c)
+        if features is None:
+            features = runs[c] = {}
+        got = features.get(fid)
+        if got is None:
+            features[fid] = ({p: values[i]}, {p: t}, [i])
+        else:
+            got[0][p], got[1][p] = values[i], t
+            got[2].append(i)
     seq = revision(db) + 1
     applied: list[int | None] = [None] * len(readings)
     first = [0] * len(readings)
     out = Observed(0, seq - 1)
-    payloads = []
     for c, features in runs.items():
         ids = list(features)
+        entries = list(features.values())
         payload = {
             "collection": c,
             "id": ids,
-            "set": [features[f][0] for f in ids],
-            "time": [features[f][1] for f in ids],
+            "set": [e[0] for e in entries],
+            "time": [e[1] for e in entries],
         }
-        for k, fid in enumerate(ids):
-            which = features[fid][2]
+        for k, (_, _, which) in enumerate(entries, seq):
             first[which[0]] = 1  # the entry's one more version, counted once
             for i in which:
-                applied[i] = seq + k
+                applied[i] = k
         db.execute(
             "INSERT INTO twin_changes (seq, n, collection, kind, user, time, why, properties) "
             "VALUES (?, ?, ?, 'readings', ?, ?, 'reading', ?)",
-            (seq, len(ids), c, user, stamp, json.dumps(payload, ensure_ascii=False)),
+            (seq, len(ids), c, user, stamp, _PAYLOAD.encode(payload)),
         )
-        payloads.append(payload)
         out.changed += len(ids)
         seq += len(ids)
     out.revision = seq - 1
@@ -198,24 +208,42 @@ def observe(
             "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'twin_changes'",
             (out.revision,),
         )
-    texts: dict[tuple[type, Any], str] = {}  # values repeat (a status): each encoded once
-
-    def text(v: Any) -> str:
-        key = (type(v), v)
-        got = texts.get(key)
-        if got is None:
-            got = texts[key] = json.dumps(v)
-        return got
-
-    db.executemany(
-        f"INSERT INTO twin_readings_new ({_READING_COLUMNS}, first) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            (r.collection, r.id, r.property, t, text(r.value), stamp, user, a, f)
-            for r, t, a, f in zip(readings, stamps, applied, first, strict=True)
-        ),
+    rows = list(
+        zip(
+            readings.collection,
+            readings.id,
+            readings.property,
+            stamps,
+            readings.texts(),
+            applied,
+            first,
+            strict=True,
+        )
     )
-    return out, payloads
+    # Rows of many readings per statement: half the time of one statement per reading.
+    for lo in range(0, len(rows), _ROWS_PER_INSERT):
+        part = rows[lo : lo + _ROWS_PER_INSERT]
+        db.execute(_insert_readings(len(part)), (stamp, user, *chain.from_iterable(part)))
+    return out, dict(compress(zip(keys, ts, strict=True), fresh))
+
+
+_PAYLOAD = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+"""A log row's payload as JSON text (made here: no containers in it hold themselves)."""
+_ROWS_PER_INSERT = 140
+"""Readings per INSERT statement: 7 values each, 2 more for all; 999 values at most in SQLite
+before 3.32."""
+
+
+@cache
+def _insert_readings(n: int) -> str:
+    """An INSERT of `n` readings: the time received and the user bound once, then the
+    collection, id, property, time, value, applied and first of each."""
+    return (
+        f"INSERT INTO twin_readings_new ({_READING_COLUMNS}, first) SELECT column1, column2, "
+        "column3, column4, column5, ?1, ?2, column6, column7 FROM (VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n)
+        + ")"
+    )
 
 
 def _mark(db: sqlite3.Connection) -> int:

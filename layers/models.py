@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -398,6 +399,73 @@ class Reading(NamedTuple):
     property: str
     time: dt.datetime
     value: Any
+
+
+@dataclass
+class Readings:
+    """A batch of readings column by column, each reading's time as the store writes times
+    (`utc_stamp`): what the check of a batch gives and a store writes, without an object or a
+    time per reading (a batch holds thousands)."""
+
+    collection: list[str]
+    id: list[str]
+    property: list[str]
+    time: list[str]
+    value: list[Any]
+
+    @classmethod
+    def of(cls, readings: Readings | Sequence[Reading]) -> Readings:
+        """`readings` as columns (themselves when they are)."""
+        if isinstance(readings, Readings):
+            return readings
+        if not readings:
+            return cls([], [], [], [], [])
+        c, fid, p, t, v = (list(col) for col in zip(*readings, strict=True))
+        return cls(c, fid, p, [utc_stamp(x) for x in t], v)
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def newest(self) -> dict[tuple[str, str, str], int]:
+        """Per (collection, id, property), in the order first met, the position of its newest
+        reading (by time; the later in the batch on a tie)."""
+        keys = list(zip(self.collection, self.id, self.property, strict=True))
+        stamps = self.time
+        if all(map(str.__le__, stamps, stamps[1:])):  # in time order, as a batch mostly is
+            return dict(zip(keys, range(len(keys)), strict=True))
+        # By time, a stable sort: the last of a key is its newest, the later one on a tie; the
+        # keys keep the place they were first met.
+        order = sorted(range(len(keys)), key=stamps.__getitem__)
+        out = dict.fromkeys(keys, 0)
+        out.update(zip(map(keys.__getitem__, order), order, strict=True))
+        return out
+
+    def texts(self) -> list[str]:
+        """Each value as JSON text (`json.dumps`), in one call where it can be."""
+        values = self.value
+        if not values:
+            return []
+        kinds = set(map(type, values))
+        if kinds <= _PLAIN:
+            # Numbers, true, false and null: no ", " inside one, so the array's text splits.
+            return json.dumps(values)[1:-1].split(", ")
+        if kinds <= _TEXT:  # texts repeat (a status): each encoded once
+            distinct = {v: json.dumps(v) for v in set(values)}
+            return list(map(distinct.__getitem__, values))
+        texts: dict[tuple[type, Any], str] = {}  # 1, 1.0 and true apart
+
+        def text(v: Any) -> str:
+            key = (type(v), v)
+            got = texts.get(key)
+            if got is None:
+                got = texts[key] = json.dumps(v)
+            return got
+
+        return list(map(text, values))
+
+
+_PLAIN = {int, float, bool, type(None)}
+_TEXT = {str, type(None)}
 
 
 @dataclass(frozen=True)

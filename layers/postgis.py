@@ -47,6 +47,7 @@ from layers.models import (
     LayerSchema,
     Observed,
     Reading,
+    Readings,
     StateRun,
     Thinning,
     WriteResult,
@@ -1134,22 +1135,22 @@ class PostGISStore:
             staged.unlink(missing_ok=True)
         return RasterInfo(name, info.title, target, info.classification, info.meta)
 
-    def observe(self, readings: Sequence[Reading], *, user: str) -> Observed:
+    def observe(self, readings: Readings | Sequence[Reading], *, user: str) -> Observed:
         """Keep every reading as history and make the newest of each feature's property (by
         its time, not by arrival) that feature's state, in one transaction: a reading older
         than the state recorded is kept in the history only. Each feature whose state changed
         is one change-log entry (see `layers.postgis_live`)."""
         if not readings:
             return Observed(0, self.revision())
+        batch = Readings.of(readings)
         stamp = utc_stamp(_now())
-        stamps = [utc_stamp(r.time) for r in readings]
         with self._cursor(write=True) as cur:
             cur.execute(
                 "SELECT name, schema FROM twin_layers WHERE kind = 'vector' AND name = ANY(%s)",
-                (list({r.collection for r in readings}),),
+                (list(set(batch.collection)),),
             )
             schemas = {n: LayerSchema.from_json(s) for n, s in cur.fetchall()}
-            return live.observe(cur, readings, stamps, user=user, now=stamp, schemas=schemas)
+            return live.observe(cur, batch, user=user, now=stamp, schemas=schemas)
 
     def settle(self, history: bool = True) -> int:
         """How many readings arrived since the last call. Readings set state and are indexed

@@ -16,12 +16,11 @@ read inside the write transaction (writers are serialised by an advisory lock).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from psycopg import Cursor, sql
 
-from layers.models import FieldType, LayerSchema, Observed, Reading, StateRun, parse_utc
+from layers.models import FieldType, LayerSchema, Observed, Readings, StateRun, parse_utc
 
 LAYER_SCHEMA = "layers"
 """The database schema holding one table per vector layer, apart from the store's own tables."""
@@ -50,18 +49,6 @@ def revision(cur: Cursor) -> int:
     return int(row[0]) if row else 0
 
 
-def newest(readings: Sequence[Reading], stamps: list[str]) -> dict[tuple[str, str, str], int]:
-    """Per (collection, id, property), the position of its newest reading in the batch (by
-    time; the later in the batch on a tie)."""
-    out: dict[tuple[str, str, str], int] = {}
-    for i, (r, t) in enumerate(zip(readings, stamps, strict=True)):
-        key = (r.collection, r.id, r.property)
-        j = out.get(key)
-        if j is None or t >= stamps[j]:
-            out[key] = i
-    return out
-
-
 def held_times(cur: Cursor, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
     """The time of the state recorded for each (collection, id, property) that has one."""
     by_layer: dict[str, list[str]] = {}
@@ -84,23 +71,23 @@ def stamp(t: Any) -> str:
 
 def observe(
     cur: Cursor,
-    readings: Sequence[Reading],
-    stamps: list[str],
+    readings: Readings,
     *,
     user: str,
     now: str,
     schemas: dict[str, LayerSchema],
 ) -> Observed:
-    """Write `readings` (their times as `stamps`) inside a write transaction: all into the
-    history, the newest of each property (when not older than the state held) into the
-    state and the feature rows, one log row of entries per collection."""
-    best = newest(readings, stamps)
+    """Write `readings` inside a write transaction: all into the history, the newest of each
+    property (when not older than the state held) into the state and the feature rows, one
+    log row of entries per collection."""
+    stamps, values = readings.time, readings.value
+    best = readings.newest()
     held = held_times(cur, list(best))
     runs: dict[str, dict[str, tuple[dict[str, Any], dict[str, str], list[int]]]] = {}
     for (c, fid, p), i in best.items():
         if held.get((c, fid, p), "") <= stamps[i]:
             sets, times, which = runs.setdefault(c, {}).setdefault(fid, ({}, {}, []))
-            sets[p], times[p] = readings[i].value, stamps[i]
+            sets[p], times[p] = values[i], stamps[i]
             which.append(i)
     seq = revision(cur) + 1
     applied: list[int | None] = [None] * len(readings)
@@ -127,12 +114,9 @@ def observe(
         seq += len(ids)
     out.revision = seq - 1
     state = []
-    for i in best.values():
+    for (c, fid, p), i in best.items():
         if applied[i] is not None:
-            r = readings[i]
-            state.append(
-                (r.collection, r.id, r.property, stamps[i], json.dumps(r.value), now, applied[i])
-            )
+            state.append((c, fid, p, stamps[i], json.dumps(values[i]), now, applied[i]))
     if state:
         cur.execute(
             "INSERT INTO twin_state (collection, id, property, time, value, recorded, seq) "
@@ -142,21 +126,21 @@ def observe(
             "value = excluded.value, recorded = excluded.recorded, seq = excluded.seq",
             [list(column) for column in zip(*state, strict=True)],
         )
-    texts: dict[tuple[type, Any], str] = {}  # values repeat (a status): each encoded once
-
-    def text(v: Any) -> str:
-        key = (type(v), v)
-        got = texts.get(key)
-        if got is None:
-            got = texts[key] = json.dumps(v)
-        return got
-
+    rows = zip(
+        readings.collection,
+        readings.id,
+        readings.property,
+        stamps,
+        readings.texts(),
+        applied,
+        strict=True,
+    )
     with cur.copy(
         "COPY twin_readings (collection, id, property, time, value, received, who, applied) "
         "FROM STDIN"
     ) as copy:
-        for r, t, a in zip(readings, stamps, applied, strict=True):
-            copy.write_row((r.collection, r.id, r.property, t, text(r.value), now, user, a))
+        for c, fid, p, t, v, a in rows:
+            copy.write_row((c, fid, p, t, v, now, user, a))
     return out
 
 

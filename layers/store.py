@@ -18,6 +18,7 @@ from layers.models import (
     LayerSchema,
     Observed,
     Reading,
+    Readings,
     StateRun,
     Thinning,
     WriteResult,
@@ -143,9 +144,10 @@ class Store(Protocol):
         """The stored features of `ids` (those that exist), in the layer's stored order."""
         ...
 
-    def observe(self, readings: Sequence[Reading], *, user: str) -> Observed:
-        """Keep the readings as history; the newest of each feature's property (by its time)
-        becomes its state, one change-log entry per feature changed."""
+    def observe(self, readings: Readings | Sequence[Reading], *, user: str) -> Observed:
+        """Keep the readings (as `Reading`s or as columns) as history; the newest of each
+        feature's property (by its time) becomes its state, one change-log entry per feature
+        changed."""
         ...
 
     def settle(self, history: bool = True) -> int:

@@ -16,16 +16,43 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from layers.models import Bounds
 from tiles.grid import ORIGIN, Tile, tile_width, to_mercator
 
+if TYPE_CHECKING:
+    from tiles.render import TileDraft
+
 _EDGE = 1e-6
 """Metres of slack on tile edges, so a box exactly on an edge (up to floating-point error in
 the projection) counts as touching both tiles."""
+
+
+_BROADCAST = 1 << 20
+"""Most box-by-cell tests made at once (bytes of each boolean temporary)."""
+
+
+def _cells_met(
+    cells: list[tuple[int, int]],
+    xmin: np.ndarray,
+    xmax: np.ndarray,
+    ymin: np.ndarray,
+    ymax: np.ndarray,
+) -> list[tuple[int, int]]:
+    """The `cells` (x, y) inside any of the tile ranges `xmin..xmax`, `ymin..ymax`: every
+    box against every cell, a slice of the boxes at a time."""
+    xy = np.array(cells, dtype=np.int64).reshape(-1, 2)
+    cx, cy = xy[:, 0], xy[:, 1]
+    met = np.zeros(len(cells), dtype=bool)
+    step = max(1, _BROADCAST // max(1, len(cells)))
+    for s in range(0, len(xmin), step):
+        x0, x1 = xmin[s : s + step, None], xmax[s : s + step, None]
+        y0, y1 = ymin[s : s + step, None], ymax[s : s + step, None]
+        met |= ((x0 <= cx) & (cx <= x1) & (y0 <= cy) & (cy <= y1)).any(axis=0)
+    return [cells[i] for i in np.flatnonzero(met).tolist()]
 
 
 class TileKey(NamedTuple):
@@ -61,7 +88,7 @@ class CachedTile:
     identity clients ask for never needs them.
     """
 
-    __slots__ = ("_gz", "_raw", "drawn_here", "etag", "level", "made")
+    __slots__ = ("_gz", "_raw", "draft", "drawn_here", "etag", "level", "made")
 
     def __init__(
         self,
@@ -71,6 +98,7 @@ class CachedTile:
         gz: bytes | None = None,
         made: float | None = None,
         drawn_here: bool = True,
+        draft: TileDraft | None = None,
     ) -> None:
         self._raw = raw
         self.etag = etag
@@ -80,6 +108,9 @@ class CachedTile:
         """When the data it was drawn from was read (`time.monotonic`)."""
         self.drawn_here = drawn_here
         """Drawn by this process (not taken from another worker)."""
+        self.draft = draft
+        """What its drawing kept for drawing it again when its data changes
+        (`tiles.render.draw_tile`); counted in `nbytes`."""
 
     def __repr__(self) -> str:
         return f"CachedTile(size={self.size}, etag={self.etag})"
@@ -101,8 +132,9 @@ class CachedTile:
 
     @property
     def nbytes(self) -> int:
-        """Memory held: raw bytes plus gzip bytes once made."""
-        return len(self._raw) + len(self._gz or b"")
+        """Memory held: raw bytes plus gzip bytes once made (and the draft kept)."""
+        kept = self.draft.nbytes if self.draft is not None else 0
+        return len(self._raw) + len(self._gz or b"") + kept
 
     @property
     def data(self) -> bytes:
@@ -338,12 +370,8 @@ class TileCache:
                 ymax = np.clip(np.floor((ORIGIN - y0s + _EDGE) / w), 0, top).astype(np.int64)
                 wide, high = xmax - xmin + 1, ymax - ymin + 1
                 count = np.where((wide > 0) & (high > 0), wide * high, 0)
-                if count.sum() > 4 * len(cells):  # large boxes: test the cached cells instead
-                    hit = [
-                        (x, y)
-                        for x, y in cells
-                        if ((xmin <= x) & (x <= xmax) & (ymin <= y) & (y <= ymax)).any()
-                    ]
+                if count.sum() > 4 * len(cells):  # many or large boxes: test the cached cells
+                    hit = _cells_met(list(cells), xmin, xmax, ymin, ymax)
                 else:
                     box = np.repeat(np.arange(len(count)), count)
                     off = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)

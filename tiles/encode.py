@@ -585,6 +585,75 @@ def _tags(props: Properties, rows: np.ndarray) -> tuple[list[str], np.ndarray, n
     return keys, ntags, stream, props.table.entries(written)
 
 
+@dataclass(frozen=True)
+class EncodedGeometry:
+    """The part of a layer's features that does not depend on their properties, encoded:
+    which of the features given are drawn, their MVT ids, and each one's `type` and
+    `geometry` fields as bytes. A tile whose features only changed attribute values is
+    written again from it (`assemble`) without touching a geometry."""
+
+    rows: np.ndarray
+    """The features drawn, as positions among those given (empty ones are left out)."""
+    ids: np.ndarray
+    """MVT feature id of each drawn feature, -1 for none."""
+    blob: np.ndarray
+    """The `type` and `geometry` fields of every drawn feature, back to back (uint8)."""
+    sizes: np.ndarray
+    """Bytes of each drawn feature's part of `blob`."""
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays."""
+        return int(self.rows.nbytes + self.ids.nbytes + self.blob.nbytes + self.sizes.nbytes)
+
+
+def encode_geometry(
+    geoms: np.ndarray,
+    *,
+    bounds: Bounds,
+    extent: int = 4096,
+    ids: np.ndarray | None = None,
+    transform: Transform | None = None,
+) -> EncodedGeometry:
+    """The geometry of a layer's features, encoded (see `encode_layer`, which takes the same
+    arguments but the properties)."""
+    geoms = np.asarray(geoms, dtype=object)
+    empty = np.empty(0, dtype=np.int64)
+    if len(geoms) == 0:
+        return EncodedGeometry(empty, empty, np.empty(0, np.uint8), empty)
+    alive = shapely.get_num_coordinates(geoms) > 0
+    rows = np.flatnonzero(alive)
+    mvt_type, gcount, gstream = geometry_streams(geoms[rows], bounds, extent, transform)
+    drawn = mvt_type > 0
+    if not drawn.any():
+        return EncodedGeometry(empty, empty, np.empty(0, np.uint8), empty)
+    if not drawn.all():
+        keep = np.flatnonzero(drawn)
+        rows = rows[keep]
+        gstarts = (np.cumsum(gcount) - gcount)[keep]
+        gcount = gcount[keep]
+        gstream = gstream[_ranges(gstarts, gcount)]
+        mvt_type = mvt_type[keep]
+    fid = np.asarray(ids, dtype=np.int64)[rows] if ids is not None else np.full(len(rows), -1)
+    glen_each = varint_lengths(gstream)
+    gbytes = np.add.reduceat(glen_each, np.cumsum(gcount) - gcount) if len(gstream) else gcount
+    # Per feature: 0x18 type 0x22 len geom..
+    ntok = 4 + gcount
+    base = np.cumsum(ntok) - ntok
+    tok = np.empty(int(ntok.sum()), dtype=_U64)
+    lens = np.ones(len(tok), dtype=np.int64)
+    tok[base] = _FEAT_TYPE
+    tok[base + 1] = mvt_type
+    tok[base + 2] = _FEAT_GEOM
+    tok[base + 3] = gbytes
+    lens[base + 3] = varint_lengths(gbytes)
+    inner = _ranges(base + 4, gcount)
+    tok[inner] = gstream
+    lens[inner] = glen_each
+    blob = np.frombuffer(varints(tok, lens), np.uint8)
+    return EncodedGeometry(rows, fid, blob, 3 + lens[base + 3] + gbytes)
+
+
 def encode_layer(
     name: str,
     geoms: np.ndarray,
@@ -599,36 +668,29 @@ def encode_layer(
     no feature is left to draw.
 
     `geoms` are shapely geometries in the coordinates of `bounds` (the tile, EPSG:3857 for
-    a map tile), or mapped into them by `transform`, already clipped; `ids[i]` is feature i's numeric id or -1 for none;
-    `properties` holds one row per geometry.
+    a map tile), or mapped into them by `transform`, already clipped; `ids[i]` is feature i's
+    numeric id or -1 for none; `properties` holds one row per geometry.
     """
-    geoms = np.asarray(geoms, dtype=object)
-    if len(geoms) == 0:
+    drawn = encode_geometry(geoms, bounds=bounds, extent=extent, ids=ids, transform=transform)
+    return assemble(name, drawn, properties, extent)
+
+
+def assemble(
+    name: str, drawn: EncodedGeometry, properties: Properties | None, extent: int = 4096
+) -> bytes:
+    """One MVT layer (see `encode_layer`) of features whose geometry is encoded already, with
+    `properties` (one row per feature given to `encode_geometry`, not only those drawn)."""
+    n = len(drawn.rows)
+    if n == 0:
         return b""
-    alive = shapely.get_num_coordinates(geoms) > 0
-    rows = np.flatnonzero(alive)
-    mvt_type, gcount, gstream = geometry_streams(geoms[rows], bounds, extent, transform)
-    drawn = mvt_type > 0
-    if not drawn.any():
-        return b""
-    if not drawn.all():
-        keep = np.flatnonzero(drawn)
-        rows = rows[keep]
-        gstarts = (np.cumsum(gcount) - gcount)[keep]
-        gcount = gcount[keep]
-        gstream = gstream[_ranges(gstarts, gcount)]
-        mvt_type = mvt_type[keep]
-    n = len(rows)
     if properties is not None:
-        keys, ntags, tstream, values = _tags(properties, rows)
+        keys, ntags, tstream, values = _tags(properties, drawn.rows)
     else:
         keys, ntags, tstream, values = [], np.zeros(n, dtype=np.int64), np.empty(0, _U64), b""
-    fid = np.asarray(ids, dtype=np.int64)[rows] if ids is not None else np.full(n, -1)
+    fid = drawn.ids
     has_id = fid >= 0
 
     # Byte lengths of the variable parts, to write the length prefixes.
-    glen_each = varint_lengths(gstream)
-    gbytes = np.add.reduceat(glen_each, np.cumsum(gcount) - gcount) if len(gstream) else gcount
     tlen_each = varint_lengths(tstream)
     tstarts = np.cumsum(ntags) - ntags
     tbytes = np.zeros(n, dtype=np.int64)
@@ -636,17 +698,11 @@ def encode_layer(
     if nz.any():
         tbytes[nz] = np.add.reduceat(tlen_each, tstarts[nz])
     idbytes = np.where(has_id, 1 + varint_lengths(np.maximum(fid, 0).astype(_U64)), 0)
-    body = (
-        idbytes
-        + np.where(nz, 1 + varint_lengths(tbytes) + tbytes, 0)
-        + 2
-        + 1
-        + varint_lengths(gbytes)
-        + gbytes
-    )
+    tagbytes = np.where(nz, 1 + varint_lengths(tbytes) + tbytes, 0)
+    body = idbytes + tagbytes + drawn.sizes
 
-    # Token layout per feature: 0x12 len [0x08 id] [0x12 len tags..] 0x18 type 0x22 len geom..
-    ntok = 2 + 2 * has_id + np.where(nz, 2 + ntags, 0) + 4 + gcount
+    # Per feature: 0x12 len [0x08 id] [0x12 len tags..], then its type and geometry as held.
+    ntok = 2 + 2 * has_id + np.where(nz, 2 + ntags, 0)
     base = np.cumsum(ntok) - ntok
     tok = np.empty(int(ntok.sum()), dtype=_U64)
     tok[base] = _LAYER_FEATURE
@@ -658,15 +714,16 @@ def encode_layer(
     tok[p[nz]] = _FEAT_TAGS
     tok[p[nz] + 1] = tbytes[nz]
     tok[_ranges(p + 2, ntags)] = tstream
-    p = p + np.where(nz, 2 + ntags, 0)
-    tok[p] = _FEAT_TYPE
-    tok[p + 1] = mvt_type
-    tok[p + 2] = _FEAT_GEOM
-    tok[p + 3] = gbytes
-    tok[_ranges(p + 4, gcount)] = gstream
+    heads = np.frombuffer(varints(tok), np.uint8)
+    head = 1 + varint_lengths(body) + idbytes + tagbytes
+    size = head + drawn.sizes
+    start = np.cumsum(size) - size
+    features = np.empty(int(size.sum()), dtype=np.uint8)
+    features[_ranges(start, head)] = heads
+    features[_ranges(start + head, drawn.sizes)] = drawn.blob
 
     raw_name = name.encode("utf-8")
-    parts = [bytes([_LAYER_NAME]) + _varint(len(raw_name)) + raw_name, varints(tok)]
+    parts = [bytes([_LAYER_NAME]) + _varint(len(raw_name)) + raw_name, features.tobytes()]
     for k in keys:
         raw = k.encode("utf-8")
         parts.append(bytes([_LAYER_KEY]) + _varint(len(raw)) + raw)

@@ -10,16 +10,19 @@ Below the detail zoom the generalisation policy of `tiles.generalise` applies.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import shapely
 
 from layers.layer import Layer
-from layers.models import Bounds
+from layers.models import Bounds, LayerSchema
 from tiles import generalise
-from tiles.encode import Properties, encode_layer
+from tiles.encode import EncodedGeometry, Properties, assemble, encode_geometry, encode_layer
 from tiles.grid import Tile, mercator_box, to_lonlat, to_mercator, xy_bounds
 from tiles.prepared import COUNT_PROPERTY, ID_PROPERTY, PreparedLayer, prepare
 from tiles.settings import TileSettings
@@ -48,6 +51,12 @@ class _Cut:
     rank: np.ndarray
     extras: frozenset[str] = frozenset()
     """Keys of the extra attributes among `properties`: the first left out over budget."""
+    rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    """The layer's rows of the features (the clusters below the detail zoom come after)."""
+    counts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    """The number of points each cluster stands for."""
+    drawn: EncodedGeometry | None = None
+    """The features' geometry encoded, once `encode` has (none given `keep`)."""
 
     def without_extras(self) -> _Cut:
         """This cut without its extra attributes."""
@@ -59,15 +68,11 @@ class _Cut:
     def encode(self, bounds: Bounds, extent: int, keep: int | None = None) -> bytes:
         """The MVT layer, holding only the `keep` most important features when given."""
         if keep is None or keep >= len(self.geoms):
-            return encode_layer(
-                self.name,
-                self.geoms,
-                bounds=bounds,
-                extent=extent,
-                ids=self.ids,
-                properties=self.properties,
-                transform=_to_mercator,
-            )
+            if self.drawn is None:
+                self.drawn = encode_geometry(
+                    self.geoms, bounds=bounds, extent=extent, ids=self.ids, transform=_to_mercator
+                )
+            return assemble(self.name, self.drawn, self.properties, extent)
         if keep <= 0:
             return b""
         sel = np.sort(np.argpartition(self.rank, keep - 1)[:keep])
@@ -277,18 +282,15 @@ def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettin
     width = b.maxx - b.minx
     pad = width * settings.buffer / settings.extent
     clip_box = Bounds(b.minx - pad, b.miny - pad, b.maxx + pad, b.maxy + pad)
-    props = prep.properties
-    # Narrowed after the rows are taken: never a copy of a whole layer's codes per tile.
-    carried = [ID_PROPERTY, *settings.tile_keys(layer.name, props.keys[1:])]
-    extras = frozenset(f.name for f in layer.schema.extras) & set(carried)
+    no_clusters = np.empty(0, dtype=np.int64)
     if z >= settings.detail_zoom:
         found = _candidates(layer, rows, b)
         if len(found) == 0:
             return None
         found.sort()
         geoms, kept = _shapes(layer, found, b, clip_box)
-        taken = props.take(kept).select(carried)
-        return _Cut(layer.name, geoms, prep.ids[kept], taken, prep.rank[kept], extras)
+        taken, extras = _properties(layer, prep, kept, no_clusters, settings)
+        return _Cut(layer.name, geoms, prep.ids[kept], taken, prep.rank[kept], extras, kept)
 
     px = generalise.pixel(width)
     budget = settings.max_features
@@ -327,21 +329,35 @@ def _cut(layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettin
     geoms = generalise.simplify(geoms, np.degrees(settings.simplify_px * px * np.cos(lat) / R))
     ids = prep.ids[kept]
     rank = prep.rank[kept]
-    narrowed = props.take(kept).select(carried)
-    codes = narrowed.codes
-    keys = narrowed.keys
     if len(counts):
-        keys = (*keys, COUNT_PROPERTY)
-        distinct, where = np.unique(counts, return_inverse=True)
-        numbers = props.table.add_many("i", distinct.tolist())
-        ccodes = np.full((len(counts), len(keys)), -1, dtype=np.int64)
-        ccodes[:, -1] = numbers[where]
-        codes = np.vstack([np.column_stack([codes, np.full(len(codes), -1)]), ccodes])
         geoms = np.concatenate([geoms, shapely.points(*to_lonlat(cx, cy))])
         ids = np.concatenate([ids, np.full(len(counts), -1)])
         # Clusters outrank lone features, busier clusters first.
         rank = np.concatenate([rank + len(counts), np.argsort(np.argsort(-counts, kind="stable"))])
-    return _Cut(layer.name, geoms, ids, Properties(keys, codes, props.table), rank, extras)
+    taken, extras = _properties(layer, prep, kept, counts, settings)
+    return _Cut(layer.name, geoms, ids, taken, rank, extras, kept, counts)
+
+
+def _properties(
+    layer: Layer, prep: PreparedLayer, rows: np.ndarray, counts: np.ndarray, settings: TileSettings
+) -> tuple[Properties, frozenset[str]]:
+    """The properties a tile carries of the layer's `rows` then of clusters of `counts`
+    points, and the keys of the extra attributes among them."""
+    props = prep.properties
+    # Narrowed after the rows are taken: never a copy of a whole layer's codes per tile.
+    carried = [ID_PROPERTY, *settings.tile_keys(layer.name, props.keys[1:])]
+    extras = frozenset(f.name for f in layer.schema.extras) & set(carried)
+    narrowed = props.take(rows).select(carried)
+    if not len(counts):
+        return narrowed, extras
+    codes = narrowed.codes
+    keys = (*narrowed.keys, COUNT_PROPERTY)
+    distinct, where = np.unique(counts, return_inverse=True)
+    numbers = props.table.add_many("i", distinct.tolist())
+    ccodes = np.full((len(counts), len(keys)), -1, dtype=np.int64)
+    ccodes[:, -1] = numbers[where]
+    codes = np.vstack([np.column_stack([codes, np.full(len(codes), -1)]), ccodes])
+    return Properties(keys, codes, props.table), extras
 
 
 def render_tile(
@@ -356,7 +372,101 @@ def render_tile(
     """
     settings = settings or TileSettings()
     with _gate(settings.render_concurrency):
-        return _render(layers, tile, settings)
+        return _render(layers, tile, settings)[0]
+
+
+def draw_tile(
+    layers: Sequence[LayerRequest],
+    tile: Tile,
+    settings: TileSettings,
+    draft: TileDraft | None = None,
+) -> tuple[bytes, TileDraft | None]:
+    """`render_tile`, taking from `draft` (what the last drawing of the same tile with the
+    same settings kept) each layer whose features have the same geometry, rows and order:
+    only their properties are written again (the readings of a live twin change attribute
+    values, never where a lamp stands). The same bytes as `render_tile`; and what this
+    drawing keeps for the next (None when the tile went over its byte budget)."""
+    with _gate(settings.render_concurrency):
+        if draft is None or draft.settings is not settings or len(draft.layers) != len(layers):
+            return _render(layers, tile, settings)
+        cuts: list[_Cut | None] = []
+        for (layer, rows), held in zip(layers, draft.layers, strict=True):
+            again = held.again(layer, rows, tile, settings)
+            cuts.append(_cut(layer, rows, tile, settings) if again is False else again)
+        return _render(layers, tile, settings, cuts)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """One layer of a tile as drawn, for drawing it again (`draw_tile`): what its features
+    were cut from (held weakly: a new version of the layer with other geometry is another
+    array) and the cut without its properties."""
+
+    geometry: weakref.ref[np.ndarray]
+    ids: weakref.ref[np.ndarray]
+    rank: weakref.ref[np.ndarray] | Callable[[], None]
+    schema: LayerSchema
+    rows: np.ndarray | None
+    """The rows the layer was limited to."""
+    cut: _Cut | None
+    """None: nothing to draw."""
+
+    def again(
+        self, layer: Layer, rows: np.ndarray | None, tile: Tile, settings: TileSettings
+    ) -> _Cut | Literal[False] | None:
+        """The cut of the tile from `layer`, properties made anew, when it is this one's but
+        for attribute values (False otherwise): the same geometry array, ids and rows (and
+        importance below the detail zoom: it may rest on an attribute)."""
+        if self.geometry() is not layer.geometry or self.ids() is not layer.ids:
+            return False
+        if layer.schema is not self.schema and layer.schema != self.schema:
+            return False
+        if not _same_rows(self.rows, rows):
+            return False
+        if self.cut is None:
+            return None
+        prep = prepare(layer)
+        if tile.z < settings.detail_zoom and self.rank() is not prep.rank:
+            return False
+        props, extras = _properties(layer, prep, self.cut.rows, self.cut.counts, settings)
+        return replace(self.cut, properties=props, extras=extras)
+
+
+def _rank_ref(layer: Layer) -> weakref.ref[np.ndarray] | Callable[[], None]:
+    """The layer's importance rank, held weakly, if its tile arrays are made (they are
+    when it had something to draw; else nothing is made for it here)."""
+    prep = layer.held(PreparedLayer)
+    return weakref.ref(prep.rank) if isinstance(prep, PreparedLayer) else _nothing
+
+
+def _nothing() -> None:
+    return None
+
+
+def _same_rows(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a is b or np.array_equal(a, b)
+
+
+@dataclass(frozen=True)
+class TileDraft:
+    """What a tile's drawing keeps for drawing it again (`draw_tile`): per layer asked for,
+    the features cut and their geometry encoded."""
+
+    settings: TileSettings
+    layers: tuple[_Kept, ...]
+
+    @cached_property
+    def nbytes(self) -> int:
+        """Memory held (the arrays; the geometries are the layers')."""
+        total = 0
+        for k in self.layers:
+            c = k.cut
+            if c is not None:
+                total += c.rows.nbytes + c.counts.nbytes + c.ids.nbytes + c.rank.nbytes
+                total += c.geoms.nbytes + (c.drawn.nbytes if c.drawn is not None else 0)
+        return total
 
 
 _gates: dict[int, threading.BoundedSemaphore] = {}
@@ -370,12 +480,35 @@ def _gate(n: int) -> threading.BoundedSemaphore:
     return gate
 
 
-def _render(layers: Sequence[LayerRequest], tile: Tile, settings: TileSettings) -> bytes:
+def _render(
+    layers: Sequence[LayerRequest],
+    tile: Tile,
+    settings: TileSettings,
+    made: list[_Cut | None] | None = None,
+) -> tuple[bytes, TileDraft | None]:
     b = xy_bounds(tile)
-    cuts = [c for c in (_cut(layer, rows, tile, settings) for layer, rows in layers) if c]
+    if made is None:
+        made = [_cut(layer, rows, tile, settings) for layer, rows in layers]
+    cuts = [c for c in made if c]
     encoded = [c.encode(b, settings.extent) for c in cuts]
     kept = [len(c.geoms) for c in cuts]
     total = sum(map(len, encoded))
+    if total <= settings.max_bytes:
+        draft = TileDraft(
+            settings,
+            tuple(
+                _Kept(
+                    weakref.ref(layer.geometry),
+                    weakref.ref(layer.ids),
+                    _rank_ref(layer),
+                    layer.schema,
+                    rows,
+                    cut,
+                )
+                for (layer, rows), cut in zip(layers, made, strict=True)
+            ),
+        )
+        return b"".join(encoded), draft
     if total > settings.max_bytes and any(c.extras for c in cuts):
         # Over budget, the extra attributes go before any feature does.
         cuts = [c.without_extras() for c in cuts]
@@ -391,4 +524,4 @@ def _render(layers: Sequence[LayerRequest], tile: Tile, settings: TileSettings) 
                 kept[i] = int(kept[i] * share)
                 encoded[i] = c.encode(b, settings.extent, kept[i])
         total = sum(map(len, encoded))
-    return b"".join(encoded)
+    return b"".join(encoded), None

@@ -30,7 +30,7 @@ from layers.store import RasterInfo
 from tiles import grid
 from tiles.cache import CachedTile, TileCache, TileKey, etag
 from tiles.generalise import thinning
-from tiles.render import render_tile
+from tiles.render import draw_tile, render_tile
 from tiles.settings import TileSettings
 from twin.access import caller_view
 from twin.cql2 import Filter
@@ -194,20 +194,15 @@ class TileServer:
         requests: Callable[[], Sequence[tuple[Layer, Any]]],
         gzip_ok: bool,
         background: bool = False,
+        stale: CachedTile | None = None,
     ) -> CachedTile:
         """Draw the tile of `key` from the layers `requests()` gives now, and cache it (in the
         `background`: on the one thread kept for redrawing stale tiles, so that redrawing
-        never takes the threads requests wait for)."""
+        never takes the threads requests wait for; from the `stale` tile held, see `draw`)."""
         generation = self.cache.generation(key.collections)
-        level = self.cache.level
 
         def render() -> CachedTile:
-            started = time.monotonic()
-            raw = render_tile(requests(), tile, self.settings)
-            made = CachedTile(raw, etag(raw), level, made=started)
-            if gzip_ok:
-                _ = made.data  # compressed in this thread, not on the event loop
-            return made
+            return self.draw(tile, requests, gzip_ok, stale)
 
         if background:
             got = await asyncio.wrap_future(self._redraw_thread.submit(render))
@@ -217,6 +212,29 @@ class TileServer:
         if self.peers is not None:  # fresh there too, or newer than their stale one
             self.peers.publish(key, got, generation)
         return got
+
+    def draw(
+        self,
+        tile: grid.Tile,
+        requests: Callable[[], Sequence[tuple[Layer, Any]]],
+        gzip_ok: bool,
+        stale: CachedTile | None = None,
+    ) -> CachedTile:
+        """The tile drawn from the layers `requests()` gives now, with its ETag (and its gzip
+        bytes when `gzip_ok`: made in the calling thread, not on the event loop). A `stale`
+        tile drawn anew (its data changed) passes on what its drawing kept (`draw_tile`):
+        a tile under a stream of readings is drawn again from it every `refresh_s`, its
+        features' geometry encoded once."""
+        started = time.monotonic()
+        layers = requests()
+        if stale is None:
+            raw, draft = render_tile(layers, tile, self.settings), None
+        else:
+            raw, draft = draw_tile(layers, tile, self.settings, stale.draft)
+        made = CachedTile(raw, etag(raw), self.cache.level, made=started, draft=draft)
+        if gzip_ok:
+            _ = made.data
+        return made
 
     def _refresh_later(
         self,
@@ -242,7 +260,8 @@ class TileServer:
                 if newer is not None and newer.made > seen.made:
                     again = newer  # another worker drew it lately: wait on that one
                     return
-                await self._render(key, tile, requests, gzip_ok, background=True)
+                held = newer if newer is not None else seen
+                await self._render(key, tile, requests, gzip_ok, background=True, stale=held)
                 self._redrawn.inc()
             except Exception:  # overloaded, or the layer is gone: the next request decides
                 log.debug("refreshing tile %s failed", key, exc_info=True)

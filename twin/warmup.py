@@ -54,6 +54,7 @@ def warm_layer(layer: Layer) -> None:
     search.index_of(layer)
     stats.share_unchanged(layer)
     _ = layer.tree
+    _ = layer.row_numbers  # readings look their features up in it
     for name in layer.attrs.columns:
         layer.json_column(name)
     if layer.bounds is not None:

@@ -165,6 +165,46 @@ def test_system_columns_and_ids():
     assert layer.id_texts([1, 0]) == ['"t1"', '"t0"']
 
 
+@pytest.mark.parametrize("max_distinct", [None, 3])
+def test_columns_after_readings_equal_the_expected_json(max_distinct):
+    """Batches of readings set values of other rows of the table (`Layer.with_state`); the
+    JSON columns, made from the earlier layer's for the rows changed only, give what the
+    table says of each row's values now (a column of more distinct values than
+    `max_distinct` is read again whole)."""
+    layer = _layer(ROWS * 40)
+    _coded(layer, max_distinct)
+    n = len(layer)
+    expected = [dict(EXPECTED[i % len(ROWS)]) for i in range(n)]
+    names = SCHEMA.field_names
+    rng = np.random.default_rng(2)
+    for batch in range(8):
+        rows = np.unique(rng.integers(0, n, 50))
+        src = rng.integers(0, len(ROWS), len(rows)).tolist()
+        changed = names[batch % 3 :: 2]
+        values = {name: (rows, [ROWS[s][names.index(name)] for s in src]) for name in changed}
+        counts = np.zeros(n, dtype=np.int64)
+        counts[rows] = 1
+        stamps = np.where(counts > 0, 1_700_000_000_000, np.iinfo(np.int64).min)
+        later = layer.with_state(values, counts, stamps)
+        assert later.origin is not None and later.origin.base() is layer
+        layer = later
+        for r, s in zip(rows.tolist(), src, strict=True):
+            for name in changed:
+                expected[r][name] = EXPECTED[s][name]
+        every = np.arange(n)
+        assert layer.properties(every) == [{**e, "source": "test"} for e in expected]
+        assert layer.properties_json(every) == [_text({**e, "source": "test"}) for e in expected]
+
+
+def test_rows_of_gives_each_ids_first_row_or_minus_one():
+    ids = np.array(["a", "b", "c", "b", "d"], dtype=object)
+    layer = Layer(SCHEMA, ids, shapely.points(np.zeros((5, 2))), empty_attrs(SCHEMA, 5))
+    asked = ["d", "x", "b", "a", "b", ""]
+    first = {fid: i for i, fid in reversed(list(enumerate(ids.tolist())))}
+    assert layer.rows_of(asked).tolist() == [first.get(fid, -1) for fid in asked]
+    assert layer.rows_of([]).tolist() == []
+
+
 @pytest.mark.parametrize("max_distinct", [None, 0])
 def test_random_columns_equal_a_row_by_row_reference(max_distinct):
     rng = np.random.default_rng(4)

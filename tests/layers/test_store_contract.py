@@ -31,6 +31,7 @@ from layers.models import (
     GeometryFamily,
     LayerSchema,
     Reading,
+    Readings,
     StateRun,
     utc_stamp,
 )
@@ -555,6 +556,69 @@ def test_readings_latest_by_time_wins_and_late_ones_are_history(store: Any) -> N
     assert store.settle() == 0
     assert store.readings("lamps", "L1") == (page, 4)
     assert values(store.load("lamps", ALL), "status") == ["off", "fault"]
+
+
+@pytest.mark.parametrize("columns", [False, True], ids=["readings", "columns"])
+def test_a_large_batch_out_of_time_order_keeps_each_reading_and_the_newest(
+    store: Any, columns: bool
+) -> None:
+    ids = [f"L{i}" for i in range(20)]
+    store.write(
+        lamps(ids, [114.30 + i * 1e-3 for i in range(20)], ["on"] * 20), source="f", user="u"
+    )
+    # A state set before, newer than some of the batch's readings of L0..L4.
+    assert store.observe([reading(f"L{i}", 50, "old") for i in range(5)], user="gw").changed == 5
+    before = store.revision()
+    rng = np.random.default_rng(4)
+    batch = [
+        reading(
+            str(rng.choice(ids)),
+            float(rng.integers(0, 100)) / 2,  # ties in time, a few a lamp
+            str(rng.choice(["on", "off", "a, b"])) if k % 3 else float(rng.uniform(0, 100)),
+            "status" if k % 3 else "watts",
+        )
+        for k in range(700)  # past one INSERT's worth of rows in the embedded store
+    ]
+    done = store.observe(Readings.of(batch) if columns else batch, user="gw")
+    # The reference: per lamp and property the newest by time (the later on a tie), unless
+    # older than the state held; the features in the order first met.
+    held = {(f"L{i}", "status"): T0 + dt.timedelta(minutes=50) for i in range(5)}
+    newest: dict[tuple[str, str], Reading] = {}
+    for r in batch:
+        key = (r.id, r.property)
+        if key not in newest or r.time >= newest[key].time:
+            newest[key] = r
+    sets: dict[str, dict[str, Any]] = {}
+    for (fid, prop), r in newest.items():
+        if held.get((fid, prop), r.time) <= r.time:
+            sets.setdefault(fid, {})[prop] = r.value
+    assert done.changed == len(sets) and done.revision == before + len(sets)
+    entries = store.changes(before)
+    assert [(c.seq, c.id, c.state) for c in entries] == [
+        (before + 1 + k, fid, s) for k, (fid, s) in enumerate(sets.items())
+    ]
+    served = store.load("lamps", ALL)
+    state = {(fid, "status"): "on" for fid in ids} | {(f"L{i}", "status"): "old" for i in range(5)}
+    state |= {(fid, "watts"): None for fid in ids}
+    state |= {(fid, p): v for fid, s in sets.items() for p, v in s.items()}
+    assert values(served, "status") == [state[(fid, "status")] for fid in ids]
+    assert values(served, "watts") == [state[(fid, "watts")] for fid in ids]
+    # Every reading in the history, by time, in the order of the batch on a tie.
+    for fid in ids:
+        page, total = store.readings("lamps", fid)
+        mine = [r for r in batch if r.id == fid]
+        mine.sort(key=lambda r: r.time)  # stable: the batch's order on a tie
+        if fid in {f"L{i}" for i in range(5)}:
+            old = [("status", utc_stamp(T0 + dt.timedelta(minutes=50)), "old")]
+            # The earlier batch's reading, before this one's of the same time.
+            at = sum(r.time <= T0 + dt.timedelta(minutes=50) for r in mine)
+            at -= sum(r.time == T0 + dt.timedelta(minutes=50) for r in mine)
+        else:
+            old, at = [], 0
+        want = [(r.property, utc_stamp(r.time), r.value) for r in mine]
+        want[at:at] = old
+        assert total == len(want)
+        assert [(p, t, v) for p, t, v, _, _ in page] == want
 
 
 def test_settle_counts_the_readings_it_folds(store: Any) -> None:

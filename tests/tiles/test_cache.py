@@ -153,13 +153,15 @@ def test_invalidation_range_matches_morecantile(z: int) -> None:
     assert (y0, y1) == (min(t.y for t in tiles), max(t.y for t in tiles))
 
 
-def test_many_boxes_at_once_drop_exactly_the_tiles_the_boxes_touch() -> None:
+@pytest.mark.parametrize("points", [300, 3000])
+def test_many_boxes_at_once_drop_exactly_the_tiles_the_boxes_touch(points: int) -> None:
     """`invalidate_boxes` (a batch of readings' lamps, a few long pipes) against the tiles
-    whose lon/lat bounds meet any box, worked out with shapely."""
+    whose lon/lat bounds meet any box, worked out with shapely (more boxes than cached
+    tiles at every zoom: each cached tile is tested against the boxes)."""
     area = Bounds(114.25, 30.30, 114.40, 30.42)
     rng = np.random.default_rng(3)
-    x = rng.uniform(114.25, 114.40, 300)
-    y = rng.uniform(30.30, 30.42, 300)
+    x = rng.uniform(114.25, 114.40, points)
+    y = rng.uniform(30.30, 30.42, points)
     boxes = np.column_stack([x, y, x, y])  # points
     boxes[:5, 2] += 0.05  # and a few long boxes (pipes), wider than many tiles
     cache = TileCache()

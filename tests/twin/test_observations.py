@@ -71,6 +71,7 @@ def test_each_reading_lands_or_is_rejected_with_its_reason(store: Path) -> None:
         {"collection": "lights", "id": "L2"},
         ["lights", "L2"],
         reading("L3", "2026-12-07T10:00:00+08:00", 75, prop="wattage_w"),
+        reading("L2", "2026-12-07T10:00:00Z", 10**400, prop="wattage_w"),  # past any float
     ]
     with TestClient(app_for(store), headers=write_key(store)) as c:
         r = c.post("/twin/observations", json=batch)
@@ -78,7 +79,7 @@ def test_each_reading_lands_or_is_rejected_with_its_reason(store: Path) -> None:
         body = r.json()
         assert body["accepted"] == 2 and body["changed"] == 2
         reasons = {x["index"]: x["reason"] for x in body["rejected"]}
-        assert sorted(reasons) == list(range(1, 13))
+        assert sorted(reasons) == [*range(1, 13), 14]
         expected = {
             1: "no feature 'L404'",
             2: "no collection 'lamps'",
@@ -92,6 +93,7 @@ def test_each_reading_lands_or_is_rejected_with_its_reason(store: Path) -> None:
             10: "unknown member 'unit'",
             11: "missing time, property, value",
             12: "is an object",
+            14: "64-bit integer",
         }
         for i, words in expected.items():
             assert words in reasons[i], (i, reasons[i])

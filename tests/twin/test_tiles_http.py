@@ -275,3 +275,35 @@ def test_a_change_invalidates_the_tiles_it_touches(tile_store):
         feats = {f["properties"]["id"]: f for f in decode(after.content)["sites"]["features"]}
         assert feats["s1"]["properties"]["permit_id"] == "P1-amended"
         assert 'twin_tile_cache_lookups_total{result="miss"}' in text
+
+
+def test_a_stale_tile_is_drawn_again_from_what_its_last_drawing_kept():
+    """The background redraw (`TileServer.draw` of a stale tile): the first keeps a draft
+    with the tile (counted in its bytes), the next draws from it, and both are the tile a
+    fresh render of the layers then served draws."""
+    from tiles.grid import tile as grid_tile
+    from twin.metrics import Metrics
+    from twin.tileserve import TileServer
+
+    server = TileServer(TileSettings(_env_file=None), Metrics())
+    pipes = wuhan_pipes()
+    t = busy_tile(14)
+    where = grid_tile(t.z, t.x, t.y)
+    first = server.draw(where, lambda: [(pipes, None)], True)
+    assert first.draft is None  # drawn on a request: nothing kept
+    again = server.draw(where, lambda: [(pipes, None)], True, first)
+    assert again.draft is not None and again.nbytes > again.size + len(again.data)
+    n = len(pipes)
+    rows = np.arange(0, n, 3)
+    status = {"material": (rows, ["steel"] * len(rows))}
+    counts = np.zeros(n, dtype=np.int64)
+    counts[rows] = 1
+    later = pipes.with_state(status, counts, np.full(n, 1_700_000_000_000))
+    redrawn = server.draw(where, lambda: [(later, None)], True, again)
+    fresh = render_tile([(later, None)], where, server.settings)
+    assert redrawn.raw() == fresh and gzip.decompress(redrawn.data) == fresh
+    assert redrawn.raw() != again.raw()
+    feats = decode(redrawn.raw())["pipes"]["features"]
+    in_tile = {f["properties"]["id"]: f["properties"] for f in feats}
+    changed = {str(i) for i in later.ids[rows].tolist()} & set(in_tile)
+    assert changed and all(in_tile[i]["material"] == "steel" for i in changed)
