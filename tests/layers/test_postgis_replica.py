@@ -150,8 +150,18 @@ def standby() -> Iterator[Standby]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = Standby(folder, bindir, port)
+    # A replication slot keeps on the primary the WAL the replica has not had yet: a replica
+    # stopped a while (a test) would otherwise find it gone after the checkpoints of other
+    # tests' CREATE DATABASE, and never stream again. Slots a killed run left are dropped.
+    with admin() as db:
+        db.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name LIKE 'twin_test_%' AND NOT active"
+        )
+    slot = ""
     try:
         for _ in range(3):  # a concurrent checkpoint may end a backup's stream: again
+            slot = f"twin_test_{uuid.uuid4().hex[:12]}"
             base = run(
                 str(bindir / "pg_basebackup"),
                 "-h",
@@ -167,10 +177,14 @@ def standby() -> Iterator[Standby]:
                 "stream",
                 "-c",
                 "fast",
+                "-C",
+                "-S",
+                slot,
             )
             if base.returncode == 0 or "pg_hba.conf" in base.stderr:
                 break
             run("rm", "-rf", server.data)
+            _drop_slot(slot)
         needs(
             "pg_hba.conf" not in base.stderr,
             "replication connections from 127.0.0.1 (pg_hba.conf: host replication all "
@@ -192,6 +206,25 @@ def standby() -> Iterator[Standby]:
     finally:
         server.stop()
         run("rm", "-rf", folder)
+        _drop_slot(slot)
+
+
+def _drop_slot(slot: str) -> None:
+    """Drop the replication slot `slot` when it exists (its replica is gone)."""
+    if not slot:
+        return
+    end = time.monotonic() + 10  # its sender may take a moment to go after the replica
+    with admin() as db:
+        while True:
+            row = db.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            ).fetchone()
+            if row is None:
+                return
+            if not row[0] or time.monotonic() > end:
+                db.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                return
+            time.sleep(0.1)
 
 
 @pytest.fixture
