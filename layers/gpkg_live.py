@@ -208,18 +208,7 @@ def observe(
             "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'twin_changes'",
             (out.revision,),
         )
-    rows = list(
-        zip(
-            readings.collection,
-            readings.id,
-            readings.property,
-            stamps,
-            readings.texts(),
-            applied,
-            first,
-            strict=True,
-        )
-    )
+    rows = list(readings.history(applied, first))
     # Rows of many readings per statement: half the time of one statement per reading.
     for lo in range(0, len(rows), _ROWS_PER_INSERT):
         part = rows[lo : lo + _ROWS_PER_INSERT]

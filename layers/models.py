@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple, Self
@@ -439,6 +439,19 @@ class Readings:
         out = dict.fromkeys(keys, 0)
         out.update(zip(map(keys.__getitem__, order), order, strict=True))
         return out
+
+    def history(self, *more: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """Each reading as a history row: collection, id, property, time, value as JSON text,
+        then its values of the columns `more` (as a store adds them)."""
+        return zip(
+            self.collection,
+            self.id,
+            self.property,
+            self.time,
+            self.texts(),
+            *more,
+            strict=True,
+        )
 
     def texts(self) -> list[str]:
         """Each value as JSON text (`json.dumps`), in one call where it can be."""

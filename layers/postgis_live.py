@@ -126,15 +126,7 @@ def observe(
             "value = excluded.value, recorded = excluded.recorded, seq = excluded.seq",
             [list(column) for column in zip(*state, strict=True)],
         )
-    rows = zip(
-        readings.collection,
-        readings.id,
-        readings.property,
-        stamps,
-        readings.texts(),
-        applied,
-        strict=True,
-    )
+    rows = readings.history(applied)
     with cur.copy(
         "COPY twin_readings (collection, id, property, time, value, received, who, applied) "
         "FROM STDIN"

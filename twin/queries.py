@@ -255,7 +255,7 @@ def layers_for(
     `UnknownCollection`), or every visible layer except `skip`; with `around` (a geometry and
     a distance in metres), each holding at least the features that may lie within that
     distance of it (a catalog that does not hold its layers reads just those)."""
-    box = None if around is None else _window(*around)
+    box = None if around is None or catalog.holds else _window(*around)
     return [
         catalog.around(h.name, scope, box) for h in heads_for(catalog, scope, collections, skip)
     ]

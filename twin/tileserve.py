@@ -23,9 +23,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from layers.catalog import Lens, lens_key
+from layers.catalog import Catalog, Lens, lens_key
 from layers.layer import Head, Layer
-from layers.models import Bounds, Thinning
+from layers.models import Bounds
 from layers.store import RasterInfo
 from tiles import grid
 from tiles.cache import CachedTile, TileCache, TileKey, etag
@@ -108,9 +108,14 @@ class TileServer:
         s = self.settings
         return grid.window(tile, s.buffer, s.extent, padded=tile.z >= s.detail_zoom)
 
-    def thinning(self, name: str, tile: grid.Tile) -> Thinning | None:
-        """What of layer `name` the tile may draw (`Catalog.around`)."""
-        return thinning(name, tile, self.settings)
+    def around(
+        self, catalog: Catalog, name: str, scope: Lens, tile: grid.Tile, whole: bool = False
+    ) -> Layer:
+        """What of layer `name` `tile` is drawn from (`Catalog.around` of its window, thinned
+        below the detail zoom unless `whole`: a filter picks among every feature). Made when
+        the tile is drawn, never for a cached one."""
+        thin = None if whole else thinning(name, tile, self.settings)
+        return catalog.around(name, scope, self.window(tile), thin)
 
     def _admitted(self) -> AbstractContextManager[None]:
         """A place for rendering one tile (`Overloaded` when the worker is full)."""
@@ -331,16 +336,13 @@ class TileFastPath(LeanPath):
         tiles: TileServer = scope["app"].state.tiles
         headers = request.headers
         names = list(layers)
-        box = tiles.window(tile)
         response = await tiles.respond(
             layers,
             tile,
             access,
             None,
             # The layers served when drawn (a stale tile is drawn anew later).
-            lambda: [
-                (catalog.around(n, access, box, tiles.thinning(n, tile)), None) for n in names
-            ],
+            lambda: [(tiles.around(catalog, n, access, tile), None) for n in names],
             headers.get("if-none-match"),
             headers.get("accept-encoding"),
         )

@@ -12,10 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from rasterio.warp import transform_bounds
 
-from layers.catalog import Catalog, Lens
 from layers.errors import UnknownCollection
-from layers.layer import Head, Layer
-from layers.life import temporal_extent
+from layers.layer import Head
 from layers.models import FieldType, GeometryFamily
 from layers.store import RasterInfo
 from twin.access import Scope
@@ -71,19 +69,11 @@ def raster_bounds(info: RasterInfo) -> tuple[float, float, float, float] | None:
     return _raster_bounds(str(p), mtime)
 
 
-def head_temporal(catalog: Catalog, scope: Lens, head: Head) -> list[str | None] | None:
-    """The temporal extent of a layer, held (`head` is the layer) or not (the catalog asks
-    its store)."""
-    if isinstance(head, Layer):
-        return temporal_extent(head)
-    return catalog.temporal(head.name, scope)
-
-
 def vector_collection(
     request: Request,
     layer: Head,
     crs_uris: list[str],
-    temporal: list[str | None] | None = None,
+    temporal: list[str | None] | None,
 ) -> dict[str, Any]:
     """The OGC collection document of a vector layer (`temporal`: its temporal extent, for a
     layer not held)."""
@@ -101,7 +91,6 @@ def vector_collection(
     extent: dict[str, Any] = {}
     if layer.bounds is not None:
         extent["spatial"] = {"bbox": [list(layer.bounds)], "crs": CRS84}
-    temporal = temporal_extent(layer) if isinstance(layer, Layer) else temporal
     if temporal is not None:
         extent["temporal"] = {"interval": [temporal], "trs": GREGORIAN}
     if extent:
@@ -158,7 +147,7 @@ def list_collections(
 ) -> Response:
     """Every layer and raster the caller may see."""
     docs = [
-        vector_collection(request, h, crs_set.uris, head_temporal(catalog, scope, h))
+        vector_collection(request, h, crs_set.uris, catalog.temporal(h.name, scope))
         for h in catalog.heads(scope).values()
     ]
     docs += [raster_collection(request, r) for r in catalog.rasters(scope).values()]
@@ -194,7 +183,7 @@ def get_collection(
         pages = [("Map tilesets", html_url(request, f"{_path(collectionId)}/map/tiles"))]
     else:
         head = catalog.head(collectionId, scope)
-        doc = vector_collection(request, head, crs_set.uris, head_temporal(catalog, scope, head))
+        doc = vector_collection(request, head, crs_set.uris, catalog.temporal(head.name, scope))
         pages = [
             ("The features", html_url(request, f"{_path(collectionId)}/items")),
             ("Queryables", html_url(request, f"{_path(collectionId)}/queryables")),

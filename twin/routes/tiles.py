@@ -336,13 +336,10 @@ async def collection_tile(
     layer = catalog.head(collectionId, scope)
     if cql is not None:
         cql.check(layer.schema)
-    box = tiles.window(tile)
 
     def requests() -> list[tuple[Layer, Any]]:
         # Served when drawn (a stale tile: later).
-        # A filter may leave out the most important features: it picks among them all.
-        thin = None if cql is not None else tiles.thinning(collectionId, tile)
-        now = catalog.around(collectionId, scope, box, thin)
+        now = tiles.around(catalog, collectionId, scope, tile, whole=cql is not None)
         return [(now, _rows(now, cql, tile))]
 
     return await tiles.respond(
@@ -381,15 +378,13 @@ async def dataset_tile(
     """
     _tms_check(tileMatrixSetId)
     layers = _visible(catalog, scope, collections)
-    box = tiles.window(tile)
 
     def requests() -> list[tuple[Layer, Any]]:
         out = []
         for name, head in _visible(catalog, scope, collections).items():
             if cql is not None and not cql.properties <= _names(head):
                 continue
-            thin = None if cql is not None else tiles.thinning(name, tile)
-            layer = catalog.around(name, scope, box, thin)
+            layer = tiles.around(catalog, name, scope, tile, whole=cql is not None)
             out.append((layer, _rows(layer, cql, tile)))
         return out
 
