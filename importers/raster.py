@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -50,7 +51,8 @@ class RasterReport:
 
     collection: str
     source: str
-    path: Path
+    path: str | Path
+    """Where the store keeps the raster: its file, or the URL it is read at."""
     driver: str
     width: int
     height: int
@@ -63,13 +65,20 @@ class RasterReport:
     minimum: float | None
     maximum: float | None
     meta: dict[str, Any] = field(default_factory=dict)
+    linked: bool = False
+    """Registered where it is (read over the network), not copied into the store."""
 
     def lines(self) -> list[str]:
         """The report as printed by `twin import-raster`."""
         lo = "-" if self.minimum is None else f"{self.minimum:g}"
         hi = "-" if self.maximum is None else f"{self.maximum:g}"
+        done = (
+            f"registered {self.source} ({self.driver}) where it is"
+            if self.linked
+            else f"imported {self.source} ({self.driver}) as a COG"
+        )
         return [
-            f"{self.collection}: imported {self.source} ({self.driver}) as a COG",
+            f"{self.collection}: {done}",
             f"  {self.width} x {self.height} cells, {self.bands} band(s) of {self.dtype}, "
             f"CRS {self.crs}, nodata {self.nodata}",
             f"  values {lo} .. {hi}; overviews {self.overviews or 'none (small raster)'}",
@@ -184,7 +193,7 @@ def _convert(name: str, path: Path, cog: Path, given_crs: CRS | None, resampling
             return str(src.driver)
 
 
-def _describe(cog: Path, path: Path, driver: str) -> dict[str, Any]:
+def _describe(cog: str | Path, path: Path, driver: str) -> dict[str, Any]:
     """The collection metadata of the finished COG."""
     with rasterio.open(cog) as out:
         minimum, maximum = _statistics(out)
@@ -229,14 +238,7 @@ def import_raster(
     georeferencing, or a collection name that cannot be used.
     """
     path = Path(path)
-    try:
-        check_name(collection)
-    except InvalidSchema as exc:
-        raise InvalidOption(str(exc)) from None
-    if collection in BUILTIN:
-        raise InvalidOption(
-            f"{collection!r} is a built-in vector layer; name the raster otherwise (e.g. dem)"
-        )
+    _check_collection(collection)
     name = check_raster(path, crs=crs)
     given_crs = _parse_crs(crs) if crs else None
     # Staging beside the store's rasters lets the store move the file in instead of copying.
@@ -258,10 +260,69 @@ def import_raster(
             user=user,
             source=path.name,
         )
+    return _report(collection, path.name, info, driver, meta)
+
+
+def link_raster(
+    store: Store,
+    collection: str,
+    uri: str,
+    *,
+    user: str,
+    title: str | None = None,
+    classification: Access = Access.PUBLIC,
+    attribution: str | None = None,
+) -> RasterReport:
+    """Register the Cloud-Optimised GeoTIFF at `uri` (`https://...`, `s3://...`, read over the
+    network by GDAL) as collection `collection` without converting it: a PostGIS store refers
+    to it where it is (every server reads it there), the embedded store copies it in. Raises
+    an `ImporterError` (store unchanged) for a raster that cannot be read or placed."""
+    _check_collection(collection)
+    named = Path(urlsplit(uri).path or uri)  # what messages call it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(uri) as src:
+                _usable(src, named, None)
+                driver = str(src.driver)
+                tiled = src.profile.get("tiled", False)
+            if not tiled:
+                raise InvalidOption(
+                    f"{uri} is not tiled: a raster read over the network must be a "
+                    "Cloud-Optimised GeoTIFF (import a copy with a local path instead)"
+                )
+            meta = _describe(uri, named, driver)
+    except (RasterioError, CRSError) as exc:
+        raise UnreadableFile(f"cannot read {uri} as a raster: {_first_line(exc)}") from None
+    if attribution:
+        meta["attribution"] = attribution
+    info = store.put_raster(
+        RasterInfo(collection, title or collection, uri, classification, meta),
+        user=user,
+        source=uri,
+    )
+    return _report(collection, uri, info, driver, meta)
+
+
+def _check_collection(collection: str) -> None:
+    """`InvalidOption` for a name a raster collection cannot have."""
+    try:
+        check_name(collection)
+    except InvalidSchema as exc:
+        raise InvalidOption(str(exc)) from None
+    if collection in BUILTIN:
+        raise InvalidOption(
+            f"{collection!r} is a built-in vector layer; name the raster otherwise (e.g. dem)"
+        )
+
+
+def _report(
+    collection: str, source: str, info: RasterInfo, driver: str, meta: dict[str, Any]
+) -> RasterReport:
     return RasterReport(
         collection=collection,
-        source=path.name,
-        path=info.path,
+        source=source,
+        path=info.uri,
         driver=driver,
         width=meta["width"],
         height=meta["height"],
@@ -274,6 +335,7 @@ def import_raster(
         minimum=meta["minimum"],
         maximum=meta["maximum"],
         meta=meta,
+        linked=info.remote,
     )
 
 

@@ -40,7 +40,7 @@ def copy_store(
         told(f"{name}: {len(layer):,} features")
     for name, info in source.rasters(EVERYTHING).items():
         target.put_raster(
-            RasterInfo(name, info.title, info.path, info.classification, dict(info.meta)),
+            RasterInfo(name, info.title, info.uri, info.classification, dict(info.meta)),
             user=user,
             source="store-transfer",
         )

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import shapely
+from rasterio.errors import RasterioError
 
 from layers import gpkg_live as live
 from layers.errors import PreconditionFailed, StoreError, UnknownCollection
@@ -48,6 +49,7 @@ from layers.models import (
     WriteResult,
     utc_stamp,
 )
+from layers.raster import bounds_at, copy_remote, lonlat_bounds
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
 
@@ -584,12 +586,10 @@ class GeoPackageStore:
         out = {}
         for name, (schema, meta) in sorted(self._entries("raster").items()):
             if schema.classification <= scope:
+                path = self.root / RASTER_DIR / f"{name}.tif"
+                version, bounds = _raster_place(path)
                 out[name] = RasterInfo(
-                    name,
-                    schema.title,
-                    self.root / RASTER_DIR / f"{name}.tif",
-                    schema.classification,
-                    meta,
+                    name, schema.title, path, schema.classification, meta, bounds, version
                 )
         return out
 
@@ -1233,7 +1233,8 @@ class GeoPackageStore:
         return folder
 
     def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:
-        """Move the finished COG at `info.path` into the store under `info.name`, atomically."""
+        """Move the finished COG at `info.uri` into the store under `info.name`, atomically
+        (one read over the network is copied in: the embedded store keeps its own files)."""
         name = check_name(info.name)
         with self._lock:
             exists = self._rows("SELECT kind FROM twin_layers WHERE name = ?", (name,))
@@ -1243,11 +1244,17 @@ class GeoPackageStore:
             target_dir.mkdir(exist_ok=True)
             target = target_dir / f"{name}.tif"
             staged = target_dir / f".{name}.tif.staged"
-            src = Path(info.path)
-            if src.parent.resolve() == target_dir.resolve():
-                os.replace(src, staged)
+            if info.remote:
+                copy_remote(info.location, staged)
+            elif info.path.parent.resolve() == target_dir.resolve():
+                os.replace(info.path, staged)
             else:
-                shutil.copyfile(src, staged)
+                shutil.copyfile(info.path, staged)
+            try:
+                lonlat_bounds(str(staged))  # a file GDAL cannot read as a raster is refused
+            except (OSError, RasterioError) as exc:
+                staged.unlink(missing_ok=True)
+                raise StoreError(f"cannot read the raster {info.location}: {exc}") from None
             schema = LayerSchema(
                 name=name,
                 title=info.title,
@@ -1281,9 +1288,19 @@ class GeoPackageStore:
                 # The file swap is the last step inside the transaction: if it fails, the
                 # registration rolls back and the previous raster stays in place.
                 os.replace(staged, target)
-        return RasterInfo(name, info.title, target, info.classification, info.meta)
+        version, bounds = _raster_place(target)
+        return RasterInfo(name, info.title, target, info.classification, info.meta, bounds, version)
 
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
             self._db.close()
+
+
+def _raster_place(path: Path) -> tuple[str, Bounds | None]:
+    """The version (modification time) and lon/lat bounds of a raster file of the store."""
+    try:
+        version = str(path.stat().st_mtime_ns)
+    except OSError:
+        return "", None
+    return version, bounds_at(str(path), version)

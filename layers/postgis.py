@@ -28,6 +28,7 @@ import pandas as pd
 import psycopg
 from psycopg import Cursor, sql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from rasterio.errors import RasterioError
 
 from layers import postgis_live as live
 from layers import postgis_write as pgw
@@ -56,6 +57,7 @@ from layers.models import (
 )
 from layers.pg_listen import Listener
 from layers.postgis_replica import FLUSH_LSN, Replica
+from layers.raster import bounds_at, lonlat_bounds
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
 
@@ -453,11 +455,17 @@ class PostGISStore:
     @_routed
     def rasters(self, scope: Access) -> dict[str, RasterInfo]:
         """Raster collections visible at `scope`."""
-        return {
-            name: RasterInfo(name, schema.title, Path(rest[0]), schema.classification, meta)
-            for name, (schema, meta, rest) in self._entries("raster").items()
-            if schema.classification <= scope
-        }
+        out = {}
+        for name, (schema, meta, rest) in self._entries("raster").items():
+            if schema.classification > scope:
+                continue
+            uri, box, last = rest[0], rest[1:5], rest[5]
+            version = last.isoformat()
+            bounds = Bounds(*box) if None not in box else bounds_at(uri, version)
+            out[name] = RasterInfo(
+                name, schema.title, uri, schema.classification, meta, bounds, version
+            )
+        return out
 
     @_routed
     def schema(self, name: str, scope: Access) -> LayerSchema:
@@ -1075,11 +1083,52 @@ class PostGISStore:
 
     def put_raster(self, info: RasterInfo, *, user: str, source: str) -> RasterInfo:
         """Copy (or move, when staged in the store's raster folder) the finished COG at
-        `info.path` into the store under `info.name`, and register it, atomically."""
+        `info.uri` into the store under `info.name`, and register it with its lon/lat bounds,
+        atomically. A raster read over the network (`https://...`, `s3://...`) is registered
+        where it is, not copied: every server reads it there."""
         name = check_name(info.name)
+        if info.remote:
+            return self._register_raster(info, name, info.location, user=user, source=source)
         self.raster_dir.mkdir(parents=True, exist_ok=True)
         target = self.raster_dir / f"{name}.tif"
         staged = self.raster_dir / f".{name}.tif.staged"
+        src = info.path
+        try:
+            if src.resolve().is_relative_to(self.raster_dir.resolve()):
+                os.replace(src, staged)
+            else:
+                shutil.copyfile(src, staged)
+            # The file swap is the last step inside the transaction: if it fails, the
+            # registration rolls back and the previous raster stays in place.
+            return self._register_raster(
+                info,
+                name,
+                str(target),
+                user=user,
+                source=source,
+                read_at=str(staged),
+                then=lambda: os.replace(staged, target),
+            )
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def _register_raster(
+        self,
+        info: RasterInfo,
+        name: str,
+        uri: str,
+        *,
+        user: str,
+        source: str,
+        read_at: str | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> RasterInfo:
+        """Register raster `name` read at `uri` (its file read for its bounds at `read_at`),
+        calling `then` last inside the transaction."""
+        try:
+            bounds = lonlat_bounds(read_at or uri)
+        except (OSError, RasterioError) as exc:
+            raise StoreError(f"cannot read the raster {info.location}: {exc}") from None
         schema = LayerSchema(
             name=name,
             title=info.title,
@@ -1088,52 +1137,52 @@ class PostGISStore:
             classification=info.classification,
         )
         stamp = utc_stamp(_now())
-        try:
-            with self._cursor(write=True) as cur:
-                cur.execute("SELECT kind FROM twin_layers WHERE name = %s", (name,))
-                exists = cur.fetchone()
-                if exists and exists[0] != "raster":
-                    raise StoreError(f"{name!r} is already a {exists[0]} collection")
-                src = Path(info.path)
-                if src.resolve().is_relative_to(self.raster_dir.resolve()):
-                    os.replace(src, staged)
-                else:
-                    shutil.copyfile(src, staged)
-                cur.execute(
-                    "INSERT INTO twin_layers (name, kind, schema, meta, classification, path) "
-                    "VALUES (%s, 'raster', %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-                    "schema = excluded.schema, meta = excluded.meta, "
-                    "classification = excluded.classification, path = excluded.path, "
-                    "last_change = now()",
-                    (
-                        name,
-                        _json(schema.to_json()),
-                        _json(info.meta),
-                        int(info.classification),
-                        str(target),
-                    ),
-                )
-                cur.execute(
-                    "INSERT INTO twin_imports (collection, time, who, source, mode, added, "
-                    "updated, unchanged, removed, rejected, repaired, details) VALUES "
-                    "(%s, %s, %s, %s, 'raster', %s, %s, 0, 0, 0, 0, %s)",
-                    (
-                        name,
-                        stamp,
-                        user,
-                        source,
-                        0 if exists else 1,
-                        1 if exists else 0,
-                        _json(info.meta),
-                    ),
-                )
-                pgw.Log(cur, name, user, stamp, f"raster from {source}").layer()
-                # The file swap is the last step inside the transaction: if it fails, the
-                # registration rolls back and the previous raster stays in place.
-                os.replace(staged, target)
-        finally:
-            staged.unlink(missing_ok=True)
-        return RasterInfo(name, info.title, target, info.classification, info.meta)
+        box = list(bounds) if bounds is not None else [None] * 4
+        with self._cursor(write=True) as cur:
+            cur.execute("SELECT kind FROM twin_layers WHERE name = %s", (name,))
+            exists = cur.fetchone()
+            if exists and exists[0] != "raster":
+                raise StoreError(f"{name!r} is already a {exists[0]} collection")
+            cur.execute(
+                "INSERT INTO twin_layers (name, kind, schema, meta, classification, path, "
+                "min_x, min_y, max_x, max_y) "
+                "VALUES (%s, 'raster', %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) "
+                "DO UPDATE SET schema = excluded.schema, meta = excluded.meta, "
+                "classification = excluded.classification, path = excluded.path, "
+                "min_x = excluded.min_x, min_y = excluded.min_y, max_x = excluded.max_x, "
+                "max_y = excluded.max_y, last_change = clock_timestamp() "
+                "RETURNING last_change",
+                (
+                    name,
+                    _json(schema.to_json()),
+                    _json(info.meta),
+                    int(info.classification),
+                    uri,
+                    *box,
+                ),
+            )
+            row = cur.fetchone()
+            last = row[0] if row else _now()
+            cur.execute(
+                "INSERT INTO twin_imports (collection, time, who, source, mode, added, "
+                "updated, unchanged, removed, rejected, repaired, details) VALUES "
+                "(%s, %s, %s, %s, 'raster', %s, %s, 0, 0, 0, 0, %s)",
+                (
+                    name,
+                    stamp,
+                    user,
+                    source,
+                    0 if exists else 1,
+                    1 if exists else 0,
+                    _json(info.meta),
+                ),
+            )
+            pgw.Log(cur, name, user, stamp, f"raster from {source}").layer()
+            if then is not None:
+                then()
+        return RasterInfo(
+            name, info.title, uri, info.classification, info.meta, bounds, last.isoformat()
+        )
 
     def observe(self, readings: Readings | Sequence[Reading], *, user: str) -> Observed:
         """Keep every reading as history and make the newest of each feature's property (by

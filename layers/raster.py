@@ -24,11 +24,13 @@ from affine import Affine
 from pyproj import CRS, Geod, Transformer
 from rasterio.coords import BoundingBox
 from rasterio.crs import CRS as RasterCRS
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.transform import rowcol
 from rasterio.windows import Window
 
-from layers.errors import LayersError
+from layers.errors import LayersError, StoreError
+from layers.models import Bounds
 from layers.transform import transformer
 
 Method = Literal["nearest", "bilinear"]
@@ -43,6 +45,38 @@ _BLOCK = 512
 
 class RasterSampleError(LayersError):
     """A raster that cannot be sampled (no CRS, no such band) or a bad sampling request."""
+
+
+def copy_remote(uri: str, target: Path) -> None:
+    """Copy the raster GDAL reads at `uri` (over the network) into the local file `target`,
+    byte for byte; `StoreError` when it cannot be read."""
+    from rasterio.shutil import copyfiles
+
+    try:
+        copyfiles(uri, str(target))
+    except (OSError, RasterioError) as exc:
+        raise StoreError(f"cannot read the raster at {uri}: {exc}") from None
+
+
+def lonlat_bounds(uri: str) -> Bounds | None:
+    """The lon/lat bounds of the raster at `uri` (a file or a URL GDAL reads), None when it
+    has no CRS; `OSError` or `RasterioError` when it cannot be read."""
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(uri) as src:
+        if src.crs is None:
+            return None
+        b = transform_bounds(src.crs, LONLAT, *src.bounds, densify_pts=21)
+    return Bounds(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+
+
+@lru_cache(maxsize=256)
+def bounds_at(uri: str, version: str) -> Bounds | None:
+    """`lonlat_bounds`, read once per `version` of the raster; None when it cannot be read."""
+    try:
+        return lonlat_bounds(uri)
+    except (OSError, RasterioError):
+        return None
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from layers.errors import StoreError
 from layers.layer import Layer
 from layers.models import (
     Access,
@@ -30,13 +31,43 @@ WriteMode = Literal["upsert", "replace"]
 
 @dataclass(frozen=True)
 class RasterInfo:
-    """A raster collection: a Cloud-Optimised GeoTIFF in the store."""
+    """A raster collection: a Cloud-Optimised GeoTIFF the store refers to by `uri`.
+
+    `uri` is a local file (the store's own copy) or what GDAL reads over the network
+    (`https://...`, `s3://...`, `/vsicurl/...`): servers on other machines read the raster
+    there. `bounds` (lon/lat) and `version` are what the store recorded when the raster was
+    put in: nothing needs to open the file to place it on a map, and caches of what was read
+    from it follow `version`, which changes whenever the raster is replaced."""
 
     name: str
     title: str
-    path: Path
+    uri: str | Path
     classification: Access = Access.PUBLIC
     meta: dict[str, Any] = field(default_factory=dict)
+    bounds: Bounds | None = None
+    version: str = ""
+
+    @property
+    def location(self) -> str:
+        """`uri` as the text rasterio opens."""
+        return str(self.uri)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the raster is read over the network (not a file of this machine)."""
+        return is_remote(self.location)
+
+    @property
+    def path(self) -> Path:
+        """The local file of the raster; `StoreError` for one read over the network."""
+        if self.remote:
+            raise StoreError(f"raster {self.name!r} is read from {self.location}, not a file")
+        return Path(self.uri)
+
+
+def is_remote(uri: str) -> bool:
+    """Whether `uri` names a raster read over the network (a URL or a GDAL network path)."""
+    return "://" in uri or uri.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls"))
 
 
 @dataclass(frozen=True)

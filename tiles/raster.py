@@ -67,19 +67,20 @@ def hillshade(dem: np.ndarray, cell: np.ndarray | float) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _range(path: str, mtime: float) -> tuple[float, float]:
-    with rasterio.open(path) as src:
+def _range(uri: str, version: str) -> tuple[float, float]:
+    with rasterio.open(uri) as src:
         stats = src.stats(indexes=1, approx=False)[0]
     return float(stats.min), float(stats.max)
 
 
-def elevation_range(path: str | Path) -> tuple[float, float]:
-    """Lowest and highest elevation of a DEM (GDAL statistics, cached per file version)."""
-    p = str(path)
+def elevation_range(uri: str | Path, version: str | None = None) -> tuple[float, float]:
+    """Lowest and highest elevation of a DEM at `uri` (a file or a URL GDAL reads; GDAL
+    statistics, cached per `version`: by default a local file's modification time)."""
+    p = str(uri)
     try:
-        return _range(p, os.stat(p).st_mtime)
+        return _range(p, str(os.stat(p).st_mtime_ns) if version is None else version)
     except (OSError, rasterio.errors.RasterioError) as exc:
-        raise RasterError(f"cannot read raster {path}: {exc}") from None
+        raise RasterError(f"cannot read raster {uri}: {exc}") from None
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -88,8 +89,11 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def render_raster_tile(path: str | Path, tile: Tile, style: str) -> bytes | None:
-    """PNG of a DEM tile in `style` ("hillshade" or "relief"), 256 px; None when the tile has
+def render_raster_tile(
+    path: str | Path, tile: Tile, style: str, version: str | None = None
+) -> bytes | None:
+    """PNG of a DEM tile in `style` ("hillshade" or "relief"), 256 px, from the DEM at `path`
+    (a file or a URL GDAL reads; `version` as for `elevation_range`); None when the tile has
     no data (outside the raster, or nodata only)."""
     if style not in STYLES:
         raise InvalidTileRequest(f"unknown raster style {style!r}: use one of {', '.join(STYLES)}")
@@ -116,7 +120,7 @@ def render_raster_tile(path: str | Path, tile: Tile, style: str) -> bytes | None
     if not inner.any():
         return None
     if style == "relief":
-        low, high = elevation_range(path)
+        low, high = elevation_range(path, version)
         rgb = relief_colour(data.filled(low)[1:-1, 1:-1], low, high)
         alpha = np.where(inner, 255, 0).astype(np.uint8)
         return _png(np.dstack([rgb, alpha]))

@@ -384,7 +384,7 @@ def layers_(
                 "title": r.title,
                 "kind": "raster",
                 "classification": r.classification.label,
-                "path": str(r.path),
+                "path": r.location,
                 "last_import": _record_json(last.get(name)),
             }
         )
@@ -859,7 +859,12 @@ def import_osm_(
 def import_raster_(
     collection: Annotated[str, typer.Argument(help="Raster collection name, e.g. dem.")],
     path: Annotated[
-        Path, typer.Argument(help="GeoTIFF, SRTM .hgt (zipped too), or any raster GDAL reads.")
+        str,
+        typer.Argument(
+            help="GeoTIFF, SRTM .hgt (zipped too), or any raster GDAL reads; or the URL of a "
+            "Cloud-Optimised GeoTIFF (https://, s3://), which a PostGIS store registers where "
+            "it is (every server reads it there) and the embedded store copies in."
+        ),
     ],
     store: StoreOption = DEFAULT_STORE,
     crs: Annotated[
@@ -875,28 +880,39 @@ def import_raster_(
 ) -> None:
     """Store a raster (a DEM, imagery) as a Cloud-Optimised GeoTIFF collection."""
     from importers.errors import ImporterError
-    from importers.raster import check_raster, import_raster
+    from importers.raster import check_raster, import_raster, link_raster
     from layers.errors import LayersError
     from layers.models import Access
     from layers.settings import StoreSettings, open_store
+    from layers.store import is_remote
 
     try:
         access = Access.parse(classification)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    linked = is_remote(path)
+    if linked and crs:
+        raise fail("--crs is for a local file: a raster read over the network must declare its CRS")
     try:
-        check_raster(path, crs=crs)  # refuse bad input before the store is touched
+        if not linked:
+            check_raster(path, crs=crs)  # refuse bad input before the store is touched
         db = open_store(StoreSettings(store=store))
         try:
-            report = import_raster(
-                db,
-                collection,
-                path,
-                user=user or _login(),
-                title=title,
-                crs=crs,
-                classification=access,
-            )
+            if linked:
+                report = link_raster(
+                    db, collection, path, user=user or _login(), title=title,
+                    classification=access,
+                )  # fmt: skip
+            else:
+                report = import_raster(
+                    db,
+                    collection,
+                    path,
+                    user=user or _login(),
+                    title=title,
+                    crs=crs,
+                    classification=access,
+                )
         finally:
             db.close()
     except (ImporterError, LayersError) as exc:

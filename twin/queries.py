@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -438,33 +436,33 @@ class RasterReader:
 
     def __init__(self) -> None:
         self._datasets = threading.local()
-        self._in_memory: dict[Path, tuple[int, MemoryRaster, Transformer]] = {}
+        self._in_memory: dict[str, tuple[str, MemoryRaster, Transformer]] = {}
         self._lock = threading.Lock()
 
-    def _open(self, path: Path, max_memory: int = 0) -> tuple[Dataset, Transformer]:
-        stamp = os.stat(path).st_mtime_ns
-        held = self._in_memory.get(path)
+    def _open(self, info: RasterInfo, max_memory: int = 0) -> tuple[Dataset, Transformer]:
+        uri, stamp = info.location, info.version
+        held = self._in_memory.get(uri)
         if held is not None and held[0] == stamp and held[1].nbytes <= max_memory:
             return held[1], held[2]
-        cache: dict[Path, tuple[int, DatasetReader, Transformer]] = (
+        cache: dict[str, tuple[str, DatasetReader, Transformer]] = (
             self._datasets.__dict__.setdefault("cache", {})
         )
-        opened = cache.get(path)
+        opened = cache.get(uri)
         if opened is None or opened[0] != stamp:
             if opened is not None:
                 opened[1].close()
-            ds = rasterio.open(path)
+            ds = rasterio.open(uri)
             if ds.crs is None:
                 ds.close()
-                raise InvalidParameter(f"raster {path.name} has no coordinate reference system")
-            opened = cache[path] = (stamp, ds, _to_raster(ds.crs.to_wkt()))
+                raise InvalidParameter(f"raster {info.name} has no coordinate reference system")
+            opened = cache[uri] = (stamp, ds, _to_raster(ds.crs.to_wkt()))
         _, ds, to_raster = opened
         mem = read_into_memory(ds, max_memory) if max_memory > 0 else None
         if mem is not None:
             with self._lock:
-                self._in_memory[path] = (stamp, mem, to_raster)
+                self._in_memory[uri] = (stamp, mem, to_raster)
             # This thread's file handle is not needed any more.
-            cache.pop(path)
+            cache.pop(uri)
             ds.close()
             return mem, to_raster
         return ds, to_raster
@@ -476,9 +474,9 @@ class RasterReader:
         outside; no values at all when the file cannot be read). Rasters up to `max_memory`
         bytes are read into memory once and sampled there."""
         try:
-            ds, to_raster = self._open(Path(info.path), max_memory)
+            ds, to_raster = self._open(info, max_memory)
         except (OSError, RasterioIOError):
-            log.warning("raster %s cannot be read at %s", info.name, info.path)
+            log.warning("raster %s cannot be read at %s", info.name, info.location)
             return []
         x, y = to_raster.transform(point.x, point.y)
         xs, ys = np.array([x]), np.array([y])

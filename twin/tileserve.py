@@ -300,7 +300,9 @@ class TileServer:
         if got is None:
             generation = self.raster_cache.generation(key.collections)
             with self._admitted():
-                png = await run_in_threadpool(render_raster_tile, info.path, tile, style)
+                png = await run_in_threadpool(
+                    render_raster_tile, info.location, tile, style, info.version or None
+                )
             got = self.raster_cache.put(key, png or b"", generation=generation)
         return await self._response(self.raster_cache, key, got, PNG, if_none_match, False)
 

@@ -828,29 +828,53 @@ def test_layer_info(store: Any) -> None:
     assert store.layers(ALL)["lamps"].bounds == Bounds(114.30, 30.35, 114.30, 30.35)
 
 
+def _tiny_raster(path: Path, value: float) -> Path:
+    """A 4 x 3 cell GeoTIFF in lon/lat holding `value` everywhere."""
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(
+        path, "w", driver="GTiff", width=4, height=3, count=1, dtype="float32",
+        crs="EPSG:4326", transform=Affine(0.01, 0, 114.3, 0, -0.01, 30.5),
+    ) as ds:  # fmt: skip
+        ds.write(np.full((3, 4), value, dtype=np.float32), 1)
+    return path
+
+
 def test_rasters(store: Any, tmp_path: Path) -> None:
-    cog = tmp_path / "made" / "dem.tif"
-    cog.parent.mkdir()
-    cog.write_bytes(b"II*\x00not really a tiff")
+    (tmp_path / "made").mkdir()
+    cog = _tiny_raster(tmp_path / "made" / "dem.tif", 1.0)
     info = store.put_raster(
         RasterInfo("dem", "Terrain", cog, Access.INTERNAL, {"bands": 1}), user="u", source="dem.asc"
     )
     assert info.path.read_bytes() == cog.read_bytes() and info.path != cog
+    assert info.bounds == pytest.approx((114.3, 30.47, 114.34, 30.5), abs=1e-12)
     assert store.rasters(Access.PUBLIC) == {}
     (got,) = store.rasters(Access.INTERNAL).values()
-    assert (got.name, got.title, got.path, got.classification, got.meta) == (
+    assert (got.name, got.title, got.path, got.classification, got.meta, got.bounds) == (
         "dem",
         "Terrain",
         info.path,
         Access.INTERNAL,
         {"bands": 1},
+        info.bounds,
     )
     assert "dem" not in store.layers(ALL)
     (entry,) = store.changes(0)
     assert entry.kind is ChangeKind.LAYER and entry.collection == "dem"
-    cog.write_bytes(b"II*\x00second")
-    store.put_raster(RasterInfo("dem", "Terrain 2", cog, Access.PUBLIC), user="u", source="b")
-    assert store.rasters(Access.PUBLIC)["dem"].path.read_bytes() == b"II*\x00second"
+    second = _tiny_raster(tmp_path / "made" / "second.tif", 2.0)
+    again = store.put_raster(
+        RasterInfo("dem", "Terrain 2", second, Access.PUBLIC), user="u", source="b"
+    )
+    assert store.rasters(Access.PUBLIC)["dem"].path.read_bytes() == second.read_bytes()
+    assert again.version != info.version  # what was read of the first is not taken for it
+    # A file GDAL cannot read as a raster is refused; the raster in place stays.
+    fake = tmp_path / "made" / "fake.tif"
+    fake.write_bytes(b"II*\x00not really a tiff")
+    with pytest.raises(StoreError, match="cannot read the raster"):
+        store.put_raster(RasterInfo("dem", "Fake", fake, Access.PUBLIC), user="u", source="c")
+    assert store.rasters(Access.PUBLIC)["dem"].path.read_bytes() == second.read_bytes()
+    assert [r.source for r in store.history("dem")] == ["b", "dem.asc"]
     h = store.history("dem")
     assert [(r.mode, r.added, r.updated) for r in h] == [("raster", 0, 1), ("raster", 1, 0)]
     store.write(lamps(["a"], [1.0], ["on"]), source="f", user="u")
@@ -1133,10 +1157,10 @@ def test_postgis_moves_a_raster_staged_beside_its_rasters(pg_url: str, tmp_path:
     store = PostGISStore(pg_url, raster_dir=tmp_path / "rasters")
     staged = store.staging_dir() / ".import-1" / "dem.tif"
     staged.parent.mkdir()
-    staged.write_bytes(b"II*\x00cog")
+    made = _tiny_raster(staged, 3.0).read_bytes()
     info = store.put_raster(RasterInfo("dem", "DEM", staged), user="u", source="dem.tif")
     assert not staged.exists() and info.path == tmp_path / "rasters" / "dem.tif"
-    assert info.path.read_bytes() == b"II*\x00cog"
+    assert info.path.read_bytes() == made
     assert sorted(p.name for p in (tmp_path / "rasters").iterdir()) == [".import-1", "dem.tif"]
     store.close()
 

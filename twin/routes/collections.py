@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import rasterio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from rasterio.warp import transform_bounds
 
 from layers.errors import UnknownCollection
 from layers.layer import Head
@@ -47,26 +43,10 @@ router = APIRouter(tags=["Collections"])
 GREGORIAN = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"
 
 
-@lru_cache(maxsize=256)
-def _raster_bounds(path: str, mtime: float) -> tuple[float, float, float, float] | None:
-    try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                return None
-            b = transform_bounds(src.crs, "OGC:CRS84", *src.bounds, densify_pts=21)
-    except (rasterio.errors.RasterioError, OSError):
-        return None
-    return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
-
-
 def raster_bounds(info: RasterInfo) -> tuple[float, float, float, float] | None:
-    """Lon/lat bounds of a raster collection (read once per file version)."""
-    p = Path(info.path)
-    try:
-        mtime = p.stat().st_mtime
-    except OSError:
-        return None
-    return _raster_bounds(str(p), mtime)
+    """Lon/lat bounds of a raster collection, as the store recorded them."""
+    b = info.bounds
+    return None if b is None else (b.minx, b.miny, b.maxx, b.maxy)
 
 
 def vector_collection(
