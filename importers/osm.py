@@ -9,15 +9,15 @@
   (`emergency=fire_hydrant`) and the custom `power` layer (`power=*`).
 
 `import_osm` writes them through `importers.pipeline.ingest` with the OSM attribution in
-each layer's metadata, and keeps the directed road graph beside the store as GraphML
-(`<store>/graphs/<source>.graphml`, each edge carrying the `road_id` of its `roads`
-feature) for network queries; `load_road_graph` reads them back as one graph.
+each layer's metadata, and keeps the directed road graph as GraphML in the store with the
+`roads` layer, in the same transaction as its roads (`graphs/<source>.graphml`, each edge
+carrying the `road_id` of its `roads` feature) for network queries; `load_road_graph` reads
+them back as one graph.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -515,31 +515,31 @@ def source_name(path: Path) -> str:
 # -- the road graph in the store ----------------------------------------------------------
 
 
-def graph_path(store_dir: Path, source: str) -> Path:
-    """Where the road graph of one OSM source is kept in a store directory."""
+def graph_name(source: str) -> str:
+    """The name the road graph of one OSM source is kept under with the `roads` layer."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("._") or "osm"
-    return store_dir / GRAPH_DIR / f"{slug}.graphml"
+    return f"{GRAPH_DIR}/{slug}.graphml"
 
 
-def stage_graph(graph: nx.MultiDiGraph, target: Path) -> Path:
-    """Write `graph` as GraphML next to `target` (a staged file to move in later)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, staged = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=".graphml.tmp", dir=target.parent
-    )
-    os.close(fd)
-    with _osmnx_settings():
-        ox.save_graphml(graph, staged)
-    return Path(staged)
+def graphml(graph: nx.MultiDiGraph) -> bytes:
+    """`graph` as GraphML (osmnx's own writing, read back by `load_road_graph`)."""
+    with tempfile.TemporaryDirectory(prefix="twin-graph-") as tmp:
+        path = Path(tmp) / "graph.graphml"
+        with _osmnx_settings():
+            ox.save_graphml(graph, path)
+        return path.read_bytes()
 
 
-def load_road_graph(store_dir: str | Path) -> nx.MultiDiGraph | None:
+def load_road_graph(store: Store) -> nx.MultiDiGraph | None:
     """Every road graph kept in a store, composed into one routable graph (None if none)."""
-    files = sorted((Path(store_dir) / GRAPH_DIR).glob("*.graphml"))
-    if not files:
+    kept = store.files("roads")
+    texts = [
+        data.decode("utf-8") for name, data in sorted(kept.items()) if name.startswith(GRAPH_DIR)
+    ]
+    if not texts:
         return None
     with _osmnx_settings():
-        graphs = [ox.load_graphml(f) for f in files]
+        graphs = [ox.load_graphml(graphml_str=text) for text in texts]
     return graphs[0] if len(graphs) == 1 else nx.compose_all(graphs)
 
 
@@ -555,7 +555,8 @@ class OsmReport:
     layers: dict[str, ImportReport]
     dropped: Dropped
     skipped: dict[str, dict[str, int]]
-    graph: Path | None
+    graph: str | None
+    """The name the road graph is kept under with the `roads` layer (None: none kept)."""
     graph_size: tuple[int, int] = (0, 0)
     attribution: str = ATTRIBUTION
 
@@ -576,7 +577,7 @@ class OsmReport:
         if self.graph is not None:
             lines.append(
                 f"  road graph: {self.graph_size[0]:,} nodes, {self.graph_size[1]:,} directed "
-                f"edges -> {self.graph}"
+                f"edges, kept with the roads as {self.graph}"
             )
         if not self.layers:
             lines.append("  no roads or mapped assets found")
@@ -621,33 +622,29 @@ def write_extract(
     """
     source = source or extract.source
     options = ImportOptions(id_column="id", id_prefix=ID_PREFIX, mode=mode, source=source)
-    # The store's folder for files beside its tables (a directory store's own, a database
-    # store's raster folder); a store without one keeps no road graph.
-    files = getattr(store, "files_dir", None)
-    store_dir = files() if callable(files) else Path(store.location)
-    staged: Path | None = None
-    target: Path | None = None
+    graph_file = None
+    if extract.graph is not None and "roads" in extract.frames:
+        graph_file = graph_name(source)
     reports: dict[str, ImportReport] = {}
-    try:
-        if extract.graph is not None and "roads" in extract.frames and store_dir.is_dir():
-            target = graph_path(store_dir, source)
-            staged = stage_graph(extract.graph, target)
-        for layer in LAYERS:
-            frame = extract.frames.get(layer)
-            if frame is None or not len(frame):
-                continue
-            layer_meta = dict(OSM_META if meta is None else meta)
-            if layer == "roads" and target is not None:
-                layer_meta["graph"] = f"{GRAPH_DIR}/{target.name}"
-            reports[layer] = ingest(
-                store, SCHEMAS[layer], frame, options, source=source, user=user, meta=layer_meta
-            )
-            if layer == "roads" and staged is not None and target is not None:
-                os.replace(staged, target)
-                staged = None
-    finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
+    for layer in LAYERS:
+        frame = extract.frames.get(layer)
+        if frame is None or not len(frame):
+            continue
+        layer_meta = dict(OSM_META if meta is None else meta)
+        files = None
+        if layer == "roads" and graph_file is not None and extract.graph is not None:
+            layer_meta["graph"] = graph_file
+            files = {graph_file: graphml(extract.graph)}  # lands with the roads, or neither
+        reports[layer] = ingest(
+            store,
+            SCHEMAS[layer],
+            frame,
+            options,
+            source=source,
+            user=user,
+            meta=layer_meta,
+            files=files,
+        )
     graph = extract.graph
     return OsmReport(
         path=str(extract.prepared.source),
@@ -655,7 +652,7 @@ def write_extract(
         layers=reports,
         dropped=extract.dropped,
         skipped=extract.skipped,
-        graph=target if target is not None and target.exists() else None,
+        graph=graph_file if graph_file is not None and "roads" in reports else None,
         graph_size=(len(graph), len(graph.edges)) if graph is not None else (0, 0),
         attribution=str((OSM_META if meta is None else meta).get("attribution", "")),
     )

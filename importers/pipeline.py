@@ -14,6 +14,7 @@ found before it is either a per-record rejection in the report or one `ImporterE
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,17 +107,21 @@ def ingest(
     source: str,
     user: str,
     meta: dict[str, Any] | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> ImportReport:
     """Import features already read into `frame` (one row per source record) as `schema`.
 
     `frame.crs` is the coordinates' CRS (None: lon/lat, or `options.crs`); `meta` (for
     example `{"attribution": "© OpenStreetMap contributors, ODbL"}`) is stored with the
-    layer. Row numbers in the report are positions in `frame`, counted from 1.
+    layer, and `files` (a road graph) kept with it in the same write. Row numbers in the
+    report are positions in `frame`, counted from 1.
     """
     crs = frame.crs
     ctx = _Context(declared=CRS.from_user_input(crs) if crs is not None else None)
     schema = with_classification(schema, options.classification)
-    return _ingest(store, schema, frame, options, source=source, user=user, meta=meta, ctx=ctx)
+    return _ingest(
+        store, schema, frame, options, source=source, user=user, meta=meta, ctx=ctx, files=files
+    )
 
 
 def _stored_schema(store: Store, name: str) -> LayerSchema | None:
@@ -201,6 +206,7 @@ def _ingest(
     user: str,
     meta: dict[str, Any] | None,
     ctx: _Context,
+    files: Mapping[str, bytes] | None = None,
 ) -> ImportReport:
     name = ctx.path or "the data"
     n = len(frame)
@@ -290,7 +296,13 @@ def _ingest(
     ).dt.tz_localize("UTC")
     layer = Layer(schema, ids.ids[rows], geometry, attrs, dict(meta or {}))
     result = store.write(
-        layer, mode=options.mode, source=source, user=user, details=report.summary(), meta=meta
+        layer,
+        mode=options.mode,
+        source=source,
+        user=user,
+        details=report.summary(),
+        meta=meta,
+        files=files,
     )
     report.added, report.updated = result.added, result.updated
     report.unchanged, report.removed = result.unchanged, result.removed

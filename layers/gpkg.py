@@ -15,7 +15,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -112,6 +112,8 @@ CREATE TABLE IF NOT EXISTS gpkg_geometry_columns (
   CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
 CREATE TABLE IF NOT EXISTS twin_layers (
   name TEXT PRIMARY KEY, kind TEXT NOT NULL, schema TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{{}}');
+CREATE TABLE IF NOT EXISTS twin_files (
+  layer TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (layer, name));
 CREATE TABLE IF NOT EXISTS twin_imports (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL, time DATETIME NOT NULL,
   user TEXT NOT NULL, source TEXT NOT NULL, mode TEXT NOT NULL,
@@ -969,8 +971,10 @@ class GeoPackageStore:
         details: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         expect: dict[str, str | None] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> WriteResult:
-        """Apply `layer` to the stored layer of the same name in one transaction.
+        """Apply `layer` to the stored layer of the same name in one transaction (with
+        `files` kept with it).
 
         With `expect` (feature id -> its ETag, `feature_etag`; None: no such feature yet),
         nothing is written unless every feature named is in that state (`PreconditionFailed`).
@@ -988,6 +992,10 @@ class GeoPackageStore:
             live.settle(db, history=False)  # the live state, folded into what this changes
             before = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
             self._register(db, schema, meta)
+            db.executemany(
+                "INSERT OR REPLACE INTO twin_files (layer, name, data) VALUES (?, ?, ?)",
+                [(name, n, bytes(d)) for n, d in (files or {}).items()],
+            )
             after = db.execute("SELECT schema FROM twin_layers WHERE name = ?", (name,)).fetchone()
             if expect:
                 _check_expected(db, name, expect)
@@ -1216,14 +1224,18 @@ class GeoPackageStore:
                 db.execute("DELETE FROM gpkg_geometry_columns WHERE table_name = ?", (name,))
                 db.execute("DELETE FROM gpkg_contents WHERE table_name = ?", (name,))
             db.execute("DELETE FROM twin_layers WHERE name = ?", (name,))
+            db.execute("DELETE FROM twin_files WHERE layer = ?", (name,))
             _Log(db, name, "twin", utc_stamp(_now()), "dropped").layer()
         raster = self.root / RASTER_DIR / f"{name}.tif"
         if raster.exists():
             raster.unlink()
 
-    def files_dir(self) -> Path:
-        """The folder of the files kept beside the store's tables (rasters, road graphs)."""
-        return self.root
+    def files(self, name: str) -> dict[str, bytes]:
+        """The files kept with layer `name` (see `write`), by name."""
+        rows = self._rows(
+            "SELECT name, data FROM twin_files WHERE layer = ? ORDER BY name", (name,)
+        )
+        return {n: bytes(d) for n, d in rows}
 
     def staging_dir(self) -> Path:
         """A folder on the file system of the store's rasters: a file made there is moved in

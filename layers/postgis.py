@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,7 +61,7 @@ from layers.raster import bounds_at, lonlat_bounds
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The version of the tables this code makes; `migrate` refuses a database with a newer one."""
 LOCK = 0x7477696E  # "twin": the advisory lock every write transaction takes
 POOL_MAX = 8
@@ -143,6 +143,8 @@ CREATE TABLE IF NOT EXISTS twin_state (
   time timestamptz NOT NULL, value text, recorded timestamptz, seq bigint,
   PRIMARY KEY (collection, id, property));
 CREATE TABLE IF NOT EXISTS twin_meta (key text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS twin_files (
+  layer text NOT NULL, name text NOT NULL, data bytea NOT NULL, PRIMARY KEY (layer, name));
 """
 
 
@@ -340,6 +342,11 @@ class PostGISStore:
             )
         if not found and not missing_ok:
             raise StoreError(f"no twin store at {self.location} (run `twin migrate`)")
+        if found and found < SCHEMA_VERSION and not missing_ok:
+            raise StoreError(
+                f"store {self.location} has schema version {found}, older than this twin's "
+                f"{SCHEMA_VERSION}: run `twin migrate`"
+            )
         return found
 
     def _migrate(self, db: psycopg.Connection) -> None:
@@ -909,8 +916,10 @@ class PostGISStore:
         details: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         expect: dict[str, str | None] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> WriteResult:
-        """Apply `layer` to the stored layer of the same name in one transaction.
+        """Apply `layer` to the stored layer of the same name in one transaction (with
+        `files` kept with it).
 
         With `expect` (feature id -> its ETag, `feature_etag`; None: no such feature yet),
         nothing is written unless every feature named is in that state (`PreconditionFailed`).
@@ -931,6 +940,11 @@ class PostGISStore:
             cur.execute("SELECT schema FROM twin_layers WHERE name = %s", (name,))
             before = cur.fetchone()
             self._register(cur, schema, meta)
+            cur.executemany(
+                "INSERT INTO twin_files (layer, name, data) VALUES (%s, %s, %s) "
+                "ON CONFLICT (layer, name) DO UPDATE SET data = excluded.data",
+                [(name, n, bytes(d)) for n, d in (files or {}).items()],
+            )
             cur.execute("SELECT schema FROM twin_layers WHERE name = %s", (name,))
             after = cur.fetchone()
             if expect:
@@ -1065,15 +1079,18 @@ class PostGISStore:
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=live.table(name)))
             path = row[1]
             cur.execute("DELETE FROM twin_layers WHERE name = %s", (name,))
+            cur.execute("DELETE FROM twin_files WHERE layer = %s", (name,))
             pgw.Log(cur, name, "twin", utc_stamp(_now()), "dropped").layer()
         if path is not None and Path(path).exists():
             Path(path).unlink()
 
-    def files_dir(self) -> Path:
-        """The folder of the files kept beside the database's tables (rasters, road graphs):
-        the raster folder of this database."""
-        self.raster_dir.mkdir(parents=True, exist_ok=True)
-        return self.raster_dir
+    @_routed
+    def files(self, name: str) -> dict[str, bytes]:
+        """The files kept with layer `name` (see `write`), by name."""
+        rows = self._rows(
+            'SELECT name, data FROM twin_files WHERE layer = %s ORDER BY name COLLATE "C"', (name,)
+        )
+        return {n: bytes(d) for n, d in rows}
 
     def staging_dir(self) -> Path:
         """A folder on the file system of the store's rasters: a file made there (or in a

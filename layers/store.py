@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -117,6 +117,7 @@ class Store(Protocol):
         details: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         expect: dict[str, str | None] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> WriteResult:
         """Apply `layer`'s features atomically: all land, or nothing changes (with `expect`:
         only if the features it names have those ETags, None: absent; else
@@ -125,7 +126,13 @@ class Store(Protocol):
         `meta` (attribution, licence, ...) is merged into the layer's stored metadata. The
         layer's extra attributes are a union over writes: extras stored before that
         `layer.schema` lacks stay in the schema, with their values (null on new features).
+        `files` (name -> bytes: the road graph of an OSM import) are kept with the layer in the
+        same transaction, each replacing the layer's file of that name.
         """
+        ...
+
+    def files(self, name: str) -> dict[str, bytes]:
+        """The files kept with layer `name` (see `write`), by name; none for an unknown one."""
         ...
 
     def delete_features(

@@ -281,7 +281,7 @@ def test_layers_carry_the_attribution_and_the_road_graph_maps_to_roads(imported)
     infos = imp.store.layers(Access.RESTRICTED)
     for name in ("roads", "bridges", "parks"):
         assert infos[name].meta["attribution"] == ATTRIBUTION
-    G = load_road_graph(imp.store.root)
+    G = load_road_graph(imp.store)
     assert G is not None and infos["roads"].meta["graph"] == "graphs/West-Oakland.graphml"
     roads = imp.layer("roads")
     road_ids = {d["road_id"] for _, _, d in G.edges(data=True)}

@@ -828,6 +828,28 @@ def test_layer_info(store: Any) -> None:
     assert store.layers(ALL)["lamps"].bounds == Bounds(114.30, 30.35, 114.30, 30.35)
 
 
+def test_files_are_kept_with_their_layer_in_its_write(store: Any) -> None:
+    graph = "<graphml>路网</graphml>".encode()
+    store.write(lamps(["a"], [1.0], ["on"]), source="f", user="u", files={"g/a.xml": graph})
+    assert store.files("lamps") == {"g/a.xml": graph} and store.files("other") == {}
+    # A write that does not land keeps nothing of its files either.
+    with pytest.raises(PreconditionFailed):
+        store.write(
+            lamps(["a"], [2.0], ["off"]),
+            source="f",
+            user="u",
+            expect={"a": None},
+            files={"g/a.xml": b"new", "g/b.xml": b"b"},
+        )
+    assert store.files("lamps") == {"g/a.xml": graph}
+    # Replaced by name, others kept; dropped with the layer.
+    store.write(lamps(["b"], [2.0], ["on"]), source="f", user="u", files={"g/a.xml": b"\x00two"})
+    store.write(lamps(["c"], [3.0], ["on"]), source="f", user="u", files={"g/b.xml": b"b"})
+    assert store.files("lamps") == {"g/a.xml": b"\x00two", "g/b.xml": b"b"}
+    store.drop("lamps")
+    assert store.files("lamps") == {}
+
+
 def _tiny_raster(path: Path, value: float) -> Path:
     """A 4 x 3 cell GeoTIFF in lon/lat holding `value` everywhere."""
     import rasterio
@@ -1017,6 +1039,30 @@ def test_both_backends_answer_alike(tmp_path: Path, request: pytest.FixtureReque
 
 
 # -- the PostGIS store's own faults ----------------------------------------------------------
+
+
+@pytest.mark.postgis
+def test_postgis_upgrades_a_version_1_database(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from layers.postgis import SCHEMA_VERSION, PostGISStore
+
+    first = PostGISStore(pg_url, raster_dir=tmp_path)
+    first.write(lamps(["a"], [1.0], ["on"]), source="f", user="u")
+    first.close()
+    with psycopg.connect(pg_url, autocommit=True) as db:  # as version 1 left it
+        db.execute("DROP TABLE twin_files")
+        db.execute("UPDATE twin_schema_version SET version = 1")
+    with pytest.raises(
+        StoreError, match="schema version 1, older than this twin's 2: run `twin migrate`"
+    ):
+        PostGISStore(pg_url, raster_dir=tmp_path, create=False)
+    opened = PostGISStore(pg_url, raster_dir=tmp_path)  # `twin migrate` does the same
+    assert opened.migrate() == SCHEMA_VERSION == 2
+    assert values(opened.load("lamps", ALL), "status") == ["on"]
+    opened.write(lamps(["b"], [2.0], ["on"]), source="f", user="u", files={"g.xml": b"g"})
+    assert opened.files("lamps") == {"g.xml": b"g"}
+    opened.close()
 
 
 @pytest.mark.postgis

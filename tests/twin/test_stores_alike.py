@@ -468,12 +468,15 @@ def test_an_osm_import_into_the_database_keeps_its_road_graph(tmp_path, monkeypa
         try:
             roads = store.load("roads", _everything())
             meta = store.layers(_everything())["roads"].meta
-            graph = load_road_graph(store.files_dir())
+            graph = load_road_graph(store)
+            kept = store.files("roads")
         finally:
             store.close()
         assert meta["graph"] == "graphs/West-Oakland.graphml"
         assert graph is not None
         assert {d["road_id"] for _, _, d in graph.edges(data=True)} == set(roads.ids)
-        assert (tmp_path / "files" / "graphs" / "West-Oakland.graphml").is_file()
+        # Kept in the database with the roads, not as a file beside it.
+        assert list(kept) == ["graphs/West-Oakland.graphml"]
+        assert not (tmp_path / "files").exists() or not any((tmp_path / "files").rglob("*"))
     finally:
         drop_database(name)
