@@ -35,7 +35,13 @@ def copy_store(
     done = Transfer()
     for name, held in source.layers(EVERYTHING).items():
         layer = source.load(name, EVERYTHING)
-        target.write(layer, source="store-transfer", user=user, meta=dict(held.meta))
+        target.write(
+            layer,
+            source="store-transfer",
+            user=user,
+            meta=dict(held.meta),
+            files=source.files(name),  # a road graph moves with its roads
+        )
         done.layers[name] = len(layer)
         told(f"{name}: {len(layer):,} features")
     for name, info in source.rasters(EVERYTHING).items():

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import rasterio
 import rasterio.shutil
+import shapely
 from affine import Affine
 from fastapi.testclient import TestClient
 from pyproj import Transformer
@@ -24,9 +25,12 @@ from pyproj import Transformer
 from importers.transfer import copy_store
 from layers.errors import StoreError
 from layers.gpkg import GeoPackageStore
+from layers.layer import Layer
 from layers.models import Access
 from layers.postgis import PostGISStore
+from layers.schemas import ROADS
 from layers.store import RasterInfo
+from tests.layers.test_store_contract import layer
 from tests.twin.serve_fixtures import app_for
 from tiles.raster import render_raster_tile
 
@@ -187,6 +191,12 @@ def test_the_embedded_store_copies_a_remote_raster_in(served, tmp_path) -> None:
         store.close()
 
 
+def _roads() -> Layer:
+    """One road (a built-in layer) in lon/lat."""
+    line = shapely.LineString([(114.30, 30.40), (114.31, 30.41)])
+    return layer(ROADS, [line], ["r1"], name=["汤逊湖北路"])
+
+
 def test_moving_a_twin_out_of_postgis_copies_its_remote_raster(
     pg_url: str, served, tmp_path
 ) -> None:
@@ -197,10 +207,13 @@ def test_moving_a_twin_out_of_postgis_copies_its_remote_raster(
     try:
         source.migrate()
         source.put_raster(RasterInfo("dem", "Ground", url), user="t", source="bucket")
+        source.write(_roads(), source="osm", user="t", files={"graphs/x.graphml": b"<g/>"})
         done = copy_store(source, target, user="t")
-        assert done.rasters == ["dem"]
+        assert done.rasters == ["dem"] and done.layers == {"roads": 1}
         moved = target.rasters(Access.PUBLIC)["dem"]
         assert moved.path.read_bytes() == cog.read_bytes()
+        # The files kept with a layer move with it.
+        assert target.files("roads") == {"graphs/x.graphml": b"<g/>"}
     finally:
         source.close()
         target.close()
