@@ -27,7 +27,7 @@ import pandas as pd
 import shapely
 
 from layers import gpkg_live as live
-from layers.errors import PreconditionFailed, StoreError, UnknownCollection
+from layers.errors import PreconditionFailed, StoreError, Uncompiled, UnknownCollection
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
 from layers.life import temporal_extent
 from layers.models import (
@@ -50,6 +50,7 @@ from layers.models import (
 )
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
+from layers.where import Where
 
 GPKG_FILE = "twin.gpkg"
 PAGE_SIZE = 32768  # bytes, for new store files
@@ -628,6 +629,14 @@ class GeoPackageStore:
         it holds."""
         layer = self.load(name, scope)
         return layer.take(np.arange(len(layer))[offset : offset + limit]), len(layer)
+
+    def select(
+        self, name: str, scope: Access, where: Where, limit: int, offset: int
+    ) -> tuple[Layer, int]:
+        """Always `Uncompiled`: a server on this store holds its layers and selects from them
+        in memory (as the layer read whole, or `chunks`, would)."""
+        self.schema(name, scope)
+        raise Uncompiled("the embedded store selects in memory")
 
     def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
         """The whole layer in stored order, `size` features at a time."""

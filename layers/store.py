@@ -23,6 +23,7 @@ from layers.models import (
     Thinning,
     WriteResult,
 )
+from layers.where import Where
 
 WriteMode = Literal["upsert", "replace"]
 """`upsert` adds and updates by id; `replace` also removes the source's features absent from it."""
@@ -122,6 +123,15 @@ class Store(Protocol):
     def page(self, name: str, scope: Access, limit: int, offset: int) -> tuple[Layer, int]:
         """Features `offset` to `offset + limit` of the layer in stored order, and how many
         it holds (items paged without conditions, for a server not holding the layer)."""
+        ...
+
+    def select(
+        self, name: str, scope: Access, where: Where, limit: int, offset: int
+    ) -> tuple[Layer, int]:
+        """Features `offset` to `offset + limit`, in stored order, of those meeting `where`,
+        and how many do, answered by the store in one query (items selected by a server not
+        holding the layer); `Uncompiled` when it cannot say `where` exactly (the caller then
+        selects in memory from `chunks`)."""
         ...
 
     def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
