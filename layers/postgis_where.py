@@ -239,10 +239,12 @@ class Compiled:
             sql.SQL("geom && {b}").format(b=self._box(b)) for b in node.boxes
         )
         piece = self.bind(PIECE_DEG)
+        lit = self._literal(node.wkb)
+        if node.straight:
+            lit = sql.SQL("ST_Segmentize({g}, {s})").format(g=lit, s=piece)
         near = sql.SQL(
-            "ST_DWithin(ST_Segmentize(geom, {s})::geography, "
-            "ST_Segmentize({g}, {s})::geography, {d}, true)"
-        ).format(s=piece, g=self._literal(node.wkb), d=self.bind(float(node.distance_m)))
+            "ST_DWithin(ST_Segmentize(geom, {s})::geography, {g}::geography, {d}, true)"
+        ).format(s=piece, g=lit, d=self.bind(float(node.distance_m)))
         return sql.SQL("coalesce(({b}) AND {h} AND {n}, false)").format(
             b=boxes, h=_HAS_GEOMETRY, n=near
         )

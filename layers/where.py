@@ -97,6 +97,9 @@ class DWithin:
     wkb: bytes
     distance_m: float
     boxes: tuple[Bounds, ...]
+    straight: bool = True
+    """Whether the literal's edges are taken as straight lines on the lon/lat plane (as the
+    in-memory measure takes those of a small shape), else as geodesics (a wide one)."""
 
 
 @dataclass(frozen=True)

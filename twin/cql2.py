@@ -888,14 +888,16 @@ class _Lowering(_Evaluator):
         return where.Spatial(_SPATIAL_OPS[op], shapely.to_wkb(geom))
 
     def near(self, geom: shapely.Geometry, distance_m: float) -> Any:
-        from twin.metric import check_distance, check_geometry, search_area
+        from twin.metric import LOCAL_EXTENT_DEG, check_distance, check_geometry, search_area
 
         geom, distance_m = check_geometry(geom), check_distance(distance_m)
         if distance_m == 0 and not isinstance(geom, shapely.Point):
             return where.Spatial("intersects", shapely.to_wkb(geom))  # as `metric.within`
         area = search_area(geom, distance_m).boxes
         boxes = tuple(Bounds(*b) for b in shapely.bounds(area).tolist())
-        return where.DWithin(shapely.to_wkb(geom), distance_m, boxes)
+        minx, miny, maxx, maxy = shapely.bounds(geom).tolist()
+        straight = max(maxx - minx, maxy - miny) <= LOCAL_EXTENT_DEG  # see `metric.frame`
+        return where.DWithin(shapely.to_wkb(geom), distance_m, boxes, straight)
 
 
 def _parts(node: Any, kind: type[where.All | where.AnyOf]) -> tuple[Any, ...]:

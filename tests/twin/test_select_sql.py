@@ -19,13 +19,15 @@ import pytest
 import shapely
 import shapely.geometry
 from fastapi.testclient import TestClient
+from shapely.geometry import mapping
 
+from layers.errors import Uncompiled
 from layers.layer import SOURCE, Layer, coerce
 from layers.models import Field, FieldType
 from layers.schemas import custom_schema
-from tests.twin.serve_fixtures import app_for, fill_store, make_layer
+from tests.twin.serve_fixtures import app_for, fill_store, make_layer, sites_layer
 
-from .test_stores_alike import copy_into, create_database, drop_database
+from .test_stores_alike import ADMIN, copy_into, create_database, drop_database
 
 pytestmark = [pytest.mark.postgis, pytest.mark.xdist_group("postgis")]
 
@@ -133,7 +135,7 @@ def things() -> Layer:
 def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TestClient]]:
     """The same layer served from memory (GeoPackage) and by SQL (PostGIS)."""
     where: Path = tmp_path_factory.mktemp("select_sql")
-    directory = fill_store(where / "store", [things()])
+    directory = fill_store(where / "store", [things(), sites_layer()])
     name, url = create_database("select")
     try:
         copy_into(directory, url)
@@ -302,7 +304,7 @@ def _exact() -> list[str]:
     right = shapely.box(*(np.array(box.bounds) + [box.bounds[2] - box.bounds[0], 0] * 2))
 
     def op(name: str, shape: Any, *more: Any, first: bool = True) -> str:
-        lit = shapely.geometry.mapping(shape)
+        lit = mapping(shape)
         args = [{"property": "geometry"}, lit] if first else [lit, {"property": "geometry"}]
         return json.dumps({"op": name, "args": [*args, *more]})
 
@@ -355,7 +357,174 @@ def test_sql_selects_what_memory_selects(apps, no_scan, query: str) -> None:
     assert sql == held
 
 
-def test_smoke(apps) -> None:
-    for q in ["filter=code_n > 3", "filter=name LIKE 'Main%'", "kind=valve"]:
-        a, b = answer(apps["gpkg"], q), answer(apps["postgis"], q)
-        assert a == b and a[2], (q, a, b)
+def _items(client: TestClient, query: str, collection: str = "things") -> dict[str, Any]:
+    r = client.get(f"/collections/{collection}/items?{query}")
+    assert r.status_code == 200, (query, r.text)
+    doc = r.json()
+    doc.pop("timeStamp")
+    return doc
+
+
+@pytest.mark.parametrize(
+    "flt", ["code_n > 0", "name LIKE '%a%' OR ok", f"S_DWITHIN(geometry, {P}, 900)"]
+)
+@pytest.mark.parametrize(("limit", "offset"), [(7, 0), (7, 14), (50, 380), (5, 10_000)])
+def test_pages_are_the_same(apps, no_scan, flt: str, limit: int, offset: int) -> None:
+    """Each page: the same features, counts and next / previous links."""
+    query = f"filter={quote(flt)}&limit={limit}&offset={offset}"
+    held, sql = _items(apps["gpkg"], query), _items(apps["postgis"], query)
+    assert sql == held
+    assert held["numberMatched"] > 0 and held["numberReturned"] == len(held["features"])
+
+
+@pytest.mark.parametrize("when", [*DATETIMES, "2024-02-01/2024-04-01", "2024-07-01/.."])
+def test_datetime_of_a_period_layer(apps, no_scan, when: str) -> None:
+    """Construction sites are matched by the period they cover (start and end dates)."""
+    query = f"datetime={quote(when)}"
+    held = _items(apps["gpkg"], query, "sites")
+    assert _items(apps["postgis"], query, "sites") == held
+
+
+WIDE = shapely.LineString([(LON - 0.3, LAT - 0.1), (LON + 0.3, LAT + 0.05)])
+NEAR = {
+    "point": (shapely.Point(LON + 0.01, LAT + 0.01), 2e-5),
+    "line": (shapely.LineString([(LON, LAT + 0.005), (LON + 0.02, LAT + 0.012)]), 2e-5),
+    "polygon": (
+        shapely.Polygon([(LON, LAT), (LON + 0.012, LAT), (LON + 0.012, LAT + 0.009)]),
+        2e-5,
+    ),
+    "wide line": (WIDE, 1e-4),
+}
+"""Literals of S_DWITHIN, and how far apart (relative to the distance) the two measures may
+be: PostGIS finds the nearest points on the sphere, twin in a plane scaled by the ellipsoid's
+radii there (a wide shape: its transverse Mercator zone); both then measure geodesically."""
+
+
+@pytest.mark.parametrize("name", list(NEAR))
+def test_dwithin_at_the_edge_of_its_distance(apps, no_scan, name: str) -> None:
+    """Distances set at, and between, the features' own distances (`twin.metric`): the two
+    answers differ only by features within the stated bound of the distance, and are equal
+    whenever no feature lies that close to it."""
+    from twin.metric import distances
+
+    literal, relative = NEAR[name]
+    layer = things()
+    d = distances(layer.geometry, literal)
+    known = np.flatnonzero(np.isfinite(d))
+    order = known[np.argsort(d[known])]
+    thresholds = []
+    for k in order[:: max(1, len(order) // 15)]:
+        if d[k] < 3000:  # just inside, at, and just outside the bound around a feature
+            bound = 1e-3 + relative * d[k]
+            thresholds += [float(d[k] - 2 * bound), float(d[k]), float(d[k] + 2 * bound)]
+    exact = 0
+    for t in thresholds:
+        if t < 0:
+            continue
+        flt = json.dumps(
+            {"op": "s_dwithin", "args": [{"property": "geometry"}, mapping(literal), t]}
+        )
+        query = f"filter-lang=cql2-json&filter={quote(flt)}"
+        _, held, _ = answer(apps["gpkg"], query)
+        _, sql, _ = answer(apps["postgis"], query)
+        assert set(held) == set(layer.ids[known[d[known] <= t]])
+        edge = set(layer.ids[known[np.abs(d[known] - t) <= 1e-3 + relative * t]])
+        assert set(held) ^ set(sql) <= edge, (t, sorted(set(held) ^ set(sql)))
+        if not edge:
+            exact += 1
+            assert sql == held
+    assert exact >= len(thresholds) // 2
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        "name = 'x'' OR 1=1 --'",
+        "name = 'x''; DROP TABLE layers.things; --'",
+        "name LIKE '%'' OR ''1''=''1'",
+        "id IN ('t-0001'') OR (''1''=''1', 'x')",
+        "kind = 'valve\" OR 1=1 --'",
+    ],
+)
+def test_hostile_literals_are_only_values(apps, no_scan, flt: str) -> None:
+    """A literal made to end the SQL string is a value like any other: no feature has it."""
+    query = f"filter={quote(flt)}"
+    assert answer(apps["postgis"], query) == answer(apps["gpkg"], query) == (200, [], 0)
+    assert answer(apps["postgis"], "limit=1")[2] == N  # the table is whole
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "filter=" + quote('"na""me" = \'x\''),
+        "filter=" + quote('"name\\" = 1 OR 1=1 --" = \'x\''),
+        "filter-lang=cql2-json&filter="
+        + quote('{"op": "=", "args": [{"property": "name\\" = \'\' OR 1=1 --"}, "x"]}'),
+        "na%22me=x",
+        "name%27%20OR%201%3D1%20--=x",
+    ],
+)
+def test_hostile_property_names_are_refused(apps, no_scan, query: str) -> None:
+    for client in apps.values():
+        r = client.get(f"/collections/things/items?{query}")
+        assert r.status_code == 400 and r.json()["code"] == "InvalidParameter", r.text
+
+
+def test_the_sql_holds_no_value() -> None:
+    """Every value of a selection is a parameter: none of them is in the SQL text."""
+    import psycopg
+
+    from layers import where as w
+    from layers.postgis_where import Compiled
+
+    hostile = "x' OR 1=1 --"
+    schema = things().schema
+    sel = w.Where(
+        bbox=w.Bounds(1.0, 2.0, 3.0, 4.0),
+        equals=(w.Equals("name", FieldType.STRING, hostile),),
+        interval=(None, None),
+        filter=w.All(
+            (
+                w.Compare("=", w.Column("kind", FieldType.STRING), w.Value(hostile)),
+                w.Like(w.Column("name", FieldType.STRING), hostile + "%"),
+                w.Spatial("intersects", shapely.to_wkb(shapely.Point(5.5, 6.5))),
+            )
+        ),
+    )
+    compiled = Compiled(sel, schema)
+    with psycopg.connect(ADMIN) as db:
+        text = compiled.sql.as_string(db)
+    assert "OR 1=1" not in text and "5.5" not in text and "1.0" not in text
+    assert hostile in compiled.params.values()
+    bad = w.Where(filter=w.Compare("=", w.Column('na"me', FieldType.STRING), w.Value("x")))
+    with pytest.raises(Uncompiled):
+        Compiled(bad, schema)  # a column the stored schema lacks is never named
+
+
+def test_what_sql_cannot_say_is_scanned(apps) -> None:
+    """CASEI (Unicode case folding) and instants finer than a microsecond are evaluated in
+    memory, the layer read a chunk at a time: the same answers, and the scan did happen."""
+    store = apps["postgis"].app.state.catalog.store
+    scanned: list[str] = []
+    real = store.chunks
+
+    def counted(name: str, *args: Any) -> Any:
+        scanned.append(name)
+        return real(name, *args)
+
+    store.chunks = counted
+    try:
+        for flt in [
+            "CASEI(name) = CASEI('MAIN st')",
+            "CASEI(name) LIKE 'ss%'",
+            "LOWER(kind) = 'valve'",
+            "seen_at > TIMESTAMP('2020-01-03T00:00:00.0000001Z')",
+        ]:
+            scanned.clear()
+            query = f"filter={quote(flt)}"
+            held = answer(apps["gpkg"], query)
+            assert held[0] == 200 and held[2]
+            assert answer(apps["postgis"], query) == held
+            assert scanned == ["things"], flt
+    finally:
+        del store.chunks
