@@ -355,9 +355,9 @@ class Catalog:
         query; None when they are to be selected in memory instead (here: the layer held)."""
         return None
 
-    def chunks(self, name: str, scope: Lens) -> Iterator[Layer]:
+    def chunks(self, name: str, scope: Lens, where: Where | None = None) -> Iterator[Layer]:
         """`name` as `scope` sees it, in stored order, a chunk at a time (here: one, the layer
-        held)."""
+        held); with `where`, at least the features meeting it (the caller still selects)."""
         yield self.layer(name, scope)
 
     def temporal(self, name: str, scope: Lens) -> list[str | None] | None:
@@ -669,14 +669,14 @@ class WindowCatalog(Catalog):
             return None
         return self._through(got, scope), count
 
-    def chunks(self, name: str, scope: Lens) -> Iterator[Layer]:
+    def chunks(self, name: str, scope: Lens, where: Where | None = None) -> Iterator[Layer]:
         self._visible(name, scope)
         with self._lock:
             whole = self._whole.get(name)
         if whole is not None or (not isinstance(scope, Access) and scope.hides_rows(name)):
             yield self.layer(name, scope)  # held a while anyway / its view is of the whole
             return
-        for chunk in self.store.chunks(name, Access.RESTRICTED, self.chunk_size):
+        for chunk in self.store.chunks(name, Access.RESTRICTED, self.chunk_size, where):
             yield self._through(chunk, scope)
 
     def _through(self, layer: Layer, scope: Lens) -> Layer:

@@ -638,8 +638,11 @@ class GeoPackageStore:
         self.schema(name, scope)
         raise Uncompiled("the embedded store selects in memory")
 
-    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
-        """The whole layer in stored order, `size` features at a time."""
+    def chunks(
+        self, name: str, scope: Access, size: int, where: Where | None = None
+    ) -> Iterator[Layer]:
+        """The whole layer in stored order, `size` features at a time (`where` is left to
+        the caller)."""
         layer = self.load(name, scope)
         for lo in range(0, len(layer), size):
             yield layer.take(np.arange(lo, min(lo + size, len(layer))))

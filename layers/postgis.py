@@ -10,6 +10,7 @@ gaps in the order they commit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -31,7 +32,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from layers import postgis_live as live
 from layers import postgis_write as pgw
-from layers.errors import StoreError, UnknownCollection
+from layers.errors import StoreError, Uncompiled, UnknownCollection
 from layers.gpkg import FEED_FEATURES_MAX, feature_boxes, offered
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
 from layers.life import extent_text
@@ -547,15 +548,28 @@ class PostGISStore:
                 rows = cur.fetchall()
         return _layer_of(schema, meta, rows), int(count)
 
-    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
+    def chunks(
+        self, name: str, scope: Access, size: int, where: Where | None = None
+    ) -> Iterator[Layer]:
         """The whole layer in stored order, `size` features at a time, from one snapshot (a
-        server-side cursor): a scan that never holds more than a chunk."""
+        server-side cursor): a scan that never holds more than a chunk; with `where`, of the
+        features meeting it (the whole layer when it cannot be said in SQL: `Uncompiled`)."""
         with self._cursor() as cur:
             schema, meta = self._entry(cur, name, scope)
-            query = sql.SQL("SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t} ORDER BY fid")
+            cond: sql.Composable = sql.SQL("true")
+            params: dict[str, Any] = {}
+            if where is not None:
+                with contextlib.suppress(Uncompiled):
+                    compiled = Compiled(where, schema)
+                    cond, params = compiled.sql, compiled.params
+            query = sql.SQL(
+                "SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t} WHERE {c} ORDER BY fid"
+            )
             with cur.connection.cursor(name="twin_chunks") as scan:
                 scan.itersize = size
-                scan.execute(query.format(cols=_columns(schema), t=live.table(name)))
+                scan.execute(
+                    query.format(cols=_columns(schema), t=live.table(name), c=cond), params
+                )
                 while rows := scan.fetchmany(size):
                     yield _layer_of(schema, meta, rows)
 

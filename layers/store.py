@@ -134,9 +134,12 @@ class Store(Protocol):
         selects in memory from `chunks`)."""
         ...
 
-    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
+    def chunks(
+        self, name: str, scope: Access, size: int, where: Where | None = None
+    ) -> Iterator[Layer]:
         """The whole layer in stored order, `size` features at a time, from one snapshot
-        (items filtered over a whole layer a server does not hold)."""
+        (items filtered over a whole layer a server does not hold); with `where`, at least
+        the features meeting it (a store may leave the selecting to the caller)."""
         ...
 
     def temporal(self, name: str) -> list[str | None] | None:
