@@ -13,12 +13,13 @@ from typing import Any, NamedTuple, TypeVar, overload
 import numpy as np
 import pandas as pd
 
-from layers.errors import UnknownCollection
+from layers.errors import Uncompiled, UnknownCollection
 from layers.layer import UPDATED, VERSION, Head, Layer, LayerHead, coerce
 from layers.life import temporal_extent
 from layers.models import Access, Bounds, Change, LayerSchema, StateRun, Thinning
 from layers.policy import View
 from layers.store import RasterInfo, Store
+from layers.where import Where
 
 ChangeListener = Callable[[str, np.ndarray | None], None]
 """Called with a collection name and the boxes that changed, lon/lat, `(k, 4)` (None: the
@@ -346,9 +347,17 @@ class Catalog:
         and how many it sees; None when the layer held is to be paged instead (here)."""
         return None
 
-    def chunks(self, name: str, scope: Lens) -> Iterator[Layer]:
+    def select(
+        self, name: str, scope: Lens, where: Where, limit: int, offset: int
+    ) -> tuple[Layer, int] | None:
+        """Features `offset` to `offset + limit`, in stored order, of those of `name` that
+        `scope` sees and that meet `where`, and how many do, as the store answers them in one
+        query; None when they are to be selected in memory instead (here: the layer held)."""
+        return None
+
+    def chunks(self, name: str, scope: Lens, where: Where | None = None) -> Iterator[Layer]:
         """`name` as `scope` sees it, in stored order, a chunk at a time (here: one, the layer
-        held)."""
+        held); with `where`, at least the features meeting it (the caller still selects)."""
         yield self.layer(name, scope)
 
     def temporal(self, name: str, scope: Lens) -> list[str | None] | None:
@@ -648,14 +657,26 @@ class WindowCatalog(Catalog):
         got, count = self.store.page(name, Access.RESTRICTED, limit, offset)
         return self._through(got, scope), count
 
-    def chunks(self, name: str, scope: Lens) -> Iterator[Layer]:
+    def select(
+        self, name: str, scope: Lens, where: Where, limit: int, offset: int
+    ) -> tuple[Layer, int] | None:
+        self._visible(name, scope)
+        if not isinstance(scope, Access) and scope.hides_rows(name):
+            return None  # which rows it sees is worked out over the whole layer
+        try:
+            got, count = self.store.select(name, Access.RESTRICTED, where, limit, offset)
+        except Uncompiled:
+            return None
+        return self._through(got, scope), count
+
+    def chunks(self, name: str, scope: Lens, where: Where | None = None) -> Iterator[Layer]:
         self._visible(name, scope)
         with self._lock:
             whole = self._whole.get(name)
         if whole is not None or (not isinstance(scope, Access) and scope.hides_rows(name)):
             yield self.layer(name, scope)  # held a while anyway / its view is of the whole
             return
-        for chunk in self.store.chunks(name, Access.RESTRICTED, self.chunk_size):
+        for chunk in self.store.chunks(name, Access.RESTRICTED, self.chunk_size, where):
             yield self._through(chunk, scope)
 
     def _through(self, layer: Layer, scope: Lens) -> Layer:

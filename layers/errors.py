@@ -33,3 +33,8 @@ class PreconditionFailed(LayersError):
 
 class StoreError(LayersError):
     """The store could not be opened or written; nothing was changed."""
+
+
+class Uncompiled(LayersError):
+    """A selection the store cannot answer in one query (`Store.select`): the caller reads
+    the layer and selects in memory instead."""

@@ -28,7 +28,7 @@ import shapely
 from rasterio.errors import RasterioError
 
 from layers import gpkg_live as live
-from layers.errors import PreconditionFailed, StoreError, UnknownCollection
+from layers.errors import PreconditionFailed, StoreError, Uncompiled, UnknownCollection
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
 from layers.life import temporal_extent
 from layers.models import (
@@ -52,6 +52,7 @@ from layers.models import (
 from layers.raster import bounds_at, copy_remote, lonlat_bounds
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
+from layers.where import Where
 
 GPKG_FILE = "twin.gpkg"
 PAGE_SIZE = 32768  # bytes, for new store files
@@ -631,8 +632,19 @@ class GeoPackageStore:
         layer = self.load(name, scope)
         return layer.take(np.arange(len(layer))[offset : offset + limit]), len(layer)
 
-    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
-        """The whole layer in stored order, `size` features at a time."""
+    def select(
+        self, name: str, scope: Access, where: Where, limit: int, offset: int
+    ) -> tuple[Layer, int]:
+        """Always `Uncompiled`: a server on this store holds its layers and selects from them
+        in memory (as the layer read whole, or `chunks`, would)."""
+        self.schema(name, scope)
+        raise Uncompiled("the embedded store selects in memory")
+
+    def chunks(
+        self, name: str, scope: Access, size: int, where: Where | None = None
+    ) -> Iterator[Layer]:
+        """The whole layer in stored order, `size` features at a time (`where` is left to
+        the caller)."""
         layer = self.load(name, scope)
         for lo in range(0, len(layer), size):
             yield layer.take(np.arange(lo, min(lo + size, len(layer))))

@@ -10,6 +10,7 @@ gaps in the order they commit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -32,16 +33,15 @@ from rasterio.errors import RasterioError
 
 from layers import postgis_live as live
 from layers import postgis_write as pgw
-from layers.errors import StoreError, UnknownCollection
+from layers.errors import StoreError, Uncompiled, UnknownCollection
 from layers.gpkg import FEED_FEATURES_MAX, feature_boxes, offered
 from layers.layer import SOURCE, UPDATED, VERSION, Layer, coerce, dtype_of, empty_attrs
-from layers.life import ENDED, extent_text, life_fields
+from layers.life import extent_text
 from layers.models import (
     Access,
     Bounds,
     Change,
     ChangeKind,
-    Field,
     FieldType,
     GeometryFamily,
     ImportRecord,
@@ -57,9 +57,11 @@ from layers.models import (
 )
 from layers.pg_listen import Listener
 from layers.postgis_replica import FLUSH_LSN, Replica
+from layers.postgis_where import ENDED_PARAMS, Compiled, life_bounds
 from layers.raster import bounds_at, lonlat_bounds
 from layers.schemas import check_name
 from layers.store import LayerInfo, RasterInfo, WriteMode
+from layers.where import Where
 
 SCHEMA_VERSION = 2
 """The version of the tables this code makes; `migrate` refuses a database with a newer one."""
@@ -221,25 +223,6 @@ def _priority(schema: LayerSchema, thin: Thinning) -> sql.Composable:
             c=c, cases=cases, n=sql.Literal(len(thin.classes))
         )
     return sql.SQL("(-coalesce({c}::float8, '-Infinity'::float8)), ").format(c=c)
-
-
-def _instant(f: Field, *, end: bool) -> sql.Composable:
-    """A date, date-time or year field as the UTC instant its life starts or ends at (as
-    `layers.life.times` reads it: a year or a day ends on its last millisecond)."""
-    c = sql.Identifier(f.name)
-    if f.type is FieldType.INTEGER:
-        year = sql.SQL("(CASE WHEN {c} BETWEEN 1678 AND 2261 THEN {c} END)").format(c=c)
-        if end:
-            return sql.SQL(
-                "make_timestamptz({y}::int + 1, 1, 1, 0, 0, 0, 'UTC') - interval '1 millisecond'"
-            ).format(y=year)
-        return sql.SQL("make_timestamptz({y}::int, 1, 1, 0, 0, 0, 'UTC')").format(y=year)
-    if f.type is FieldType.DATE:
-        day = sql.SQL("({c}::timestamp AT TIME ZONE 'UTC')").format(c=c)
-        if end:
-            return sql.SQL("({d} + interval '1 day' - interval '1 millisecond')").format(d=day)
-        return day
-    return c
 
 
 def _version_row(schema: LayerSchema, r: tuple) -> tuple:
@@ -508,30 +491,16 @@ class PostGISStore:
         database by the same rules."""
         with self._cursor() as cur:
             schema, _ = self._entry(cur, name, Access.RESTRICTED)
-            fields = life_fields(schema)
-            updated = sql.Identifier(UPDATED)
-            if fields.kind == "changed" or fields.start is None:
-                start: sql.Composable = updated
-                end: sql.Composable = updated
-            else:
-                start = _instant(fields.start, end=False)
-                end = (
-                    sql.SQL("NULL::timestamptz")
-                    if fields.end is None
-                    else _instant(fields.end, end=True)
-                )
-                if fields.status:
-                    end = sql.SQL(
-                        "CASE WHEN {e} IS NULL AND status IN ({ended}) THEN {u} ELSE {e} END"
-                    ).format(e=end, u=updated, ended=sql.SQL(", ").join(map(sql.Literal, ENDED)))
+            start, end, kind = life_bounds(schema)
             cur.execute(
                 sql.SQL(
                     "SELECT min(s), max(e), coalesce(bool_or(s IS NOT NULL AND e IS NULL), false)"
                     " FROM (SELECT {s} AS s, {e} AS e FROM {t}) q"
-                ).format(s=start, e=end, t=live.table(name))
+                ).format(s=start, e=end, t=live.table(name)),
+                ENDED_PARAMS,
             )
             first, last, open_end = cur.fetchone() or (None, None, False)
-        return extent_text(first, last, bool(open_end), fields.kind)
+        return extent_text(first, last, bool(open_end), kind)
 
     @_routed
     def boxes(self, name: str, ids: Sequence[str]) -> np.ndarray:
@@ -566,15 +535,56 @@ class PostGISStore:
             (count,) = cur.fetchone() or (0,)
         return layer, int(count)
 
-    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
-        """The whole layer in stored order, `size` features at a time, from one snapshot (a
-        server-side cursor): a scan that never holds more than a chunk."""
+    @_routed
+    def select(
+        self, name: str, scope: Access, where: Where, limit: int, offset: int
+    ) -> tuple[Layer, int]:
+        """Features `offset` to `offset + limit`, in stored order, of those meeting `where`,
+        and how many do: the conditions compiled to one SQL condition (every value a bound
+        parameter; `layers.postgis_where`), a page and a count read in one snapshot."""
         with self._cursor() as cur:
             schema, meta = self._entry(cur, name, scope)
-            query = sql.SQL("SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t} ORDER BY fid")
+            cond = Compiled(where, schema)
+            table = live.table(name)
+            cur.execute(
+                sql.SQL("SELECT count(*) FROM {t} WHERE {c}").format(t=table, c=cond.sql),
+                cond.params,
+            )
+            (count,) = cur.fetchone() or (0,)
+            rows: list[tuple] = []
+            if count > offset and limit > 0:
+                cur.execute(
+                    sql.SQL(
+                        "SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t} WHERE {c} "
+                        "ORDER BY fid LIMIT %(limit)s OFFSET %(offset)s"
+                    ).format(cols=_columns(schema), t=table, c=cond.sql),
+                    {**cond.params, "limit": limit, "offset": offset},
+                )
+                rows = cur.fetchall()
+        return _layer_of(schema, meta, rows), int(count)
+
+    def chunks(
+        self, name: str, scope: Access, size: int, where: Where | None = None
+    ) -> Iterator[Layer]:
+        """The whole layer in stored order, `size` features at a time, from one snapshot (a
+        server-side cursor): a scan that never holds more than a chunk; with `where`, of the
+        features meeting it (the whole layer when it cannot be said in SQL: `Uncompiled`)."""
+        with self._cursor() as cur:
+            schema, meta = self._entry(cur, name, scope)
+            cond: sql.Composable = sql.SQL("true")
+            params: dict[str, Any] = {}
+            if where is not None:
+                with contextlib.suppress(Uncompiled):
+                    compiled = Compiled(where, schema)
+                    cond, params = compiled.sql, compiled.params
+            query = sql.SQL(
+                "SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t} WHERE {c} ORDER BY fid"
+            )
             with cur.connection.cursor(name="twin_chunks") as scan:
                 scan.itersize = size
-                scan.execute(query.format(cols=_columns(schema), t=live.table(name)))
+                scan.execute(
+                    query.format(cols=_columns(schema), t=live.table(name), c=cond), params
+                )
                 while rows := scan.fetchmany(size):
                     yield _layer_of(schema, meta, rows)
 

@@ -24,6 +24,7 @@ from layers.models import (
     Thinning,
     WriteResult,
 )
+from layers.where import Where
 
 WriteMode = Literal["upsert", "replace"]
 """`upsert` adds and updates by id; `replace` also removes the source's features absent from it."""
@@ -162,9 +163,21 @@ class Store(Protocol):
         it holds (items paged without conditions, for a server not holding the layer)."""
         ...
 
-    def chunks(self, name: str, scope: Access, size: int) -> Iterator[Layer]:
+    def select(
+        self, name: str, scope: Access, where: Where, limit: int, offset: int
+    ) -> tuple[Layer, int]:
+        """Features `offset` to `offset + limit`, in stored order, of those meeting `where`,
+        and how many do, answered by the store in one query (items selected by a server not
+        holding the layer); `Uncompiled` when it cannot say `where` exactly (the caller then
+        selects in memory from `chunks`)."""
+        ...
+
+    def chunks(
+        self, name: str, scope: Access, size: int, where: Where | None = None
+    ) -> Iterator[Layer]:
         """The whole layer in stored order, `size` features at a time, from one snapshot
-        (items filtered over a whole layer a server does not hold)."""
+        (items filtered over a whole layer a server does not hold); with `where`, at least
+        the features meeting it (a store may leave the selecting to the caller)."""
         ...
 
     def temporal(self, name: str) -> list[str | None] | None:

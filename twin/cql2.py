@@ -26,8 +26,11 @@ import pandas as pd
 import shapely
 import shapely.geometry
 
+from layers import where
+from layers.errors import Uncompiled
 from layers.layer import SOURCE, Layer
-from layers.models import FieldType, LayerSchema
+from layers.models import Bounds, FieldType, LayerSchema
+from layers.where import SpatialOp
 from twin import budget
 from twin.errors import InvalidParameter, LimitExceeded
 
@@ -372,7 +375,7 @@ class _Operand:
     """A value during evaluation: one per row (`column`) or one for all (`scalar`)."""
 
     kind: str  # string, number, boolean, date, datetime, geometry, null
-    column: pd.Series | None = None
+    column: Any = None  # a pd.Series (an expression of `layers.where` when lowering)
     scalar: Any = None
     geometry_column: bool = False
 
@@ -440,10 +443,9 @@ class _Evaluator:
                 if inner.kind != "string":
                     raise InvalidParameter(f"filter: {op.upper()} needs a string")
                 if inner.is_column:
-                    assert inner.column is not None
-                    return _Operand("string", column=inner.column.str.casefold())
+                    return _Operand("string", column=self.casefold(inner.column))
                 return _Operand("string", scalar=str(inner.scalar).casefold())
-            return _Operand("boolean", column=pd.Series(self.predicate(node)))
+            return _Operand("boolean", column=self.as_value(self.predicate(node)))
         if isinstance(node, _Geom):
             return _Operand("geometry", scalar=node.geom)
         if isinstance(node, _Time):
@@ -470,8 +472,7 @@ class _Evaluator:
             opnd = self.column(str(node["property"]))
             if opnd.kind != "boolean":
                 raise InvalidParameter(f"filter: property {node['property']!r} is not boolean")
-            assert opnd.column is not None
-            return opnd.column.astype("boolean").array
+            return self.truth(opnd.column)
         if not (isinstance(node, dict) and "op" in node):
             raise InvalidParameter(f"filter: {node!r} is not a condition")
         op, args = node["op"], node["args"]
@@ -481,11 +482,12 @@ class _Evaluator:
                 raise InvalidParameter(f"filter: {op.upper()} needs at least two conditions")
             out = self.predicate(args[0])
             for a in args[1:]:
-                out = (out & self.predicate(a)) if op == "and" else (out | self.predicate(a))
+                p = self.predicate(a)
+                out = self.both(out, p) if op == "and" else self.either(out, p)
             return out
         if op == "not":
             self._arity(op, args, 1)
-            return ~self.predicate(args[0])
+            return self.negate(self.predicate(args[0]))
         if op in _COMPARE:
             self._arity(op, args, 2)
             return self.compare(op, self.operand(args[0]), self.operand(args[1]))
@@ -494,26 +496,62 @@ class _Evaluator:
         if op == "between":
             self._arity(op, args, 3)
             value = self.operand(args[0])
-            return self.compare(">=", value, self.operand(args[1])) & self.compare(
-                "<=", value, self.operand(args[2])
+            return self.both(
+                self.compare(">=", value, self.operand(args[1])),
+                self.compare("<=", value, self.operand(args[2])),
             )
         if op == "in":
             return self.isin(args)
         if op == "isnull":
-            self._arity("IS NULL", args, 1)
-            value = self.operand(args[0])
-            if value.geometry_column:
-                g = self._geometry()
-                return pd.array(shapely.is_missing(g) | shapely.is_empty(g), dtype="boolean")
-            if value.is_column:
-                assert value.column is not None
-                return pd.array(value.column.isna().to_numpy(), dtype="boolean")
-            return self.full(value.kind == "null")
+            return self.isnull(args)
         if op == "s_dwithin":
             return self.dwithin(args)
         if op in _SPATIAL or op in ("s_disjoint", "s_equals"):
             return self.spatial(op, args)
         raise InvalidParameter(f"filter: operator or function {op!r} is not supported")
+
+    def isnull(self, args: list) -> Kleene:
+        self._arity("IS NULL", args, 1)
+        value = self.operand(args[0])
+        if value.geometry_column:
+            g = self._geometry()
+            return pd.array(shapely.is_missing(g) | shapely.is_empty(g), dtype="boolean")
+        if value.is_column:
+            return pd.array(value.column.isna().to_numpy(), dtype="boolean")
+        return self.full(value.kind == "null")
+
+    # -- what lowering (`_Lowering`) does otherwise -----------------------------------------
+
+    def both(self, a: Kleene, b: Kleene) -> Kleene:
+        return a & b
+
+    def either(self, a: Kleene, b: Kleene) -> Kleene:
+        return a | b
+
+    def negate(self, a: Kleene) -> Kleene:
+        return ~a
+
+    def truth(self, column: pd.Series) -> Kleene:
+        """A boolean property as a condition."""
+        return column.astype("boolean").array
+
+    def as_value(self, condition: Kleene) -> Any:
+        """A condition as a boolean value (a column)."""
+        return pd.Series(condition)
+
+    def casefold(self, column: pd.Series) -> Any:
+        return column.str.casefold()
+
+    def time_column(self, o: _Operand, target: str, op: str) -> Any:
+        """A date, date-time (or string: refused) column compared as a `target`."""
+        col = o.column
+        if o.kind == "date" and target == "datetime":
+            return col.dt.tz_localize("UTC")
+        if o.kind == "datetime" and target == "date":
+            return col.dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
+        if o.kind == "string":
+            raise InvalidParameter(f"filter: {op} compares a string property with a date")
+        return col
 
     @staticmethod
     def _arity(op: str, args: list, n: int) -> None:
@@ -547,16 +585,10 @@ class _Evaluator:
 
     def _time_value(self, o: _Operand, target: str, op: str) -> Any:
         if o.is_column:
-            assert o.column is not None
-            col = o.column
-            if o.kind == "date" and target == "datetime":
-                return col.dt.tz_localize("UTC")
-            if o.kind == "datetime" and target == "date":
-                return col.dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
-            if o.kind == "string":
-                raise InvalidParameter(f"filter: {op} compares a string property with a date")
-            return col
+            return self.time_column(o, target, op)
         value = o.scalar if o.kind != "string" else _timestamp(o.scalar)
+        if value.tzinfo is None:  # a date (`DATE(...)`): the instant its UTC day starts
+            value = value.tz_localize("UTC")
         if target == "date":
             return value.tz_convert("UTC").tz_localize(None).normalize()
         return value
@@ -588,8 +620,10 @@ class _Evaluator:
         regex = like_regex(str(pattern.scalar))
         if not value.is_column:
             return self.full(bool(regex.fullmatch(str(value.scalar))))
-        assert value.column is not None
-        matched, missing = like_mask(value.column, regex)
+        return self.like_column(value.column, regex, str(pattern.scalar))
+
+    def like_column(self, column: pd.Series, regex: re.Pattern[str], pattern: str) -> Kleene:
+        matched, missing = like_mask(column, regex)
         out = pd.array(matched, dtype="boolean")
         out[missing] = pd.NA
         return out
@@ -605,7 +639,7 @@ class _Evaluator:
         out = self.full(False)
         for item in items:
             budget.check("evaluating the filter")
-            out = out | self.compare("=", value, item)
+            out = self.either(out, self.compare("=", value, item))
         return out
 
     # -- spatial ----------------------------------------------------------------------------
@@ -661,6 +695,10 @@ class _Evaluator:
         distance_m = float(dist.scalar) * factor
         if not np.isfinite(distance_m) or distance_m < 0:
             raise InvalidParameter("filter: the distance of S_DWITHIN must be 0 or more metres")
+        return self.near(geom, distance_m)
+
+    def near(self, geom: shapely.Geometry, distance_m: float) -> Kleene:
+        """The features within `distance_m` metres of `geom`."""
         within = self._within
         if within is None:
             from twin.metric import within as metric_within
@@ -724,3 +762,151 @@ def like_mask(values: pd.Series, regex: re.Pattern[str]) -> tuple[np.ndarray, np
         chunk = texts[start : start + _LIKE_CHUNK]
         matched[start : start + len(chunk)] = [regex.fullmatch(t) is not None for t in chunk]
     return matched[codes], codes < 0
+
+
+# -- lowering: the filter as a store answers it in one query ------------------------------------
+
+_SPATIAL_OPS: dict[str, SpatialOp] = {
+    "s_intersects": "intersects",
+    "s_disjoint": "disjoint",
+    "s_equals": "equals",
+    "s_touches": "touches",
+    "s_within": "within",
+    "s_overlaps": "overlaps",
+    "s_crosses": "crosses",
+    "s_contains": "contains",
+}
+
+
+def lower(flt: Filter, schema: LayerSchema) -> where.Expr:
+    """`flt` over a layer of `schema` as a typed expression (`layers.where`) that a store
+    compiles to one query: the evaluator run over no rows but on expressions, so the checks,
+    the errors and every choice of type and conversion are the evaluator's own.
+
+    `InvalidParameter` as `evaluate` raises it; `Uncompiled` for what the expression cannot
+    say exactly (`CASEI`, `LOWER`, `UPPER`: Unicode case folding; an instant finer than a
+    microsecond), which is then evaluated in memory."""
+    flt.check(schema)
+    expr: where.Expr = _Lowering(schema).predicate(flt.ast)
+    return expr
+
+
+def scalar(value: Any) -> where.Scalar:
+    """A value of the evaluator as a literal of `layers.where` (`Uncompiled` for an instant
+    finer than the microseconds a database keeps)."""
+    if isinstance(value, pd.Timestamp):
+        if value.nanosecond:
+            raise Uncompiled("an instant finer than a microsecond")
+        if value.tzinfo is None:
+            return value.date()
+        return value.tz_convert("UTC").to_pydatetime()
+    if value is None or isinstance(value, str | bool | float):
+        return value
+    if isinstance(value, int | np.integer | np.floating):
+        return float(value)
+    raise Uncompiled(f"a value {value!r}")
+
+
+class _Lowering(_Evaluator):
+    """The evaluator over expressions: each condition becomes a `layers.where.Expr`."""
+
+    def __init__(self, schema: LayerSchema) -> None:
+        self.schema = schema
+        self.rows = None
+        self.n = 0
+        self._within = None
+        self._columns = {}
+
+    def column(self, name: str) -> _Operand:
+        if name in GEOMETRY_NAMES:
+            return _Operand("geometry", geometry_column=True)
+        if name in self.schema.field_names:
+            ftype = self.schema.field(name).type
+            return _Operand(_KIND[ftype], column=where.Column(name, ftype))
+        return _Operand("string", column=where.Column(name, FieldType.STRING))  # id, source
+
+    def full(self, value: Any) -> Any:
+        return where.Value(value)
+
+    def both(self, a: Any, b: Any) -> Any:
+        return where.All((*_parts(a, where.All), *_parts(b, where.All)))
+
+    def either(self, a: Any, b: Any) -> Any:
+        items = [  # IN starts from false
+            x
+            for x in (*_parts(a, where.AnyOf), *_parts(b, where.AnyOf))
+            if not (isinstance(x, where.Value) and x.value is False)
+        ]
+        if len(items) > 1:
+            return where.AnyOf(tuple(items))
+        return items[0] if items else where.Value(False)
+
+    def negate(self, a: Any) -> Any:
+        return where.Not(a)
+
+    def truth(self, column: Any) -> Any:
+        return column
+
+    def as_value(self, condition: Any) -> Any:
+        return condition
+
+    def casefold(self, column: Any) -> Any:
+        raise Uncompiled("Unicode case folding (CASEI, LOWER, UPPER)")
+
+    def time_column(self, o: _Operand, target: str, op: str) -> Any:
+        if o.kind == "date" and target == "datetime":
+            return where.AsTime(o.column, "instant")
+        if o.kind == "datetime" and target == "date":
+            return where.AsTime(o.column, "date")
+        if o.kind == "string":
+            raise InvalidParameter(f"filter: {op} compares a string property with a date")
+        return o.column
+
+    def compare(self, op: str, a: _Operand, b: _Operand) -> Any:
+        if "null" in (a.kind, b.kind):
+            return where.Value(None)
+        left, right = self._coerce_pair(a, b, op)
+        if not a.is_column and not b.is_column:
+            return where.Value(bool(_COMPARE[op](left, right)))
+        return where.Compare(op, _expr(left), _expr(right))  # type: ignore[arg-type]
+
+    def isnull(self, args: list) -> Any:
+        self._arity("IS NULL", args, 1)
+        value = self.operand(args[0])
+        if value.geometry_column:
+            return where.NoGeometry()
+        if value.is_column:
+            return where.IsNull(value.column)
+        return where.Value(value.kind == "null")
+
+    def like_column(self, column: Any, regex: re.Pattern[str], pattern: str) -> Any:
+        return where.Like(column, pattern)
+
+    def spatial(self, op: str, args: list) -> Any:
+        self._arity(op, args, 2)
+        op, geom = self._spatial_args(op, args)
+        return where.Spatial(_SPATIAL_OPS[op], shapely.to_wkb(geom))
+
+    def near(self, geom: shapely.Geometry, distance_m: float) -> Any:
+        from twin.metric import LOCAL_EXTENT_DEG, check_distance, check_geometry, search_area
+
+        geom, distance_m = check_geometry(geom), check_distance(distance_m)
+        if distance_m == 0 and not isinstance(geom, shapely.Point):
+            return where.Spatial("intersects", shapely.to_wkb(geom))  # as `metric.within`
+        area = search_area(geom, distance_m).boxes
+        boxes = tuple(Bounds(*b) for b in shapely.bounds(area).tolist())
+        minx, miny, maxx, maxy = shapely.bounds(geom).tolist()
+        straight = max(maxx - minx, maxy - miny) <= LOCAL_EXTENT_DEG  # see `metric.frame`
+        return where.DWithin(shapely.to_wkb(geom), distance_m, boxes, straight)
+
+
+def _parts(node: Any, kind: type[where.All | where.AnyOf]) -> tuple[Any, ...]:
+    """The conditions of `node` when it is a `kind` (All, AnyOf) itself, else `node`."""
+    return tuple(node.items) if isinstance(node, kind) else (node,)
+
+
+def _expr(value: Any) -> where.Expr:
+    """An operand of a comparison: an expression, or a literal value."""
+    if isinstance(value, where.Expr):
+        return value
+    return where.Value(scalar(value))

@@ -47,7 +47,7 @@ _POLAR_DEG = 80.0
 
 # Query shapes wider than this (degrees) find nearest points in their conformal zone projection
 # instead of the local frame, whose anisotropy grows with the distance from its centre.
-_LOCAL_EXTENT_DEG = 0.2
+LOCAL_EXTENT_DEG = 0.2
 
 # China's extent, where the local Gauss–Krüger zones of CGCS2000 are the projection of the place.
 _CGCS2000_AREA = (73.62, 16.7, 134.77, 53.56)
@@ -183,7 +183,7 @@ def frame(geometry: Any) -> tuple[CoordMap, CoordMap]:
     """Maps lon/lat coordinates to a metric frame around `geometry` and back: the local frame
     for a small shape, the place's conformal zone projection for a wide one."""
     minx, miny, maxx, maxy = shapely.total_bounds(geometry)
-    if max(maxx - minx, maxy - miny) > _LOCAL_EXTENT_DEG:
+    if max(maxx - minx, maxy - miny) > LOCAL_EXTENT_DEG:
         p = projection(zone_epsg((minx + maxx) / 2, (miny + maxy) / 2))
         return p._fwd, p._inv
     return local_frame((minx + maxx) / 2, (miny + maxy) / 2)

@@ -24,7 +24,8 @@ from layers.life import (  # noqa: F401  (what `datetime` matches is part of sel
     life,
 )
 from layers.models import Bounds, FieldType, LayerSchema
-from twin.cql2 import Filter, evaluate
+from layers.where import Equals, Where
+from twin.cql2 import Filter, evaluate, lower, scalar
 from twin.errors import InvalidParameter
 
 
@@ -155,3 +156,23 @@ def select(
     if sel.filter is not None:
         mask &= evaluate(sel.filter, layer, None if whole else rows, within=within)
     return rows[mask]
+
+
+def where_of(sel: Selection, schema: LayerSchema) -> Where:
+    """`sel` over a layer of `schema` as a store answers it in one query (`Store.select`): the
+    same checks and errors as `select`, values typed as `select` types them; `Uncompiled` for
+    what only the in-memory evaluator answers exactly (see `twin.cql2.lower`)."""
+    flt = None if sel.filter is None else lower(sel.filter, schema)
+    equals = []
+    for name, raw in sel.equals.items():
+        if name not in schema.field_names:
+            raise InvalidParameter(f"{name!r} is not a property of {schema.name!r}")
+        ftype = schema.field(name).type
+        value = coerce_value(schema, name, raw)
+        equals.append(Equals(name, ftype, value if isinstance(value, int) else scalar(value)))
+    interval = None
+    if sel.interval is not None:
+        lo, hi = (None if t is None else scalar(t) for t in sel.interval)
+        interval = (lo, hi)
+    bbox = None if sel.bbox is None else Bounds(*(float(v) for v in sel.bbox))
+    return Where(bbox, tuple(equals), interval, flt)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ new `Layer`, so the cache never serves stale numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import weakref
 from collections.abc import Callable, Iterable
@@ -22,10 +23,12 @@ import numpy as np
 import shapely
 
 from layers.catalog import Catalog, Lens, lens_key
+from layers.errors import Uncompiled
 from layers.layer import Head, Layer
 from layers.schemas import GRID_LEVELS
+from layers.where import Where
 from twin import budget, metric
-from twin.cql2 import Filter, evaluate
+from twin.cql2 import Filter, evaluate, lower
 from twin.errors import InvalidParameter
 from twin.queries import GRIDS, heads_for
 
@@ -287,7 +290,11 @@ def _scanned_stats(
         polygons = grid.geometry[cells]
         earlier = grid.derived(("earlier cells", level), lambda: earlier_cells(polygons))
         total: dict[str, np.ndarray] = {}
-        for chunk in catalog.chunks(name, scope):
+        where = None
+        if flt is not None:  # the store reads only what the filter may select, when it can
+            with contextlib.suppress(Uncompiled):
+                where = Where(filter=lower(flt, catalog.head(name, scope).schema))
+        for chunk in catalog.chunks(name, scope, where):
             budget.check(f"counting {name} per cell")
             rows = (
                 np.arange(len(chunk), dtype=np.int64)

@@ -13,9 +13,11 @@ from fastapi.testclient import TestClient
 from pyproj import Geod
 
 from layers.layer import Layer
+from layers.schemas import custom_schema
 from tests.twin.serve_fixtures import (
     app_for,
     lights_layer,
+    make_layer,
     served_store_fixture,  # noqa: F401  (fixture)
     streetlights_frame,
     wuhan_pipes,
@@ -245,3 +247,36 @@ def test_broken_cql2_is_a_clear_error(pipes, text, needle):
 def test_broken_cql2_json_is_a_clear_error(pipes, text):
     with pytest.raises(InvalidParameter):
         evaluate(parse(text, "cql2-json"), pipes)
+
+
+def test_a_date_literal_against_dates_and_instants():
+    """`DATE('...')` against a date property compares days; against a date-time property it
+    stands for the instant its UTC day starts (these raised TypeError, a 500, before)."""
+    schema = custom_schema(
+        {"name": "visits", "geometry": "point", "fields": {"day": "date", "at": "datetime"}}
+    )
+    days = ["2020-01-01", None, "2020-01-03", "2019-12-31"]
+    times = [
+        "2020-01-01T00:00:00.000Z",
+        None,
+        "2020-01-02T23:59:59.999Z",
+        "2019-12-31T23:00:00.000Z",
+    ]
+    layer = make_layer(
+        schema,
+        shapely.points([[114.3 + i * 0.001, 30.5] for i in range(4)]),
+        list("abcd"),
+        day=days,
+        at=times,
+    )
+    day, at = layer.attrs["day"], layer.attrs["at"]
+    start = pd.Timestamp("2020-01-01", tz="UTC")
+    cases = {
+        "day = DATE('2020-01-01')": day == pd.Timestamp("2020-01-01"),
+        "day > DATE('2020-01-01')": day > pd.Timestamp("2020-01-01"),
+        "at >= DATE('2020-01-01')": at >= start,
+        "at < DATE('2020-01-01')": at < start,
+        "at = DATE('2020-01-01')": at == start,
+    }
+    for text, expected in cases.items():
+        assert ids(layer, text) == ref(layer, expected), text

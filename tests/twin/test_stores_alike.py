@@ -198,6 +198,19 @@ def test_a_server_on_postgis_reads_windows_not_whole_layers(twins) -> None:
                 got.status_code == 200
                 and got.text == held.get(f"/query/stats?{q}", headers=headers).text
             )
+        # A filter the store can say in SQL: only the features it selects are read.
+        read: list[int] = []
+        real_chunks = store.chunks
+        store.chunks = lambda *a, **k: (read.append(len(c)) or c for c in real_chunks(*a, **k))
+        try:
+            water = client.get(
+                "/query/stats?level=district&collections=pipes&filter=network='water'",
+                headers=headers,
+            )
+        finally:
+            store.chunks = real_chunks
+        pipes = held.get("/collections/pipes/items?network=water&limit=1", headers=headers)
+        assert water.status_code == 200 and sum(read) == pipes.json()["numberMatched"] > 0
         catalog.chunk_size = 50_000
         assert set(loads) == {"grids"}
         loads.clear()

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from layers.catalog import Catalog, Lens, sift
+from layers.errors import Uncompiled
 from layers.layer import Head, Layer
 from layers.models import Access, Bounds
 from twin.access import Scope
@@ -35,7 +36,7 @@ from twin.routes.html import VARY, alternate, html_answer, item_page, items_page
 from twin.routes.links import GEOJSON, HTML, JSON, link, request_url, url
 from twin.routes.responses import responses
 from twin.routes.schemas import FEATURE, FEATURE_COLLECTION
-from twin.select import Selection, select
+from twin.select import Selection, select, where_of
 
 router = APIRouter(tags=["Features"])
 
@@ -77,22 +78,49 @@ def _check_params(request: Request, layer: Head) -> dict[str, str]:
 
 
 def _selected(
-    catalog: Catalog, name: str, scope: Lens, sel: Selection, limit: int, offset: int
+    catalog: Catalog,
+    head: Head,
+    scope: Lens,
+    sel: Selection,
+    limit: int,
+    offset: int,
 ) -> tuple[Layer, np.ndarray, int]:
     """A layer, the rows of it on the page asked for, and how many features meet `sel`
     (the layer as recorded at `asof`, when given). A catalog not holding the layer reads a
-    page of it when nothing narrows it, or the features in the box."""
+    page of it when nothing narrows it, else has the store select the page (`Catalog.select`)
+    or, when it cannot, reads the features in the box, or the whole layer a chunk at a time."""
+    name = head.name
     if sel == Selection():
         paged = catalog.page(name, scope, limit, offset)
         if paged is not None:
             got, matched = paged
             return got, np.arange(len(got)), matched
-    if sel.bbox is None and not catalog.holds:
-        return _scanned(catalog, name, scope, sel, limit, offset)
+    if not catalog.holds:
+        queried = _queried(catalog, head, scope, sel, limit, offset)
+        if queried is not None:
+            return queried
+        if sel.bbox is None:
+            return _scanned(catalog, name, scope, sel, limit, offset)
     window = None if sel.bbox is None else Bounds(*shapely.bounds(shapely.box(*sel.bbox)).tolist())
     layer = catalog.around(name, scope, window)
     rows = select(layer, sel)
     return layer, rows[offset : offset + limit], len(rows)
+
+
+def _queried(
+    catalog: Catalog, head: Head, scope: Lens, sel: Selection, limit: int, offset: int
+) -> tuple[Layer, np.ndarray, int] | None:
+    """`_selected` by the store in one query; None when the selection cannot be said
+    exactly there (`Uncompiled`) or the caller's view hides rows."""
+    try:
+        where = where_of(sel, head.schema)
+    except Uncompiled:
+        return None
+    got = catalog.select(head.name, scope, where, limit, offset)
+    if got is None:
+        return None
+    layer, matched = got
+    return layer, np.arange(len(layer)), matched
 
 
 def _scanned(
@@ -139,9 +167,10 @@ def get_items(
 
     Any property of the layer can also be given as `name=value` for equality.
     """
-    equals = _check_params(request, catalog.head(collectionId, scope))
+    head = catalog.head(collectionId, scope)
+    equals = _check_params(request, head)
     layer, page, matched = _selected(
-        catalog, collectionId, scope, Selection(bbox, equals, interval, cql), limit, offset
+        catalog, head, scope, Selection(bbox, equals, interval, cql), limit, offset
     )
     geoms = crs_set.to_crs(layer.geometry[page], crs)
     features = features_json(layer, page, geoms)
