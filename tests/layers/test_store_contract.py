@@ -1053,12 +1053,11 @@ def test_postgis_upgrades_a_version_1_database(pg_url: str, tmp_path: Path) -> N
     with psycopg.connect(pg_url, autocommit=True) as db:  # as version 1 left it
         db.execute("DROP TABLE twin_files")
         db.execute("UPDATE twin_schema_version SET version = 1")
-    with pytest.raises(
-        StoreError, match="schema version 1, older than this twin's 2: run `twin migrate`"
-    ):
+    older = f"schema version 1, older than this twin's {SCHEMA_VERSION}: run `twin migrate`"
+    with pytest.raises(StoreError, match=older):
         PostGISStore(pg_url, raster_dir=tmp_path, create=False)
     opened = PostGISStore(pg_url, raster_dir=tmp_path)  # `twin migrate` does the same
-    assert opened.migrate() == SCHEMA_VERSION == 2
+    assert opened.migrate() == SCHEMA_VERSION >= 2
     assert values(opened.load("lamps", ALL), "status") == ["on"]
     opened.write(lamps(["b"], [2.0], ["on"]), source="f", user="u", files={"g.xml": b"g"})
     assert opened.files("lamps") == {"g.xml": b"g"}
