@@ -57,34 +57,34 @@ def places(ids: list[str], xs: list[float], names: list[Any], codes: list[Any]) 
     return layer(PLACES, lines, ids, name=names, code=codes, kind=["street"] * len(ids))
 
 
-def look(store: Any, q: str, limit: int = 10, hidden: frozenset[str] = frozenset()) -> list[Hit]:
-    """`store.search` for `q` over every layer (the fields `hidden` left out), checked against
+def look(opened: Any, q: str, limit: int = 10, hidden: frozenset[str] = frozenset()) -> list[Hit]:
+    """`Store.search` for `q` over every layer (the fields `hidden` left out), checked against
     the ranking over the layers loaded whole."""
     text = normalise(q)
     words = words_of(text)
-    names = list(store.layers(ALL))
-    got = store.search({n: hidden for n in names}, text, words, limit)
-    held = {n: store.load(n, ALL).without_fields(hidden) for n in names}
-    assert got == search_layers(held, text, words, limit), q
+    names = list(opened.layers(ALL))
+    got = opened.search({n: hidden for n in names}, text, words, limit)
+    whole = {n: opened.load(n, ALL).without_fields(hidden) for n in names}
+    assert got == search_layers(whole, text, words, limit), q
     return got
 
 
-def every_query(store: Any, hidden: frozenset[str] = frozenset()) -> int:
+def every_query(opened: Any, hidden: frozenset[str] = frozenset()) -> int:
     """Every query at several limits answered alike; how many hits in all."""
     found = 0
     for q in QUERIES:
         for limit in (1, 3, 10):
-            found += len(look(store, q, limit, hidden))
-    if hasattr(store, "_pool"):
-        assert stored_keys(store) == made_keys(store)
+            found += len(look(opened, q, limit, hidden))
+    if hasattr(opened, "_pool"):
+        assert stored_keys(opened) == made_keys(opened)
     return found
 
 
-def made_keys(store: Any) -> Counter:
+def made_keys(opened: Any) -> Counter:
     """The keys `entries` makes of each stored layer, as (layer, id, kind, key, column)."""
     out: Counter = Counter()
-    for name in store.layers(ALL):
-        lyr = store.load(name, ALL)
+    for name in opened.layers(ALL):
+        lyr = opened.load(name, ALL)
         columns = searched_fields(lyr.schema)
         got = entries(
             lyr.ids, [lyr.attrs[c].to_numpy(dtype=object) for c in columns], np.arange(len(lyr))
@@ -103,13 +103,13 @@ def made_keys(store: Any) -> Counter:
     return out
 
 
-def stored_keys(store: Any) -> Counter:
+def stored_keys(opened: Any) -> Counter:
     """The keys the PostGIS store keeps, as (layer, id, kind, key, column)."""
     from psycopg import sql
 
     out: Counter = Counter()
-    with store._cursor() as cur:
-        for name in store.layers(ALL):
+    with opened._cursor() as cur:
+        for name in opened.layers(ALL):
             cur.execute(
                 sql.SQL(
                     "SELECT s.layer, t.id, s.kind, s.key, s.col FROM twin_search s "
@@ -124,7 +124,7 @@ def stored_keys(store: Any) -> Counter:
     return out
 
 
-def test_search_answers_as_the_layers_held_after_every_change(store: Any) -> None:
+def test_search_answers_as_the_layers_held_after_every_change(store: Any) -> None:  # noqa: F811
     store.write(
         places(
             ["p1", "p2", "p3", "p4", "p5", "p6"],
@@ -160,7 +160,6 @@ def test_search_answers_as_the_layers_held_after_every_change(store: Any) -> Non
 
     # A replace removes the source's features it lacks.
     assert [h.id for h in look(store, "ab-10")] == ["p5"]
-    kept = places(["p1", "p2", "p3", "p4"], [114.30, 114.31, 114.32, 114.33], [], [])
     kept = store.load("places", ALL).take([0, 1, 2, 3])
     store.write(kept, source="survey", user="u", mode="replace")
     every_query(store)

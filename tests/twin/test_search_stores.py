@@ -46,9 +46,7 @@ LIMITS = (1, 3, 10, 100)
 
 
 @pytest.fixture(scope="module")
-def twins(
-    demo_store: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
+def twins(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     where = tmp_path_factory.mktemp("search-stores")
     directory = where / "store"
     shutil.copytree(demo_store, directory)  # edited below: the session's demo stays as it is
@@ -238,7 +236,9 @@ def test_edits_and_readings_are_searched_alike(twins) -> None:
             "id": "PK-NEW",
             "geometry": {
                 "type": "Polygon",
-                "coordinates": [[[114.31, 30.36], [114.311, 30.36], [114.311, 30.361], [114.31, 30.36]]],
+                "coordinates": [
+                    [[114.31, 30.36], [114.311, 30.36], [114.311, 30.361], [114.31, 30.36]]
+                ],
             },
             "properties": {"name": "新桥公园", "park_id": "PK9999"},
         }
