@@ -17,6 +17,8 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 from psycopg import Cursor, sql
 
@@ -61,6 +63,8 @@ def reindex(cur: Cursor, schema: LayerSchema, ids: Sequence[str] | None = None) 
         scan.execute(query + where, params)
         while rows := scan.fetchmany(CHUNK):
             written += _write(cur, name, columns, rows)
+    if ids is None:  # many keys changed: the planner learns of them now
+        cur.execute("ANALYZE twin_search")
     return written
 
 
@@ -82,27 +86,42 @@ def drop(cur: Cursor, name: str) -> None:
 
 
 def _write(cur: Cursor, name: str, columns: Sequence[str], rows: list[tuple]) -> int:
-    """Copy the keys of stored rows `(fid, id, *texts)` into the table (binary COPY)."""
+    """Copy the keys of stored rows `(fid, id, *texts)` into the table, in key order (the
+    key index is then filled from left to right)."""
     values = list(zip(*rows, strict=True))
     got = entries(
         np.array(values[1], dtype=object),
         [np.array(v, dtype=object) for v in values[2:]],
         np.array(values[0], dtype=np.int64),
     )
-    names = [None, *columns]
-    with cur.copy(
-        "COPY twin_search (layer, fid, kind, key, col) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(["text", "int8", "int2", "text", "text"])
-        for fid, kind, key, col in zip(
-            got.rows.tolist(),
-            got.kinds.tolist(),
-            got.keys.to_pylist(),
-            got.columns.tolist(),
-            strict=True,
-        ):
-            copy.write_row((name, fid, kind, key, names[col]))
+    if not len(got.rows):
+        return 0
+    table = pa.table(
+        {"kind": got.kinds, "key": got.keys, "fid": got.rows, "col": got.columns}
+    ).sort_by([("kind", "ascending"), ("key", "ascending"), ("fid", "ascending")])
+    # COPY's text format: a key has no tab, newline or carriage return (`normalise` made
+    # every run of white space one space); backslashes are doubled.
+    names = pa.array([_text(None), *(_text(c) for c in columns)], pa.string())
+    lines = pc.binary_join_element_wise(
+        _text(name),
+        pc.cast(table["fid"], pa.string()),
+        pc.cast(table["kind"], pa.string()),
+        pc.replace_substring(table["key"], "\\", "\\\\"),
+        pc.take(names, table["col"]),
+        "\t",
+    )
+    with cur.copy("COPY twin_search (layer, fid, kind, key, col) FROM STDIN") as copy:
+        copy.write("\n".join(lines.to_pylist()) + "\n")
     return len(got.rows)
+
+
+def _text(value: str | None) -> str:
+    """`value` as COPY's text format writes it (NULL as `\\N`)."""
+    if value is None:
+        return "\\N"
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
 
 
 class StoreFinder:
@@ -134,6 +153,18 @@ class StoreFinder:
         return [r[0] for r in rows], [r[1] for r in rows]
 
     def common(self, words: Sequence[str], cap: int, limit: int) -> list[int]:
+        # A word no key starts with leaves nothing in common: asked first, as it is cheap.
+        self.cur.execute(
+            sql.SQL(
+                "SELECT bool_and(EXISTS (SELECT 1 FROM twin_search WHERE layer = %s "
+                "AND kind = ANY(ARRAY[0, 1]::smallint[]) AND key >= w AND key < w || %s{only})) "
+                "FROM unnest(%s::text[]) AS u(w)"
+            ).format(only=self._only),
+            [self.name, TOP, *self._only_params, list(words)],
+        )
+        row = self.cur.fetchone()
+        if not row or not row[0]:
+            return []
         groups = []
         params: list[Any] = []
         for word in words:

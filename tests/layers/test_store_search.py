@@ -46,6 +46,7 @@ QUERIES = (
     "p",
     "7",
     "lot-7",
+    "gh\\2",
     "ｌｏｔ",
     "湖 路",
     ";;",
@@ -130,7 +131,7 @@ def test_search_answers_as_the_layers_held_after_every_change(store: Any) -> Non
             ["p1", "p2", "p3", "p4", "p5", "p6"],
             [114.30, 114.31, 114.32, 114.33, 114.34, 114.35],
             ["汤逊湖北路", "丰收路;汤逊湖北路", "Main Street", "main st", None, "丰收路"],
-            ["AB-1", "AB-2", "CD-1", None, "AB-10", "EF-1"],
+            ["AB-1", "AB-2", "CD-1", "GH\\2", "AB-10", "EF-1"],  # a backslash too
         ),
         source="survey",
         user="u",
