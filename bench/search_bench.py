@@ -369,6 +369,9 @@ def _app(layers: dict[str, Layer]) -> Any:
         def log(self, since: int, limit: int = 0) -> list:
             return []
 
+        def settle(self, history: bool = True) -> int:
+            return 0
+
     where = Path(tempfile.mkdtemp())
     return create_app(
         ServerSettings(_env_file=None, anonymous_access="restricted", keys_file=where / "k"),  # type: ignore[call-arg]

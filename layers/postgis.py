@@ -58,7 +58,7 @@ from layers.models import (
 from layers.pg_listen import Listener
 from layers.postgis_replica import FLUSH_LSN, Replica
 from layers.schemas import check_name
-from layers.search import Hit, best, layer_hits, searched_fields
+from layers.search import WINDOW, Hit, best, layer_hits, searched_fields
 from layers.store import LayerInfo, RasterInfo, WriteMode
 
 SCHEMA_VERSION = 2
@@ -646,10 +646,13 @@ class PostGISStore:
         read from the layers, in one snapshot."""
         hits: list[Hit] = []
         with self._cursor() as cur:
-            for name, hidden in layers.items():
-                schema, _ = self._entry(cur, name, Access.RESTRICTED)
-                finder = pgs.StoreFinder(cur, schema, hidden)
-                hits += layer_hits(finder, name, text, words, limit)
+            known = pgs.schemas(cur, list(layers))
+            if missing := [n for n in layers if n not in known]:
+                raise UnknownCollection(missing[0])
+            finders = [pgs.StoreFinder(cur, known[n], hidden) for n, hidden in layers.items()]
+            pgs.prefetch(cur, finders, text, WINDOW * limit)
+            for finder in finders:
+                hits += layer_hits(finder, finder.name, text, words, limit)
         return best(hits, limit)
 
     @_routed

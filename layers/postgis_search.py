@@ -137,6 +137,8 @@ class StoreFinder:
         left_out = [c for c in every if c in hidden]
         self._only = sql.SQL(" AND (col IS NULL OR col <> ALL(%s))" if left_out else "")
         self._only_params: list[Any] = [left_out] if left_out else []
+        self._first: dict[tuple[int, str, int], tuple[list[str], list[int]]] = {}
+        self._boxes: dict[int, np.ndarray] = {}
 
     def _starting(self, kind: int, prefix: str, cap: int, what: str) -> tuple[sql.Composed, list]:
         """The first `cap` keys of `kind` starting with `prefix`, in (key, fid) order."""
@@ -147,6 +149,9 @@ class StoreFinder:
         return query, [self.name, kind, prefix, prefix + TOP, *self._only_params, cap]
 
     def first(self, kind: int, prefix: str, n: int) -> tuple[list[str], list[int]]:
+        held = self._first.get((kind, prefix, n))
+        if held is not None:
+            return held
         query, params = self._starting(kind, prefix, n, "key, fid")
         self.cur.execute(query, params)
         rows = self.cur.fetchall()
@@ -198,24 +203,67 @@ class StoreFinder:
         return {t: np.unique(np.array(f, dtype=np.int64)) for t, f in found.items()}
 
     def features(self, rows: Sequence[int], columns: Sequence[str]) -> tuple[list, list[list]]:
+        # Their boxes are read with them: the hits' boxes are theirs (and their namesakes').
         cols = sql.SQL("").join(sql.SQL(", ") + sql.Identifier(c) for c in columns)
         self.cur.execute(
-            sql.SQL("SELECT fid, id{cols} FROM {t} WHERE fid = ANY(%s)").format(
-                cols=cols, t=self.table
-            ),
+            sql.SQL(
+                "SELECT fid, ST_AsBinary(geom, 'NDR'), id{cols} FROM {t} WHERE fid = ANY(%s)"
+            ).format(cols=cols, t=self.table),
             [list(rows)],
         )
-        by_fid = {r[0]: r[1:] for r in self.cur.fetchall()}
+        found = self.cur.fetchall()
+        self._keep_boxes(found)
+        by_fid = {r[0]: r[2:] for r in found}
         got = [by_fid[fid] for fid in rows]
         return [g[0] for g in got], [[g[1 + k] for g in got] for k in range(len(columns))]
 
     def boxes(self, rows: np.ndarray) -> np.ndarray:
         fids = np.asarray(rows, dtype=np.int64).tolist()
-        self.cur.execute(
-            sql.SQL("SELECT fid, ST_AsBinary(geom, 'NDR') FROM {t} WHERE fid = ANY(%s)").format(
-                t=self.table
-            ),
-            [fids],
-        )
-        wkb: dict[int, bytes | None] = dict(self.cur.fetchall())
-        return shapely.bounds(geometries([wkb.get(fid) for fid in fids])).reshape(-1, 4)
+        missing = [fid for fid in fids if fid not in self._boxes]
+        if missing:
+            self.cur.execute(
+                sql.SQL("SELECT fid, ST_AsBinary(geom, 'NDR') FROM {t} WHERE fid = ANY(%s)").format(
+                    t=self.table
+                ),
+                [missing],
+            )
+            self._keep_boxes(self.cur.fetchall())
+        none = np.full(4, np.nan)
+        return np.array([self._boxes.get(fid, none) for fid in fids], dtype=float).reshape(-1, 4)
+
+    def _keep_boxes(self, rows: list[tuple]) -> None:
+        """Keep the boxes of rows `(fid, wkb, ...)` (as shapely computes them, exactly)."""
+        boxes = shapely.bounds(geometries([r[1] for r in rows])).reshape(-1, 4)
+        self._boxes.update(zip((r[0] for r in rows), boxes, strict=True))
+
+
+def prefetch(cur: Cursor, finders: Sequence[StoreFinder], prefix: str, n: int) -> None:
+    """The first `n` keys of either kind starting with `prefix` of every finder's layer, read
+    in one statement and kept for their `first` (a search asks each layer for them first)."""
+    if not finders:
+        return
+    parts = []
+    params: list[Any] = []
+    for i, finder in enumerate(finders):
+        for kind in (WHOLE, WORD):
+            what = f"{int(i)} AS finder, {int(kind)} AS kind, key, fid"
+            query, got = finder._starting(kind, prefix, n, what)
+            parts.append(sql.SQL("({})").format(query))
+            params += got
+    cur.execute(sql.SQL(" UNION ALL ").join(parts), params)
+    found: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    for i, kind, key, fid in cur.fetchall():
+        found.setdefault((i, kind), []).append((key, fid))
+    for i, finder in enumerate(finders):
+        for kind in (WHOLE, WORD):
+            pairs = sorted(found.get((i, kind), []))  # (key, fid): code points, as "C" sorts
+            finder._first[(kind, prefix, n)] = ([k for k, _ in pairs], [f for _, f in pairs])
+
+
+def schemas(cur: Cursor, names: Sequence[str]) -> dict[str, LayerSchema]:
+    """The schemas of vector layers `names` (those that exist), in one statement."""
+    cur.execute(
+        "SELECT name, schema FROM twin_layers WHERE kind = 'vector' AND name = ANY(%s)",
+        (list(names),),
+    )
+    return {n: LayerSchema.from_json(s) for n, s in cur.fetchall()}
