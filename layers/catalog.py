@@ -18,6 +18,7 @@ from layers.layer import UPDATED, VERSION, Head, Layer, LayerHead, coerce
 from layers.life import temporal_extent
 from layers.models import Access, Bounds, Change, LayerSchema, StateRun, Thinning
 from layers.policy import View
+from layers.search import Hit, best, search_layers
 from layers.store import RasterInfo, Store
 from layers.where import Where
 
@@ -289,6 +290,29 @@ class Catalog:
             for n, lyr in sorted(self._layers.items())
             if scope.sees(n, lyr.schema.classification)
         }
+
+    def visible(self, scope: Lens, names: Sequence[str] | None = None) -> list[str]:
+        """The vector layers visible at `scope`, sorted (or `names`, each checked:
+        `UnknownCollection` for one absent or not visible)."""
+        if names is None:
+            return [
+                n
+                for n, lyr in sorted(self._layers.items())
+                if sees(scope, n, lyr.schema.classification)
+            ]
+        for n in names:
+            lyr = self._layers.get(n)
+            if lyr is None or not sees(scope, n, lyr.schema.classification):
+                raise UnknownCollection(n)
+        return list(names)
+
+    def search(
+        self, scope: Lens, names: Sequence[str], text: str, words: Sequence[str], limit: int
+    ) -> list[Hit]:
+        """Up to `limit` hits of layers `names` (visible at `scope`) for a normalised query
+        `text` and its `words`, best first (`layers.search`), as `scope` sees the layers."""
+        layers = {n: self.layer(n, scope) for n in names}
+        return search_layers(layers, text, words, limit)
 
     def rasters(self, scope: Lens) -> dict[str, RasterInfo]:
         """Raster collections visible at `scope`, by name."""
@@ -719,6 +743,37 @@ class WindowCatalog(Catalog):
 
     def layers(self, scope: Lens) -> dict[str, Layer]:
         return {n: self.layer(n, scope) for n in self.heads(scope)}
+
+    def visible(self, scope: Lens, names: Sequence[str] | None = None) -> list[str]:
+        if names is None:
+            return [
+                n
+                for n in sorted(self._heads)
+                if (h := self._head(n)) is not None and sees(scope, n, h.schema.classification)
+            ]
+        for n in names:
+            self._visible(n, scope)
+        return list(names)
+
+    def search(
+        self, scope: Lens, names: Sequence[str], text: str, words: Sequence[str], limit: int
+    ) -> list[Hit]:
+        """The store searches its table of keys (`Store.search`), leaving out the fields
+        `scope` hides; a layer of which `scope` hides rows is read whole and searched in
+        memory (which rows it sees is worked out over the whole layer)."""
+        pushed: dict[str, frozenset[str]] = {}
+        held: dict[str, Layer] = {}
+        for n in names:
+            head = self._visible(n, scope)
+            if isinstance(scope, Access):
+                pushed[n] = frozenset()
+            elif scope.hides_rows(n):
+                held[n] = self.layer(n, scope)
+            else:
+                scope.note(n, head.schema.classification)
+                pushed[n] = scope.hidden(head.schema) if scope.limits(n) else frozenset()
+        hits = self.store.search(pushed, text, words, limit) if pushed else []
+        return best([*hits, *search_layers(held, text, words, limit)], limit)
 
 
 class _AsOfStore:

@@ -15,7 +15,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -51,6 +51,7 @@ from layers.models import (
 )
 from layers.raster import bounds_at, copy_remote, lonlat_bounds
 from layers.schemas import check_name
+from layers.search import Hit, search_layers
 from layers.store import LayerInfo, RasterInfo, WriteMode
 from layers.where import Where
 
@@ -662,6 +663,18 @@ class GeoPackageStore:
         known = rows >= 0
         out[known] = got.boxes()[rows[known]]
         return out
+
+    def search(
+        self, layers: Mapping[str, Collection[str]], text: str, words: Sequence[str], limit: int
+    ) -> list[Hit]:
+        """Up to `limit` hits of the layers named, best first (each read whole, less the
+        fields named, and searched in memory: a server on this store holds its layers and
+        searches them itself)."""
+        held = {
+            name: self.load(name, Access.RESTRICTED).without_fields(hidden)
+            for name, hidden in layers.items()
+        }
+        return search_layers(held, text, words, limit)
 
     def _read(self, name: str, scope: Access, ids: list[str] | None = None) -> Layer:
         """Stored features as served: their rows with their live state laid over them."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -503,6 +504,16 @@ class Layer:
             self.attrs.iloc[rows].reset_index(drop=True),
             dict(self.meta),
         )
+
+    def without_fields(self, names: Iterable[str]) -> Layer:
+        """A new layer of the same rows without the fields `names` (gone from its schema and
+        its table)."""
+        gone = set(names)
+        schema = dataclasses.replace(
+            self.schema, fields=tuple(f for f in self.schema.fields if f.name not in gone)
+        )
+        kept = [c for c in self.attrs.columns if c not in gone]
+        return Layer(schema, self.ids, self.geometry, self.attrs[kept], dict(self.meta))
 
     @classmethod
     def concat(cls, parts: Sequence[Layer]) -> Layer:

@@ -35,7 +35,6 @@ filtered layer and cannot leak what another path hides.
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import hashlib
 import re
 import tomllib
@@ -609,10 +608,7 @@ class View:
         out = layer if every else layer.take(np.flatnonzero(keep))
         hidden = self.hidden(layer.schema)
         if hidden:
-            schema = dataclasses.replace(
-                layer.schema, fields=tuple(f for f in layer.schema.fields if f.name not in hidden)
-            )
-            out = Layer(schema, out.ids, out.geometry, out.attrs.drop(columns=list(hidden)))
+            out = out.without_fields(hidden)
             if every and "tree" in layer.__dict__:  # the same rows: the same spatial index
                 out.__dict__["tree"] = layer.__dict__["tree"]
         elif out is layer:

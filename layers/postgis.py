@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from rasterio.errors import RasterioError
 
 from layers import postgis_live as live
+from layers import postgis_search as pgs
 from layers import postgis_write as pgw
 from layers.errors import StoreError, Uncompiled, UnknownCollection
 from layers.gpkg import FEED_FEATURES_MAX, feature_boxes, offered
@@ -60,11 +61,14 @@ from layers.postgis_replica import FLUSH_LSN, Replica
 from layers.postgis_where import ENDED_PARAMS, Compiled, life_bounds
 from layers.raster import bounds_at, lonlat_bounds
 from layers.schemas import check_name
+from layers.search import WINDOW, Hit, best, layer_hits, searched_fields
 from layers.store import LayerInfo, RasterInfo, WriteMode
 from layers.where import Where
 
-SCHEMA_VERSION = 2
-"""The version of the tables this code makes; `migrate` refuses a database with a newer one."""
+SCHEMA_VERSION = 3
+"""The version of the tables this code makes; `migrate` refuses a database with a newer one
+and brings an older one up to it (2: the search keys, `layers.postgis_search`; 3: the files kept
+with a layer, `twin_files`)."""
 LOCK = 0x7477696E  # "twin": the advisory lock every write transaction takes
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 5
@@ -107,7 +111,8 @@ def _routed(method: _T) -> _T:
 
 _SYSTEM = ("fid", "id", "geom", SOURCE, VERSION, UPDATED, "_hash")
 
-_TABLES = """
+_TABLES = (
+    """
 CREATE TABLE IF NOT EXISTS twin_schema_version (version integer NOT NULL);
 CREATE SCHEMA IF NOT EXISTS layers;
 CREATE TABLE IF NOT EXISTS twin_layers (
@@ -148,6 +153,8 @@ CREATE TABLE IF NOT EXISTS twin_meta (key text PRIMARY KEY, value bigint NOT NUL
 CREATE TABLE IF NOT EXISTS twin_files (
   layer text NOT NULL, name text NOT NULL, data bytea NOT NULL, PRIMARY KEY (layer, name));
 """
+    + pgs.TABLES
+)
 
 
 def _now() -> dt.datetime:
@@ -340,6 +347,10 @@ class PostGISStore:
                 return
             cur.execute("CREATE EXTENSION IF NOT EXISTS postgis")
             cur.execute(_TABLES)
+            if found < 2:  # the search keys of the layers stored before they were kept
+                cur.execute("SELECT schema FROM twin_layers WHERE kind = 'vector' ORDER BY name")
+                for (schema,) in cur.fetchall():
+                    pgs.reindex(cur, LayerSchema.from_json(schema))
             cur.execute("DELETE FROM twin_schema_version")
             cur.execute("INSERT INTO twin_schema_version VALUES (%s)", (SCHEMA_VERSION,))
 
@@ -648,6 +659,24 @@ class PostGISStore:
         return _layer_of(schema, meta, cur.fetchall())
 
     @_routed
+    def search(
+        self, layers: Mapping[str, Collection[str]], text: str, words: Sequence[str], limit: int
+    ) -> list[Hit]:
+        """Up to `limit` hits of the layers named, best first: their keys read from
+        `twin_search` (the fields named with each left out) and only the features matched
+        read from the layers, in one snapshot."""
+        hits: list[Hit] = []
+        with self._cursor() as cur:
+            known = pgs.schemas(cur, list(layers))
+            if missing := [n for n in layers if n not in known]:
+                raise UnknownCollection(missing[0])
+            finders = [pgs.StoreFinder(cur, known[n], hidden) for n, hidden in layers.items()]
+            pgs.prefetch(cur, finders, text, WINDOW * limit)
+            for finder in finders:
+                hits += layer_hits(finder, finder.name, text, words, limit)
+        return best(hits, limit)
+
+    @_routed
     def versions(self, name: str, fid: str, scope: Access) -> tuple[Layer, list[tuple]]:
         """Every earlier version of feature `fid`, oldest first, as a layer of rows with the
         id repeated (`_version`, `_updated` = when it began), and for each when it ended, by
@@ -851,7 +880,9 @@ class PostGISStore:
     def _register(
         self, cur: Cursor, schema: LayerSchema, meta: dict[str, Any] | None
     ) -> LayerSchema:
-        """Record `schema` (its table made or widened); the schema as recorded."""
+        """Record `schema` (its table made or widened); the schema as recorded. The search
+        keys are made again when which fields are searched changed (a text column more, a
+        column turned to text)."""
         name = check_name(schema.name)
         table = live.table(name)
         cur.execute("SELECT kind, meta, schema FROM twin_layers WHERE name = %s", (name,))
@@ -906,6 +937,10 @@ class PostGISStore:
                     )
                 if got[1] != pgw.SQL_TYPES[f.type]:
                     pgw.retype(cur, name, f.name, got[1], f.type)
+        if row is not None and searched_fields(schema) != searched_fields(
+            LayerSchema.from_json(row[2])
+        ):
+            pgs.reindex(cur, schema)
         merged = {**(row[1] if row else {}), **(meta or {})}
         cur.execute(
             "INSERT INTO twin_layers (name, kind, schema, meta, classification) "
@@ -949,7 +984,7 @@ class PostGISStore:
         with self._cursor(write=True) as cur:
             cur.execute("SELECT schema FROM twin_layers WHERE name = %s", (name,))
             before = cur.fetchone()
-            self._register(cur, schema, meta)
+            recorded = self._register(cur, schema, meta)
             cur.executemany(
                 "INSERT INTO twin_files (layer, name, data) VALUES (%s, %s, %s) "
                 "ON CONFLICT (layer, name) DO UPDATE SET data = excluded.data",
@@ -1008,9 +1043,15 @@ class PostGISStore:
             live.keep_versions(cur, name, ended, valid_to=stamp, user=user, why=log.why)
             pgw.upsert(cur, name, fields, stamp)
             if removed:
+                pgs.forget(cur, name, removed)
                 cur.execute(
                     sql.SQL("DELETE FROM {t} WHERE id = ANY(%s)").format(t=table), (removed,)
                 )
+            written = [*ids[is_new].tolist(), *upd_ids]
+            if len(written) > FEED_FEATURES_MAX:
+                pgs.reindex(cur, recorded)
+            elif written:
+                pgs.reindex(cur, recorded, written)
             result = WriteResult(
                 added=int(is_new.sum()),
                 updated=len(upd_ids),
@@ -1066,6 +1107,7 @@ class PostGISStore:
             log = pgw.Log(cur, name, user, stamp, f"delete by {source}")
             log.features(ChangeKind.REMOVED, gone, [was[i] for i in gone])
             live.keep_versions(cur, name, gone, valid_to=stamp, user=user, why=log.why)
+            pgs.forget(cur, name, gone)
             cur.execute(sql.SQL("DELETE FROM {t} WHERE id = ANY(%s)").format(t=table), (gone,))
             n = cur.rowcount
             pgw.touch(cur, name, stamp)
@@ -1087,6 +1129,7 @@ class PostGISStore:
                 raise UnknownCollection(name)
             if row[0] == "vector":
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=live.table(name)))
+                pgs.drop(cur, name)
             path = row[1]
             cur.execute("DELETE FROM twin_layers WHERE name = %s", (name,))
             cur.execute("DELETE FROM twin_files WHERE layer = %s", (name,))
@@ -1226,7 +1269,19 @@ class PostGISStore:
                 (list(set(batch.collection)),),
             )
             schemas = {n: LayerSchema.from_json(s) for n, s in cur.fetchall()}
-            return live.observe(cur, batch, user=user, now=stamp, schemas=schemas)
+            observed = live.observe(cur, batch, user=user, now=stamp, schemas=schemas)
+            props = set(batch.property)
+            for name, schema in schemas.items():  # a reading may set a searched text
+                searched = set(searched_fields(schema)) & props
+                if not searched:
+                    continue
+                ids = [
+                    fid
+                    for c, fid, p in zip(batch.collection, batch.id, batch.property, strict=True)
+                    if c == name and p in searched
+                ]
+                pgs.reindex(cur, schema, ids)
+            return observed
 
     def settle(self, history: bool = True) -> int:
         """How many readings arrived since the last call. Readings set state and are indexed

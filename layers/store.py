@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -24,6 +24,7 @@ from layers.models import (
     Thinning,
     WriteResult,
 )
+from layers.search import Hit
 from layers.where import Where
 
 WriteMode = Literal["upsert", "replace"]
@@ -193,6 +194,14 @@ class Store(Protocol):
 
     def features(self, name: str, ids: Sequence[str], scope: Access) -> Layer:
         """The stored features of `ids` (those that exist), in the layer's stored order."""
+        ...
+
+    def search(
+        self, layers: Mapping[str, Collection[str]], text: str, words: Sequence[str], limit: int
+    ) -> list[Hit]:
+        """Up to `limit` hits of the layers named for a normalised query `text` and its
+        `words`, best first, as `layers.search` ranks them over the layers held; each layer is
+        named with the fields its search leaves out (those a caller may not see)."""
         ...
 
     def observe(self, readings: Readings | Sequence[Reading], *, user: str) -> Observed:

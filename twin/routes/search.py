@@ -58,10 +58,7 @@ def get_search(
     carries `collection`, `id`, `label` and `bbox` (lon/lat), for a map to zoom to."""
     if limit < 1:
         raise InvalidParameter(f"limit must be at least 1 (got {limit})")
-    layers = catalog.layers(scope)
-    if collections is not None:
-        layers = {name: catalog.layer(name, scope) for name in collections}
-    hits = search.search(layers, q, min(limit, MAX_HITS))
+    hits = search.search_catalog(catalog, scope, q, min(limit, MAX_HITS), collections)
     return JSONResponse(
         {
             "type": "FeatureCollection",
