@@ -16,7 +16,7 @@ import pandas as pd
 from layers.errors import UnknownCollection
 from layers.layer import UPDATED, VERSION, Head, Layer, LayerHead, coerce
 from layers.life import temporal_extent
-from layers.models import Access, Bounds, Change, LayerSchema, StateRun, Thinning
+from layers.models import Access, Bounds, Change, LayerSchema, Match, StateRun, Thinning
 from layers.policy import View
 from layers.store import RasterInfo, Store
 
@@ -319,12 +319,17 @@ class Catalog:
         return value
 
     def around(
-        self, name: str, scope: Lens, bbox: Bounds | None, thin: Thinning | None = None
+        self,
+        name: str,
+        scope: Lens,
+        bbox: Bounds | None,
+        thin: Thinning | None = None,
+        match: Match | None = None,
     ) -> Layer:
         """A layer holding at least every feature of `name` whose box meets `bbox` (None:
         every feature; with `thin`, of its lines and polygons those a tile below the detail
-        zoom keeps), in stored order, as `scope` may see it: what a tile or a query there
-        reads. Here, the layer held."""
+        zoom keeps; with `match`, of those the ones it matches), in stored order, as `scope`
+        may see it: what a tile or a query there reads. Here, the layer held."""
         return self.layer(name, scope)
 
     def picked(self, name: str, scope: Lens, ids: Sequence[str]) -> Layer:
@@ -662,7 +667,12 @@ class WindowCatalog(Catalog):
         return layer if isinstance(scope, Access) else scope.apply(layer)
 
     def around(
-        self, name: str, scope: Lens, bbox: Bounds | None, thin: Thinning | None = None
+        self,
+        name: str,
+        scope: Lens,
+        bbox: Bounds | None,
+        thin: Thinning | None = None,
+        match: Match | None = None,
     ) -> Layer:
         if bbox is None:
             return self.layer(name, scope)
@@ -673,7 +683,7 @@ class WindowCatalog(Catalog):
             return self._through(whole, scope)
         if thin is not None and not isinstance(scope, Access) and scope.hides_rows(name):
             thin = None  # the most important of what the caller sees may lie further down
-        window = self.store.window(name, bbox, Access.RESTRICTED, thin)
+        window = self.store.window(name, bbox, Access.RESTRICTED, thin, match)
         return self._through(window, scope)
 
     def picked(self, name: str, scope: Lens, ids: Sequence[str]) -> Layer:
