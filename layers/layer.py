@@ -499,10 +499,10 @@ class Layer:
             raise ValueError(f"{self.name} has no field {match.field!r}")
         col = self.attrs[match.field]
         values = [v for v in match.values if v is not None]
-        hit = np.asarray(col.astype(object).astype(str).isin(values) & col.notna(), dtype=bool)
+        hit = col.astype(object).astype(str).isin(values) & col.notna()
         if len(values) < len(match.values):
-            hit |= np.asarray(col.isna(), dtype=bool)
-        return hit
+            hit |= col.isna()
+        return hit.to_numpy(dtype=bool)
 
     def take(self, rows: Sequence[int] | np.ndarray) -> Layer:
         """A new layer of the given rows, in that order."""

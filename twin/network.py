@@ -367,7 +367,8 @@ class _Valves:
 
 def _valve_roles(valves: Layer | None, parts: _Parts, attach_m: float) -> _Valves:
     """Barriers (kind valve) become nodes; other fittings attach to the nearest pipe. A valve of
-    no stated network belongs to the network of the nearest pipe within `attach_m`."""
+    no stated network belongs to the network of the nearest pipe within `attach_m` (one stating
+    a network no pipe is of, to none)."""
     if valves is None or not len(valves):
         return _Valves(
             np.zeros(0, dtype=np.int64),
@@ -382,8 +383,9 @@ def _valve_roles(valves: Layer | None, parts: _Parts, attach_m: float) -> _Valve
     fitting = v_ok & ~barrier
     stated = valves.attrs["network"].astype(object).where(valves.attrs["network"].notna(), None)
     v_net = pd.Index(parts.net_names).get_indexer(stated.to_numpy()).astype(np.int64)
+    v_net[v_net < 0] = -2  # a network with no pipe: on none
     v_net[stated.isna().to_numpy()] = -1
-    unknown = np.flatnonzero(v_ok & (v_net < 0))
+    unknown = np.flatnonzero(v_ok & (v_net == -1))
     if len(unknown) and len(parts.lines):
         near = _nearest(parts.local, parts.framed(valves.geometry[unknown]), attach_m)
         v_net[unknown] = np.where(near >= 0, parts.net[np.maximum(near, 0)], -1)
