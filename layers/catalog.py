@@ -525,7 +525,7 @@ class WindowCatalog(Catalog):
     """A catalog that holds no layer, over a database store: a tile or a query reads the
     features of its window from the store (`around`), collection documents come from the
     store's list of layers (`head`), and what still needs a whole layer (`layer`: searches,
-    traces, statistics, filters without a box) reads it into a cache of `whole` layers, the
+    statistics, filters without a box) reads it into a cache of `whole` layers, the
     least lately used dropped first and a layer dropped when it changes. Following the change
     log applies nothing in memory: it tells the listeners (tiles, events) what changed where."""
 

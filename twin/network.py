@@ -6,7 +6,12 @@ snap tolerance to each other join one node; an end or a valve within the toleran
 pipe's interior splits that pipe there (T-junctions, in-line valves). Pipes of different
 networks (water, gas, ...) never connect. Valves (`kind = valve`) are barrier nodes, as in
 Giswater's mincut and Esri's isolation trace; hydrants, meters and pumps serve the nearest pipe
-of their network within the attach distance. Built once per layer pair and cached.
+of their network within the attach distance (a valve of no stated network belongs to the
+network of the nearest pipe; one stating a network no pipe is of, to none). Built once per
+layer pair and cached; or of a window of the layers (`twin.trace_window`), when the network
+tells which nodes it knows whole (`Network.closed`) and a trace reaching another raises
+`Incomplete`. Measured in a local frame centred on the pipes layer's bounds, whatever part of
+it is read, so a window's network measures, snaps and orders alike to the last bit.
 
 Isolation of a broken pipe. From the piece of pipe holding the break (the reported point, or
 the middle of the pipe), the trace spreads through plain nodes and

@@ -55,7 +55,7 @@ class TraceWindows:
     most `keep_edges` edges in all, the least lately used dropped first; a trace starts from a
     window `first_m` metres (plus the margin a node needs to be known) around its pipe."""
 
-    def __init__(self, keep: int = 8, keep_edges: int = 2_000_000, first_m: float = 250.0):
+    def __init__(self, keep: int = 32, keep_edges: int = 1_000_000, first_m: float = 250.0):
         self.keep = keep
         self.keep_edges = keep_edges
         self.first_m = first_m
