@@ -16,7 +16,7 @@ import pandas as pd
 from layers.errors import Uncompiled, UnknownCollection
 from layers.layer import UPDATED, VERSION, Head, Layer, LayerHead, coerce
 from layers.life import temporal_extent
-from layers.models import Access, Bounds, Change, LayerSchema, StateRun, Thinning
+from layers.models import Access, Bounds, Change, LayerSchema, Match, StateRun, Thinning
 from layers.policy import View
 from layers.search import Hit, best, search_layers
 from layers.store import RasterInfo, Store
@@ -344,12 +344,17 @@ class Catalog:
         return value
 
     def around(
-        self, name: str, scope: Lens, bbox: Bounds | None, thin: Thinning | None = None
+        self,
+        name: str,
+        scope: Lens,
+        bbox: Bounds | None,
+        thin: Thinning | None = None,
+        match: Match | None = None,
     ) -> Layer:
         """A layer holding at least every feature of `name` whose box meets `bbox` (None:
         every feature; with `thin`, of its lines and polygons those a tile below the detail
-        zoom keeps), in stored order, as `scope` may see it: what a tile or a query there
-        reads. Here, the layer held."""
+        zoom keeps; with `match`, of those the ones it matches), in stored order, as `scope`
+        may see it: what a tile or a query there reads. Here, the layer held."""
         return self.layer(name, scope)
 
     def picked(self, name: str, scope: Lens, ids: Sequence[str]) -> Layer:
@@ -553,7 +558,7 @@ class WindowCatalog(Catalog):
     """A catalog that holds no layer, over a database store: a tile or a query reads the
     features of its window from the store (`around`), collection documents come from the
     store's list of layers (`head`), and what still needs a whole layer (`layer`: searches,
-    traces, statistics, filters without a box) reads it into a cache of `whole` layers, the
+    statistics, filters without a box) reads it into a cache of `whole` layers, the
     least lately used dropped first and a layer dropped when it changes. Following the change
     log applies nothing in memory: it tells the listeners (tiles, events) what changed where."""
 
@@ -707,7 +712,12 @@ class WindowCatalog(Catalog):
         return layer if isinstance(scope, Access) else scope.apply(layer)
 
     def around(
-        self, name: str, scope: Lens, bbox: Bounds | None, thin: Thinning | None = None
+        self,
+        name: str,
+        scope: Lens,
+        bbox: Bounds | None,
+        thin: Thinning | None = None,
+        match: Match | None = None,
     ) -> Layer:
         if bbox is None:
             return self.layer(name, scope)
@@ -718,7 +728,7 @@ class WindowCatalog(Catalog):
             return self._through(whole, scope)
         if thin is not None and not isinstance(scope, Access) and scope.hides_rows(name):
             thin = None  # the most important of what the caller sees may lie further down
-        window = self.store.window(name, bbox, Access.RESTRICTED, thin)
+        window = self.store.window(name, bbox, Access.RESTRICTED, thin, match)
         return self._through(window, scope)
 
     def picked(self, name: str, scope: Lens, ids: Sequence[str]) -> Layer:

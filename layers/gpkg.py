@@ -41,6 +41,7 @@ from layers.models import (
     GeometryFamily,
     ImportRecord,
     LayerSchema,
+    Match,
     Observed,
     Reading,
     Readings,
@@ -620,12 +621,22 @@ class GeoPackageStore:
             return parts[0]
         return Layer.concat(parts)
 
-    def window(self, name: str, bbox: Bounds, scope: Access, thin: Thinning | None = None) -> Layer:
+    def window(
+        self,
+        name: str,
+        bbox: Bounds,
+        scope: Access,
+        thin: Thinning | None = None,
+        match: Match | None = None,
+    ) -> Layer:
         """The features whose box meets `bbox` (lon/lat), in the layer's stored order (read
         whole and cut: a server on this store holds its layers and never asks; `thin` is
-        left to the tile, which applies it itself)."""
+        left to the tile, which applies it itself), only those `match` matches."""
         layer = self.load(name, scope)
-        return layer.take(np.sort(layer.query(shapely.box(*bbox), predicate=None)))
+        rows = np.sort(layer.query(shapely.box(*bbox), predicate=None))
+        if match is not None:
+            rows = rows[layer.matching(match)[rows]]
+        return layer.take(rows)
 
     def page(self, name: str, scope: Access, limit: int, offset: int) -> tuple[Layer, int]:
         """Features `offset` to `offset + limit` of the layer in stored order, and how many

@@ -20,7 +20,7 @@ import pyarrow as pa
 import shapely
 
 from layers.errors import UnknownFeature
-from layers.models import Bounds, FieldType, LayerSchema, feature_etag, utc_stamp
+from layers.models import Bounds, FieldType, LayerSchema, Match, feature_etag, utc_stamp
 
 # Columns every stored feature carries besides its schema fields.
 SOURCE = "source"  # which import (dataset) the feature came from
@@ -493,6 +493,17 @@ class Layer:
         """The ETag of row `row`'s feature as stored: its version and when it was recorded."""
         updated = utc_stamp(self.attrs[UPDATED].iloc[row])
         return feature_etag(int(self.attrs[VERSION].iloc[row]), updated)
+
+    def matching(self, match: Match) -> np.ndarray:
+        """Whether each feature is one `match` matches (`Store.window`)."""
+        if match.field not in self.attrs:
+            raise ValueError(f"{self.name} has no field {match.field!r}")
+        col = self.attrs[match.field]
+        values = [v for v in match.values if v is not None]
+        hit = col.astype(object).astype(str).isin(values) & col.notna()
+        if len(values) < len(match.values):
+            hit |= col.isna()
+        return hit.to_numpy(dtype=bool)
 
     def take(self, rows: Sequence[int] | np.ndarray) -> Layer:
         """A new layer of the given rows, in that order."""

@@ -237,6 +237,15 @@ class Thinning:
     classes: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Match:
+    """Of a window, only the features whose text field `field` holds one of `values` (None:
+    holds no value), so that a store need not read more (`Store.window`)."""
+
+    field: str
+    values: tuple[str | None, ...]
+
+
 class Bounds(NamedTuple):
     """A bounding box in lon/lat (CRS84) unless stated otherwise."""
 

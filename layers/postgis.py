@@ -47,6 +47,7 @@ from layers.models import (
     GeometryFamily,
     ImportRecord,
     LayerSchema,
+    Match,
     Observed,
     Reading,
     Readings,
@@ -212,6 +213,19 @@ _DX = f"({_mercator('X', 'Max')} - {_mercator('X', 'Min')})"
 _DY = f"({_mercator('Y', 'Max')} - {_mercator('Y', 'Min')})"
 _MERCATOR_SIDE = sql.SQL(f"greatest({_DX}, {_DY})")
 _MERCATOR_DIAGONAL = sql.SQL(f"sqrt({_DX} * {_DX} + {_DY} * {_DY})")
+
+
+def _matching(schema: LayerSchema, match: Match, params: list[Any]) -> sql.Composable:
+    """The condition ` AND ...` of `match` (its values added to `params`)."""
+    if match.field not in schema.field_names:
+        raise ValueError(f"{schema.name} has no field {match.field!r}")
+    column = sql.Identifier(match.field)
+    values = [v for v in match.values if v is not None]
+    params.append(values)
+    cond = sql.SQL("{c}::text = ANY(%s)").format(c=column)
+    if len(values) < len(match.values):
+        cond = sql.SQL("({cond} OR {c} IS NULL)").format(cond=cond, c=column)
+    return sql.SQL(" AND ") + cond
 
 
 def _priority(schema: LayerSchema, thin: Thinning) -> sql.Composable:
@@ -491,10 +505,18 @@ class PostGISStore:
         return self._read(name, scope, list(dict.fromkeys(ids)))
 
     @_routed
-    def window(self, name: str, bbox: Bounds, scope: Access, thin: Thinning | None = None) -> Layer:
+    def window(
+        self,
+        name: str,
+        bbox: Bounds,
+        scope: Access,
+        thin: Thinning | None = None,
+        match: Match | None = None,
+    ) -> Layer:
         """The features whose box meets `bbox` (lon/lat), in the layer's stored order: a
-        GIST index scan; with `thin`, of the lines and polygons only those it keeps."""
-        return self._read(name, scope, bbox=bbox, thin=thin)
+        GIST index scan; with `thin`, of the lines and polygons only those it keeps; with
+        `match`, only those it matches."""
+        return self._read(name, scope, bbox=bbox, thin=thin, match=match)
 
     @_routed
     def temporal(self, name: str) -> list[str | None] | None:
@@ -606,9 +628,10 @@ class PostGISStore:
         ids: list[str] | None = None,
         bbox: Bounds | None = None,
         thin: Thinning | None = None,
+        match: Match | None = None,
     ) -> Layer:
         with self._cursor() as cur:
-            layer = self._select(cur, name, scope, ids, bbox, thin=thin)
+            layer = self._select(cur, name, scope, ids, bbox, thin=thin, match=match)
             seq = live.revision(cur)
         if ids is None:
             layer.seq = seq
@@ -623,9 +646,10 @@ class PostGISStore:
         bbox: Bounds | None = None,
         page: tuple[int, int] | None = None,
         thin: Thinning | None = None,
+        match: Match | None = None,
     ) -> Layer:
-        """Stored features in stored order: of `ids`, meeting `bbox` (thinned by `thin`), a
-        `page` (limit, offset), or all."""
+        """Stored features in stored order: of `ids`, meeting `bbox` (thinned by `thin`, only
+        those `match` matches), a `page` (limit, offset), or all."""
         schema, meta = self._entry(cur, name, scope)
         query: sql.Composable = sql.SQL(
             "SELECT id, ST_AsBinary(geom, 'NDR'), {cols} FROM {t}"
@@ -651,6 +675,8 @@ class PostGISStore:
                     prio=_priority(schema, thin),
                 )
                 params += [*envelope, thin.min_size * (1 - 1e-9), thin.most]
+            if match is not None:
+                query += _matching(schema, match, params)
         query += sql.SQL(" ORDER BY fid")
         if page is not None:
             query += sql.SQL(" LIMIT %s OFFSET %s")

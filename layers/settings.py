@@ -50,7 +50,7 @@ class StoreSettings(BaseSettings):
     reads its window from the database, so a server's memory stays flat as the data grows)."""
     whole_layers: int = 2
     """A server that does not hold its layers keeps this many whole layers read for what
-    still needs one (searches, traces: the pipes and the valves; `TWIN_WHOLE_LAYERS`)."""
+    still needs one (searches; `TWIN_WHOLE_LAYERS`)."""
 
     @property
     def holds(self) -> bool:

@@ -17,6 +17,7 @@ from layers.models import (
     Change,
     ImportRecord,
     LayerSchema,
+    Match,
     Observed,
     Reading,
     Readings,
@@ -153,10 +154,18 @@ class Store(Protocol):
         """Move a finished COG into the store and register it atomically."""
         ...
 
-    def window(self, name: str, bbox: Bounds, scope: Access, thin: Thinning | None = None) -> Layer:
+    def window(
+        self,
+        name: str,
+        bbox: Bounds,
+        scope: Access,
+        thin: Thinning | None = None,
+        match: Match | None = None,
+    ) -> Layer:
         """The features whose box meets `bbox` (lon/lat), in the layer's stored order: what a
         server that does not hold the layer reads for a tile or a query there; with `thin`
-        (a tile below the detail zoom), at least the lines and polygons it keeps."""
+        (a tile below the detail zoom), at least the lines and polygons it keeps; with `match`,
+        at least those it matches (a network trace reads one network)."""
         ...
 
     def page(self, name: str, scope: Access, limit: int, offset: int) -> tuple[Layer, int]:

@@ -63,6 +63,7 @@ from twin.routes import (
 from twin.routes.responses import answer_validation_errors_400
 from twin.settings import GuardSettings, LimitSettings, QuerySettings, ServerSettings
 from twin.tileserve import TileFastPath, TileServer
+from twin.trace_window import TraceWindows
 from twin.warmup import warm, warm_layer, warm_queries
 from twin.webmap import MAP_SUFFIXES, MAPLIBRE_DIST
 
@@ -253,6 +254,7 @@ def create_app(
     admission = Admission(guard, app.state.metrics)
     app.state.tiles = TileServer(tile_settings or TileSettings(), app.state.metrics, admission)
     app.state.query_settings = query_settings or QuerySettings()
+    app.state.traces = TraceWindows()
     app.state.rasters = queries_mod.RasterReader()
     _install_errors(app)
     answer_validation_errors_400(app)

@@ -6,7 +6,12 @@ snap tolerance to each other join one node; an end or a valve within the toleran
 pipe's interior splits that pipe there (T-junctions, in-line valves). Pipes of different
 networks (water, gas, ...) never connect. Valves (`kind = valve`) are barrier nodes, as in
 Giswater's mincut and Esri's isolation trace; hydrants, meters and pumps serve the nearest pipe
-of their network within the attach distance. Built once per layer pair and cached.
+of their network within the attach distance (a valve of no stated network belongs to the
+network of the nearest pipe; one stating a network no pipe is of, to none). Built once per
+layer pair and cached; or of a window of the layers (`twin.trace_window`), when the network
+tells which nodes it knows whole (`Network.closed`) and a trace reaching another raises
+`Incomplete`. Measured in a local frame centred on the pipes layer's bounds, whatever part of
+it is read, so a window's network measures, snaps and orders alike to the last bit.
 
 Isolation of a broken pipe. From the piece of pipe holding the break (the reported point, or
 the middle of the pipe), the trace spreads through plain nodes and
@@ -41,7 +46,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 from shapely.ops import substring
 
 from layers.catalog import Lens
-from layers.layer import Layer
+from layers.layer import Bounds, Layer
 from layers.models import Access
 from twin import metric
 from twin.errors import GravityNetwork, InvalidParameter
@@ -54,10 +59,12 @@ DEAD_STATUS = frozenset({"abandoned", "removed", "planned", "under_construction"
 PLAIN, CLOSABLE, SHUT, INOPERABLE = 0, 1, 2, 3
 """Node kinds: no valve, an operable open valve, a normally-closed valve, an inoperable valve."""
 
-# Networks are kept apart by shifting each one this far east in the snapping frame.
-_NETWORK_OFFSET_M = 1e8
-
 Direction = Literal["upstream", "downstream"]
+
+
+class Incomplete(Exception):
+    """A trace on a network built of a window of the layers reached nodes near the window's
+    edge, where what lies beyond was not read: a larger window is needed."""
 
 
 def _text(v: Any) -> str | None:
@@ -100,6 +107,15 @@ class Network:
     origin: tuple[float, float]
     """Centre of the network's local frame (lon, lat)."""
     report: dict[str, int] = field(default_factory=dict)
+    closed: np.ndarray | None = None
+    """Of a network built of a window of the layers, the nodes known whole: every point of
+    theirs and every pipe through them lies far enough inside the window for all they touch
+    to have been read. None: all (built of the whole layers)."""
+
+    def require(self, nodes: np.ndarray) -> None:
+        """`Incomplete` unless every one of `nodes` is known whole."""
+        if self.closed is not None and not self.closed[nodes].all():
+            raise Incomplete("the answer reaches past the window the network was built of")
 
     @property
     def n_nodes(self) -> int:
@@ -259,13 +275,28 @@ def _csr(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 # -- building the topology --------------------------------------------------------------------
 
 
-def _nearest(tree: shapely.STRtree, pts: np.ndarray, max_m: float) -> np.ndarray:
-    """Index of the nearest tree geometry within `max_m` of each point (-1 when none)."""
+def _nearest(
+    lines: np.ndarray,
+    pts: np.ndarray,
+    max_m: float,
+    nets: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Index of the nearest of `lines` within `max_m` of each point (-1 when none), of the
+    point's own network when `nets` (the lines' and the points' network codes) is given; of
+    equally near ones the first, so any subset holding them all answers alike."""
     out = np.full(len(pts), -1, dtype=np.int64)
-    if len(pts) == 0:
+    if len(pts) == 0 or len(lines) == 0:
         return out
-    i, j = tree.query_nearest(pts, max_distance=max_m, all_matches=False)
-    out[i] = j
+    i, j = shapely.STRtree(lines).query(pts, predicate="dwithin", distance=max_m)
+    if nets is not None:
+        same = nets[0][j] == nets[1][i]
+        i, j = i[same], j[same]
+    if not len(i):
+        return out
+    order = np.lexsort((j, shapely.distance(pts[i], lines[j]), i))
+    i, j = i[order], j[order]
+    first = np.r_[True, i[1:] != i[:-1]]
+    out[i[first]] = j[first]
     return out
 
 
@@ -282,29 +313,25 @@ class _Parts:
     origin: tuple[float, float]
     fwd: metric.CoordMap
     local: np.ndarray
-    """The parts in the snapping frame: metres, each network shifted far from the others."""
+    """The parts in the snapping frame (metres)."""
     frame_len: np.ndarray
     ground_len: np.ndarray
 
-    def shifted(self, geoms: np.ndarray, net: np.ndarray) -> np.ndarray:
-        """`geoms` (lon/lat, of networks `net`) in the snapping frame."""
-        return _shifted(self.fwd, geoms, net)
+    def framed(self, geoms: np.ndarray) -> np.ndarray:
+        """`geoms` (lon/lat) in the snapping frame."""
+        return shapely.transform(geoms, self.fwd)
 
 
-def _shifted(fwd: metric.CoordMap, geoms: np.ndarray, net: np.ndarray) -> np.ndarray:
-    """`geoms` in the local frame `fwd`, each network shifted far from the others."""
-    _, idx = shapely.get_coordinates(geoms, return_index=True)
-    offset = net[idx] * _NETWORK_OFFSET_M
-
-    def move(c: np.ndarray) -> np.ndarray:
-        xy = fwd(c)
-        xy[:, 0] += offset
-        return xy
-
-    return shapely.transform(geoms, move)
+def frame_origin(bounds: Bounds | None) -> tuple[float, float]:
+    """Centre of the snapping frame of a pipes layer with these bounds. Taken from the layer's
+    bounds (not from the pipes read), so a network built of a window of the layer measures in
+    the same frame as one built of the whole layer, to the last bit."""
+    if bounds is None:
+        return (0.0, 0.0)
+    return ((bounds.minx + bounds.maxx) / 2, (bounds.miny + bounds.maxy) / 2)
 
 
-def _pipe_parts(pipes: Layer) -> _Parts:
+def _pipe_parts(pipes: Layer, origin: tuple[float, float]) -> _Parts:
     """The live pipes' single-part lines of two or more positions, with their networks and
     their lengths in the frame and on the ground."""
     live = np.flatnonzero(_live(pipes.attrs) & ~shapely.is_missing(pipes.geometry))
@@ -314,17 +341,12 @@ def _pipe_parts(pipes: Layer) -> _Parts:
     lines, pipe = lines[keep], pipe[keep]
     nets = pipes.attrs["network"].astype(object).where(pipes.attrs["network"].notna(), "")
     net_codes, net_names = pd.factorize(nets.to_numpy())
-    origin = (0.0, 0.0)
-    if len(lines):
-        minx, miny, maxx, maxy = shapely.total_bounds(lines)
-        origin = ((minx + maxx) / 2, (miny + maxy) / 2)
     fwd, _ = metric.local_frame(*origin)
-    net = net_codes[pipe]
-    local = _shifted(fwd, lines, net)
+    local = shapely.transform(lines, fwd)
     return _Parts(
         lines,
         pipe,
-        net,
+        net_codes[pipe],
         np.asarray(net_names),
         origin,
         fwd,
@@ -350,7 +372,8 @@ class _Valves:
 
 def _valve_roles(valves: Layer | None, parts: _Parts, attach_m: float) -> _Valves:
     """Barriers (kind valve) become nodes; other fittings attach to the nearest pipe. A valve of
-    no stated network belongs to the network of the nearest pipe within `attach_m`."""
+    no stated network belongs to the network of the nearest pipe within `attach_m` (one stating
+    a network no pipe is of, to none)."""
     if valves is None or not len(valves):
         return _Valves(
             np.zeros(0, dtype=np.int64),
@@ -365,43 +388,43 @@ def _valve_roles(valves: Layer | None, parts: _Parts, attach_m: float) -> _Valve
     fitting = v_ok & ~barrier
     stated = valves.attrs["network"].astype(object).where(valves.attrs["network"].notna(), None)
     v_net = pd.Index(parts.net_names).get_indexer(stated.to_numpy()).astype(np.int64)
+    v_net[v_net < 0] = -2  # a network with no pipe: on none
     v_net[stated.isna().to_numpy()] = -1
-    unknown = np.flatnonzero(v_ok & (v_net < 0))
+    unknown = np.flatnonzero(v_ok & (v_net == -1))
     if len(unknown) and len(parts.lines):
-        plain = shapely.transform(parts.lines, parts.fwd)
-        near = _nearest(
-            shapely.STRtree(plain),
-            shapely.transform(valves.geometry[unknown], parts.fwd),
-            attach_m,
-        )
+        near = _nearest(parts.local, parts.framed(valves.geometry[unknown]), attach_m)
         v_net[unknown] = np.where(near >= 0, parts.net[np.maximum(near, 0)], -1)
     barrier &= v_net >= 0
     fitting &= v_net >= 0
     bar_rows = np.flatnonzero(barrier)
-    return _Valves(
-        v_net, bar_rows, parts.shifted(valves.geometry[bar_rows], v_net[bar_rows]), fitting
-    )
+    return _Valves(v_net, bar_rows, parts.framed(valves.geometry[bar_rows]), fitting)
 
 
-def _snap(pts: np.ndarray, snap_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """Node of each point (points within `snap_m` of each other, transitively, are one node,
-    numbered densely) and each node's first point."""
+def _snap(pts: np.ndarray, net: np.ndarray, snap_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Node of each point (points of one network within `snap_m` of each other, transitively,
+    are one node) and each node's first point; nodes are numbered in the order of their first
+    points, so the nodes of a window of the layer keep the order they have in the whole."""
     n_pts = len(pts)
     i, j = shapely.STRtree(pts).query(pts, predicate="dwithin", distance=snap_m)
+    same = net[i] == net[j]
     _, label = connected_components(
-        coo_matrix((np.ones(len(i)), (i, j)), shape=(n_pts, n_pts)), directed=False
+        coo_matrix((np.ones(int(same.sum())), (i[same], j[same])), shape=(n_pts, n_pts)),
+        directed=False,
     )
     _, first, node_of = np.unique(label, return_index=True, return_inverse=True)
-    return node_of, first
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[node_of], first[order]
 
 
 def _splits(
-    parts: _Parts, pts: np.ndarray, owner: np.ndarray, snap_m: float
+    parts: _Parts, pts: np.ndarray, net: np.ndarray, owner: np.ndarray, snap_m: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points (ends and valves) within `snap_m` of another part's interior, which split that
-    part there: the point, the part and where along it (frame metres)."""
+    """Points (ends and valves) within `snap_m` of another part of their network's interior,
+    which split that part there: the point, the part and where along it (frame metres)."""
     k, p = shapely.STRtree(parts.local).query(pts, predicate="dwithin", distance=snap_m)
-    other = owner[k] != p
+    other = (owner[k] != p) & (net[k] == parts.net[p])
     k, p = k[other], p[other]
     t = shapely.line_locate_point(parts.local[p], pts[k]) if len(k) else np.array([])
     interior = (t > snap_m) & (t < parts.frame_len[p] - snap_m)
@@ -491,8 +514,8 @@ def _attach_fittings(
     f_rows = np.flatnonzero(roles.fitting)
     if not len(f_rows) or not len(edges.u) or valves is None:
         return fitting_edge
-    f_pts = parts.shifted(valves.geometry[f_rows], roles.net[f_rows])
-    near = _nearest(shapely.STRtree(parts.local), f_pts, attach_m)
+    f_pts = parts.framed(valves.geometry[f_rows])
+    near = _nearest(parts.local, f_pts, attach_m, (parts.net, roles.net[f_rows]))
     hit = near >= 0
     f_rows, f_pts, near = f_rows[hit], f_pts[hit], near[hit]
     ft = shapely.line_locate_point(parts.local[near], f_pts)
@@ -505,18 +528,28 @@ def _attach_fittings(
 
 
 def build(
-    pipes: Layer, valves: Layer | None, *, snap_m: float = 0.5, attach_m: float = 30.0
+    pipes: Layer,
+    valves: Layer | None,
+    *,
+    snap_m: float = 0.5,
+    attach_m: float = 30.0,
+    origin: tuple[float, float] | None = None,
+    window: Bounds | None = None,
 ) -> Network:
-    """The network topology of `pipes` and `valves` (see the module docstring)."""
+    """The network topology of `pipes` and `valves` (see the module docstring), measured in
+    the local frame around `origin` (default: the centre of the pipes' bounds). With `window`,
+    the layers are the features of the whole layers whose boxes meet it (at least), and the
+    network tells which nodes are known whole (`Network.closed`)."""
     if snap_m <= 0 or attach_m < 0:
         raise InvalidParameter("network tolerances must be positive metres")
-    parts = _pipe_parts(pipes)
+    parts = _pipe_parts(pipes, frame_origin(pipes.bounds) if origin is None else origin)
     roles = _valve_roles(valves, parts, attach_m)
     n_parts = len(parts.lines)
 
     # Candidate nodes: every part's start and end, then the barrier valves.
     starts, ends = shapely.get_point(parts.local, 0), shapely.get_point(parts.local, -1)
     pts = np.concatenate([starts, ends, roles.barrier_pts])
+    pts_net = np.concatenate([parts.net, parts.net, roles.net[roles.barrier_rows]])
     lonlat = np.concatenate(
         [
             shapely.get_coordinates(shapely.get_point(parts.lines, 0)),
@@ -526,17 +559,21 @@ def build(
             else np.empty((0, 2)),
         ]
     )
-    node_of, first = _snap(pts, snap_m)
+    node_of, first = _snap(pts, pts_net, snap_m)
     node_lonlat = lonlat[first] if len(pts) else np.empty((0, 2))
     n_nodes = len(first)
 
     owner = np.concatenate(
         [np.arange(n_parts), np.arange(n_parts), np.full(len(roles.barrier_rows), -1)]
     )
-    splits = _splits(parts, pts, owner, snap_m)
+    splits = _splits(parts, pts, pts_net, owner, snap_m)
     edges = _edges(parts, node_of, splits, snap_m)
     valve_node, node_kind = _barrier_nodes(valves, roles, node_of, splits[0], n_parts, n_nodes)
     fitting_edge = _attach_fittings(valves, roles, parts, edges, attach_m)
+    closed = None
+    if window is not None:
+        inner = _inner_box(parts.fwd, window, window_margin_m(snap_m, attach_m))
+        closed = _closed(parts, pts, node_of, edges, n_nodes, inner)
 
     return Network(
         pipes=pipes,
@@ -564,7 +601,43 @@ def build(
             "valves_off_network": int(len(roles.barrier_rows) - (valve_node >= 0).sum()),
             "fittings_attached": int((fitting_edge >= 0).sum()),
         },
+        closed=closed,
     )
+
+
+def window_margin_m(snap_m: float, attach_m: float) -> float:
+    """How far inside a window a node must lie for all it touches to have been read: a fitting
+    serving a pipe there lies within `attach_m` of it and is served by the nearest pipe within
+    `attach_m` of the fitting; what snaps to it or splits a pipe at it, within a few `snap_m`."""
+    return 2 * attach_m + 4 * snap_m + 1.0
+
+
+def _inner_box(fwd: metric.CoordMap, window: Bounds, margin_m: float) -> tuple[float, ...]:
+    """`window` in the snapping frame, shrunk by `margin_m`."""
+    (x0, y0), (x1, y1) = fwd(np.array([[window.minx, window.miny], [window.maxx, window.maxy]]))
+    return (x0 + margin_m, y0 + margin_m, x1 - margin_m, y1 - margin_m)
+
+
+def _closed(
+    parts: _Parts,
+    pts: np.ndarray,
+    node_of: np.ndarray,
+    edges: _Edges,
+    n_nodes: int,
+    inner: tuple[float, ...],
+) -> np.ndarray:
+    """The nodes every point of which lies inside `inner` (frame metres) and every edge at
+    which is a piece of a pipe lying wholly inside it."""
+    x0, y0, x1, y1 = inner
+    xy = shapely.get_coordinates(pts)
+    out_pt = ~((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
+    b = shapely.bounds(parts.local)
+    out_part = ~((b[:, 0] >= x0) & (b[:, 2] <= x1) & (b[:, 1] >= y0) & (b[:, 3] <= y1))
+    bad = np.bincount(node_of[out_pt], minlength=n_nodes)
+    cut = out_part[edges.part]
+    bad += np.bincount(edges.u[cut], minlength=n_nodes)
+    bad += np.bincount(edges.v[cut], minlength=n_nodes)
+    return bad == 0
 
 
 _lock = threading.Lock()
@@ -717,10 +790,12 @@ def isolate(
             f"pipe {fid!r} is not part of the live network (no geometry, or status "
             f"{', '.join(sorted(DEAD_STATUS))})"
         )
+    net.require(np.concatenate([net.u[edges], net.v[edges]]))
     broken = net.middle_edge(row) if at is None else net.edge_at(row, at, max_m)
     edges = np.array([broken])
     region = net.zone_edges(net.edge_zone[edges])
     nodes = np.unique(np.concatenate([net.u[region], net.v[region]]))
+    net.require(nodes)
     inside = np.bincount(np.concatenate([net.u[region], net.v[region]]), minlength=net.n_nodes)
     kind = net.node_kind[nodes]
     boundary = inside[nodes] < net.degree[nodes]
@@ -737,10 +812,7 @@ def isolate(
     unsupplied = np.array([], dtype=np.int64)
     supply = "sources"
     if same.any():
-        label = net.components(same, shut)
-        rest = np.flatnonzero(same)
-        sources = net.source_edges
-        fed = np.unique(label[sources[same[sources]]])
+        rest, label, fed = _parts(net, same, shut, closing)
         if len(fed):
             unsupplied = rest[~np.isin(label[rest], fed)]
         else:
@@ -768,6 +840,31 @@ def isolate(
     return Isolation(
         net, row, broken, to_close, shut_rows, inop_rows, region, unsupplied, served, supply
     )
+
+
+def _parts(
+    net: Network, same: np.ndarray, shut: np.ndarray, closing: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edges of the parts the closure leaves (`same`: the rest of the broken pipe's
+    component, `shut`: what lets nothing through), each edge's part, and the parts a source
+    feeds. On a network known only in part, the parts are those at the closing valves, joined
+    through nodes known whole; `Incomplete` when one of them reaches a node not known whole
+    without having met a source (whether it is fed, or how large it is, lies beyond)."""
+    if net.closed is None:
+        label = net.components(same, shut)
+        rest = np.flatnonzero(same)
+    else:
+        label = net.components(same, shut | ~net.closed)
+        at_closing = same & (np.isin(net.u, closing) | np.isin(net.v, closing))
+        rest = np.flatnonzero(same & np.isin(label, label[at_closing]))
+    sources = net.source_edges
+    fed = np.unique(label[sources[same[sources]]])
+    if net.closed is not None:
+        open_end = ~net.closed[net.u[rest]] | ~net.closed[net.v[rest]]
+        if not np.isin(label[rest[open_end]], fed).all():
+            raise Incomplete("a part cut off may reach past the window")
+        fed = fed[np.isin(fed, label[rest])]
+    return rest, label, fed
 
 
 # -- gravity traces -----------------------------------------------------------------------------
@@ -832,9 +929,11 @@ def trace(net: Network, fid: str, direction: Direction) -> Trace:
     edges = net.pipe_edges(row)
     if not len(edges):
         raise InvalidParameter(f"pipe {fid!r} is not part of the live network")
+    net.require(np.concatenate([net.u[edges], net.v[edges]]))
     graph = net.flow if direction == "downstream" else net.flow.T.tocsr()
     start = net.v[edges[-1]] if direction == "downstream" else net.u[edges[0]]
     reached = breadth_first_order(graph, int(start), directed=True, return_predecessors=False)
+    net.require(reached)
     mask = np.zeros(net.n_nodes, dtype=bool)
     mask[reached] = True
     tail = net.u if direction == "downstream" else net.v

@@ -124,13 +124,12 @@ def test_the_count_sees_what_is_made_on_first_use(demo_store: Path, made: Any) -
     its network (so the test above can fail)."""
     from layers.catalog import Catalog
     from layers.gpkg import GeoPackageStore
-    from layers.models import Access
-    from twin.routes.queries import _network
+    from twin.routes.queries import _whole_network
     from twin.settings import QuerySettings
 
     catalog = Catalog(GeoPackageStore(demo_store, create=False))
     counts = made()
-    _network(catalog, Access.RESTRICTED, QuerySettings(_env_file=None))  # type: ignore[call-arg]
+    _whole_network(catalog, QuerySettings(_env_file=None))  # type: ignore[call-arg]
     assert counts["twin.network.build"] == 1
     assert any(k.startswith("pipes derived") for k in counts)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 import shapely
@@ -37,6 +37,7 @@ from twin.routes.links import GEOJSON
 from twin.routes.responses import responses
 from twin.routes.schemas import FEATURE_COLLECTION, GEOMETRY
 from twin.settings import QuerySettings
+from twin.trace_window import TraceWindows
 
 router = APIRouter(tags=["Spatial queries"])
 
@@ -57,6 +58,14 @@ async def get_query_settings(request: Request) -> QuerySettings:
 
 
 QuerySettingsDep = Annotated[QuerySettings, Depends(get_query_settings)]
+
+
+async def get_trace_windows(request: Request) -> TraceWindows:
+    """The networks of windows a server not holding its layers traces on."""
+    return request.app.state.traces
+
+
+TraceWindowsDep = Annotated[TraceWindows, Depends(get_trace_windows)]
 
 
 def caps(settings: QuerySettings) -> queries.Caps:
@@ -365,15 +374,32 @@ def get_stats(
 PipeId = Annotated[str, Path(description="Feature id of a pipe.")]
 
 
-def _network(
-    catalog: Catalog, scope: Lens, settings: QuerySettings, fid: str | None = None
-) -> network.Network:
-    """The network of every pipe and valve (a trace without the valves a caller may not see
-    would be wrong: `network.shown` leaves them out of the answer instead); 404 when the
-    caller may not see the pipes, or pipe `fid`."""
-    seen = catalog.picked("pipes", scope, [] if fid is None else [fid])
-    if fid is not None and fid not in seen.row_of:
+R = TypeVar("R")
+
+
+def _traced(
+    catalog: Catalog,
+    scope: Lens,
+    settings: QuerySettings,
+    windows: TraceWindows,
+    fid: str,
+    how: Callable[[network.Network], R],
+) -> R:
+    """`how` on the network of every pipe and valve (a trace without the valves a caller may
+    not see would be wrong: `network.shown` leaves them out of the answer instead): the whole
+    layers' network on a catalog holding them, else a window's holding the answer
+    (`twin.trace_window`); 404 when the caller may not see the pipes, or pipe `fid`."""
+    seen = catalog.picked("pipes", scope, [fid])
+    if fid not in seen.row_of:
         raise UnknownFeature("pipes", fid)
+    if not catalog.holds:
+        snap_m, attach_m = settings.network_snap_m, settings.network_attach_m
+        return windows.answer(catalog, fid, how, snap_m=snap_m, attach_m=attach_m)
+    return how(_whole_network(catalog, settings))
+
+
+def _whole_network(catalog: Catalog, settings: QuerySettings) -> network.Network:
+    """The network of every pipe and valve of a catalog holding them (made once per pair)."""
     pipes = catalog.layer("pipes", Access.RESTRICTED)
     has_valves = "valves" in catalog.heads(Access.RESTRICTED)
     valves = catalog.layer("valves", Access.RESTRICTED) if has_valves else None
@@ -392,6 +418,7 @@ def get_isolation(
     catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
+    windows: TraceWindowsDep,
     featureId: PipeId,
     lon: Annotated[
         float | None,
@@ -413,8 +440,14 @@ def get_isolation(
     if (lon is None) != (lat is None):
         raise InvalidParameter("give both lon and lat of the break, or neither")
     at = None if lon is None or lat is None else queries.check_point(lon, lat)
-    net = _network(catalog, scope, settings, featureId)
-    result = network.isolate(net, featureId, at=at, max_m=settings.trace_snap_m)
+    result = _traced(
+        catalog,
+        scope,
+        settings,
+        windows,
+        featureId,
+        lambda net: network.isolate(net, featureId, at=at, max_m=settings.trace_snap_m),
+    )
     return _json(network.shown(result, scope).to_json())
 
 
@@ -428,10 +461,13 @@ _TRACES: dict[str, str] = {
 
 def _pipe_trace(direction: Literal["upstream", "downstream"]) -> Any:
     def route(
-        catalog: CatalogAt, scope: Scope, settings: QuerySettingsDep, featureId: PipeId
+        catalog: CatalogAt,
+        scope: Scope,
+        settings: QuerySettingsDep,
+        windows: TraceWindowsDep,
+        featureId: PipeId,
     ) -> JSONResponse:
-        net = _network(catalog, scope, settings, featureId)
-        return _json(network.shown(network.trace(net, featureId, direction), scope).to_json())
+        return _gravity(catalog, scope, settings, windows, featureId, direction)
 
     route.__doc__ = _TRACES[direction]
     return route
@@ -460,6 +496,7 @@ def get_point_trace(
     catalog: CatalogAt,
     scope: Scope,
     settings: QuerySettingsDep,
+    windows: TraceWindowsDep,
     point: Point,
     direction: Annotated[
         Literal["upstream", "downstream"], Query(description="upstream or downstream")
@@ -467,10 +504,24 @@ def get_point_trace(
 ) -> JSONResponse:
     """The trace from the nearest sewer or storm pipe to the point (within the configured
     snap distance): where a spill there flows (downstream), or what drains to it (upstream)."""
-    net = _network(catalog, scope, settings)
-    seen = catalog.layer("pipes", scope)
-    fid = network.nearest_gravity_pipe(seen, point, settings.trace_snap_m)
-    return _json(network.shown(network.trace(net, fid, direction), scope).to_json())
+    d = settings.trace_snap_m
+    seen = queries.layers_for(catalog, scope, ["pipes"], around=(point, d))[0]
+    fid = network.nearest_gravity_pipe(seen, point, d)
+    return _gravity(catalog, scope, settings, windows, fid, direction)
+
+
+def _gravity(
+    catalog: Catalog,
+    scope: Lens,
+    settings: QuerySettings,
+    windows: TraceWindows,
+    fid: str,
+    direction: Literal["upstream", "downstream"],
+) -> JSONResponse:
+    result = _traced(
+        catalog, scope, settings, windows, fid, lambda net: network.trace(net, fid, direction)
+    )
+    return _json(network.shown(result, scope).to_json())
 
 
 # -- the lean path ------------------------------------------------------------------------------
