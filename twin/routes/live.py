@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from layers.catalog import AppliedRun, Catalog, Lens, hidden_fields, sift
 from layers.errors import UnknownCollection, UnknownFeature
 from layers.layer import UPDATED, VERSION, Layer
-from layers.models import Access, Change, ChangeKind, utc_stamp
+from layers.models import Access, Change, ChangeKind, StateRun, utc_stamp
 from twin import observations
 from twin.access import Scope, Writer
 from twin.dependencies import (
@@ -29,6 +29,7 @@ from twin.dependencies import (
     Collections,
     Datetime,
     FeatureId,
+    HeldCatalogDep,
     Limit,
     Offset,
     SettingsDep,
@@ -124,7 +125,7 @@ async def readings_body(request: Request, settings: SettingsDep) -> list[Any]:
 )
 async def post_observations(
     request: Request,
-    catalog: CatalogDep,
+    catalog: HeldCatalogDep,
     scope: Scope,
     who: Writer,
     settings: SettingsDep,
@@ -138,24 +139,41 @@ async def post_observations(
     state within a second. Needs an engineer or admin key; a reading of a feature outside
     what the key may see is rejected as an unknown feature."""
 
-    def land() -> dict[str, Any]:
+    follower = request.app.state.follower
+    timing: dict[str, float] = {}
+
+    def land() -> tuple[dict[str, Any], list[StateRun]]:
+        began = time.perf_counter()
         batch = observations.check(catalog, scope, items, dt.datetime.now(dt.UTC))
+        checked = time.perf_counter()
         done = catalog.store.observe(batch.accepted, user=who.name)
-        return {
+        timing.update(check=checked - began, write=time.perf_counter() - checked)
+        if done.runs and follower.running:
+            follower.heard(done.revision)
+            _feed(request).written(done.runs)  # told now; applied at the follower's step
+        answer = {
             "accepted": len(batch.accepted),
             "rejected": batch.rejected,
             "changed": done.changed,
             "revision": done.revision,
         }
+        return answer, done.runs
 
+    began = time.perf_counter()
     await _caught_up(request, catalog, settings.max_lag)
-    answer = await run_in_threadpool(land)
+    timing["wait"] = time.perf_counter() - began
+    answer, runs = await run_in_threadpool(land)
     if answer["changed"]:
-        request.app.state.follower.wake()
+        follower.wake()
         peers = request.app.state.tiles.peers
         if peers is not None:
-            peers.news()
-    return JSONResponse(answer)
+            if runs:
+                peers.written(runs)
+            else:
+                peers.news()
+    # Where a batch's time went (ms): waiting for the workers, checking, writing.
+    server_timing = ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())
+    return JSONResponse(answer, headers={"Server-Timing": server_timing})
 
 
 async def _caught_up(request: Request, catalog: Catalog, lag: int) -> None:
@@ -190,7 +208,7 @@ def _feed(request: Request) -> ChangeFeed:
 
 async def stream_start(
     request: Request,
-    catalog: CatalogDep,
+    catalog: HeldCatalogDep,
     scope: Scope,
     settings: SettingsDep,
     collections: Collections,
@@ -211,7 +229,7 @@ async def stream_start(
     for name in collections or ():
         if name not in catalog.names(scope):
             raise UnknownCollection(name)
-    start = catalog.seq if since is None else since
+    start = max(catalog.seq, _feed(request).released) if since is None else since
     if last_event_id:  # an empty one is none (the SSE standard)
         if not last_event_id.strip().isdigit():
             raise InvalidParameter(f"Last-Event-ID {last_event_id!r} is not an event's seq")
@@ -239,7 +257,7 @@ async def stream_start(
 )
 async def events(
     request: Request,
-    catalog: CatalogDep,
+    catalog: HeldCatalogDep,
     scope: Scope,
     collections: Collections,
     bbox: BBox,
