@@ -348,6 +348,9 @@ def main() -> None:
     ap.add_argument("--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
     ap.add_argument("--label")
     ap.add_argument("--profile", help="a directory: py-spy stacks of each worker during ingest")
+    ap.add_argument(
+        "--profile-gil", action="store_true", help="profile only threads holding the GIL"
+    )
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     if a.quick:
@@ -406,6 +409,7 @@ def main() -> None:
                 spy = str(Path(sys.executable).parent / "py-spy")
                 args = ["record", "-p", str(pid), "-d", str(int(a.seconds)), "-f", "raw"]
                 args += ["-o", str(out), "-r", "200", "--nonblocking"]
+                args += ["--gil"] if a.profile_gil else []
                 spies.append(
                     subprocess.Popen(
                         [spy, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -461,7 +465,7 @@ def main() -> None:
     log(f"PostgreSQL floor: the same {len(posts)} batches, one statement each")
     result["postgres"] = pg_floor(a.pg_dsn, work[: max(len(posts), 1)])
     twin_rate, pg_rate = result["twin"]["readings_per_s"], result["postgres"]["readings_per_s"]
-    ratio = (busy["p95"] or 0) / (idle["p95"] or 1)
+    ratio = (busy["p95"] or 0) / (idle["p95"] or busy["p95"] or 1)
     result["ratios"] = {
         "readings_twin_over_pg": twin_rate / pg_rate,
         "tile_p95_ingest_over_idle": ratio,
@@ -474,8 +478,8 @@ def main() -> None:
     print(json.dumps(result, indent=2, default=float))
     print(
         f"readings/s: twin {twin_rate:,.0f} over HTTP, PostgreSQL floor {pg_rate:,.0f} "
-        f"({twin_rate / pg_rate:.2f}x); tile p95 idle {idle['p95']:.1f} ms, during ingest "
-        f"{busy['p95']:.1f} ms ({ratio:.2f}x); events p50/p95 "
+        f"({twin_rate / pg_rate:.2f}x); tile p95 idle {idle['p95'] or 0:.1f} ms, during ingest "
+        f"{busy['p95'] or 0:.1f} ms ({ratio:.2f}x); events p50/p95 "
         f"{result['events']['p50_ms']} / {result['events']['p95_ms']} ms "
         f"({result['events']['n']} events); aims {result['aims']}; POST p50 "
         f"{result['twin']['post_ms_p50']:.0f} ms (server: {result['twin']['server_timing_p50']}); "

@@ -84,8 +84,13 @@ async def read_json(request: Request, limit: int, what: str) -> Any:
     JSON hold it for a tenth of a second); `InvalidParameter` asking for `what` if it is not
     JSON."""
     raw = await read_body(request, limit)
+    return await run_in_threadpool(parse_json, raw, what)
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """A request body parsed as JSON; `InvalidParameter` asking for `what` if it is not."""
     try:
-        return await run_in_threadpool(json.loads, raw)
+        return json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidParameter(f"the body is not JSON: send {what}") from None
 

@@ -59,6 +59,8 @@ class Follower:
         self._hurry = threading.Event()
         self.hurry_at = 2_500
         """Entries heard of (`heard`) beyond those applied past which a step is not put off."""
+        self.newest = catalog.seq
+        """The newest entry of the log this process knows of (applied, or `heard`)."""
         self._thread: threading.Thread | None = None
         self._settler: threading.Thread | None = None
         self.applied = Counter(
@@ -105,6 +107,7 @@ class Follower:
         """The log has moved to entry `seq` (written here or by another worker): look now,
         and without the gap when that is `hurry_at` entries or more ahead of what is
         applied."""
+        self.newest = max(self.newest, seq)
         if seq - self.catalog.seq >= self.hurry_at:
             self._hurry.set()
         self._wake.set()
