@@ -296,7 +296,7 @@ async def events(
                     for seq, data in run_events(part, rows):
                         if shown is not None and not shown.strip(data):
                             continue
-                        yield ServerSentEvent(data=data, event="change", id=str(seq))
+                        yield _event(data, seq)
                 elif wanted(part):
                     data = event_data(part)
                     shown = _shown(catalog, scope, part.collection)
@@ -312,9 +312,15 @@ async def events(
                         or not shown.strip(data)
                     ):
                         continue
-                    yield ServerSentEvent(data=data, event="change", id=str(part.seq))
+                    yield _event(data, part.seq)
     finally:
         feed.streams -= 1
+
+
+def _event(data: dict[str, Any], seq: int) -> ServerSentEvent:
+    """A change as an event, its JSON made here (FastAPI's encoder for `data` costs 4x as
+    much, tens of thousands a second under a stream of readings)."""
+    return ServerSentEvent(raw_data=json.dumps(data), event="change", id=str(seq))
 
 
 class _Shown:
