@@ -352,6 +352,7 @@ def main() -> None:
         "--profile-gil", action="store_true", help="profile only threads holding the GIL"
     )
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (server log)")
     a = ap.parse_args()
     if a.quick:
         a.lights, a.seconds = 10_000, 5.0
@@ -489,7 +490,8 @@ def main() -> None:
         out = ROOT / "bench" / "results" / f"live_{a.label}.json"
         out.write_text(json.dumps(result, indent=2, default=float))
         log(f"wrote {out}")
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if not a.keep:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
