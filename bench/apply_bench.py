@@ -98,6 +98,11 @@ def main() -> None:
     ap.add_argument("--lights", type=int, default=100_000)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--label")
+    ap.add_argument(
+        "--steps",
+        default="1,5",
+        help="batches applied per step (comma-separated) in the coalescing phase",
+    )
     a = ap.parse_args()
 
     template = build_store(a.lights)
@@ -167,8 +172,34 @@ def main() -> None:
         assert held.raw() == render_tile([(layer, None)], tile, settings), key
         assert gzip.decompress(held.data) == held.raw()
 
+    # Coalescing: k batches written, then one step applies them all (the follower's gap
+    # between steps), for each k; the time per batch against k = 1, in the same run.
+    coalesce: dict[str, dict[str, float]] = {}
+    more = iter(batches(ids, 10_000, 13, start + dt.timedelta(hours=1)))
+    for k in [int(x) for x in a.steps.split(",")]:
+        per_step: list[float] = []
+        for step in range(max(4, 60 // k)):
+            for _ in range(k):
+                items = next(more)
+                checked = observations.check(catalog, EVERYTHING, items, dt.datetime.now(dt.UTC))
+                store.observe(checked.accepted, user="bench")
+            t0 = time.perf_counter()
+            catalog.follow()
+            if step:
+                per_step.append(time.perf_counter() - t0)
+            store.settle(history=False)
+        coalesce[str(k)] = {
+            "step_ms": statistics.median(per_step) * 1000,
+            "per_batch_ms": statistics.median(per_step) * 1000 / k,
+        }
+    base = next(iter(coalesce.values()))["per_batch_ms"]
+    for got in coalesce.values():
+        got["per_batch_over_first"] = got["per_batch_ms"] / base
+    log(f"coalescing (batches per step: median ms per step, per batch): {coalesce}")
+
     result = {
         "lights": a.lights,
+        "coalesce": coalesce,
         "batches": len(apply_s),
         "tiles": len(keys),
         "stale_per_batch": statistics.median(touched),

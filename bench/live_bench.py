@@ -197,7 +197,51 @@ class Posters:
             answer = json.loads(r.read())
             t1 = time.monotonic()
             if r.status == 200:
-                self.posts.append({"start": t0, "end": t1, **answer, "rejected": 0})
+                timing = server_timing(r.getheader("Server-Timing") or "")
+                self.posts.append(
+                    {"start": t0, "end": t1, **answer, "rejected": 0, "timing": timing}
+                )
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """The `name;dur=ms` parts of a Server-Timing header."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
+
+
+class LoadAverage:
+    """/proc/loadavg's 1-minute figure sampled every second in a thread (the machine is
+    shared: the figures of a run say how busy it was)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            with contextlib.suppress(OSError, ValueError):
+                self.samples.append(float(Path("/proc/loadavg").read_text().split()[0]))
+
+    def __enter__(self) -> LoadAverage:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def figures(self) -> dict[str, float | None]:
+        s = self.samples
+        return {
+            "min": min(s, default=None),
+            "max": max(s, default=None),
+            "last": s[-1] if s else None,
+        }
 
 
 def post(port: int, bodies: list[bytes], clients: int, key: str, stop: Any, out: str) -> None:
@@ -304,7 +348,11 @@ def main() -> None:
     ap.add_argument("--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
     ap.add_argument("--label")
     ap.add_argument("--profile", help="a directory: py-spy stacks of each worker during ingest")
+    ap.add_argument(
+        "--profile-gil", action="store_true", help="profile only threads holding the GIL"
+    )
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (server log)")
     a = ap.parse_args()
     if a.quick:
         a.lights, a.seconds = 10_000, 5.0
@@ -335,7 +383,9 @@ def main() -> None:
             conn.getresponse().read()
         del warm
         log(f"idle: {a.tile_clients} tile clients for {a.seconds:g} s")
-        idle = tile_stats(load.run(a.seconds))
+        with LoadAverage() as idle_load:
+            idle = tile_stats(load.run(a.seconds))
+        result["loadavg_idle"] = idle_load.figures()
         mid = ((BOX[0] + BOX[2]) / 2, (BOX[1] + BOX[3]) / 2)
         arrivals_file = work_dir / "arrivals.json"
         query = f"bbox={mid[0]},{mid[1]},{mid[0] + 0.01},{mid[1] + 0.01}"
@@ -360,13 +410,16 @@ def main() -> None:
                 spy = str(Path(sys.executable).parent / "py-spy")
                 args = ["record", "-p", str(pid), "-d", str(int(a.seconds)), "-f", "raw"]
                 args += ["-o", str(out), "-r", "200", "--nonblocking"]
+                args += ["--gil"] if a.profile_gil else []
                 spies.append(
                     subprocess.Popen(
                         [spy, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                     )
                 )
         poster.start()
-        busy = tile_stats(load.run(a.seconds))
+        with LoadAverage() as busy_load:
+            busy = tile_stats(load.run(a.seconds))
+        result["loadavg_ingest"] = busy_load.figures()
         stop.set()
         poster.join(timeout=60)
         for spy in spies:
@@ -391,6 +444,11 @@ def main() -> None:
             "readings_per_s": accepted / elapsed,
             "post_ms_p50": pct([(p["end"] - p["start"]) * 1000 for p in posts], 50),
             "post_ms_p95": pct([(p["end"] - p["start"]) * 1000 for p in posts], 95),
+            # Where the server says a POST's time went (its Server-Timing header), p50 ms.
+            "server_timing_p50": {
+                k: pct([p["timing"][k] for p in posts if k in p["timing"]], 50)
+                for k in ("wait", "check", "write")
+            },
         }
         result["tiles_idle"], result["tiles_ingest"] = idle, busy
         result["tile_errors"] = load.errors
@@ -408,7 +466,7 @@ def main() -> None:
     log(f"PostgreSQL floor: the same {len(posts)} batches, one statement each")
     result["postgres"] = pg_floor(a.pg_dsn, work[: max(len(posts), 1)])
     twin_rate, pg_rate = result["twin"]["readings_per_s"], result["postgres"]["readings_per_s"]
-    ratio = (busy["p95"] or 0) / (idle["p95"] or 1)
+    ratio = (busy["p95"] or 0) / (idle["p95"] or busy["p95"] or 1)
     result["ratios"] = {
         "readings_twin_over_pg": twin_rate / pg_rate,
         "tile_p95_ingest_over_idle": ratio,
@@ -421,16 +479,19 @@ def main() -> None:
     print(json.dumps(result, indent=2, default=float))
     print(
         f"readings/s: twin {twin_rate:,.0f} over HTTP, PostgreSQL floor {pg_rate:,.0f} "
-        f"({twin_rate / pg_rate:.2f}x); tile p95 idle {idle['p95']:.1f} ms, during ingest "
-        f"{busy['p95']:.1f} ms ({ratio:.2f}x); events p50/p95 "
+        f"({twin_rate / pg_rate:.2f}x); tile p95 idle {idle['p95'] or 0:.1f} ms, during ingest "
+        f"{busy['p95'] or 0:.1f} ms ({ratio:.2f}x); events p50/p95 "
         f"{result['events']['p50_ms']} / {result['events']['p95_ms']} ms "
-        f"({result['events']['n']} events); aims {result['aims']}"
+        f"({result['events']['n']} events); aims {result['aims']}; POST p50 "
+        f"{result['twin']['post_ms_p50']:.0f} ms (server: {result['twin']['server_timing_p50']}); "
+        f"load average {result['loadavg_idle']} idle, {result['loadavg_ingest']} ingest"
     )
     if a.label:
         out = ROOT / "bench" / "results" / f"live_{a.label}.json"
         out.write_text(json.dumps(result, indent=2, default=float))
         log(f"wrote {out}")
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if not a.keep:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -243,6 +243,13 @@ class Catalog:
             out.append(_part(e, self._layers.get(e.collection)))
         return out
 
+    def boxed(self, run: StateRun) -> AppliedRun | None:
+        """A run of readings with each entry's feature's box as served now, before the run is
+        applied here (for event streams); None when a feature is not held."""
+        layer = self._layers.get(run.collection)
+        rows = layer.rows_of(run.ids) if layer is not None and len(layer) else None
+        return _known(_applied(run, layer, rows))
+
     def put(self, layer: Layer, changed: Bounds | None = None) -> None:
         """Replace a layer held in memory (after an edit) and tell the listeners what changed."""
         held = self._layers.get(layer.name)
@@ -478,6 +485,11 @@ def _applied(run: StateRun, layer: Layer | None, rows: np.ndarray | None) -> App
     return AppliedRun(run, boxes)
 
 
+def _known(run: AppliedRun) -> AppliedRun | None:
+    """`run`, when the box of every entry's feature is known."""
+    return None if np.isnan(run.boxes[:, 0]).any() else run
+
+
 def _with_runs(held: Layer, runs: list[StateRun]) -> tuple[Layer, list[Part]]:
     """Runs of readings applied column-wise: each entry sets its values, one more version,
     recorded at its run's time (what the store lays over the stored rows)."""
@@ -622,6 +634,10 @@ class WindowCatalog(Catalog):
 
     def read_back(self, since: int, limit: int) -> list[Part]:
         return [self._part(e) for e in self.store.log(since, limit)]
+
+    def boxed(self, run: StateRun) -> AppliedRun | None:
+        done = self._part(run)
+        return _known(done) if isinstance(done, AppliedRun) else None
 
     def put(self, layer: Layer, changed: Bounds | None = None) -> None:
         """A layer changed here: forget what is cached of it and tell the listeners."""

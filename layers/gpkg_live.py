@@ -177,16 +177,18 @@ def observe(
             got[0][p], got[1][p] = values[i], t
             got[2].append(i)
     seq = revision(db) + 1
+    recorded = parse_utc(stamp)
     applied: list[int | None] = [None] * len(readings)
     first = [0] * len(readings)
     out = Observed(0, seq - 1)
     for c, features in runs.items():
         ids = list(features)
         entries = list(features.values())
+        sets = [e[0] for e in entries]
         payload = {
             "collection": c,
             "id": ids,
-            "set": [e[0] for e in entries],
+            "set": sets,
             "time": [e[1] for e in entries],
         }
         for k, (_, _, which) in enumerate(entries, seq):
@@ -198,6 +200,7 @@ def observe(
             "VALUES (?, ?, ?, 'readings', ?, ?, 'reading', ?)",
             (seq, len(ids), c, user, stamp, _PAYLOAD.encode(payload)),
         )
+        out.runs.append(StateRun(seq, c, ids, sets, user, recorded))
         out.changed += len(ids)
         seq += len(ids)
     out.revision = seq - 1

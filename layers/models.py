@@ -353,6 +353,8 @@ class Observed:
 
     changed: int
     revision: int
+    runs: list[StateRun] = field(default_factory=list)
+    """The entries it wrote, a run per collection (what its event streams are sent)."""
 
 
 class StateRun(NamedTuple):

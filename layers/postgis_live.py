@@ -94,10 +94,11 @@ def observe(
     out = Observed(0, seq - 1)
     for c, features in runs.items():
         ids = list(features)
+        values_set = [features[f][0] for f in ids]
         payload = {
             "collection": c,
             "id": ids,
-            "set": [features[f][0] for f in ids],
+            "set": values_set,
             "time": [features[f][1] for f in ids],
         }
         for k, fid in enumerate(ids):
@@ -110,6 +111,7 @@ def observe(
         )
         if c in schemas:
             _apply(cur, schemas[c], features, user=user, now=now)
+        out.runs.append(StateRun(seq, c, ids, values_set, user, parse_utc(now)))
         out.changed += len(ids)
         seq += len(ids)
     out.revision = seq - 1

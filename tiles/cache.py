@@ -230,14 +230,16 @@ class TileCache:
         self.insert(key, tile, generation=generation)
         return tile
 
-    def stale(self, key: TileKey, *, any_age: bool = False) -> CachedTile | None:
+    def stale(
+        self, key: TileKey, *, any_age: bool = False, counted: bool = True
+    ) -> CachedTile | None:
         """The tile held for `key` before its data changed, while younger than `refresh_s`
-        (or of any age)."""
+        (or of any age; `counted`: as a hit, i.e. to be served)."""
         with self._lock:
             got = self._stale.get(key)
             if got is None or (not any_age and time.monotonic() - got.made >= self.refresh_s):
                 return None
-            self.hits += 1
+            self.hits += counted
             return got
 
     def insert(

@@ -210,7 +210,7 @@ def create_app(
         loop = asyncio.get_running_loop()
 
         def applied(changes: Applied) -> None:
-            feed.publish(changes)
+            feed.publish(changes, cat.seq)
             peers = app.state.tiles.peers
             if peers is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(peers.applied, cat.seq)
@@ -219,6 +219,7 @@ def create_app(
         follower = app.state.follower = Follower(
             cat, settings.follow_interval_s, app.state.metrics, applied
         )
+        follower.hurry_at = max(1, settings.max_lag // 2)
         follower.start()
         try:
             yield

@@ -28,7 +28,26 @@ from twin.settings import ServerSettings
 
 
 async def get_catalog(request: Request) -> Catalog:
-    """The catalog built at start-up."""
+    """The catalog built at start-up, once it serves every change this process's event
+    streams were told of (`serving`)."""
+    return await serving(request.app.state)
+
+
+async def serving(state: Any) -> Catalog:
+    """The catalog on an app's `state`, once it serves every change the app's event streams
+    were told of (they hear of readings before they are applied, `twin.events`): a client
+    that fetches a feature on an event gets the new state."""
+    catalog: Catalog = state.catalog
+    feed = getattr(state, "feed", None)
+    follower = getattr(state, "follower", None)
+    if feed is not None and follower is not None and feed.released > catalog.seq:
+        await follower.reach(feed.released)
+    return catalog
+
+
+async def get_held_catalog(request: Request) -> Catalog:
+    """The catalog built at start-up, as it is now (what takes readings and streams events
+    need not wait for the changes told to be applied)."""
     return request.app.state.catalog
 
 
@@ -43,6 +62,7 @@ async def get_crs_set(request: Request) -> CrsSet:
 
 
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+HeldCatalogDep = Annotated[Catalog, Depends(get_held_catalog)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -64,8 +84,13 @@ async def read_json(request: Request, limit: int, what: str) -> Any:
     JSON hold it for a tenth of a second); `InvalidParameter` asking for `what` if it is not
     JSON."""
     raw = await read_body(request, limit)
+    return await run_in_threadpool(parse_json, raw, what)
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """A request body parsed as JSON; `InvalidParameter` asking for `what` if it is not."""
     try:
-        return await run_in_threadpool(json.loads, raw)
+        return json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidParameter(f"the body is not JSON: send {what}") from None
 

@@ -1,10 +1,17 @@
 """Events pushed to maps and systems: every change this process has applied, as one event.
 
-`ChangeFeed` holds the newest changes the process applied (published by its `Follower` after
-`Catalog.follow`), wakes the `/events` streams waiting for them, and serves a stream that
-resumes from an older sequence number (`Last-Event-ID`, after a reconnect or a restart) from
-the store's change log first. A stream is only sent changes this process already serves, so a
-client that fetches a tile on an event gets the new state.
+`ChangeFeed` holds the newest changes (published by its `Follower` after `Catalog.follow`,
+and a batch of readings as soon as it is written: `early`), wakes the `/events` streams
+waiting for them, and serves a stream that resumes from an older sequence number
+(`Last-Event-ID`, after a reconnect or a restart) from the store's change log first.
+
+A batch of readings is told to the streams when the worker that took it has written it (and,
+through `twin.peers`, when the other workers hear of it), not once each has applied it: under
+a stream of readings a worker applies several batches at a time, and the events must not
+wait for that. Events go out in the order of the log, each once: a batch heard of early
+waits for the entries before it. A request reading the data after an event waits until its
+process serves what the event told (`twin.dependencies.get_catalog`), so a client that
+fetches the feature on an event gets the new state.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from layers.catalog import Applied, AppliedRun, Catalog, Part
-from layers.models import Bounds, Change
+from layers.models import Bounds, Change, StateRun
 
 KEEP = 50_000
 """Changes held in memory for the streams (~200 bytes each; seconds of a stream of readings);
@@ -81,6 +88,10 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self.floor = catalog.seq
         """Changes after this one are all in memory; up to it, in the store's log."""
+        self.released = catalog.seq
+        """The newest change the streams may be sent: every one up to it is told."""
+        self._early: dict[int, AppliedRun] = {}
+        """Runs of readings heard of before the entries ahead of them, by first entry."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._news: asyncio.Event | None = None
         self.streams = 0
@@ -90,26 +101,75 @@ class ChangeFeed:
         self._loop = loop
         self._news = asyncio.Event()
 
-    def publish(self, changes: Applied | list[Change]) -> None:
-        """Changes just applied (from any thread)."""
+    def publish(self, changes: Applied | list[Change], upto: int | None = None) -> None:
+        """Changes just applied, oldest first (from any thread): every entry of the log up to
+        `upto` (default: the last of them) is known then. What was told early is not told
+        again."""
         parts: list[Part] = changes.parts if isinstance(changes, Applied) else list(changes)
-        if not parts:
-            return
         with self._lock:
+            told = False
             for p in parts:
-                size = 1 if isinstance(p, Change) else len(p.run.ids)
-                self._recent.append(p)
-                self._lasts.append(p.seq if isinstance(p, Change) else p.last)
-                self._sizes.append(size)
-                self._held += size
-            if self._held > 2 * self.keep:
-                cut = 0
-                while self._held > self.keep and cut < len(self._recent) - 1:
-                    self._held -= self._sizes[cut]
-                    cut += 1
-                if cut:
-                    self.floor = self._lasts[cut - 1]
-                    del self._recent[:cut], self._lasts[:cut], self._sizes[:cut]
+                told |= self._release(p)
+            last = max([_last(p) for p in parts], default=self.released)
+            self.released = max(self.released, last if upto is None else max(upto, last))
+            told |= self._continue()
+        if told:
+            self._told()
+
+    def early(self, runs: list[AppliedRun]) -> None:
+        """Runs of readings just written, before this process applied them (from any thread):
+        told once every entry before them is (those of another worker's batches may come
+        later, or from the store through `publish`)."""
+        with self._lock:
+            for r in runs:
+                if r.last > self.released:
+                    self._early[r.seq] = r
+            told = self._continue()
+        if told:
+            self._told()
+
+    def written(self, runs: list[StateRun]) -> None:
+        """Runs of readings this or another worker has just written, told `early` with each
+        feature's box as served here (a run naming a feature not held here yet is told once
+        applied). Reads the layers held: call off the event loop."""
+        told = [r for r in map(self.catalog.boxed, runs) if r is not None]
+        if told:
+            self.early(told)
+
+    def _continue(self) -> bool:
+        """Tell the runs heard of early that follow on what is told (under the lock)."""
+        told = False
+        for seq in sorted(self._early):
+            r = self._early[seq]
+            if r.seq > self.released + 1:
+                break
+            del self._early[seq]
+            told |= self._release(r)
+        return told
+
+    def _release(self, p: Part) -> bool:
+        """Hold `p` for the streams, without what is told already (under the lock)."""
+        if _last(p) <= self.released:
+            return False
+        if isinstance(p, AppliedRun) and p.seq <= self.released:
+            p = p.after(self.released)
+        size = 1 if isinstance(p, Change) else len(p.run.ids)
+        self._recent.append(p)
+        self._lasts.append(_last(p))
+        self._sizes.append(size)
+        self._held += size
+        self.released = _last(p)
+        if self._held > 2 * self.keep:
+            cut = 0
+            while self._held > self.keep and cut < len(self._recent) - 1:
+                self._held -= self._sizes[cut]
+                cut += 1
+            if cut:
+                self.floor = self._lasts[cut - 1]
+                del self._recent[:cut], self._lasts[:cut], self._sizes[:cut]
+        return True
+
+    def _told(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake)
 
@@ -158,6 +218,10 @@ class ChangeFeed:
                     await asyncio.wait_for(news.wait(), WAIT_S)
             else:
                 await asyncio.sleep(WAIT_S)
+
+
+def _last(p: Part) -> int:
+    return p.seq if isinstance(p, Change) else p.last
 
 
 def matches(

@@ -4,7 +4,8 @@ others, so every worker's cache holds it and no tile is rendered twice.
 The workers are forked from one process (`twin.server`) and joined pairwise by Unix socket
 pairs (`link`). A message is one pickled `(key, generation, etag, raw, gzip)` behind its
 length, or None (`news`: the store's change log has moved), or an int (`applied`: the
-entry of the log a worker serves up to); pickle is safe here because both
+entry of the log a worker serves up to), or a list (`written`: the runs of readings a worker
+has just written, for the others' event streams); pickle is safe here because both
 ends are this same program. A worker takes a tile only while its cache's generation for the tile's collections equals the sender's
 (`TileCache.insert`), i.e. while both serve the same data.
 
@@ -25,6 +26,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+from layers.models import StateRun
 from tiles.cache import CachedTile, TileCache, TileKey
 
 log = logging.getLogger("twin.peers")
@@ -113,6 +115,8 @@ class TilePeers:
         """Called when another worker says the store's change log has moved (`news`)."""
         self.seqs: dict[asyncio.StreamWriter, int] = {}
         """The change-log entry each other worker said it serves up to (`applied`)."""
+        self.on_written: Callable[[list[StateRun]], None] | None = None
+        """Called with the runs of readings another worker has just written (`written`)."""
 
     @property
     def links(self) -> int:
@@ -206,6 +210,15 @@ class TilePeers:
             if not writer.is_closing():
                 writer.write(_NEWS)
 
+    def written(self, runs: list[StateRun]) -> None:
+        """Tell every other worker the runs of readings this one has just written (which
+        also says the log has moved, as `news`; call on the event loop)."""
+        body = pickle.dumps(runs, pickle.HIGHEST_PROTOCOL)
+        frame = _LENGTH.pack(len(body)) + body
+        for writer in self._links:
+            if not writer.is_closing():
+                writer.write(frame)
+
     async def _listen(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cache = self._cache
         assert cache is not None
@@ -220,6 +233,12 @@ class TilePeers:
                         continue
                     if isinstance(message, int):  # `applied`
                         self.seqs[writer] = message
+                        continue
+                    if isinstance(message, list):  # `written`
+                        if self.on_written is not None:
+                            self.on_written(message)
+                        elif self.on_news is not None:
+                            self.on_news()
                         continue
                     key, generation, etag, raw, gz = message
                     held = cache.peek(key)

@@ -44,6 +44,7 @@ from typing import Any
 import uvicorn
 
 from layers.catalog import Catalog
+from layers.models import StateRun
 from layers.settings import StoreSettings, open_catalog, open_store
 from twin.app import create_app
 from twin.peers import TilePeers, control_pair, link, send_link
@@ -229,6 +230,18 @@ def _worker(
                 follower.wake()
 
         peers.on_news = news
+
+        # Another worker wrote readings: told to this worker's event streams now (off the
+        # event loop: their boxes are looked up), applied when the follower's step comes.
+        def written(runs: list[StateRun]) -> None:
+            follower = getattr(app.state, "follower", None)
+            if follower is None or not follower.running or not runs:
+                return
+            follower.heard(max(r.last for r in runs))
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, app.state.feed.written, runs)
+
+        peers.on_written = written
 
         async def main() -> None:
             await peers.start(app.state.tiles.cache)

@@ -16,9 +16,10 @@ import pytest
 import shapely
 
 from layers.gpkg import GeoPackageStore
-from layers.models import Change, Reading
+from layers.models import Access, Change, Reading
 from layers.schemas import LIGHTS
 from tests.twin.serve_fixtures import LiveServer, app_for, fill_store, make_layer, write_key
+from twin.events import run_events
 
 XS = [114.3000 + i * 0.0002 for i in range(10)] + [114.3400 + i * 0.0002 for i in range(10)]
 YS = [30.35] * 10 + [30.37] * 10
@@ -213,3 +214,85 @@ def test_a_stream_behind_the_memory_reads_back_every_change_once(tmp_path: Path)
 
 def lights_layer():
     return make_layer(LIGHTS, shapely.points(np.array(XS), np.array(YS)), IDS, status=["on"] * 20)
+
+
+def test_a_batch_heard_of_early_is_told_in_order_and_once(tmp_path: Path) -> None:
+    """Runs of readings are told to the streams when written (`ChangeFeed.written`), before
+    the process applies them; one heard of before the entries ahead of it waits for them, and
+    the follower's `publish` of the same entries tells nothing twice."""
+    import asyncio
+
+    from layers.catalog import Catalog
+    from twin.events import ChangeFeed
+
+    store = GeoPackageStore(fill_store(tmp_path / "s", [lights_layer()]))
+    catalog = Catalog(store)
+    feed = ChangeFeed(catalog)
+    start = catalog.seq
+    t = dt.datetime(2026, 12, 7, 9, tzinfo=dt.UTC)
+    first = store.observe(
+        [Reading("lights", IDS[i], "status", t, "fault") for i in (1, 2)], user="gw"
+    )
+    second = store.observe(
+        [Reading("lights", IDS[i], "status", t, "off") for i in (3, 12)], user="gw"
+    )
+    feed.written(second.runs)  # another worker's batch, heard of first: it waits
+    assert feed.released == start
+    feed.written(first.runs)
+    assert feed.released == second.revision
+    # Told, not applied yet: the layer served still has the old state.
+    assert catalog.layer("lights", Access.RESTRICTED).attrs["status"].tolist()[1] == "on"
+    feed.publish(catalog.follow(), catalog.seq)
+    assert catalog.layer("lights", Access.RESTRICTED).attrs["status"].tolist()[1] == "fault"
+
+    async def read() -> list[tuple[int, str, list[float] | None]]:
+        seen: list[tuple[int, str, list[float] | None]] = []
+        async for parts in feed.changes(start, lambda: len(seen) >= 4):
+            for p in parts:
+                assert not isinstance(p, Change)
+                for seq, data in run_events(p, np.arange(len(p.run.ids))):
+                    seen.append((seq, data["id"], data["new_bbox"]))
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(read(), 10))
+    assert [s for s, _, _ in seen] == list(range(start + 1, start + 5))
+    assert [fid for _, fid, _ in seen] == [IDS[1], IDS[2], IDS[3], IDS[12]]
+    assert [box for _, _, box in seen] == [
+        pytest.approx([XS[i], YS[i], XS[i], YS[i]]) for i in (1, 2, 3, 12)
+    ]
+    store.close()
+
+
+def test_an_event_comes_before_the_change_is_applied_and_a_read_waits_for_it(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event of a reading is sent once it is written, while the follower has not applied
+    it; a client fetching the feature on the event gets the new state all the same."""
+    from layers.catalog import Catalog
+
+    gate = threading.Event()
+    follow = Catalog.follow
+
+    def held(self: Catalog) -> Any:
+        assert gate.wait(30)
+        return follow(self)
+
+    monkeypatch.setattr(Catalog, "follow", held)
+    app = app_for(store)
+    with keyed(LiveServer(app), store) as server:
+        follower = app.state.follower
+        reach = follower.reach
+
+        async def reach_opening(seq: int) -> None:
+            gate.set()  # the apply may go on once a read waits for it
+            await reach(seq)
+
+        follower.reach = reach_opening
+        with Subscriber(f"{server.url}/events") as sub:
+            body = post(server.url, [lamp("L7", "fault")])
+            (event,) = sub.wait(1)
+            assert int(event["id"]) == body["revision"]
+            assert not gate.is_set() and app.state.catalog.seq < body["revision"]
+            item = httpx.get(f"{server.url}/collections/lights/items/L7", timeout=30).json()
+            assert gate.is_set()
+            assert item["properties"]["status"] == "fault"

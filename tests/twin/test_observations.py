@@ -267,3 +267,41 @@ def test_a_batch_waits_until_the_worker_serves_what_came_before(store: Path) -> 
             time.sleep(0.05)
         status = c.get("/collections/lights/items/L3").json()["properties"]["status"]
         assert status == "off"
+
+
+def test_every_worker_streams_each_batch_in_order_once(tmp_path: Path, store: Path) -> None:
+    """Batches taken by either worker of `twin serve --workers 2` reach the event streams of
+    both (the other worker hears of them through the peer sockets): every entry once, in the
+    order of the log."""
+    import threading
+
+    key = write_key(store)
+    with serving(store, 2, tmp_path / "serve.log") as served:
+        workers = children(served.proc.pid)
+        posters = [connect_to(served.port, pid, workers) for pid in workers]
+        streams = [connect_to(served.port, pid, workers) for pid in workers]
+        heard: list[list[tuple[int, str]]] = [[], []]
+
+        def listen(conn: http.client.HTTPConnection, out: list[tuple[int, str]]) -> None:
+            conn.request("GET", "/events?collections=lights")
+            r = conn.getresponse()
+            for line in r:
+                if line.startswith(b"data:"):
+                    data = json.loads(line[5:])
+                    out.append((data["seq"], data["id"]))
+
+        for conn, out in zip(streams, heard, strict=True):
+            threading.Thread(target=listen, args=(conn, out), daemon=True).start()
+        time.sleep(0.5)  # both streams open
+        sent: list[tuple[int, str]] = []
+        for k in range(6):  # by turns on each worker
+            lamps = [f"L{i}" for i in range(3 * k % 20, 3 * k % 20 + 3)]
+            at = f"2026-12-07T10:0{k}:00Z"
+            body = _post(posters[k % 2], [reading(fid, at, "off") for fid in lamps], key)
+            first = body["revision"] - body["changed"] + 1
+            sent += list(zip(range(first, body["revision"] + 1), lamps, strict=True))
+        deadline = time.monotonic() + 10
+        while any(len(out) < len(sent) for out in heard) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # nothing more comes
+        assert heard[0] == sent and heard[1] == sent

@@ -4,6 +4,7 @@ the tiles they render, stop together; sockets get TCP_NODELAY; peers refuse stal
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gzip
 import http.client
 import socket
@@ -16,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from layers.gpkg import GeoPackageStore
-from layers.models import Access
+from layers.models import Access, StateRun
 from tests.twin.serve_fixtures import fill_store, sites_layer, wuhan_pipes
 from tests.twin.worker_fixtures import children, get, lookups, serving, serving_pid
 from tiles.cache import TileCache, TileKey, pack
@@ -208,3 +209,37 @@ def test_gzip_bytes_made_by_one_worker_reach_the_others():
     assert held.data != gzip.compress(raw, 1, mtime=0)  # taken, not made again
     assert gzip.decompress(held.data) == raw
     assert b_cache.nbytes == len(raw) + len(held.data)
+
+
+def test_readings_written_by_one_worker_reach_the_others():
+    """`TilePeers.written`: the runs of readings one worker wrote, as they were, at the
+    others (for their event streams), and also as news that the log moved where nothing
+    takes the runs."""
+    a_ends, b_ends = mesh(2)
+    t = dt.datetime(2026, 12, 7, 10, tzinfo=dt.UTC)
+    runs = [StateRun(41, "lights", ["L1", "L2"], [{"status": "off"}, {"status": "fault"}], "gw", t)]
+    got: list[list[StateRun]] = []
+    news: list[None] = []
+
+    async def main() -> None:
+        a, b = TilePeers(a_ends), TilePeers(b_ends)
+        await a.start(TileCache())
+        await b.start(TileCache())
+        b.on_written = got.append
+        a.written(runs)
+        for _ in range(3000):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        b.on_written = None
+        b.on_news = lambda: news.append(None)
+        a.written(runs)
+        for _ in range(3000):
+            if news:
+                break
+            await asyncio.sleep(0.01)
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+    assert got == [runs] and news == [None]

@@ -30,6 +30,7 @@ from twin.dependencies import (
     CqlFilter,
     collections_list,
     read_body,
+    serving,
 )
 from twin.errors import InvalidParameter
 from twin.leanpath import LeanPath
@@ -594,7 +595,7 @@ class QueryFastPath(LeanPath):
         app = scope["app"]
         access = await caller_view(Request(scope))
         settings: QuerySettings = app.state.query_settings
-        catalog: Catalog = app.state.catalog
+        catalog = await serving(app.state)
         point = queries.check_point(params["lon"], params["lat"])
         limit = queries.check_limit(
             params.get("limit"), settings.default_results, settings.max_results
