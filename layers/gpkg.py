@@ -1298,8 +1298,8 @@ class GeoPackageStore:
                 os.replace(info.path, staged)
             else:
                 shutil.copyfile(info.path, staged)
-            try:
-                lonlat_bounds(str(staged))  # a file GDAL cannot read as a raster is refused
+            try:  # a file GDAL cannot read as a raster is refused
+                bounds = lonlat_bounds(str(staged))
             except (OSError, RasterioError) as exc:
                 staged.unlink(missing_ok=True)
                 raise StoreError(f"cannot read the raster {info.location}: {exc}") from None
@@ -1336,7 +1336,7 @@ class GeoPackageStore:
                 # The file swap is the last step inside the transaction: if it fails, the
                 # registration rolls back and the previous raster stays in place.
                 os.replace(staged, target)
-        version, bounds = _raster_place(target)
+        version = str(target.stat().st_mtime_ns)
         return RasterInfo(name, info.title, target, info.classification, info.meta, bounds, version)
 
     def close(self) -> None:

@@ -43,12 +43,6 @@ router = APIRouter(tags=["Collections"])
 GREGORIAN = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"
 
 
-def raster_bounds(info: RasterInfo) -> tuple[float, float, float, float] | None:
-    """Lon/lat bounds of a raster collection, as the store recorded them."""
-    b = info.bounds
-    return None if b is None else (b.minx, b.miny, b.maxx, b.maxy)
-
-
 def vector_collection(
     request: Request,
     layer: Head,
@@ -109,7 +103,7 @@ def raster_collection(request: Request, info: RasterInfo) -> dict[str, Any]:
         "layerDataType": "Coverage",
         "classification": info.classification.label,
     }
-    bounds = raster_bounds(info)
+    bounds = info.bounds  # lon/lat, as the store recorded them
     if bounds is not None:
         doc["extent"] = {"spatial": {"bbox": [list(bounds)], "crs": CRS84}}
     if info.meta.get("attribution"):

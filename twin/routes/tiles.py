@@ -25,7 +25,6 @@ from twin.dependencies import (
     CqlFilter,
     HtmlOrJson,
 )
-from twin.routes.collections import raster_bounds
 from twin.routes.html import collection_crumbs, html_url, negotiate
 from twin.routes.links import HTML, JSON, MVT, PNG, REL_TILING_SCHEMES, base_url, link, url
 from twin.routes.responses import responses
@@ -415,7 +414,7 @@ def map_tilesets(
     """The map tilesets of a raster collection (hillshade and colour relief PNG)."""
     info = catalog.raster(collectionId, scope)
     base = f"/collections/{collectionId}/map/tiles/{TMS_ID}"
-    bounds = raster_bounds(info)
+    bounds = info.bounds  # lon/lat, as the store recorded them
     tileset: dict[str, Any] = {
         "title": f"{info.title} (map tiles)",
         "dataType": "map",
